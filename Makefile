@@ -1,0 +1,48 @@
+# Every target depends on `setup`; `make test` also installs the system packages the suite needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: setup run test lint bench loadtest system-deps node-deps clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# System packages (Chromium, redis-server, nginx) via apt-get when missing.
+system-deps:
+	@scripts/ensure-system-packages.sh
+
+# The Node.js `ws` peer that the benchmarks compare against.
+node-deps:
+	@scripts/ensure-node-peer.sh
+
+run: setup
+	@echo "roomcast: open http://$(HOST):$(PORT)/ in a browser, or: npx wscat -c ws://$(HOST):$(PORT)"
+	$(PY) -m server --host $(HOST) --port $(PORT)
+
+test: setup system-deps node-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --strict server
+
+# make bench [SCENARIO=fanout|saturate|capacity|joinstorm|twonode] [QUICK=1]
+bench: setup node-deps system-deps
+	$(PY) -m bench $(if $(SCENARIO),--scenario $(SCENARIO)) $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+# make loadtest [HOST=ws://host:port] [USERS=...] [DURATION=...]
+loadtest: setup
+	$(PY) -m loadtest.run $(if $(filter ws://% wss://%,$(HOST)),--host $(HOST)) $(LOADTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test-suite drives for real (Chromium for the browser
+# tests, redis-server for scaling tests, nginx for the reverse-proxy test) when missing.
+set -euo pipefail
+declare -A wanted=([chromium]=/usr/bin/chromium [redis-server]=redis-server [nginx]=nginx)
+missing=()
+for pkg in "${!wanted[@]}"; do
+  command -v "${wanted[$pkg]}" >/dev/null 2>&1 || [ -x "${wanted[$pkg]}" ] || [ -x "/usr/sbin/${wanted[$pkg]}" ] || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing system packages: ${missing[*]}; install them with: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing system packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,125 @@
+"""Starting real server processes for integration tests.
+
+The server prints one line ``roomcast listening on http://HOST:PORT/`` on stdout once its socket
+is bound; tests pass ``--port 0`` and read the port from that line, so they never race for ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+READY_LINE = re.compile(r"roomcast listening on http://(?P<host>[^:/]+):(?P<port>\d+)/")
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen[str]
+    host: str
+    port: int
+    output: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Signals the server and waits for it; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.pump is not None:
+            self.pump.join(timeout)
+        return self.proc.returncode
+
+    def text(self) -> str:
+        """Everything the server has written so far (stdout and stderr are merged)."""
+        return "".join(self.output)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago; only for tests that must restart on the same port."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(
+    *args: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    env: dict[str, str] | None = None,
+    timeout: float = 15.0,
+    preexec_fn: object = None,
+) -> ServerProcess:
+    """Starts ``python -m server`` and returns once it listens (raises if it does not)."""
+    cmd = [sys.executable, "-m", "server", "--host", host, "--port", str(port), *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=full_env,
+        preexec_fn=preexec_fn,  # type: ignore[arg-type]
+    )
+    assert proc.stdout is not None
+    output: list[str] = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(deadline - time.monotonic()):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            match = READY_LINE.search(line)
+            if match:
+                server = ServerProcess(proc, match["host"], int(match["port"]), output)
+                _keep_draining(server)
+                return server
+    proc.kill()
+    rest = proc.stdout.read() if proc.poll() is not None else ""
+    raise RuntimeError(f"server did not start: {cmd}\n{''.join(output)}{rest}")
+
+
+def _keep_draining(server: ServerProcess) -> None:
+    """Reads the server's output in a thread so that a chatty log never blocks the server."""
+
+    def pump() -> None:
+        assert server.proc.stdout is not None
+        for line in server.proc.stdout:
+            server.output.append(line)
+
+    server.pump = threading.Thread(target=pump, daemon=True)
+    server.pump.start()
+
+
+@contextlib.contextmanager
+def running_server(*args: str, **kwargs: object) -> Iterator[ServerProcess]:
+    server = start_server(*args, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        server.stop()
