@@ -1,0 +1,47 @@
+"""Entry point: ``python -m server`` and the ``roomcast`` console script."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from collections.abc import Sequence
+
+import uvloop
+
+from .app import serve
+from .config import parse_config
+
+log = logging.getLogger("roomcast")
+
+
+def raise_fd_limit() -> int:
+    """Raises the soft file-descriptor limit to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the file-descriptor limit to %d: %s", hard, exc)
+    return soft
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_config(argv)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    limit = raise_fd_limit()
+    log.info("file-descriptor limit: %d", limit)
+    try:
+        return uvloop.run(serve(config))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

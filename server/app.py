@@ -1,0 +1,317 @@
+"""The picows adapter: sockets, WebSocket duties picows leaves to us, plain HTTP, lifecycle.
+
+Everything about chat lives in ``core``; this module turns frames into core calls and core writes
+into socket writes. ``on_ws_frame`` stays synchronous and allocation-light: no task, future or
+timer per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from .config import Config
+from .core import ChatCore, Member
+from .heartbeat import Heartbeat
+from .http import StaticSite
+from .protocol import CloseCode
+
+log = logging.getLogger("roomcast")
+
+_TEXT = WSMsgType.TEXT
+_CONTINUATION = WSMsgType.CONTINUATION
+_BINARY = WSMsgType.BINARY
+_CLOSE = WSMsgType.CLOSE
+_PONG = WSMsgType.PONG
+
+# Close codes a peer may send that we echo as-is; anything else (e.g. none at all) is answered 1000.
+_NO_STATUS = (0, 1005)
+
+
+class Connection(WSListener):
+    """One WebSocket client. Holds the transport, the core's Member and reassembly state."""
+
+    __slots__ = (
+        "app",
+        "awaiting_pong",
+        "closing",
+        "fragment_size",
+        "fragments",
+        "fragments_binary",
+        "heard",
+        "member",
+        "slot",
+        "transport",
+    )
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.heard = True
+        self.awaiting_pong = False
+        self.closing = False
+        self.fragments: list[bytes] | None = None
+        self.fragments_binary = False
+        self.fragment_size = 0
+        self.slot = 0
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.member = Member(transport.underlying_transport.write)
+        self.app.attach(self)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self.closing:
+            return  # frames still in the read buffer after we decided to close
+        self.heard = True
+        try:
+            kind = frame.msg_type
+            if kind is _TEXT and frame.fin and self.fragments is None:
+                code = self.app.core.handle_text(self.member, frame.get_payload_as_bytes())
+                if code is not None:
+                    self.close(code, "invalid UTF-8 in text message")
+            elif kind is _PONG:
+                pass
+            else:
+                self._slow_path(kind, frame)
+        except Exception:
+            log.exception("internal error handling a frame from %s", self.peer())
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _slow_path(self, kind: WSMsgType, frame: WSFrame) -> None:
+        if kind is _CLOSE:
+            received = int(frame.get_close_code())
+            self.close(CloseCode.NORMAL if received in _NO_STATUS else received, "")
+        elif kind is _TEXT or kind is _BINARY:
+            if self.fragments is not None:
+                self.close(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented message")
+            elif frame.fin:
+                self.app.core.handle_binary(self.member)
+            else:
+                self.fragments = []
+                self.fragments_binary = kind is _BINARY
+                self.fragment_size = 0
+                self._add_fragment(frame)
+        elif kind is _CONTINUATION:
+            if self.fragments is None:
+                self.close(CloseCode.PROTOCOL_ERROR, "continuation frame without a message")
+                return
+            self._add_fragment(frame)
+            if frame.fin and not self.closing:
+                payload = b"".join(self.fragments)
+                binary = self.fragments_binary
+                self.fragments = None
+                if binary:
+                    self.app.core.handle_binary(self.member)
+                else:
+                    code = self.app.core.handle_text(self.member, payload)
+                    if code is not None:
+                        self.close(code, "invalid UTF-8 in text message")
+
+    def _add_fragment(self, frame: WSFrame) -> None:
+        assert self.fragments is not None
+        self.fragment_size += frame.payload_size
+        if self.fragment_size > self.app.config.max_message_bytes:
+            self.fragments = None
+            self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            return
+        self.fragments.append(frame.get_payload_as_bytes())
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if not self.closing:
+            self.closing = True
+            self.app.core.disconnect(self.member)
+        self.app.detach(self)
+
+    def pause_writing(self) -> None:
+        self.app.paused.add(self)
+
+    def resume_writing(self) -> None:
+        self.app.paused.discard(self)
+
+    # ---- closing ------------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str, *, abort: bool = False) -> None:
+        """Leaves the room, sends CLOSE with `code` and closes the socket (at once if `abort`)."""
+        if self.closing:
+            return
+        self.closing = True
+        self.app.core.disconnect(self.member)
+        self.fragments = None
+        transport = self.transport
+        if not transport.is_close_frame_sent:
+            transport.send_close(WSCloseCode(int(code)), reason.encode())
+        transport.disconnect(graceful=not abort)
+
+    def ping(self) -> None:
+        if not self.closing:
+            self.transport.send_ping()
+
+    def ping_timed_out(self) -> None:
+        if not self.closing:
+            log.debug("heartbeat timeout: dropping %s", self.peer())
+            self.app.heartbeat_timeouts += 1
+            # A peer that does not answer pings does not read either: abort, do not wait.
+            self.close(CloseCode.GOING_AWAY, "heartbeat timeout", abort=True)
+
+    def peer(self) -> str:
+        try:
+            name = self.transport.underlying_transport.get_extra_info("peername")
+        except Exception:
+            return "?"
+        return f"{name[0]}:{name[1]}" if name else "?"
+
+
+class App:
+    """Routes requests, owns the connections, runs the per-tick flush and the heartbeat."""
+
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.core = ChatCore(config, self._schedule_flush)
+        self.site = StaticSite()
+        self.connections: list[Connection] = []
+        self.paused: set[Connection] = set()
+        self.slow_consumers_dropped = 0
+        self.heartbeat_timeouts = 0
+        self.heartbeat = Heartbeat(
+            loop, lambda: self.connections, config.ping_interval, config.ping_timeout
+        )
+        self.draining = False
+
+    # ---- connections --------------------------------------------------------------------------
+
+    def route(self, request: WSUpgradeRequest) -> Any:
+        if request.headers.get("upgrade", "").lower() == "websocket":
+            if self.draining:
+                return _refuse(503, b"server is shutting down\n")
+            return Connection(self)
+        return WSUpgradeResponseWithListener(self.site.respond(request), None)
+
+    def attach(self, conn: Connection) -> None:
+        conn.slot = len(self.connections)
+        self.connections.append(conn)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("connected: %s", conn.peer())
+
+    def detach(self, conn: Connection) -> None:
+        connections = self.connections
+        index = conn.slot
+        if index < len(connections) and connections[index] is conn:
+            last = connections.pop()
+            if last is not conn:
+                connections[index] = last
+                last.slot = index
+        self.paused.discard(conn)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("disconnected: %s", conn.peer())
+
+    # ---- the per-tick flush -------------------------------------------------------------------
+
+    def _schedule_flush(self, flush: Any) -> None:
+        self.loop.call_soon(self._flush_tick)
+
+    def _flush_tick(self) -> None:
+        self.core.flush()
+        if self.paused:
+            self._drop_slow_consumers()
+
+    def _drop_slow_consumers(self) -> None:
+        limit = self.config.max_buffered_bytes
+        for conn in list(self.paused):
+            buffered = conn.transport.underlying_transport.get_write_buffer_size()
+            if buffered > limit and not conn.closing:
+                self.slow_consumers_dropped += 1
+                log.warning(
+                    "dropping slow consumer %s (%s): %d bytes unsent > --max-buffered-bytes %d",
+                    conn.peer(),
+                    conn.member.name,
+                    buffered,
+                    limit,
+                )
+                self.paused.discard(conn)
+                conn.close(CloseCode.SLOW_CONSUMER, "slow consumer", abort=True)
+
+    # ---- shutdown -----------------------------------------------------------------------------
+
+    async def shutdown(self, server: asyncio.Server, code: CloseCode) -> None:
+        """Stops accepting, closes every client with `code`, waits (bounded) for them to go."""
+        self.draining = True
+        server.close()
+        self.heartbeat.stop()
+        self.core.flush()
+        for conn in list(self.connections):
+            conn.close(code, "server shutting down")
+        deadline = self.loop.time() + self.config.shutdown_timeout
+        while self.connections and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.transport.disconnect(graceful=False)
+
+
+def _refuse(status: int, body: bytes) -> WSUpgradeResponseWithListener:
+    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, body), None)
+
+
+def _quiet_picows() -> logging.LoggerAdapter[logging.Logger]:
+    """picows logs every connection at INFO and peer protocol errors at ERROR: keep it quiet.
+
+    A LoggerAdapter (not a Logger) also stops picows creating one Logger object per connection.
+    """
+    logger = logging.getLogger("picows.server")
+    logger.setLevel(logging.CRITICAL)
+    return logging.LoggerAdapter(logger, {})
+
+
+async def serve(config: Config, ready: asyncio.Future[tuple[str, int]] | None = None) -> int:
+    loop = asyncio.get_running_loop()
+    app = App(config, loop)
+    server = await ws_create_server(
+        app.route,
+        config.host,
+        config.port,
+        websocket_handshake_timeout=10,
+        enable_auto_ping=False,
+        max_frame_size=config.max_message_bytes,
+        read_buffer_init_size=2048,
+        logger_name=_quiet_picows(),
+        backlog=4096,
+    )
+    host, port = server.sockets[0].getsockname()[:2]
+    print(f"roomcast listening on http://{host}:{port}/", flush=True)
+    log.info("serving on ws://%s:%d (page at http://%s:%d/)", host, port, host, port)
+    if ready is not None:
+        ready.set_result((host, port))
+    app.heartbeat.start()
+
+    stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("%s: closing %d connections", received[0].name, len(app.connections))
+    await app.shutdown(server, CloseCode.GOING_AWAY)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,128 @@
+"""Command-line options; each can also come from the environment as ROOMCAST_<OPTION>."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "ROOMCAST_"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    rate_limit: int = 10
+    rate_window: float = 10.0
+    max_message_bytes: int = 65536
+    max_text_length: int = 4000
+    max_username_length: int = 32
+    max_room_length: int = 64
+    max_users_list: int = 500
+    max_buffered_bytes: int = 1 << 20
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    shutdown_timeout: float = 5.0
+    log_level: str = "info"
+
+
+_HELP: dict[str, str] = {
+    "host": "address to listen on",
+    "port": "TCP port to listen on (0 picks a free one)",
+    "rate_limit": "chat messages allowed per client per --rate-window (0 disables the limit)",
+    "rate_window": "length of the rate-limit window in seconds",
+    "max_message_bytes": "largest WebSocket message accepted, fragments included; "
+    "larger ones close the connection with 1009",
+    "max_text_length": "longest chat text in characters",
+    "max_username_length": "longest username in characters",
+    "max_room_length": "longest room name in characters",
+    "max_users_list": "most member names sent to a joiner (the total is always in `count`)",
+    "max_buffered_bytes": "unsent bytes allowed per connection before it is dropped "
+    "as a slow consumer (close 4000)",
+    "ping_interval": "seconds of silence after which a client is pinged",
+    "ping_timeout": "seconds a pinged client has to answer before it is dropped (close 1001)",
+    "shutdown_timeout": "seconds to wait for closing handshakes and writes on shutdown",
+    "log_level": "debug, info, warning or error",
+}
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _positive_or_zero(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
+    parser = argparse.ArgumentParser(
+        prog="roomcast",
+        description="roomcast: a WebSocket chat server (rooms, usernames, broadcasting) "
+        "wire-compatible with the ws tutorial's protocol. Every option can also be set "
+        "with an environment variable ROOMCAST_<OPTION>, e.g. ROOMCAST_PORT=9000.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults = Config()
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        env_name = ENV_PREFIX + f.name.upper()
+        default = getattr(defaults, f.name)
+        kind: Callable[[str], Any]
+        if isinstance(default, bool):
+            kind = _parse_bool
+        elif isinstance(default, int):
+            kind = _positive_or_zero(int)
+        elif isinstance(default, float):
+            kind = _positive_or_zero(float)
+        else:
+            kind = str
+        if env_name in env:
+            try:
+                default = kind(env[env_name])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env_name}={env[env_name]!r}: {exc}")
+        extra: dict[str, Any] = {}
+        if f.name == "log_level":
+            extra["choices"] = _LOG_LEVELS
+            default = str(default).lower()
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=kind,
+            default=default,
+            help=f"{_HELP[f.name]} (env {env_name})",
+            **extra,
+        )
+    return parser
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    parser = build_parser(env)
+    namespace = parser.parse_args(argv)
+    config = Config(**vars(namespace))
+    if config.ping_interval <= 0 or config.ping_timeout <= 0:
+        parser.error("--ping-interval and --ping-timeout must be > 0")
+    if config.rate_limit and config.rate_window <= 0:
+        parser.error("--rate-window must be > 0 when --rate-limit is set")
+    for name in ("max_message_bytes", "max_text_length", "max_username_length", "max_room_length"):
+        if getattr(config, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return config

@@ -1,0 +1,144 @@
+"""The wire protocol: message shapes, error and close codes, one encoder and one decoder.
+
+Inbound messages are a tagged union on ``type``, exactly the seed's three messages. Outbound
+messages keep the seed's fields and only add new ones (``code``, ``event``, ``room``, ``count``),
+so a client written for the seed works unchanged. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+import msgspec
+
+
+class CloseCode(enum.IntEnum):
+    """Close codes the server sends. 4000-4999 are roomcast's own (documented in docs/protocol.md)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # server shutting down, or the peer stopped answering pings
+    PROTOCOL_ERROR = 1002
+    INVALID_TEXT = 1007  # a text message that is not UTF-8
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # our fault; details are in the server log, never sent to the peer
+    SERVICE_RESTART = 1012
+    SLOW_CONSUMER = 4000  # the peer stopped reading and its unsent bytes passed the limit
+
+
+class ErrorCode(enum.StrEnum):
+    """Machine-readable ``code`` of an ``error`` message. The connection stays usable after each."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    NOT_IN_ROOM = "not_in_room"
+    EMPTY_TEXT = "empty_text"
+    TEXT_TOO_LONG = "text_too_long"
+    INVALID_USERNAME = "invalid_username"
+    INVALID_ROOM = "invalid_room"
+    BINARY_UNSUPPORTED = "binary_unsupported"
+    RATE_LIMITED = "rate_limited"
+
+
+# ---- client -> server -------------------------------------------------------------------------
+
+
+class Join(msgspec.Struct, tag_field="type", tag="join"):
+    # Optional and nullable because the seed's server treats missing, null and "" alike.
+    room: str | None = None
+    username: str | None = None
+
+
+class Chat(msgspec.Struct, tag_field="type", tag="chat"):
+    text: str
+
+
+class Leave(msgspec.Struct, tag_field="type", tag="leave"):
+    pass
+
+
+ClientMessage = Join | Chat | Leave
+
+# ---- server -> client -------------------------------------------------------------------------
+
+
+class ChatMessage(msgspec.Struct, tag_field="type", tag="chat"):
+    username: str
+    text: str
+    timestamp: int
+
+
+class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_defaults=True):
+    text: str
+    event: str
+    room: str
+    username: str
+    count: int
+    timestamp: int
+    # Only the joiner's own copy carries the member list (capped); see docs/presence.md.
+    users: list[str] | None = None
+
+
+class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=True):
+    code: ErrorCode
+    text: str
+    retry_after_ms: int | None = None
+
+
+decoder = msgspec.json.Decoder(ClientMessage)
+encoder = msgspec.json.Encoder()
+encode = encoder.encode
+
+
+class DecodeFailure(Exception):
+    """A text message that is not a valid client message, with the error to send back."""
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+class InvalidUTF8(Exception):
+    """A text message whose bytes are not UTF-8: RFC 6455 requires closing with 1007."""
+
+
+def decode(payload: bytes) -> ClientMessage:
+    """Decodes one client message; raises DecodeFailure (peer's error) or InvalidUTF8."""
+    try:
+        return decoder.decode(payload)
+    except UnicodeDecodeError:
+        raise InvalidUTF8 from None
+    except msgspec.ValidationError as exc:
+        detail = str(exc)
+        if detail.endswith("- at `$.type`") or detail == "Object missing required field `type`":
+            raise DecodeFailure(
+                ErrorCode.UNKNOWN_TYPE, "Unknown message type (expected join, chat or leave)"
+            ) from None
+        raise DecodeFailure(ErrorCode.INVALID_MESSAGE, f"Invalid message: {detail}") from None
+    except msgspec.DecodeError:
+        # msgspec reports bad UTF-8 outside strings as malformed JSON; RFC 6455 wants 1007 then.
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidUTF8 from None
+        raise DecodeFailure(ErrorCode.INVALID_JSON, "Invalid JSON") from None
+
+
+_HEADER_16 = struct.Struct("!BBH")
+_HEADER_64 = struct.Struct("!BBQ")
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked FIN+TEXT frame: server frames are unmasked, so one copy serves every member."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return _HEADER_16.pack(0x81, 126, size) + payload
+    return _HEADER_64.pack(0x81, 127, size) + payload
+
+
+def error_frame(code: ErrorCode, text: str, retry_after_ms: int | None = None) -> bytes:
+    return text_frame(encode(ErrorMessage(code, text, retry_after_ms)))
