@@ -1,0 +1,195 @@
+"""Turning a run's files (Locust CSVs + the harness's summary JSON) into the README summary.
+
+No gevent and no Locust here: run.py and the tests import this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+START = "<!-- loadtest:start -->"
+END = "<!-- loadtest:end -->"
+
+
+def read_stats(prefix: str) -> list[dict[str, str]]:
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_failures(prefix: str) -> list[dict[str, str]]:
+    path = Path(f"{prefix}_failures.csv")
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_summary(prefix: str) -> dict[str, Any]:
+    path = Path(f"{prefix}_summary.json")
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stat(rows: list[dict[str, str]], kind: str, name: str) -> dict[str, str] | None:
+    return next((r for r in rows if r["Type"] == kind and r["Name"] == name), None)
+
+
+def _num(value: Any, unit: str = "") -> str:
+    if value is None or value == "":
+        return "n/a"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:,.1f}{unit}"
+    return f"{int(float(value)):,}{unit}"
+
+
+def _mib(kb: Any) -> str:
+    return "n/a" if kb is None else f"{kb / 1024:,.0f} MiB"
+
+
+def failure_lines(failures: list[dict[str, str]]) -> list[str]:
+    lines = []
+    for row in sorted(failures, key=lambda r: -int(r["Occurrences"])):
+        lines.append(f"{int(row['Occurrences']):,} x {row['Method']} {row['Name']}: {row['Error']}")
+    return lines
+
+
+def headline(prefix: str) -> dict[str, Any]:
+    """The figures the README shows, as plain values (also used by the smoke test)."""
+    rows, failures, summary = read_stats(prefix), read_failures(prefix), read_summary(prefix)
+    total = stat(rows, "", "Aggregated") or {}
+    fanout = summary.get("fanout", {})
+    server = summary.get("server", {})
+    return {
+        "requests": int(total.get("Request Count", 0) or 0),
+        "failures": int(total.get("Failure Count", 0) or 0),
+        "failure_causes": failure_lines(failures),
+        "held_peak": summary.get("held_peak"),
+        "users_peak": summary.get("users_peak"),
+        "server_connections_peak": server.get("connections_peak"),
+        "server_rss_peak_kb": server.get("rss_peak_kb"),
+        "receipts": fanout.get("receipts"),
+        "receipt_p50_ms": fanout.get("receipt_p50_ms"),
+        "receipt_p99_ms": fanout.get("receipt_p99_ms"),
+        "messages": fanout.get("messages"),
+        "last_member_p50_ms": fanout.get("last_member_p50_ms"),
+        "last_member_p99_ms": fanout.get("last_member_p99_ms"),
+        "lost_messages": fanout.get("lost_messages"),
+        "connect_p50_ms": (stat(rows, "WS", "connect") or {}).get("50%"),
+        "join_p50_ms": (stat(rows, "WS", "join") or {}).get("50%"),
+    }
+
+
+def markdown(prefix: str, context: dict[str, str]) -> str:
+    """The results/README.md section for the run whose files start with ``prefix``."""
+    h = headline(prefix)
+    summary = read_summary(prefix)
+    settings = summary.get("settings", {})
+    rel = context.get("relative_prefix", prefix)
+    causes = h["failure_causes"]
+    lines = [
+        START,
+        "## Load test (Locust)",
+        "",
+        f"A headless Locust swarm, `{context.get('command', 'make loadtest')}`, run on "
+        f"{context.get('date', '?')} on {context.get('machine', 'this machine')}: "
+        f"scenario `{summary.get('scenario', '?')}`, {context.get('shape', '')}. "
+        f"{context.get('server', '')}",
+        "",
+        "| Figure | Value |",
+        "|---|---|",
+        f"| Connections held (joined), peak | {_num(h['held_peak'])} of "
+        f"{_num(h['users_peak'])} users |",
+        f"| Server: established connections, peak | {_num(h['server_connections_peak'])} |",
+        f"| Server: RSS, peak | {_mib(h['server_rss_peak_kb'])} |",
+        f"| Fan-out latency per receipt, p50 / p99 | {_num(h['receipt_p50_ms'], ' ms')} / "
+        f"{_num(h['receipt_p99_ms'], ' ms')} ({_num(h['receipts'])} receipts) |",
+        f"| Fan-out latency to the last member, p50 / p99 | "
+        f"{_num(h['last_member_p50_ms'], ' ms')} / {_num(h['last_member_p99_ms'], ' ms')} "
+        f"({_num(h['messages'])} messages, {_num(h['lost_messages'])} lost) |",
+        f"| Connect / join, p50 | {_num(h['connect_p50_ms'], ' ms')} / "
+        f"{_num(h['join_p50_ms'], ' ms')} |",
+        f"| Failures | {_num(h['failures'])} of {_num(h['requests'])} requests |",
+        "",
+    ]
+    if causes:
+        lines += ["Failures by cause:", ""] + [f"- {c}" for c in causes] + [""]
+    if settings:
+        lines += [
+            "Parameters: room sizes "
+            f"`{','.join(str(s) for s in settings.get('room_sizes', []))}` (chat swarm), "
+            f"fan-out rooms of {settings.get('fanout_room_size')} at "
+            f"{settings.get('fanout_rate')} msg/s, idle rooms of "
+            f"{settings.get('capacity_room_size')}, {settings.get('chat_fraction')} of swarm users "
+            f"chatting every {settings.get('chat_interval')} s on average, sessions of "
+            f"{settings.get('session_seconds')} s on average, {settings.get('message_bytes')}-byte "
+            "messages.",
+            "",
+        ]
+    lines += [
+        f"Reports: [`{rel}.html`]({rel}.html) (Locust's HTML report), `{rel}_stats.csv`, "
+        f"`{rel}_stats_history.csv`, `{rel}_failures.csv`, `{rel}_exceptions.csv`, "
+        f"`{rel}_timeline.csv` (held connections and the server's RSS and sockets every 2 s) and "
+        f"`{rel}_summary.json` (exact fan-out percentiles). How to run and read them: "
+        "[docs/loadtest.md](../docs/loadtest.md).",
+        END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(path: Path, section: str) -> None:
+    """Puts ``section`` between the markers of ``path``, leaving the rest of the file alone."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(section)
+        return
+    text = path.read_text()
+    start, end = text.find(START), text.find(END)
+    if start != -1 and end > start:
+        text = text[:start] + section.rstrip("\n") + text[end + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def annotate_html(path: Path, prefix: str) -> None:
+    """Adds a small static table of the harness's own figures to the top of Locust's HTML report
+    (Locust's report has no extension point for them)."""
+    if not path.exists():
+        return
+    h = headline(prefix)
+    rows = [
+        ("Connections held, peak", _num(h["held_peak"])),
+        ("Server established connections, peak", _num(h["server_connections_peak"])),
+        ("Server RSS, peak", _mib(h["server_rss_peak_kb"])),
+        ("Fan-out per receipt p50 / p99",
+         f"{_num(h['receipt_p50_ms'], ' ms')} / {_num(h['receipt_p99_ms'], ' ms')}"),
+        ("Fan-out last member p50 / p99",
+         f"{_num(h['last_member_p50_ms'], ' ms')} / {_num(h['last_member_p99_ms'], ' ms')}"),
+        ("Messages lost", _num(h["lost_messages"])),
+    ]
+    cells = "".join(
+        f"<tr><th style='text-align:left;padding:2px 12px'>{html.escape(k)}</th>"
+        f"<td style='padding:2px 12px'>{html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    block = (
+        "<!-- roomcast-summary --><div id='roomcast-summary' style='font-family:sans-serif;"
+        "padding:12px 24px;border-bottom:1px solid #ccc'><b>roomcast harness figures</b> "
+        "(exact, from the harness; Locust's per-receipt rows below are a bounded sample)"
+        f"<table>{cells}</table></div><!-- /roomcast-summary -->"
+    )
+    text = path.read_text(encoding="utf-8")
+    if "<!-- roomcast-summary -->" in text:
+        head, _, rest = text.partition("<!-- roomcast-summary -->")
+        _, _, tail = rest.partition("<!-- /roomcast-summary -->")
+        text = head + block + tail
+    else:
+        match = re.search(r"<body[^>]*>", text)
+        if match is None:
+            return
+        text = text[: match.end()] + block + text[match.end():]
+    path.write_text(text, encoding="utf-8")

@@ -1,0 +1,157 @@
+"""Harness parameters: Locust custom arguments, each also settable from a ``LOADTEST_*`` variable.
+
+In distributed runs the master forwards custom arguments to its workers with every spawn message,
+so a value given on the master's command line (or in its environment) reaches every worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+SCENARIOS = ("capacity", "fanout", "swarm", "all")
+
+# (option, env var, default, help). Kept as data so docs/loadtest.md and --help cannot drift apart.
+OPTIONS: list[tuple[str, str, str, str]] = [
+    ("--room-sizes", "LOADTEST_ROOM_SIZES", "1000,200,50*4,10*20,3*30",
+     "swarm rooms as SIZE or SIZE*COUNT, filled in order and reused in rounds"),
+    ("--chat-fraction", "LOADTEST_CHAT_FRACTION", "0.1",
+     "share of swarm users that chat; the rest only listen"),
+    ("--chat-interval", "LOADTEST_CHAT_INTERVAL", "15",
+     "mean seconds between two messages of a chatting swarm user (exponential)"),
+    ("--session-seconds", "LOADTEST_SESSION_SECONDS", "90",
+     "mean seconds a swarm user stays in a room before it leaves (then it switches room or "
+     "reconnects)"),
+    ("--message-bytes", "LOADTEST_MESSAGE_BYTES", "120", "size of the chat text that users send"),
+    ("--fanout-room-size", "LOADTEST_FANOUT_ROOM_SIZE", "100",
+     "members of each fan-out room (the first member of each room publishes)"),
+    ("--fanout-rate", "LOADTEST_FANOUT_RATE", "2",
+     "messages per second that the publisher of each fan-out room sends"),
+    ("--capacity-room-size", "LOADTEST_CAPACITY_ROOM_SIZE", "20",
+     "members of each room that the idle capacity users join"),
+    ("--receipt-events", "LOADTEST_RECEIPT_EVENTS", "200",
+     "per-receipt latency events fired per second per Locust process at most (a uniform "
+     "sample beyond that; exact figures go to the summary)"),
+    ("--fanout-timeout", "LOADTEST_FANOUT_TIMEOUT", "10",
+     "seconds after which a message that some member has not received counts as lost"),
+    ("--connect-timeout", "LOADTEST_CONNECT_TIMEOUT", "10",
+     "seconds for TCP connect + WebSocket handshake, and for the join acknowledgement"),
+    ("--source-addresses", "LOADTEST_SOURCE_ADDRESSES", "auto",
+     "local addresses to connect from: 'auto' (127.0.0.1-127.0.0.16 when the target is "
+     "loopback, else the default route), 'none', a list 'A,B,...' or a range 'A-B'"),
+    ("--server-pid", "LOADTEST_SERVER_PID", "0",
+     "pid of a server on this machine, to sample its RSS and open sockets (0: none)"),
+    ("--room-prefix", "LOADTEST_ROOM_PREFIX", "lt",
+     "prefix of the room names (each Locust process adds its own token)"),
+]
+
+
+def add_arguments(parser: Any) -> None:
+    """Registers the options on Locust's (configargparse) parser."""
+    group = parser.add_argument_group("roomcast", "roomcast load-test parameters, docs/loadtest.md")
+    for flag, env, default, help_text in OPTIONS:
+        group.add_argument(flag, type=str, env_var=env, default=default, help=help_text)
+
+
+@dataclass(frozen=True)
+class Settings:
+    room_sizes: tuple[int, ...]
+    chat_fraction: float
+    chat_interval: float
+    session_seconds: float
+    message_bytes: int
+    fanout_room_size: int
+    fanout_rate: float
+    capacity_room_size: int
+    receipt_events: int
+    fanout_timeout: float
+    connect_timeout: float
+    source_addresses: str
+    server_pid: int
+    room_prefix: str
+
+    @classmethod
+    def from_options(cls, options: argparse.Namespace | None) -> Settings:
+        def get(flag: str) -> str:
+            name = flag.lstrip("-").replace("-", "_")
+            default = next(d for f, _, d, _ in OPTIONS if f == flag)
+            value = getattr(options, name, None) if options is not None else None
+            return default if value in (None, "") else str(value)
+
+        settings = cls(
+            room_sizes=parse_room_sizes(get("--room-sizes")),
+            chat_fraction=float(get("--chat-fraction")),
+            chat_interval=float(get("--chat-interval")),
+            session_seconds=float(get("--session-seconds")),
+            message_bytes=int(get("--message-bytes")),
+            fanout_room_size=int(get("--fanout-room-size")),
+            fanout_rate=float(get("--fanout-rate")),
+            capacity_room_size=int(get("--capacity-room-size")),
+            receipt_events=int(get("--receipt-events")),
+            fanout_timeout=float(get("--fanout-timeout")),
+            connect_timeout=float(get("--connect-timeout")),
+            source_addresses=get("--source-addresses"),
+            server_pid=int(get("--server-pid")),
+            room_prefix=get("--room-prefix"),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not 0.0 <= self.chat_fraction <= 1.0:
+            raise ValueError("--chat-fraction must be between 0 and 1")
+        for name in ("chat_interval", "session_seconds", "fanout_rate", "fanout_timeout",
+                     "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("message_bytes", "fanout_room_size", "capacity_room_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+_ROOM_SIZE = re.compile(r"^\s*(\d+)\s*(?:\*\s*(\d+))?\s*$")
+
+
+def parse_room_sizes(spec: str) -> tuple[int, ...]:
+    """``"1000,50*3,5"`` -> ``(1000, 50, 50, 50, 5)``."""
+    sizes: list[int] = []
+    for part in spec.split(","):
+        match = _ROOM_SIZE.match(part)
+        if not match:
+            raise ValueError(f"bad room size {part!r} in {spec!r} (want SIZE or SIZE*COUNT)")
+        size, count = int(match[1]), int(match[2] or 1)
+        if size < 1 or count < 1:
+            raise ValueError(f"room sizes and counts must be positive: {part!r}")
+        sizes.extend([size] * count)
+    return tuple(sizes)
+
+
+def parse_source_addresses(spec: str, target_host: str) -> list[str]:
+    """The local addresses to bind outgoing connections to (empty: let the kernel choose).
+
+    One source address can open about 28,000 connections to one destination address and port (the
+    ephemeral port range, 32768-60999 by default). Every address in 127.0.0.0/8 is a loopback
+    address on Linux without any configuration, so against a loopback target 'auto' spreads the
+    connections over 127.0.0.1-127.0.0.16. Against another host, list addresses that are
+    configured on this machine's interfaces.
+    """
+    spec = spec.strip().lower()
+    if spec in ("", "none"):
+        return []
+    if spec == "auto":
+        try:
+            loopback = ipaddress.ip_address(target_host).is_loopback
+        except ValueError:
+            loopback = target_host == "localhost"
+        return [f"127.0.0.{i}" for i in range(1, 17)] if loopback else []
+    if "-" in spec and "," not in spec:
+        first_text, last_text = (s.strip() for s in spec.split("-", 1))
+        first, last = ipaddress.ip_address(first_text), ipaddress.ip_address(last_text)
+        if last < first:
+            raise ValueError(f"empty address range {spec!r}")
+        count = int(last) - int(first) + 1
+        return [str(ipaddress.ip_address(int(first) + i)) for i in range(count)]
+    return [str(ipaddress.ip_address(part.strip())) for part in spec.split(",") if part.strip()]

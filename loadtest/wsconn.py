@@ -1,0 +1,288 @@
+"""One chat connection of a simulated user: websocket-client on a gevent-patched socket.
+
+Locust monkey-patches the standard library with gevent before it imports the locustfile, so the
+blocking calls of websocket-client (connect, send, recv) yield to other users instead of
+blocking the process. Each connection gets one receiving greenlet; the user's own greenlet only
+sends. Connect, join and send are reported as Locust requests of type ``WS``; connection
+failures, server errors and unexpected closes as failed requests whose error text names the cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.event
+import websocket
+from websocket import ABNF
+
+from loadtest.fanout import FanoutTracker, parse_stamp
+from loadtest.rooms import RoomDirectory
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+# fire(name, response_time_ms, response_length, exception_or_None)
+Fire = Callable[[str, float, int, Exception | None], None]
+
+
+class ConnectFailed(Exception):
+    """TCP connect or WebSocket handshake failed; the text names the cause (errno, status)."""
+
+
+class JoinFailed(Exception):
+    pass
+
+
+class ConnectionClosed(Exception):
+    """The server closed the connection, or it broke, while the user still wanted it."""
+
+
+class ServerError(Exception):
+    """The server answered with an ``error`` message."""
+
+
+def describe(exc: BaseException) -> str:
+    """A short, stable cause (Locust groups failures by their text)."""
+    if isinstance(exc, websocket.WebSocketBadStatusException):
+        return f"handshake status {exc.status_code}"
+    if isinstance(exc, (socket.timeout, TimeoutError, websocket.WebSocketTimeoutException)):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{type(exc).__name__} {errno.errorcode.get(exc.errno, exc.errno)}"
+    return type(exc).__name__
+
+
+class Target:
+    """A parsed ``ws://host:port/path`` with its resolved address."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss"):
+            raise ValueError(f"host must be a ws:// or wss:// URL, not {url!r}")
+        self.url = url
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "wss" else 80)
+        self.secure = parts.scheme == "wss"
+        infos = socket.getaddrinfo(self.host, self.port, socket.AF_INET, socket.SOCK_STREAM)
+        self.address: tuple[str, int] = infos[0][4][:2]
+
+
+class ChatConnection:
+    """Connect, join, chat, leave; the receiving greenlet feeds the fan-out tracker."""
+
+    def __init__(
+        self,
+        *,
+        member: int,
+        username: str,
+        target: Target,
+        source_address: str | None,
+        fire: Fire,
+        tracker: FanoutTracker,
+        directory: RoomDirectory,
+        timeout: float,
+        on_held: Callable[[int], None],
+    ) -> None:
+        self.member = member
+        self.username = username
+        self.target = target
+        self.source_address = source_address
+        self._fire = fire
+        self._tracker = tracker
+        self._directory = directory
+        self._timeout = timeout
+        self._on_held = on_held
+        self.ws: websocket.WebSocket | None = None
+        self.room: str | None = None
+        self.joined = False
+        self.closing = False
+        self._receiver: gevent.Greenlet | None = None
+        self._join_ack: gevent.event.Event | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.ws is not None and self._receiver is not None and not self._receiver.dead
+
+    # -- connect / close -------------------------------------------------------------------------
+    def _open_socket(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.source_address:
+                # Bind the address only; the port is picked at connect() time per destination,
+                # so each source address offers the whole ephemeral range to each server port.
+                sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                sock.bind((self.source_address, 0))
+            sock.settimeout(self._timeout)
+            sock.connect(self.target.address)
+            if self.target.secure:
+                context = ssl.create_default_context()
+                return context.wrap_socket(sock, server_hostname=self.target.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def connect(self) -> bool:
+        start = time.perf_counter()
+        sock: socket.socket | None = None
+        try:
+            sock = self._open_socket()
+            ws = websocket.create_connection(
+                self.target.url,
+                socket=sock,
+                timeout=self._timeout,
+                skip_utf8_validation=True,  # the pure-Python validator costs more than the test
+                enable_multithread=True,
+            )
+            ws.settimeout(None)
+        except Exception as exc:
+            if sock is not None:
+                sock.close()
+            elapsed = (time.perf_counter() - start) * 1000.0
+            self._fire("connect", elapsed, 0, ConnectFailed(describe(exc)))
+            return False
+        self._fire("connect", (time.perf_counter() - start) * 1000.0, 0, None)
+        self.ws = ws
+        self.closing = False
+        self._receiver = gevent.spawn(self._receive_loop, ws)
+        return True
+
+    def close(self) -> None:
+        """Deliberate close (the user leaves or stops): not a failure."""
+        ws, receiver = self.ws, self._receiver
+        if ws is None:
+            return
+        self.closing = True
+        self._forget_room()
+        with contextlib.suppress(Exception):  # the socket may be gone already; we close anyway
+            ws.send_close(websocket.STATUS_NORMAL)
+        if receiver is not None and not receiver.dead:
+            receiver.join(timeout=2.0)
+            if not receiver.dead:
+                receiver.kill(block=False)
+        ws.shutdown()
+        self.ws = None
+
+    # -- protocol --------------------------------------------------------------------------------
+    def _send_json(self, payload: dict[str, Any]) -> int:
+        assert self.ws is not None
+        data = json.dumps(payload, separators=(",", ":"))
+        self.ws.send(data)
+        return len(data)
+
+    def join(self, room: str) -> bool:
+        if self.ws is None:
+            return False
+        if self.room is not None:
+            self._forget_room()
+        self._join_ack = gevent.event.Event()
+        self.room = room
+        start = time.perf_counter()
+        exc: Exception | None = None
+        try:
+            length = self._send_json({"type": "join", "room": room, "username": self.username})
+            if not self._join_ack.wait(self._timeout):
+                exc = JoinFailed("timeout" if self.alive else "connection closed")
+        except Exception as error:
+            exc, length = JoinFailed(describe(error)), 0
+        elapsed = (time.perf_counter() - start) * 1000.0
+        self._fire("join", elapsed, length, exc)
+        if exc is not None:
+            self.room = None
+            return False
+        return True
+
+    def leave(self) -> None:
+        if self.ws is None or self.room is None:
+            return
+        self._forget_room()
+        try:
+            self._send_json({"type": "leave"})
+        except Exception as error:
+            self._fire("leave", 0.0, 0, ConnectionClosed(describe(error)))
+
+    def chat(self, text: str) -> bool:
+        if self.ws is None:
+            return False
+        start = time.perf_counter()
+        try:
+            length = self._send_json({"type": "chat", "text": text})
+        except Exception as error:
+            self._fire("send", (time.perf_counter() - start) * 1000.0, 0,
+                       ConnectionClosed(describe(error)))
+            return False
+        self._fire("send", (time.perf_counter() - start) * 1000.0, length, None)
+        return True
+
+    def _forget_room(self) -> None:
+        if self.room is not None:
+            self._directory.left(self.room, self.member)
+            self._tracker.member_gone(self.member, self.room)
+        if self.joined:
+            self.joined = False
+            self._on_held(-1)
+        self.room = None
+
+    # -- receiving -------------------------------------------------------------------------------
+    def _receive_loop(self, ws: websocket.WebSocket) -> None:
+        try:
+            while True:
+                opcode, frame = ws.recv_data_frame(False)  # answers pings itself
+                if opcode == ABNF.OPCODE_TEXT:
+                    self._handle(frame.data)
+                elif opcode == ABNF.OPCODE_CLOSE:
+                    if not self.closing:
+                        data = frame.data
+                        code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
+                        self._lost(f"closed by server, code {code}")
+                    return
+        except Exception as error:
+            if not self.closing:
+                self._lost(f"connection lost: {describe(error)}")
+        finally:
+            if not self.closing:
+                self._forget_room()
+
+    def _lost(self, cause: str) -> None:
+        self._fire("closed", 0.0, 0, ConnectionClosed(cause))
+        if self._join_ack is not None:
+            self._join_ack.set()  # wake a pending join; it sees the connection is gone
+
+    def _handle(self, data: bytes | str) -> None:
+        now = time.time()
+        try:
+            message = json.loads(data)
+        except ValueError:
+            self._fire("receive", 0.0, len(data), ServerError("invalid JSON from server"))
+            return
+        kind = message.get("type")
+        if kind == "chat":
+            text = message.get("text")
+            stamped = parse_stamp(text) if isinstance(text, str) else None
+            if stamped is not None:
+                self._tracker.received(stamped[0], stamped[1], self.member, len(data), now)
+        elif kind == "system":
+            if (
+                "users" in message
+                and message.get("event") == "join"
+                and message.get("username") == self.username
+                and message.get("room") == self.room
+                and self._join_ack is not None
+                and not self._join_ack.is_set()
+            ):
+                self.joined = True
+                self._on_held(1)
+                self._directory.joined(self.room, self.member, now)
+                self._join_ack.set()
+        elif kind == "error":
+            self._fire("receive", 0.0, len(data), ServerError(str(message.get("code"))))
