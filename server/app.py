@@ -21,9 +21,9 @@ from picows import (
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
 
+from .acceptor import Acceptor, listening_socket, picows_protocol_factory
 from .config import Config
 from .core import ChatCore, Member
 from .heartbeat import Heartbeat
@@ -93,7 +93,7 @@ class Connection(WSListener):
 
     def _slow_path(self, kind: WSMsgType, frame: WSFrame) -> None:
         if kind is _CLOSE:
-            received = int(frame.get_close_code())
+            received = frame.get_close_code().value
             self.close(CloseCode.NORMAL if received in _NO_STATUS else received, "")
         elif kind is _TEXT or kind is _BINARY:
             if self.fragments is not None:
@@ -191,6 +191,8 @@ class App:
             loop, lambda: self.connections, config.ping_interval, config.ping_timeout
         )
         self.draining = False
+        self.acceptor: Acceptor | None = None
+        self._all_gone = asyncio.Event()
 
     # ---- connections --------------------------------------------------------------------------
 
@@ -216,6 +218,8 @@ class App:
                 connections[index] = last
                 last.slot = index
         self.paused.discard(conn)
+        if self.draining and not connections:
+            self._all_gone.set()
         if log.isEnabledFor(logging.DEBUG):
             log.debug("disconnected: %s", conn.peer())
 
@@ -247,23 +251,27 @@ class App:
 
     # ---- shutdown -----------------------------------------------------------------------------
 
-    async def shutdown(self, server: asyncio.Server, code: CloseCode) -> None:
+    async def shutdown(self, code: CloseCode) -> None:
         """Stops accepting, closes every client with `code`, waits (bounded) for them to go."""
         self.draining = True
-        server.close()
+        if self.acceptor is not None:
+            self.acceptor.close()
         self.heartbeat.stop()
         self.core.flush()
         for conn in list(self.connections):
             conn.close(code, "server shutting down")
-        deadline = self.loop.time() + self.config.shutdown_timeout
-        while self.connections and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), self.config.shutdown_timeout)
+            except TimeoutError:
+                log.warning("%d clients still open; aborting them", len(self.connections))
         for conn in list(self.connections):
             conn.transport.disconnect(graceful=False)
 
 
 def _refuse(status: int, body: bytes) -> WSUpgradeResponseWithListener:
-    return WSUpgradeResponseWithListener(WSUpgradeResponse.create_error_response(status, body), None)
+    response = WSUpgradeResponse.create_error_response(status, body)
+    return WSUpgradeResponseWithListener(response, None)
 
 
 def _quiet_picows() -> logging.LoggerAdapter[logging.Logger]:
@@ -276,25 +284,22 @@ def _quiet_picows() -> logging.LoggerAdapter[logging.Logger]:
     return logging.LoggerAdapter(logger, {})
 
 
-async def serve(config: Config, ready: asyncio.Future[tuple[str, int]] | None = None) -> int:
+async def serve(config: Config) -> int:
     loop = asyncio.get_running_loop()
     app = App(config, loop)
-    server = await ws_create_server(
+    factory = picows_protocol_factory(
         app.route,
-        config.host,
-        config.port,
-        websocket_handshake_timeout=10,
-        enable_auto_ping=False,
+        _quiet_picows(),
+        handshake_timeout=10.0,
         max_frame_size=config.max_message_bytes,
         read_buffer_init_size=2048,
-        logger_name=_quiet_picows(),
-        backlog=4096,
     )
-    host, port = server.sockets[0].getsockname()[:2]
+    acceptor = Acceptor(loop, listening_socket(config.host, config.port), factory)
+    acceptor.start()
+    app.acceptor = acceptor
+    host, port = acceptor.address
     print(f"roomcast listening on http://{host}:{port}/", flush=True)
     log.info("serving on ws://%s:%d (page at http://%s:%d/)", host, port, host, port)
-    if ready is not None:
-        ready.set_result((host, port))
     app.heartbeat.start()
 
     stop = asyncio.Event()
@@ -312,6 +317,6 @@ async def serve(config: Config, ready: asyncio.Future[tuple[str, int]] | None = 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("%s: closing %d connections", received[0].name, len(app.connections))
-    await app.shutdown(server, CloseCode.GOING_AWAY)
+    await app.shutdown(CloseCode.GOING_AWAY)
     log.info("stopped")
     return 0

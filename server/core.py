@@ -42,7 +42,9 @@ DEFAULT_USERNAME = "Anonymous"
 
 # C0/C1 controls, line/paragraph separators, bidi overrides and isolates, zero-width spaces, BOM:
 # characters that break one-line rendering or let a name impersonate another.
-_FORBIDDEN_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+_FORBIDDEN_IN_NAMES = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff]"
+)
 
 
 class Member:
@@ -176,7 +178,7 @@ class ChatCore:
     def handle_binary(self, member: Member) -> None:
         self.stats.messages_in += 1
         self.send_error(
-            member, ErrorCode.BINARY_UNSUPPORTED, "Binary messages are not supported; send JSON text"
+            member, ErrorCode.BINARY_UNSUPPORTED, "Binary messages are not supported"
         )
 
     def chat(self, member: Member, text: str) -> None:
@@ -240,7 +242,8 @@ class ChatCore:
         text = f"{name} joined #{room_key}"
         count = len(room) + 1
         if len(room):
-            self._enqueue(room, text_frame(encode(SystemMessage(text, "join", room_key, name, count, now))))
+            notice = SystemMessage(text, "join", room_key, name, count, now)
+            self._enqueue(room, text_frame(encode(notice)))
         if room.pending:
             member.late = True
             member.cursor = len(room.pending)

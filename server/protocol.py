@@ -14,7 +14,7 @@ import msgspec
 
 
 class CloseCode(enum.IntEnum):
-    """Close codes the server sends. 4000-4999 are roomcast's own (documented in docs/protocol.md)."""
+    """Close codes the server sends; 4000-4999 are roomcast's own (see docs/protocol.md)."""
 
     NORMAL = 1000
     GOING_AWAY = 1001  # server shutting down, or the peer stopped answering pings
@@ -107,7 +107,8 @@ class InvalidUTF8(Exception):
 def decode(payload: bytes) -> ClientMessage:
     """Decodes one client message; raises DecodeFailure (peer's error) or InvalidUTF8."""
     try:
-        return decoder.decode(payload)
+        message: ClientMessage = decoder.decode(payload)
+        return message
     except UnicodeDecodeError:
         raise InvalidUTF8 from None
     except msgspec.ValidationError as exc:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import selectors
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -49,6 +47,8 @@ class ServerProcess:
                 self.proc.wait(timeout)
         if self.pump is not None:
             self.pump.join(timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
     def text(self) -> str:
@@ -70,9 +70,11 @@ def start_server(
     env: dict[str, str] | None = None,
     timeout: float = 15.0,
     preexec_fn: object = None,
+    command: list[str] | None = None,
 ) -> ServerProcess:
-    """Starts ``python -m server`` and returns once it listens (raises if it does not)."""
-    cmd = [sys.executable, "-m", "server", "--host", host, "--port", str(port), *args]
+    """Starts ``python -m server`` (or `command`) and returns once it listens, or raises."""
+    cmd = command or [sys.executable, "-m", "server", "--host", host, "--port", str(port)]
+    cmd = [*cmd, *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
         cmd,
@@ -80,40 +82,27 @@ def start_server(
         stderr=subprocess.STDOUT,
         text=True,
         env=full_env,
-        preexec_fn=preexec_fn,  # type: ignore[arg-type]
+        preexec_fn=preexec_fn,  # type: ignore[arg-type]  # noqa: PLW1509
     )
-    assert proc.stdout is not None
-    output: list[str] = []
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not sel.select(deadline - time.monotonic()):
-                break
-            line = proc.stdout.readline()
-            if not line:
-                break
-            output.append(line)
-            match = READY_LINE.search(line)
-            if match:
-                server = ServerProcess(proc, match["host"], int(match["port"]), output)
-                _keep_draining(server)
-                return server
-    proc.kill()
-    rest = proc.stdout.read() if proc.poll() is not None else ""
-    raise RuntimeError(f"server did not start: {cmd}\n{''.join(output)}{rest}")
-
-
-def _keep_draining(server: ServerProcess) -> None:
-    """Reads the server's output in a thread so that a chatty log never blocks the server."""
+    server = ServerProcess(proc, host, 0)
+    ready = threading.Event()
 
     def pump() -> None:
-        assert server.proc.stdout is not None
-        for line in server.proc.stdout:
+        assert proc.stdout is not None
+        for line in proc.stdout:
             server.output.append(line)
+            match = READY_LINE.search(line)
+            if match and not ready.is_set():
+                server.host, server.port = match["host"], int(match["port"])
+                ready.set()
+        ready.set()  # EOF: the process is gone
 
     server.pump = threading.Thread(target=pump, daemon=True)
     server.pump.start()
+    if not ready.wait(timeout) or not server.port:
+        server.stop(signal.SIGKILL)
+        raise RuntimeError(f"server did not start: {cmd}\n{server.text()}")
+    return server
 
 
 @contextlib.contextmanager

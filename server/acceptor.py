@@ -1,0 +1,160 @@
+"""Our own accept loop, so that running out of file descriptors is survivable and visible.
+
+picows's default server (aiofastnet) spins at 100% CPU when accept() fails with EMFILE, and
+uvloop's closes the waiting connections silently. Here, when accept() fails for lack of
+descriptors or memory, we stop watching the listening socket for a moment (the waiting clients stay
+in the kernel's backlog), log it once per episode, count it, and try again; existing clients are
+not affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import aiofastnet
+from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
+
+log = logging.getLogger("roomcast")
+
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+RETRY_DELAY = 0.25
+
+
+def picows_protocol_factory(
+    listener_factory: Callable[[Any], Any],
+    logger: Any,
+    *,
+    handshake_timeout: float,
+    max_frame_size: int,
+    read_buffer_init_size: int,
+) -> Callable[[], asyncio.BufferedProtocol]:
+    """The server-side protocol factory that picows's ws_create_server builds internally."""
+
+    def factory() -> asyncio.BufferedProtocol:
+        protocol: asyncio.BufferedProtocol = WSProtocol(
+            None,  # host:port (client side only)
+            None,  # path (client side only)
+            False,  # is_client_side
+            listener_factory,
+            logger,
+            True,  # disconnect_on_exception
+            handshake_timeout,
+            False,  # our heartbeat replaces picows's per-connection ping task
+            20.0,
+            20.0,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # enable_auto_pong
+            max_frame_size,
+            None,  # extra_headers (client side only)
+            read_buffer_init_size,
+        )
+        return protocol
+
+    return factory
+
+
+def listening_socket(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096
+) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Acceptor:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = protocol_factory
+        self._ssl = ssl_context
+        self._watching = False
+        self._closed = False
+        self._exhausted = False
+        self.exhaustion_episodes = 0
+        self.accepted = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._sock.getsockname()[:2]
+        return host, port
+
+    def start(self) -> None:
+        if not self._watching and not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+            self._watching = True
+
+    def close(self) -> None:
+        """Stops accepting; the clients already connected are not touched."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._watching:
+            self._loop.remove_reader(self._sock.fileno())
+            self._watching = False
+        self._sock.close()
+
+    def _on_readable(self) -> None:
+        for _ in range(256):  # bounded, so a connection storm cannot starve the clients
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRORS:
+                    self._pause(exc)
+                    return
+                log.error("accept() failed: %s", exc)
+                return
+            if self._exhausted:
+                self._exhausted = False
+                log.warning("accepting connections again")
+            self.accepted += 1
+            conn.setblocking(False)
+            self._loop.create_task(self._connect(conn))
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await aiofastnet.connect_accepted_socket(self._loop, self._factory, conn, ssl=self._ssl)
+        except Exception as exc:
+            conn.close()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("connection setup failed: %s", exc)
+
+    def _pause(self, exc: OSError) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        self._watching = False
+        if not self._exhausted:
+            self._exhausted = True
+            self.exhaustion_episodes += 1
+            log.warning(
+                "accept() failed: %s; new clients wait in the backlog, existing ones are served; "
+                "retrying every %.2fs",
+                exc.strerror,
+                RETRY_DELAY,
+            )
+        self._loop.call_later(RETRY_DELAY, self.start)

@@ -1,0 +1,420 @@
+"""The chat core without sockets: members write into lists, the test plays the event loop."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from server.config import Config
+from server.core import ChatCore, Member
+from server.protocol import CloseCode
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Client:
+    """A member whose writes are parsed back into messages, as a client would see them."""
+
+    def __init__(self, core: ChatCore) -> None:
+        self.core = core
+        self.writes: list[bytes] = []
+        self.member = Member(self.writes.append)
+
+    def send(self, message: Any) -> CloseCode | None:
+        raw = message if isinstance(message, bytes) else json.dumps(message).encode()
+        return self.core.handle_text(self.member, raw)
+
+    def join(self, username: str, room: str = "general") -> None:
+        self.send({"type": "join", "username": username, "room": room})
+
+    def chat(self, text: str) -> None:
+        self.send({"type": "chat", "text": text})
+
+    def messages(self) -> list[Any]:
+        """Every message received so far, decoded from the unmasked frames; clears the buffer."""
+        out = []
+        data = b"".join(self.writes)
+        self.writes.clear()
+        pos = 0
+        while pos < len(data):
+            assert data[pos] == 0x81, "FIN+TEXT frame"
+            size = data[pos + 1]
+            pos += 2
+            if size == 126:
+                size = int.from_bytes(data[pos : pos + 2], "big")
+                pos += 2
+            elif size == 127:
+                size = int.from_bytes(data[pos : pos + 8], "big")
+                pos += 8
+            out.append(json.loads(data[pos : pos + size]))
+            pos += size
+        return out
+
+
+class Harness:
+    def __init__(self, **overrides: Any) -> None:
+        self.scheduled: list[Callable[[], None]] = []
+        self.clock = Clock()
+        self.core = ChatCore(
+            Config(**overrides),
+            self.scheduled.append,
+            clock=self.clock,
+            wall_ms=lambda: 1_700_000_000_000,
+        )
+
+    def client(self) -> Client:
+        return Client(self.core)
+
+    def tick(self) -> None:
+        """End of an event-loop tick: run the one scheduled flush."""
+        pending, self.scheduled[:] = list(self.scheduled), []
+        for callback in pending:
+            callback()
+
+
+@pytest.fixture
+def hub() -> Harness:
+    return Harness()
+
+
+def texts(messages: list[Any]) -> list[str]:
+    return [m.get("text") for m in messages]
+
+
+# ---- join / chat / leave as the seed defines them ------------------------------------------------
+
+
+def test_join_gives_the_joiner_the_member_list_and_others_a_notice(hub: Harness) -> None:
+    alice, bob = hub.client(), hub.client()
+    alice.join("alice")
+    hub.tick()
+    assert alice.messages() == [
+        {
+            "type": "system",
+            "text": "alice joined #general",
+            "event": "join",
+            "room": "general",
+            "username": "alice",
+            "count": 1,
+            "timestamp": 1_700_000_000_000,
+            "users": ["alice"],
+        }
+    ]
+    bob.join("bob")
+    hub.tick()
+    welcome = bob.messages()
+    assert welcome[0]["users"] == ["alice", "bob"] and welcome[0]["count"] == 2
+    [notice] = alice.messages()
+    assert notice == {k: v for k, v in welcome[0].items() if k != "users"}
+
+
+def test_defaults_match_the_seed(hub: Harness) -> None:
+    anon = hub.client()
+    anon.send({"type": "join"})
+    hub.tick()
+    [welcome] = anon.messages()
+    assert welcome["text"] == "Anonymous joined #general"
+    other = hub.client()
+    other.send({"type": "join", "room": "", "username": None, "extra": 1})
+    hub.tick()
+    assert other.messages()[0]["text"] == "Anonymous joined #general"
+
+
+def test_chat_reaches_every_member_including_the_sender_and_no_other_room(hub: Harness) -> None:
+    alice, bob, carol = hub.client(), hub.client(), hub.client()
+    alice.join("alice")
+    bob.join("bob")
+    carol.join("carol", room="dev")
+    hub.tick()
+    for c in (alice, bob, carol):
+        c.messages()
+    alice.chat("hello")
+    hub.tick()
+    expected = {
+        "type": "chat",
+        "username": "alice",
+        "text": "hello",
+        "timestamp": 1_700_000_000_000,
+    }
+    assert alice.messages() == [expected]
+    assert bob.messages() == [expected]
+    assert carol.messages() == []
+
+
+def test_leave_notifies_the_rest_and_stops_delivery(hub: Harness) -> None:
+    alice, bob = hub.client(), hub.client()
+    alice.join("alice")
+    bob.join("bob")
+    hub.tick()
+    alice.messages()
+    bob.messages()
+    bob.send({"type": "leave"})
+    hub.tick()
+    [notice] = alice.messages()
+    assert notice["text"] == "bob left #general" and notice["event"] == "leave"
+    assert notice["count"] == 1
+    alice.chat("anyone?")
+    hub.tick()
+    assert bob.messages() == []
+
+
+def test_join_while_in_a_room_leaves_it_first(hub: Harness) -> None:
+    alice, bob = hub.client(), hub.client()
+    alice.join("alice")
+    bob.join("bob")
+    hub.tick()
+    alice.messages()
+    bob.messages()
+    bob.join("bob", room="dev")
+    hub.tick()
+    assert texts(alice.messages()) == ["bob left #general"]
+    assert texts(bob.messages()) == ["bob joined #dev"]
+    assert set(hub.core.rooms) == {"general", "dev"}
+
+
+def test_disconnect_announces_the_leave_and_empty_rooms_disappear(hub: Harness) -> None:
+    alice, bob = hub.client(), hub.client()
+    alice.join("alice", "r")
+    bob.join("bob", "r")
+    hub.tick()
+    alice.messages()
+    hub.core.disconnect(bob.member)
+    hub.tick()
+    assert texts(alice.messages()) == ["bob left #r"]
+    hub.core.disconnect(alice.member)
+    assert "r" not in hub.core.rooms
+
+
+# ---- presence costs O(1) per member per join ---------------------------------------------------
+
+
+def test_a_join_costs_other_members_a_constant_size_notice() -> None:
+    hub = Harness(max_users_list=5)
+    clients = [hub.client() for _ in range(50)]
+    sizes = []
+    first = clients[0]
+    for i, c in enumerate(clients):
+        c.join(f"user{i:03d}")
+        hub.tick()
+        if i:
+            sizes.append(sum(map(len, first.writes)))
+        first.writes.clear()
+    # the notice for the 2nd member and for the 50th member differ only in the digits of `count`
+    assert max(sizes) - min(sizes) <= 2
+    last = clients[-1].messages()[0]
+    assert last["count"] == 50 and len(last["users"]) == 5
+
+
+# ---- coalescing and ordering -------------------------------------------------------------------
+
+
+def test_messages_in_one_tick_are_one_write_per_member(hub: Harness) -> None:
+    members = [hub.client() for _ in range(3)]
+    for i, c in enumerate(members):
+        c.join(f"u{i}")
+    hub.tick()
+    for c in members:
+        c.messages()
+    for n in range(5):
+        members[0].chat(f"m{n}")
+    assert all(c.writes == [] for c in members), "nothing is written before the tick ends"
+    hub.tick()
+    for c in members:
+        assert len(c.writes) == 1
+        assert texts(c.messages()) == [f"m{n}" for n in range(5)]
+    blobs = {id(c.writes) for c in members}
+    assert len(blobs) == 3
+    assert hub.core.stats.deliveries >= 15 and hub.core.stats.coalesced_frames >= 12
+
+
+def test_every_member_gets_the_same_bytes_object(hub: Harness) -> None:
+    a, b = hub.client(), hub.client()
+    a.join("a")
+    b.join("b")
+    hub.tick()
+    a.writes.clear()
+    b.writes.clear()
+    a.chat("x")
+    hub.tick()
+    assert a.writes[0] is b.writes[0]
+
+
+def test_a_joiner_gets_nothing_queued_before_it_joined(hub: Harness) -> None:
+    alice, bob = hub.client(), hub.client()
+    alice.join("alice")
+    hub.tick()
+    alice.messages()
+    alice.chat("before bob")
+    bob.join("bob")
+    alice.chat("after bob")
+    hub.tick()
+    assert texts(alice.messages()) == ["before bob", "bob joined #general", "after bob"]
+    assert texts(bob.messages()) == ["bob joined #general", "after bob"]
+
+
+def test_a_leaver_gets_what_was_queued_before_it_left_and_nothing_after(hub: Harness) -> None:
+    alice, bob = hub.client(), hub.client()
+    alice.join("alice")
+    bob.join("bob")
+    hub.tick()
+    alice.messages()
+    bob.messages()
+    alice.chat("one")
+    bob.join("bob", room="elsewhere")
+    alice.chat("two")
+    hub.tick()
+    assert texts(bob.messages()) == ["one", "bob joined #elsewhere"]
+    assert texts(alice.messages()) == ["one", "bob left #general", "two"]
+
+
+def test_an_error_is_ordered_after_the_room_messages_before_it(hub: Harness) -> None:
+    alice, bob = hub.client(), hub.client()
+    alice.join("alice")
+    bob.join("bob")
+    hub.tick()
+    alice.messages()
+    bob.messages()
+    bob.chat("first")
+    bob.send(b"not json")
+    bob.chat("second")
+    hub.tick()
+    got = bob.messages()
+    assert [m["type"] for m in got] == ["chat", "error", "chat"]
+    assert texts(alice.messages()) == ["first", "second"]
+
+
+# ---- bad input: an error for the sender, nothing for anyone else, connection usable ----------
+
+BAD_INPUTS: list[tuple[bytes, str]] = [
+    (b"{nope", "invalid_json"),
+    (b"[1, 2]", "invalid_message"),
+    (b'"chat"', "invalid_message"),
+    (b"42", "invalid_message"),
+    (b'{"type": "shout", "text": "x"}', "unknown_type"),
+    (b'{"text": "no type"}', "unknown_type"),
+    (b'{"type": 7}', "unknown_type"),
+    (b'{"type": "chat", "text": 5}', "invalid_message"),
+    (b'{"type": "chat"}', "invalid_message"),
+    (b'{"type": "chat", "text": ""}', "empty_text"),
+    (b'{"type": "chat", "text": "   "}', "empty_text"),
+    (b'{"type": "chat", "text": "' + b"x" * 4001 + b'"}', "text_too_long"),
+    (b'{"type": "join", "username": "' + b"u" * 33 + b'"}', "invalid_username"),
+    (b'{"type": "join", "username": "bad\\u0007name"}', "invalid_username"),
+    (b'{"type": "join", "username": "evil\\u202etxt"}', "invalid_username"),
+    (b'{"type": "join", "room": "' + b"r" * 65 + b'"}', "invalid_room"),
+    (b'{"type": "join", "room": "a\\nb"}', "invalid_room"),
+    (b'{"type": "join", "username": ["x"]}', "invalid_message"),
+]
+
+
+@pytest.mark.parametrize(("raw", "code"), BAD_INPUTS)
+def test_bad_input_gets_a_coded_error_and_changes_nothing(
+    hub: Harness, raw: bytes, code: str
+) -> None:
+    sender, witness = hub.client(), hub.client()
+    sender.join("sender")
+    witness.join("witness")
+    hub.tick()
+    sender.messages()
+    witness.messages()
+    assert sender.send(raw) is None
+    hub.tick()
+    [error] = sender.messages()
+    assert error["type"] == "error" and error["code"] == code and error["text"]
+    assert witness.messages() == []
+    assert sender.member.room is not None and sender.member.room.name == "general"
+    assert sender.member.name == "sender"
+    sender.chat("still here")
+    hub.tick()
+    assert texts(witness.messages()) == ["still here"]
+
+
+def test_chat_before_join_is_refused(hub: Harness) -> None:
+    c = hub.client()
+    c.chat("hi")
+    assert c.messages() == [
+        {"type": "error", "code": "not_in_room", "text": "Join a room first"}
+    ]
+
+
+def test_binary_is_refused_with_an_error(hub: Harness) -> None:
+    c = hub.client()
+    hub.core.handle_binary(c.member)
+    assert c.messages()[0]["code"] == "binary_unsupported"
+
+
+def test_invalid_utf8_asks_for_close_1007(hub: Harness) -> None:
+    c = hub.client()
+    assert c.send(b'{"type": "chat", "text": "\xff"}') == CloseCode.INVALID_TEXT
+    assert c.send(b"\xc3\x28") == CloseCode.INVALID_TEXT
+    assert c.messages() == []
+
+
+def test_names_are_trimmed_and_unicode_is_fine(hub: Harness) -> None:
+    c = hub.client()
+    c.join("  Zoë 🙂 ", "café")
+    assert c.messages()[0]["text"] == "Zoë 🙂 joined #café"
+
+
+def test_limits_come_from_the_config() -> None:
+    hub = Harness(max_text_length=3, max_username_length=2, max_room_length=1)
+    c = hub.client()
+    c.join("abc")
+    assert c.messages()[0]["code"] == "invalid_username"
+    c.join("ab", "xy")
+    assert c.messages()[0]["code"] == "invalid_room"
+    c.join("ab", "x")
+    c.messages()
+    c.chat("abcd")
+    assert c.messages()[0]["code"] == "text_too_long"
+
+
+# ---- rate limit: the seed's sliding window ----------------------------------------------------
+
+
+def test_rate_limit_refuses_the_burst_without_disconnecting() -> None:
+    hub = Harness(rate_limit=3, rate_window=10.0)
+    sender, witness = hub.client(), hub.client()
+    sender.join("s")
+    witness.join("w")
+    hub.tick()
+    sender.messages()
+    witness.messages()
+    for n in range(5):
+        sender.chat(f"m{n}")
+        hub.clock.now += 1
+    hub.tick()
+    got = sender.messages()
+    assert texts([m for m in got if m["type"] == "chat"]) == ["m0", "m1", "m2"]
+    errors = [m for m in got if m["type"] == "error"]
+    assert [e["code"] for e in errors] == ["rate_limited", "rate_limited"]
+    assert errors[0]["text"] == "Slow down! Max 3 msgs/10s"
+    assert errors[0]["retry_after_ms"] == 7000
+    assert texts(witness.messages()) == ["m0", "m1", "m2"]
+    hub.clock.now = 1010.0  # the first message has left the window
+    sender.chat("again")
+    hub.tick()
+    assert texts(witness.messages()) == ["again"]
+    assert hub.core.stats.rate_limited == 2
+
+
+def test_rate_limit_zero_disables_it() -> None:
+    hub = Harness(rate_limit=0)
+    a, b = hub.client(), hub.client()
+    a.join("a")
+    b.join("b")
+    hub.tick()
+    b.messages()
+    for n in range(100):
+        a.chat(str(n))
+    hub.tick()
+    assert len(b.messages()) == 100
