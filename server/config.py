@@ -27,6 +27,9 @@ class Config:
     ping_timeout: float = 10.0
     shutdown_timeout: float = 5.0
     log_level: str = "info"
+    log_format: str = "text"
+    certfile: str = ""
+    keyfile: str = ""
 
 
 _HELP: dict[str, str] = {
@@ -46,6 +49,9 @@ _HELP: dict[str, str] = {
     "ping_timeout": "seconds a pinged client has to answer before it is dropped (close 1001)",
     "shutdown_timeout": "seconds to wait for closing handshakes and writes on shutdown",
     "log_level": "debug, info, warning or error",
+    "log_format": "text (human-readable) or json (one object per line)",
+    "certfile": "PEM certificate chain: serve wss:// and https:// directly (with --keyfile)",
+    "keyfile": "PEM private key for --certfile",
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -94,6 +100,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         if f.name == "log_level":
             extra["choices"] = _LOG_LEVELS
             default = str(default).lower()
+        elif f.name == "log_format":
+            extra["choices"] = ("text", "json")
         parser.add_argument(
             flag,
             dest=f.name,
@@ -122,6 +130,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         parser.error("--ping-interval and --ping-timeout must be > 0")
     if config.rate_limit and config.rate_window <= 0:
         parser.error("--rate-window must be > 0 when --rate-limit is set")
+    if bool(config.certfile) != bool(config.keyfile):
+        parser.error("--certfile and --keyfile go together")
     for name in ("max_message_bytes", "max_text_length", "max_username_length", "max_room_length"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
