@@ -329,7 +329,7 @@ async def serve(config: Config) -> int:
         _quiet_picows(),
         handshake_timeout=10.0,
         max_frame_size=config.max_message_bytes,
-        read_buffer_init_size=2048,
+        read_buffer_init_size=2048,  # picows never allocates less
     )
     tls = _tls_context(config)
     acceptor = Acceptor(
