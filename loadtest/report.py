@@ -196,13 +196,15 @@ def annotate_html(path: Path, prefix: str) -> None:
         f"<table>{cells}</table></div><!-- /roomcast-summary -->"
     )
     text = path.read_text(encoding="utf-8")
-    if "<!-- roomcast-summary -->" in text:
+    while "<!-- roomcast-summary -->" in text:  # a previous annotation: replace it
         head, _, rest = text.partition("<!-- roomcast-summary -->")
         _, _, tail = rest.partition("<!-- /roomcast-summary -->")
-        text = head + block + tail
-    else:
-        match = re.search(r"<body[^>]*>", text)
-        if match is None:
-            return
-        text = text[: match.end()] + block + text[match.end():]
+        text = head + tail
+    # The report inlines its JavaScript, which contains "<body" in strings: use the real tag,
+    # the first one after </head>.
+    head_end = text.rfind("</head>")
+    match = re.compile(r"<body[^>]*>").search(text, max(head_end, 0))
+    if head_end == -1 or match is None:
+        return
+    text = text[: match.end()] + block + text[match.end():]
     path.write_text(text, encoding="utf-8")

@@ -38,6 +38,7 @@ def test_smoke_swarm_has_no_failures_and_records_fanout(tmp_path: Path) -> None:
             sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
             "--headless", "--users", str(USERS), "--spawn-rate", str(USERS), "--run-time", "8s",
             "--stop-timeout", "5", "--host", server.ws_url, "--csv", str(prefix), "--only-summary",
+            "--html", f"{prefix}.html",
             "--room-sizes", "3,5", "--fanout-room-size", "4", "--fanout-rate", "5",
             "--capacity-room-size", "3", "--chat-fraction", "0.5", "--chat-interval", "1",
             "--session-seconds", "4",
@@ -73,6 +74,13 @@ def test_smoke_swarm_has_no_failures_and_records_fanout(tmp_path: Path) -> None:
     section = report.markdown(str(prefix), {"relative_prefix": "smoke"})
     assert section.startswith(report.START) and section.rstrip().endswith(report.END)
     assert "Failures | 0 of" in section
+
+    html_report = Path(f"{prefix}.html")
+    report.annotate_html(html_report, str(prefix))
+    page = html_report.read_text(encoding="utf-8")
+    # the figures go into the document body, not into the report's inlined JavaScript
+    assert page.count("<!-- roomcast-summary -->") == 1
+    assert page.index("<!-- roomcast-summary -->") > page.rindex("</head>")
 
 
 def test_histogram_percentiles_are_within_resolution() -> None:
