@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -117,6 +117,9 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_ServerCollector(app))
+        # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total: what a
+        # capacity test needs to read from a remote server
+        ProcessCollector(registry=self.registry)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.TimerHandle | None = None
 

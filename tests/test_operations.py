@@ -65,6 +65,7 @@ async def test_metrics_count_connections_deliveries_and_errors(server: ServerPro
     assert after["roomcast_event_loop_lag_seconds_count"] >= 0
     assert after["roomcast_fanout_flush_seconds_count"] >= 1
     assert after["roomcast_ready"] == 1
+    assert after["process_resident_memory_bytes"] > 1e6 and after["process_open_fds"] >= 4
     for name in (
         "roomcast_slow_consumers_dropped_total",
         "roomcast_rate_limited_total",
