@@ -60,7 +60,8 @@ class Nginx:
             f"http {{\n    access_log off;\n{temp}\n    include {folder}/roomcast.conf;\n}}\n"
         )
         self.proc = subprocess.Popen(
-            [NGINX, "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(folder / "nginx.conf")],
+            [NGINX, "-p", str(folder), "-e", str(folder / "error.log"),
+             "-c", str(folder / "nginx.conf")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -99,7 +100,7 @@ async def connect_when_up(url: str, tls: ssl.SSLContext) -> websockets.ClientCon
 
 
 async def test_chat_over_wss_through_nginx(proxied: tuple[ServerProcess, Nginx]) -> None:
-    server, nginx = proxied
+    _, nginx = proxied
     tls = ssl.create_default_context(cafile=str(nginx.cert))
     url = f"wss://127.0.0.1:{nginx.tls_port}/ws"
     alice = await connect_when_up(url, tls)
