@@ -29,6 +29,7 @@ from .core import ChatCore, Member
 from .heartbeat import Heartbeat
 from .http import StaticSite
 from .protocol import CloseCode
+from .redis_broker import attach as attach_redis
 
 log = logging.getLogger("roomcast")
 
@@ -294,13 +295,15 @@ async def serve(config: Config) -> int:
         max_frame_size=config.max_message_bytes,
         read_buffer_init_size=2048,
     )
-    acceptor = Acceptor(loop, listening_socket(config.host, config.port), factory)
+    sock = listening_socket(config.host, config.port, reuse_port=config.reuse_port)
+    acceptor = Acceptor(loop, sock, factory)
     acceptor.start()
     app.acceptor = acceptor
     host, port = acceptor.address
     print(f"roomcast listening on http://{host}:{port}/", flush=True)
     log.info("serving on ws://%s:%d (page at http://%s:%d/)", host, port, host, port)
     app.heartbeat.start()
+    broker = attach_redis(app.core, config)
 
     stop = asyncio.Event()
     received: list[signal.Signals] = []
@@ -318,5 +321,7 @@ async def serve(config: Config) -> int:
             loop.remove_signal_handler(sig)
     log.info("%s: closing %d connections", received[0].name, len(app.connections))
     await app.shutdown(CloseCode.GOING_AWAY)
+    if broker is not None:
+        await broker.close()
     log.info("stopped")
     return 0
