@@ -299,11 +299,11 @@ async def serve(config: Config) -> int:
     acceptor = Acceptor(loop, sock, factory)
     acceptor.start()
     app.acceptor = acceptor
+    broker = await attach_redis(app.core, config)  # None without --redis-url
     host, port = acceptor.address
     print(f"roomcast listening on http://{host}:{port}/", flush=True)
     log.info("serving on ws://%s:%d (page at http://%s:%d/)", host, port, host, port)
     app.heartbeat.start()
-    broker = attach_redis(app.core, config)
 
     stop = asyncio.Event()
     received: list[signal.Signals] = []

@@ -269,6 +269,7 @@ class RedisBroker:
         self.told_clients = False
         self.has_lease = False
         self.outages = 0
+        self.first_attempt = asyncio.Event()  # set once the first connection attempt ended
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -647,6 +648,7 @@ class RedisBroker:
                 raise
             except Exception as exc:
                 attempts += 1
+                self.first_attempt.set()
                 if attempts == 1:
                     if first:
                         log.error(
@@ -670,6 +672,7 @@ class RedisBroker:
             await asyncio.sleep(delay)
             self.recovering = asyncio.get_running_loop().create_task(self._recover(first=first))
             return
+        self.first_attempt.set()
         if first and attempts == 0:
             log.info("connected to Redis at %s as node %s", self.url, self.node)
         else:
@@ -825,11 +828,18 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
 
 
-def attach(core: ChatCore, config: Config) -> RedisBroker | None:
-    """Puts a RedisBroker behind `core` when --redis-url is set (call inside the event loop)."""
+async def attach(core: ChatCore, config: Config) -> RedisBroker | None:
+    """Puts a RedisBroker behind `core` when --redis-url is set.
+
+    Returns once the first connection attempt has succeeded or failed (bounded), so that a node
+    that says it is ready is linked to the others whenever Redis is there; if it is not, the node
+    serves its local rooms and keeps retrying in the background.
+    """
     if not config.redis_url:
         return None
     broker = RedisBroker(core, config)
     core.set_broker(broker)
     broker.start()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(broker.first_attempt.wait(), COMMAND_TIMEOUT + 1)
     return broker
