@@ -34,6 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.workers > 1:
+        from .supervisor import supervise  # noqa: PLC0415
+
+        return supervise(config, sys.argv[1:] if argv is None else argv)
     limit = raise_fd_limit()
     log.info("file-descriptor limit: %d", limit)
     try:

@@ -94,7 +94,7 @@ async def test_clients_on_two_nodes_chat_both_ways(
     bob.send_json({"type": "leave"})
     notice = await alice.recv_json()
     assert notice["event"] == "leave" and notice["username"] == "bob" and notice["count"] == 1
-    carol, welcome = await joined(b, "carol", "lobby")
+    _, welcome = await joined(b, "carol", "lobby")
     assert sorted(welcome["users"]) == ["alice", "carol"] and welcome["count"] == 2
 
 
@@ -200,7 +200,7 @@ async def test_killed_node_members_leave_the_others_lists_within_the_lease(
 ) -> None:
     a, b = node(launch, redis_server), node(launch, redis_server)
     alice, _ = await joined(a, "alice", "lease")
-    bob, _ = await joined(b, "bob", "lease")
+    await joined(b, "bob", "lease")
     await until(alice, lambda m: m.get("text") == "bob joined #lease")
     b.proc.send_signal(signal.SIGKILL)
     started = time.monotonic()
@@ -208,7 +208,7 @@ async def test_killed_node_members_leave_the_others_lists_within_the_lease(
     elapsed = time.monotonic() - started
     assert notice["username"] == "bob" and notice["count"] == 1
     assert elapsed < 3 * float(TTL) + 2, elapsed
-    carol, welcome = await joined(a, "carol", "lease")
+    _, welcome = await joined(a, "carol", "lease")
     assert sorted(welcome["users"]) == ["alice", "carol"]
 
 
