@@ -40,6 +40,7 @@ from collections.abc import Callable
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
@@ -100,6 +101,16 @@ _COUNT_MARK = b',"count":0,'
 
 # Op kinds
 _PUB, _JOIN, _LEAVE, _OTHER = 0, 1, 2, 3
+
+
+class StatusMessage(msgspec.Struct, tag_field="type", tag="system"):
+    """Tells a room's local members that the link to the other nodes is down (``outage``) or
+    back (``recovered``). No username or count: it changes nobody's presence."""
+
+    text: str
+    event: str
+    room: str
+    timestamp: int
 
 
 def members_key(room: str) -> str:
@@ -633,8 +644,7 @@ class RedisBroker:
         now = int(time.time() * 1000)
         for room in list(core.rooms.values()):
             if len(room):
-                notice = SystemMessage(text, event, room.name, "", len(room), now)
-                core.deliver(room, encode(notice))
+                core.deliver(room, encode(StatusMessage(text, event, room.name, now)))
 
     async def _recover(self, *, first: bool) -> None:
         await self._disconnect()
