@@ -24,7 +24,7 @@ from .config import Config
 
 log = logging.getLogger("roomcast.supervisor")
 
-READY = re.compile(rb"roomcast listening on http://")
+READY = re.compile(rb"roomcast listening on https?://")
 RESTART_INTERVAL = 1.0
 START_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
@@ -70,6 +70,7 @@ class Supervisor:
         self.workers = [Worker(i) for i in range(config.workers)]
         self.stopping = False
         self.restarts = 0
+        self.ready_line = b""  # a worker's ready line (same scheme, host and port for all)
 
     async def spawn(self, worker: Worker) -> None:
         worker.ready = asyncio.Event()
@@ -87,6 +88,7 @@ class Supervisor:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             if READY.search(line) and not worker.ready.is_set():
+                self.ready_line = self.ready_line or line
                 worker.ready.set()
                 continue
             sys.stdout.buffer.write(line)
@@ -101,8 +103,8 @@ class Supervisor:
             await self.spawn(worker)
         started = await self._wait_started(stop)
         if started:
-            host = self.config.host
-            print(f"roomcast listening on http://{host}:{self.port}/", flush=True)
+            sys.stdout.buffer.write(self.ready_line)
+            sys.stdout.flush()
             log.info("%d workers serving on port %d", len(self.workers), self.port)
             watchers = [loop.create_task(self._watch(w)) for w in self.workers]
             await stop.wait()
