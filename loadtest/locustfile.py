@@ -170,7 +170,8 @@ class RoomcastUser(User):
             self.seat = None
 
     def publish(self) -> None:
-        assert self.conn is not None and self.conn.room is not None
+        if self.conn is None or self.conn.room is None or not self.conn.joined:
+            return
         state = self.state
         message_id = state.next_message_id()
         sent = time.time()
@@ -189,7 +190,7 @@ class RoomcastUser(User):
 class HoldUser(RoomcastUser):
     """Connection capacity: one idle, joined connection per user."""
 
-    weight = 6
+    weight = 7
     plan = "capacity"
 
     def wait_time(self) -> float:
@@ -236,7 +237,7 @@ class FanoutUser(RoomcastUser):
 class ChatUser(RoomcastUser):
     """Chat swarm: mostly idle members, some chatters, leaves and joins over time."""
 
-    weight = 3
+    weight = 2
     plan = "swarm"
 
     def on_start(self) -> None:

@@ -50,6 +50,19 @@ def _mib(kb: Any) -> str:
     return "n/a" if kb is None else f"{kb / 1024:,.0f} MiB"
 
 
+def compact_sizes(sizes: list[int]) -> str:
+    """``[1000, 5, 5, 5]`` -> ``"1000,5*3"`` (the --room-sizes syntax)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(sizes):
+        j = i
+        while j < len(sizes) and sizes[j] == sizes[i]:
+            j += 1
+        parts.append(str(sizes[i]) if j - i == 1 else f"{sizes[i]}*{j - i}")
+        i = j
+    return ",".join(parts)
+
+
 def failure_lines(failures: list[dict[str, str]]) -> list[str]:
     lines = []
     for row in sorted(failures, key=lambda r: -int(r["Occurrences"])):
@@ -97,7 +110,7 @@ def markdown(prefix: str, context: dict[str, str]) -> str:
         f"A headless Locust swarm, `{context.get('command', 'make loadtest')}`, run on "
         f"{context.get('date', '?')} on {context.get('machine', 'this machine')}: "
         f"scenario `{summary.get('scenario', '?')}`, {context.get('shape', '')}. "
-        f"{context.get('server', '')}",
+        f"{context.get('server', '')} {context.get('load', '')}".rstrip(),
         "",
         "| Figure | Value |",
         "|---|---|",
@@ -120,7 +133,7 @@ def markdown(prefix: str, context: dict[str, str]) -> str:
     if settings:
         lines += [
             "Parameters: room sizes "
-            f"`{','.join(str(s) for s in settings.get('room_sizes', []))}` (chat swarm), "
+            f"`{compact_sizes(settings.get('room_sizes', []))}` (chat swarm), "
             f"fan-out rooms of {settings.get('fanout_room_size')} at "
             f"{settings.get('fanout_rate')} msg/s, idle rooms of "
             f"{settings.get('capacity_room_size')}, {settings.get('chat_fraction')} of swarm users "

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "SCENARIO": args.scenario, "PYTHONUNBUFFERED": "1"}
     print("loadtest: " + " ".join(cmd), flush=True)
     started = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()[0]
     try:
         code = subprocess.call(cmd, cwd=ROOT, env=env)
     finally:
@@ -198,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         "own CPU, on the same machine as Locust." if server is not None
         else f"Server: `{host}`, started separately."
     )
+    load_after = os.getloadavg()[0]
     context = {
+        "load": f"Load average (1 min) {load_before:.1f} before and {load_after:.1f} after the run "
+        f"on {os.cpu_count()} CPUs (the server and Locust both run here, so other work on the "
+        "machine shows in the figures).",
         "command": "make loadtest" if argv is None and len(sys.argv) == 1
         else "python -m loadtest.run " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),

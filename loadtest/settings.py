@@ -16,13 +16,13 @@ SCENARIOS = ("capacity", "fanout", "swarm", "all")
 
 # (option, env var, default, help). Kept as data so docs/loadtest.md and --help cannot drift apart.
 OPTIONS: list[tuple[str, str, str, str]] = [
-    ("--room-sizes", "LOADTEST_ROOM_SIZES", "1000,200,50*4,10*20,3*30",
+    ("--room-sizes", "LOADTEST_ROOM_SIZES", "1000,100*2,20*10,5*40",
      "swarm rooms as SIZE or SIZE*COUNT, filled in order and reused in rounds"),
     ("--chat-fraction", "LOADTEST_CHAT_FRACTION", "0.1",
      "share of swarm users that chat; the rest only listen"),
-    ("--chat-interval", "LOADTEST_CHAT_INTERVAL", "15",
+    ("--chat-interval", "LOADTEST_CHAT_INTERVAL", "30",
      "mean seconds between two messages of a chatting swarm user (exponential)"),
-    ("--session-seconds", "LOADTEST_SESSION_SECONDS", "90",
+    ("--session-seconds", "LOADTEST_SESSION_SECONDS", "300",
      "mean seconds a swarm user stays in a room before it leaves (then it switches room or "
      "reconnects)"),
     ("--message-bytes", "LOADTEST_MESSAGE_BYTES", "120", "size of the chat text that users send"),

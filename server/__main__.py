@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -11,6 +12,7 @@ import uvloop
 
 from .app import serve
 from .config import parse_config
+from .logs import configure as configure_logging
 
 log = logging.getLogger("roomcast")
 
@@ -29,11 +31,7 @@ def raise_fd_limit() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(config.log_level, config.log_format)
     if config.workers > 1:
         from .supervisor import supervise  # noqa: PLC0415
 
@@ -42,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("file-descriptor limit: %d", limit)
     try:
         return uvloop.run(serve(config))
+    except ssl.SSLError as exc:  # before OSError, of which it is a subclass
+        log.error("cannot load --certfile/--keyfile: %s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

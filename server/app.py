@@ -8,8 +8,11 @@ timer per message.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import signal
+import ssl
+import time
 from typing import Any
 
 from picows import (
@@ -28,6 +31,8 @@ from .config import Config
 from .core import ChatCore, Member
 from .heartbeat import Heartbeat
 from .http import StaticSite
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
 from .protocol import CloseCode
 from .redis_broker import attach as attach_redis
 
@@ -194,15 +199,41 @@ class App:
         self.draining = False
         self.acceptor: Acceptor | None = None
         self._all_gone = asyncio.Event()
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.metrics = Metrics(self)
+        self.site.routes["/metrics"] = self._metrics
+        self.site.routes["/readyz"] = self._readyz
+        self._flush_seconds = self.metrics.flush_duration
 
     # ---- connections --------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Taking traffic: started, not draining."""
+        return self.acceptor is not None and not self.draining
 
     def route(self, request: WSUpgradeRequest) -> Any:
         if request.headers.get("upgrade", "").lower() == "websocket":
             if self.draining:
-                return _refuse(503, b"server is shutting down\n")
+                return self.refuse("draining", 503, b"server is shutting down\n")
             return Connection(self)
         return WSUpgradeResponseWithListener(self.site.respond(request), None)
+
+    def refuse(self, reason: str, status: int, body: bytes, headers: Any = None) -> Any:
+        """Answers an upgrade with an HTTP error before any WebSocket exists; counted by reason."""
+        self.refused[reason] += 1
+        response = WSUpgradeResponse.create_error_response(status, body, headers)
+        return WSUpgradeResponseWithListener(response, None)
+
+    def _metrics(self) -> Any:
+        return WSUpgradeResponse.create_ok_response(
+            self.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE}
+        )
+
+    def _readyz(self) -> Any:
+        if self.ready:
+            return WSUpgradeResponse.create_ok_response(b"ready\n")
+        return WSUpgradeResponse.create_error_response(503, b"not ready\n")
 
     def attach(self, conn: Connection) -> None:
         conn.slot = len(self.connections)
@@ -230,7 +261,9 @@ class App:
         self.loop.call_soon(self._flush_tick)
 
     def _flush_tick(self) -> None:
+        started = time.perf_counter()
         self.core.flush()
+        self._flush_seconds.observe(time.perf_counter() - started)
         if self.paused:
             self._drop_slow_consumers()
 
@@ -258,6 +291,7 @@ class App:
         if self.acceptor is not None:
             self.acceptor.close()
         self.heartbeat.stop()
+        self.metrics.stop()
         self.core.flush()
         for conn in list(self.connections):
             conn.close(code, "server shutting down")
@@ -270,9 +304,12 @@ class App:
             conn.transport.disconnect(graceful=False)
 
 
-def _refuse(status: int, body: bytes) -> WSUpgradeResponseWithListener:
-    response = WSUpgradeResponse.create_error_response(status, body)
-    return WSUpgradeResponseWithListener(response, None)
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    if not config.certfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.certfile, config.keyfile)
+    return context
 
 
 def _quiet_picows() -> logging.LoggerAdapter[logging.Logger]:
@@ -293,17 +330,20 @@ async def serve(config: Config) -> int:
         _quiet_picows(),
         handshake_timeout=10.0,
         max_frame_size=config.max_message_bytes,
-        read_buffer_init_size=2048,
+        read_buffer_init_size=2048,  # picows never allocates less
     )
+    tls = _tls_context(config)
     sock = listening_socket(config.host, config.port, reuse_port=config.reuse_port)
-    acceptor = Acceptor(loop, sock, factory)
+    acceptor = Acceptor(loop, sock, factory, ssl_context=tls)
     acceptor.start()
     app.acceptor = acceptor
     broker = await attach_redis(app.core, config)  # None without --redis-url
     host, port = acceptor.address
-    print(f"roomcast listening on http://{host}:{port}/", flush=True)
-    log.info("serving on ws://%s:%d (page at http://%s:%d/)", host, port, host, port)
+    http, ws = ("https", "wss") if tls else ("http", "ws")
+    print(f"roomcast listening on {http}://{host}:{port}/", flush=True)
+    log.info("serving on %s://%s:%d (page at %s://%s:%d/)", ws, host, port, http, host, port)
     app.heartbeat.start()
+    app.metrics.start_lag_probe(loop)
 
     stop = asyncio.Event()
     received: list[signal.Signals] = []
@@ -319,8 +359,10 @@ async def serve(config: Config) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    log.info("%s: closing %d connections", received[0].name, len(app.connections))
-    await app.shutdown(CloseCode.GOING_AWAY)
+    # SIGTERM is how service managers restart us: 1012 tells clients to come back.
+    code = CloseCode.SERVICE_RESTART if received[0] is signal.SIGTERM else CloseCode.GOING_AWAY
+    log.info("%s: closing %d connections with %d", received[0].name, len(app.connections), code)
+    await app.shutdown(code)
     if broker is not None:
         await broker.close()
     log.info("stopped")

@@ -27,6 +27,9 @@ class Config:
     ping_timeout: float = 10.0
     shutdown_timeout: float = 5.0
     log_level: str = "info"
+    log_format: str = "text"
+    certfile: str = ""
+    keyfile: str = ""
     redis_url: str = ""
     redis_cluster: bool = False
     node_ttl: float = 15.0
@@ -51,6 +54,9 @@ _HELP: dict[str, str] = {
     "ping_timeout": "seconds a pinged client has to answer before it is dropped (close 1001)",
     "shutdown_timeout": "seconds to wait for closing handshakes and writes on shutdown",
     "log_level": "debug, info, warning or error",
+    "log_format": "text (human-readable) or json (one object per line)",
+    "certfile": "PEM certificate chain: serve wss:// and https:// directly (with --keyfile)",
+    "keyfile": "PEM private key for --certfile",
     "redis_url": "redis://host:port/db of the Redis that links several roomcast nodes "
     "(empty: single node, in-process broker)",
     "redis_cluster": "--redis-url points at a Redis Cluster: use sharded Pub/Sub (Redis 7)",
@@ -106,6 +112,8 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         if f.name == "log_level":
             extra["choices"] = _LOG_LEVELS
             default = str(default).lower()
+        elif f.name == "log_format":
+            extra["choices"] = ("text", "json")
         parser.add_argument(
             flag,
             dest=f.name,
@@ -134,6 +142,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         parser.error("--ping-interval and --ping-timeout must be > 0")
     if config.rate_limit and config.rate_window <= 0:
         parser.error("--rate-window must be > 0 when --rate-limit is set")
+    if bool(config.certfile) != bool(config.keyfile):
+        parser.error("--certfile and --keyfile go together")
     if config.workers < 1:
         parser.error("--workers must be >= 1")
     if config.workers > 1 and not config.redis_url:

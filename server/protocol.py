@@ -44,17 +44,17 @@ class ErrorCode(enum.StrEnum):
 # ---- client -> server -------------------------------------------------------------------------
 
 
-class Join(msgspec.Struct, tag_field="type", tag="join"):
+class Join(msgspec.Struct, tag_field="type", tag="join", gc=False):
     # Optional and nullable because the seed's server treats missing, null and "" alike.
     room: str | None = None
     username: str | None = None
 
 
-class Chat(msgspec.Struct, tag_field="type", tag="chat"):
+class Chat(msgspec.Struct, tag_field="type", tag="chat", gc=False):
     text: str
 
 
-class Leave(msgspec.Struct, tag_field="type", tag="leave"):
+class Leave(msgspec.Struct, tag_field="type", tag="leave", gc=False):
     pass
 
 
@@ -63,13 +63,13 @@ ClientMessage = Join | Chat | Leave
 # ---- server -> client -------------------------------------------------------------------------
 
 
-class ChatMessage(msgspec.Struct, tag_field="type", tag="chat"):
+class ChatMessage(msgspec.Struct, tag_field="type", tag="chat", gc=False):
     username: str
     text: str
     timestamp: int
 
 
-class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_defaults=True):
+class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_defaults=True, gc=False):
     text: str
     event: str
     room: str
@@ -80,7 +80,7 @@ class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_default
     users: list[str] | None = None
 
 
-class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=True):
+class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=True, gc=False):
     code: ErrorCode
     text: str
     retry_after_ms: int | None = None

@@ -61,7 +61,7 @@ class RawClient:
         cls, host: str, port: int, path: str = "/", headers: dict[str, str] | None = None
     ) -> RawClient:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
-        client = cls(reader, writer)  # registered first, so that a cancelled handshake is closed too
+        client = cls(reader, writer)  # registered first: a cancelled handshake is closed too
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
             f"GET {path} HTTP/1.1",

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-READY_LINE = re.compile(r"roomcast listening on http://(?P<host>[^:/]+):(?P<port>\d+)/")
+READY_LINE = re.compile(r"roomcast listening on (?P<scheme>https?)://(?P<host>[^:/]+):(?P<port>\d+)/")
 
 
 @dataclass
@@ -27,14 +27,15 @@ class ServerProcess:
     port: int
     output: list[str] = field(default_factory=list)
     pump: threading.Thread | None = None
+    scheme: str = "http"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/"
+        return f"{'wss' if self.scheme == 'https' else 'ws'}://{self.host}:{self.port}/"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         """Signals the server and waits for it; returns its exit code."""
@@ -94,6 +95,7 @@ def start_server(
             match = READY_LINE.search(line)
             if match and not ready.is_set():
                 server.host, server.port = match["host"], int(match["port"])
+                server.scheme = match["scheme"]
                 ready.set()
         ready.set()  # EOF: the process is gone
 

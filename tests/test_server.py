@@ -311,15 +311,16 @@ def test_page_and_health_check(server: ServerProcess) -> None:
 # ---- process behaviour --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-async def test_signals_close_every_client_with_1001_and_exit_0(
-    launch: Launch, sig: signal.Signals
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 1012), (signal.SIGINT, 1001)])
+async def test_signals_close_every_client_and_exit_0(
+    launch: Launch, sig: signal.Signals, code: int
 ) -> None:
+    """SIGINT: going away (1001). SIGTERM, what service managers send to restart: 1012."""
     server = launch()
     clients = [await joined(server, f"c{i}") for i in range(3)]
     server.proc.send_signal(sig)
     for client in clients:
-        assert (await client.expect_close()).close_code == 1001
+        assert (await client.expect_close()).close_code == code
         client.send_frame(CLOSE, (1001).to_bytes(2, "big"))
     exit_code = await asyncio.wait_for(asyncio.to_thread(server.proc.wait), 10)
     assert exit_code == 0

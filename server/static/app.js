@@ -107,7 +107,7 @@
       renderMembers();
       showRoom();
       if (wasOnline) {
-        const why = event.code === 1001 ? " (server going away)" : "";
+        const why = { 1001: " (server going away)", 1012: " (server restarting)" }[event.code] || "";
         addLine("system", `Connection lost${why}; reconnecting…`);
       }
       scheduleReconnect();

@@ -53,13 +53,17 @@ def browser() -> Iterator[Browser]:
 def new_page(browser: Browser) -> Iterator[NewPage]:
     """Opens a page in its own context (its own storage: another person); closed after the test."""
     contexts: list[BrowserContext] = []
+    page_errors: list[str] = []
 
     def _new_page(**context_options: object) -> Page:
         context = browser.new_context(**context_options)  # type: ignore[arg-type]
         context.set_default_timeout(10_000)
         contexts.append(context)
-        return context.new_page()
+        page = context.new_page()
+        page.on("pageerror", lambda error: page_errors.append(f"{page.url}: {error}"))
+        return page
 
     yield _new_page
     for context in contexts:
         context.close()
+    assert page_errors == [], "uncaught JavaScript errors in the page"

@@ -108,6 +108,7 @@ def test_page_reconnects_and_rejoins_after_a_server_restart(new_page: NewPage) -
         )
         expect(page.locator("#app")).to_have_attribute("data-joined", "false")
         expect(page.locator("#members li")).to_have_count(0)
+        expect(page.locator("#messages .system").last).to_have_text(re.compile("reconnecting"))
         expect(page.locator("#send")).to_be_disabled()
 
     second = start_server("--rate-limit", "0", port=port)
@@ -122,6 +123,7 @@ def test_page_reconnects_and_rejoins_after_a_server_restart(new_page: NewPage) -
         for page in (alice, bob):
             expect(member(page, "alice")).to_have_count(1, timeout=10_000)
             expect(member(page, "bob")).to_have_count(1, timeout=10_000)
+        expect(alice.locator("#messages .system", has_text="Reconnected.")).to_have_count(1)
         say(bob, "after the restart")
         for page in (alice, bob):
             expect(chat_texts(page).last).to_have_text("after the restart")

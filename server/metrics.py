@@ -1,0 +1,141 @@
+"""Prometheus metrics, read from the server's own counters at scrape time.
+
+Nothing here runs per message or per recipient: the counters are plain integers the core bumps
+per message or per room flush, and a custom collector turns them into metric families only when
+/metrics is scraped. The two histograms are observed once per event-loop tick (fan-out flush) and
+once per probe interval (loop lag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .app import App
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LAG_PROBE_INTERVAL = 0.25
+
+_COUNTERS = (
+    # (metric name, core.stats attribute, help)
+    ("roomcast_messages_received", "messages_in", "WebSocket messages received from clients"),
+    ("roomcast_chat_messages", "chats", "chat messages accepted and broadcast"),
+    ("roomcast_joins", "joins", "room joins"),
+    ("roomcast_leaves", "leaves", "room leaves, disconnects included"),
+    ("roomcast_errors_sent", "errors", "error messages sent to clients (bad input)"),
+    ("roomcast_rate_limited", "rate_limited", "chat messages refused by the rate limit"),
+    ("roomcast_broadcasts", "broadcasts", "room flushes (one per room per event-loop tick)"),
+    ("roomcast_deliveries", "deliveries", "messages delivered (messages x recipients)"),
+    ("roomcast_writes", "writes", "socket writes issued by room flushes"),
+    (
+        "roomcast_coalesced_messages",
+        "coalesced_frames",
+        "deliveries that rode in another message's write (saved writes)",
+    ),
+    ("roomcast_bytes_sent", "bytes_sent", "bytes written by room flushes"),
+)
+
+
+class _ServerCollector(Collector):
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[Metric]:
+        app = self._app
+        stats = app.core.stats
+        for name, attribute, doc in _COUNTERS:
+            yield CounterMetricFamily(name, doc, value=getattr(stats, attribute))
+        yield CounterMetricFamily(
+            "roomcast_slow_consumers_dropped",
+            "connections closed with 4000 because their unsent bytes passed the limit",
+            value=app.slow_consumers_dropped,
+        )
+        yield CounterMetricFamily(
+            "roomcast_heartbeat_timeouts",
+            "connections dropped for not answering a ping",
+            value=app.heartbeat_timeouts,
+        )
+        refused = CounterMetricFamily(
+            "roomcast_handshakes_refused",
+            "upgrades refused before a WebSocket existed",
+            labels=["reason"],
+        )
+        for reason, count in sorted(app.refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        accept = app.acceptor
+        yield CounterMetricFamily(
+            "roomcast_connections_accepted",
+            "TCP connections accepted",
+            value=accept.accepted if accept else 0,
+        )
+        yield CounterMetricFamily(
+            "roomcast_accept_exhausted",
+            "episodes of accept() failing for lack of file descriptors or memory",
+            value=accept.exhaustion_episodes if accept else 0,
+        )
+        yield GaugeMetricFamily(
+            "roomcast_connections", "open WebSocket connections", value=len(app.connections)
+        )
+        rooms = app.core.rooms
+        yield GaugeMetricFamily(
+            "roomcast_rooms", "rooms with at least one member", value=len(rooms)
+        )
+        yield GaugeMetricFamily(
+            "roomcast_members", "room memberships", value=sum(len(room) for room in rooms.values())
+        )
+        yield GaugeMetricFamily(
+            "roomcast_slow_consumers_watched",
+            "connections over the transport's write high-water mark right now",
+            value=len(app.paused),
+        )
+        yield GaugeMetricFamily(
+            "roomcast_ready", "1 when /readyz answers 200", value=int(app.ready)
+        )
+
+
+class Metrics:
+    def __init__(self, app: App) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.loop_lag = Histogram(
+            "roomcast_event_loop_lag_seconds",
+            "how late a timer fires: time the loop was busy with other work",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.flush_duration = Histogram(
+            "roomcast_fanout_flush_seconds",
+            "duration of one tick's fan-out flush over all rooms with queued messages",
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+            registry=self.registry,
+        )
+        self.registry.register(_ServerCollector(app))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe: asyncio.TimerHandle | None = None
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def start_lag_probe(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._schedule_probe()
+
+    def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
+
+    def _schedule_probe(self) -> None:
+        assert self._loop is not None
+        self._probe = self._loop.call_later(LAG_PROBE_INTERVAL, self._on_probe, time.monotonic())
+
+    def _on_probe(self, scheduled_at: float) -> None:
+        self.loop_lag.observe(max(0.0, time.monotonic() - scheduled_at - LAG_PROBE_INTERVAL))
+        self._schedule_probe()

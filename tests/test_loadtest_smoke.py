@@ -1,0 +1,148 @@
+"""Smoke run of the Locust harness (loadtest/) against a real server, plus its pure helpers.
+
+Locust runs in a subprocess: it monkey-patches the standard library with gevent at import time,
+which must not leak into pytest.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest import report
+from loadtest.fanout import FanoutTotals, FanoutTracker, Histogram, parse_stamp, stamp
+from loadtest.rooms import RoomDirectory, SeatPlan
+from loadtest.settings import parse_room_sizes, parse_source_addresses
+from tests.support import running_server
+
+ROOT = Path(__file__).resolve().parent.parent
+USERS = 12
+
+
+def _stats(prefix: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with open(f"{prefix}_stats.csv", newline="") as f:
+        return {(row["Type"], row["Name"]): row for row in csv.DictReader(f)}
+
+
+@pytest.mark.timeout(90)
+def test_smoke_swarm_has_no_failures_and_records_fanout(tmp_path: Path) -> None:
+    prefix = tmp_path / "smoke"
+    with running_server("--rate-limit", "0", "--log-level", "warning") as server:
+        cmd = [
+            sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
+            "--headless", "--users", str(USERS), "--spawn-rate", str(USERS), "--run-time", "8s",
+            "--stop-timeout", "5", "--host", server.ws_url, "--csv", str(prefix), "--only-summary",
+            "--room-sizes", "3,5", "--fanout-room-size", "4", "--fanout-rate", "5",
+            "--capacity-room-size", "3", "--chat-fraction", "0.5", "--chat-interval", "1",
+            "--session-seconds", "4",
+        ]
+        env = {**os.environ, "SCENARIO": "all", "PYTHONWARNINGS": "ignore"}
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+
+    stats = _stats(prefix)
+    total = stats[("", "Aggregated")]
+    assert int(total["Failure Count"]) == 0, output[-4000:]
+    assert int(stats[("WS", "connect")]["Request Count"]) >= USERS
+    assert int(stats[("WS", "join")]["Request Count"]) >= USERS
+    assert int(stats[("WS", "send")]["Request Count"]) > 0
+    receipts = stats[("FANOUT", "per-receipt")]
+    last_member = stats[("FANOUT", "last member")]
+    assert int(receipts["Request Count"]) > 0
+    assert int(last_member["Request Count"]) > 0
+    assert float(receipts["Max Response Time"]) < 10_000
+
+    summary = json.loads(Path(f"{prefix}_summary.json").read_text())
+    # swarm users leave and come back at random, so not every user need be joined at one moment
+    assert USERS - 4 <= summary["held_peak"] <= USERS
+    assert summary["fanout"]["receipts"] >= int(receipts["Request Count"])
+    assert summary["fanout"]["lost_messages"] == 0
+    assert summary["server"]["pid"] == server.proc.pid
+    assert summary["server"]["rss_peak_kb"] > 0
+    assert summary["server"]["connections_peak"] >= 1
+
+    section = report.markdown(str(prefix), {"relative_prefix": "smoke"})
+    assert section.startswith(report.START) and section.rstrip().endswith(report.END)
+    assert "Failures | 0 of" in section
+
+
+def test_histogram_percentiles_are_within_resolution() -> None:
+    hist = Histogram()
+    for ms in range(1, 1001):
+        hist.add(float(ms))
+    assert hist.total == 1000
+    assert hist.percentile(0.5) == 500.0
+    assert hist.percentile(0.99) == 990.0
+    assert hist.percentile(1.0) == 1000.0
+    assert Histogram().percentile(0.5) is None
+    totals = FanoutTotals()
+    totals.add_delta({"receipts": hist.to_wire(), "messages": 3})
+    assert totals.receipts.total == 1000 and totals.messages == 3
+
+
+def test_tracker_reports_last_member_once_and_samples_receipts() -> None:
+    fired: list[tuple[str, float, Exception | None]] = []
+    now = [100.0]
+    tracker = FanoutTracker(
+        lambda name, ms, _len, exc: fired.append((name, ms, exc)), budget=2, timeout=5.0,
+        clock=lambda: now[0],
+    )
+    text = stamp("m1", 100.0, 64)
+    assert len(text) == 64 and parse_stamp(text) == ("m1", 100.0)
+    tracker.published("m1", "room", 100.0, {1, 2, 3}, len(text))
+    tracker.received("m1", 100.0, 1, 64, 100.010)
+    tracker.received("m1", 100.0, 2, 64, 100.030)
+    tracker.member_gone(3, "room")  # left before it got the message: no longer awaited
+    assert [(n, round(ms)) for n, ms, _ in fired] == [("last member", 30)]
+    tracker.published("m2", "room", 100.0, {1, 2}, len(text))
+    tracker.received("m2", 100.0, 1, 64, 100.005)
+    now[0] = 106.0
+    tracker.flush()
+    names = [n for n, _, _ in fired]
+    assert names.count("per-receipt") == 2  # 3 receipts, budget 2
+    lost = [exc for n, _, exc in fired if exc is not None]
+    assert len(lost) == 1 and "1 of 2 members" in str(lost[0])
+    assert tracker.pending == 0 and tracker.lost_messages == 1
+
+
+def test_seat_plan_fills_rooms_in_order_and_reuses_seats() -> None:
+    plan = SeatPlan("p", parse_room_sizes("2,1"))
+    seats = [plan.take() for _ in range(4)]
+    assert [(s.room, s.position) for s in seats] == [
+        ("p-s2-r0-0", 1), ("p-s2-r0-0", 2), ("p-s1-r0-1", 1), ("p-s2-r1-0", 1),
+    ]
+    plan.release(seats[1])
+    assert plan.take().room == "p-s2-r0-0"
+    directory = RoomDirectory()
+    directory.joined("r", 1, 10.0)
+    directory.joined("r", 2, 20.0)
+    assert directory.members_since("r", 15.0) == {1}
+
+
+def test_settings_parsing() -> None:
+    assert parse_room_sizes("1000, 5*3") == (1000, 5, 5, 5)
+    with pytest.raises(ValueError):
+        parse_room_sizes("0")
+    assert parse_source_addresses("auto", "127.0.0.1")[:2] == ["127.0.0.1", "127.0.0.2"]
+    assert parse_source_addresses("auto", "10.1.2.3") == []
+    assert parse_source_addresses("127.0.0.2-127.0.0.4", "x") == [
+        "127.0.0.2", "127.0.0.3", "127.0.0.4",
+    ]
+
+
+def test_readme_section_replaced_between_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    report.replace_section(readme, f"{report.START}\none\n{report.END}\n")
+    readme.write_text("# Results\n\nbench table\n\n" + readme.read_text() + "\nafter\n")
+    report.replace_section(readme, f"{report.START}\ntwo\n{report.END}\n")
+    text = readme.read_text()
+    assert text == f"# Results\n\nbench table\n\n{report.START}\ntwo\n{report.END}\n\nafter\n"

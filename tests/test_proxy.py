@@ -1,0 +1,119 @@
+"""deploy/nginx.conf in front of a real server: wss:// through a real Nginx with TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import shutil
+import ssl
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+import websockets
+
+from tests.conftest import Launch
+from tests.support import ServerProcess, free_port
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+DEPLOY = pathlib.Path(__file__).parent.parent / "deploy" / "nginx.conf"
+
+
+def make_certificate(folder: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+class Nginx:
+    def __init__(self, folder: pathlib.Path, upstream_port: int) -> None:
+        self.folder = folder
+        self.tls_port = free_port()
+        self.http_port = free_port()
+        self.cert, key = make_certificate(folder)
+        site = DEPLOY.read_text()
+        for old, new in (
+            ("server 127.0.0.1:8080;", f"server 127.0.0.1:{upstream_port};"),
+            ("listen 443 ssl;", f"listen 127.0.0.1:{self.tls_port} ssl;"),
+            ("listen 80;", f"listen 127.0.0.1:{self.http_port};"),
+            ("/etc/ssl/roomcast/fullchain.pem", str(self.cert)),
+            ("/etc/ssl/roomcast/privkey.pem", str(key)),
+        ):
+            assert old in site, f"deploy/nginx.conf no longer contains {old!r}"
+            site = site.replace(old, new)
+        (folder / "roomcast.conf").write_text(site)
+        temp = "\n".join(
+            f"    {kind}_temp_path {folder}/{kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        (folder / "nginx.conf").write_text(
+            f"daemon off;\nworker_processes 1;\npid {folder}/nginx.pid;\n"
+            f"error_log {folder}/error.log info;\nevents {{ worker_connections 256; }}\n"
+            f"http {{\n    access_log off;\n{temp}\n    include {folder}/roomcast.conf;\n}}\n"
+        )
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(folder / "nginx.conf")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def proxied(launch: Launch, tmp_path: pathlib.Path) -> Iterator[tuple[ServerProcess, Nginx]]:
+    if not pathlib.Path(NGINX).exists():
+        pytest.fail(
+            "nginx is not installed: run `make test` (it installs it) or apt-get install nginx"
+        )
+    server = launch("--rate-limit", "0", "--log-level", "debug")
+    nginx = Nginx(tmp_path, server.port)
+    try:
+        yield server, nginx
+    finally:
+        nginx.stop()
+
+
+async def connect_when_up(url: str, tls: ssl.SSLContext) -> websockets.ClientConnection:
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                return await websockets.connect(url, ssl=tls, open_timeout=2)
+            except OSError:
+                await asyncio.sleep(0.05)  # nginx is still binding its port
+
+
+async def test_chat_over_wss_through_nginx(proxied: tuple[ServerProcess, Nginx]) -> None:
+    server, nginx = proxied
+    tls = ssl.create_default_context(cafile=str(nginx.cert))
+    url = f"wss://127.0.0.1:{nginx.tls_port}/ws"
+    alice = await connect_when_up(url, tls)
+    bob = await connect_when_up(url, tls)
+    try:
+        await alice.send(json.dumps({"type": "join", "username": "alice", "room": "proxy"}))
+        assert json.loads(await asyncio.wait_for(alice.recv(), 5))["users"] == ["alice"]
+        await bob.send(json.dumps({"type": "join", "username": "bob", "room": "proxy"}))
+        await asyncio.wait_for(bob.recv(), 5)
+        assert json.loads(await asyncio.wait_for(alice.recv(), 5))["username"] == "bob"
+        await bob.send(json.dumps({"type": "chat", "text": "through nginx"}))
+        for ws in (alice, bob):
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (message["username"], message["text"]) == ("bob", "through nginx")
+    finally:
+        await alice.close()
+        await bob.close()
