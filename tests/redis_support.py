@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -58,7 +60,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self.workdir, *self.extra,
+                "--appendonly", "no", "--dir", self.workdir, "--logfile", "redis.log",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -66,7 +69,9 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while not ping(self.port):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+                with open(os.path.join(self.workdir, "redis.log")) as log:
+                    output = log.read()[-2000:]
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {output}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
             time.sleep(0.05)
@@ -82,10 +87,31 @@ class RedisServer:
         self.proc = None
 
 
-def start_redis(*extra: str) -> RedisServer:
-    server = RedisServer(free_port(), list(extra))
+    def close(self) -> None:
+        """Stops the server and removes its working directory."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_redis(*extra: str, port: int | None = None) -> RedisServer:
+    server = RedisServer(free_port() if port is None else port, list(extra))
     server.start()
     return server
+
+
+def cluster_port() -> int:
+    """A free port whose cluster-bus port (port + 10000) is valid and free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket() as bus:
+                bus.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def start_cluster(shards: int = 3) -> list[RedisServer]:
@@ -97,6 +123,7 @@ def start_cluster(shards: int = 3) -> list[RedisServer]:
                 start_redis(
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", "5000",
+                    port=cluster_port(),
                 )
             )
         cli(
@@ -110,6 +137,6 @@ def start_cluster(shards: int = 3) -> list[RedisServer]:
             time.sleep(0.1)
     except BaseException:
         for node in nodes:
-            node.stop()
+            node.close()
         raise
     return nodes

@@ -28,7 +28,7 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 def node(launch: Launch, redis: RedisServer, *extra: str) -> ServerProcess:
@@ -272,7 +272,7 @@ async def test_unreachable_redis_at_start_serves_locally_then_links(launch: Laun
         bob.send_json({"type": "chat", "text": "hello a"})
         await until(alice, chat_text("hello a"))
     finally:
-        redis.stop()
+        redis.close()
 
 
 async def test_workers_share_one_port_and_chat(redis_server: RedisServer, launch: Launch) -> None:
@@ -371,7 +371,7 @@ async def test_redis_cluster_sharded_pubsub(launch: Launch) -> None:
         assert sum(1 for c in counts if c) >= 2, counts
     finally:
         for shard in nodes:
-            shard.stop()
+            shard.close()
 
 
 # ---- processes ---------------------------------------------------------------------------------
