@@ -32,6 +32,10 @@ def raise_fd_limit() -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging(config.log_level, config.log_format)
+    if config.workers > 1:
+        from .supervisor import supervise  # noqa: PLC0415
+
+        return supervise(config, sys.argv[1:] if argv is None else argv)
     limit = raise_fd_limit()
     log.info("file-descriptor limit: %d", limit)
     try:

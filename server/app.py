@@ -34,6 +34,7 @@ from .http import StaticSite
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .protocol import CloseCode
+from .redis_broker import attach as attach_redis
 
 log = logging.getLogger("roomcast")
 
@@ -332,11 +333,11 @@ async def serve(config: Config) -> int:
         read_buffer_init_size=2048,  # picows never allocates less
     )
     tls = _tls_context(config)
-    acceptor = Acceptor(
-        loop, listening_socket(config.host, config.port), factory, ssl_context=tls
-    )
+    sock = listening_socket(config.host, config.port, reuse_port=config.reuse_port)
+    acceptor = Acceptor(loop, sock, factory, ssl_context=tls)
     acceptor.start()
     app.acceptor = acceptor
+    broker = await attach_redis(app.core, config)  # None without --redis-url
     host, port = acceptor.address
     http, ws = ("https", "wss") if tls else ("http", "ws")
     print(f"roomcast listening on {http}://{host}:{port}/", flush=True)
@@ -362,5 +363,7 @@ async def serve(config: Config) -> int:
     code = CloseCode.SERVICE_RESTART if received[0] is signal.SIGTERM else CloseCode.GOING_AWAY
     log.info("%s: closing %d connections with %d", received[0].name, len(app.connections), code)
     await app.shutdown(code)
+    if broker is not None:
+        await broker.close()
     log.info("stopped")
     return 0

@@ -30,6 +30,11 @@ class Config:
     log_format: str = "text"
     certfile: str = ""
     keyfile: str = ""
+    redis_url: str = ""
+    redis_cluster: bool = False
+    node_ttl: float = 15.0
+    workers: int = 1
+    reuse_port: bool = False
 
 
 _HELP: dict[str, str] = {
@@ -52,6 +57,13 @@ _HELP: dict[str, str] = {
     "log_format": "text (human-readable) or json (one object per line)",
     "certfile": "PEM certificate chain: serve wss:// and https:// directly (with --keyfile)",
     "keyfile": "PEM private key for --certfile",
+    "redis_url": "redis://host:port/db of the Redis that links several roomcast nodes "
+    "(empty: single node, in-process broker)",
+    "redis_cluster": "--redis-url points at a Redis Cluster: use sharded Pub/Sub (Redis 7)",
+    "node_ttl": "seconds a node's lease lives in Redis; the members of a node that stopped "
+    "renewing it are removed (with leave notices) after about this long",
+    "workers": "server processes sharing the port (SO_REUSEPORT); more than 1 needs --redis-url",
+    "reuse_port": "bind the port with SO_REUSEPORT so other processes can share it",
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -132,6 +144,15 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         parser.error("--rate-window must be > 0 when --rate-limit is set")
     if bool(config.certfile) != bool(config.keyfile):
         parser.error("--certfile and --keyfile go together")
+    if config.workers < 1:
+        parser.error("--workers must be >= 1")
+    if config.workers > 1 and not config.redis_url:
+        parser.error(
+            f"--workers {config.workers} needs --redis-url: the workers are separate processes "
+            "and only reach each other's clients through Redis"
+        )
+    if config.redis_url and config.node_ttl <= 0:
+        parser.error("--node-ttl must be > 0")
     for name in ("max_message_bytes", "max_text_length", "max_username_length", "max_room_length"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -10,6 +10,11 @@ Ordering: every member's byte stream is exactly the sequence of events it took p
 who joined during the current tick (or received a direct message while the room had queued frames)
 sit in ``room.late`` with a ``cursor`` into the room's queue, and get only the frames queued after
 it. A member that leaves first receives what was queued for it. See docs/backpressure.md.
+
+Where a room's messages go is the broker's business (server/broker.py): the core encodes a
+message once and hands the payload to ``broker.publish``; the in-process ``LocalBroker`` frames it
+and queues it on the room at once, a distributed broker delivers it when it comes back from the
+other nodes' common channel (``deliver``). Joins and leaves go through the broker the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import re
 import time
 from collections.abc import Callable
 from itertools import chain, islice
+from typing import TYPE_CHECKING
 
 from . import protocol
 from .config import Config
@@ -34,6 +40,9 @@ from .protocol import (
     error_frame,
     text_frame,
 )
+
+if TYPE_CHECKING:
+    from .broker import Broker
 
 Write = Callable[[bytes], object]
 
@@ -56,7 +65,7 @@ class Member:
         self.write = write
         self.name = DEFAULT_USERNAME
         self.room: Room | None = None
-        self.slot = 0  # index in room.members or room.late (O(1) swap-remove)
+        self.slot = 0  # index in room.members or room.late (O(1) swap-remove); -1: arriving
         self.late = False  # True while in room.late
         self.cursor = 0  # with late: first frame of room.pending this member still has to get
         self.rate_log: list[float] | None = None  # ring of the last `rate_limit` chat times
@@ -64,10 +73,11 @@ class Member:
 
 
 class Room:
-    __slots__ = ("late", "members", "name", "pending")
+    __slots__ = ("arriving", "late", "members", "name", "pending")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.arriving = 0  # members whose join the broker has not admitted yet (slot -1)
         self.members: list[Member] = []  # get every frame of the current tick
         self.late: list[Member] = []  # get room.pending[member.cursor:] this tick
         self.pending: list[bytes] = []  # frames queued this tick, flushed once
@@ -142,6 +152,10 @@ class ChatCore:
         self.rooms: dict[str, Room] = {}
         self.stats = Stats()
         self._schedule = schedule
+        from .broker import LocalBroker  # noqa: PLC0415  (broker imports core's types)
+
+        self.broker: Broker = LocalBroker(self)
+        self._publish = self.broker.publish
         self._clock = clock
         self._wall_ms = wall_ms
         self._dirty: list[Room] = []
@@ -208,8 +222,7 @@ class ChatCore:
                 )
                 return
         self.stats.chats += 1
-        payload = encode(ChatMessage(member.name, text, self._wall_ms()))
-        self._enqueue(room, text_frame(payload))
+        self._publish(room, encode(ChatMessage(member.name, text, self._wall_ms())))
 
     def join(self, member: Member, room_name: str | None, username: str | None) -> None:
         name = clean_name(username, DEFAULT_USERNAME, self.config.max_username_length)
@@ -238,12 +251,17 @@ class ChatCore:
         self.stats.joins += 1
         member.name = name
         member.room = room
-        now = self._wall_ms()
-        text = f"{name} joined #{room_key}"
-        count = len(room) + 1
-        if len(room):
-            notice = SystemMessage(text, "join", room_key, name, count, now)
-            self._enqueue(room, text_frame(encode(notice)))
+        member.slot = -1
+        room.arriving += 1
+        self.broker.join(room, member)
+
+    def admit(self, room: Room, member: Member, welcome: bytes | None) -> None:
+        """Puts an arriving member into the room's delivery lists at this point of its stream.
+
+        It gets every frame queued from now on, none queued before; `welcome` (a frame) is written
+        first. The broker calls this once it has placed the join in the room's order.
+        """
+        room.arriving -= 1
         if room.pending:
             member.late = True
             member.cursor = len(room.pending)
@@ -252,17 +270,38 @@ class ChatCore:
         else:
             member.slot = len(room.members)
             room.members.append(member)
-        users = room.names(self.config.max_users_list)
-        welcome = SystemMessage(text, "join", room_key, name, count, now, users)
-        # Written now: the joiner's stream starts here, before any frame queued after its cursor.
-        member.write(text_frame(encode(welcome)))
+        if welcome is not None:
+            member.write(welcome)
+
+    def set_broker(self, broker: Broker) -> None:
+        self.broker = broker
+        self._publish = broker.publish
+
+    def deliver(self, room: Room, payload: bytes) -> None:
+        """Queues one encoded message (from this node or another) on the room's next flush."""
+        self._enqueue(room, text_frame(payload))
+
+    def notice(self, room: Room, member: Member, event: str, count: int) -> SystemMessage:
+        verb = "joined" if event == "join" else "left"
+        return SystemMessage(
+            f"{member.name} {verb} #{room.name}", event, room.name, member.name, count,
+            self._wall_ms(),
+        )
+
+    def drop_if_empty(self, room: Room) -> bool:
+        """Forgets a room nobody on this node is in or arriving at; True when it was dropped."""
+        if len(room) or room.arriving:
+            return False
+        if self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+        return True
 
     def leave(self, member: Member) -> None:
         """An explicit leave: the member still gets what was queued for it before it left."""
         room = member.room
         if room is None:
             return
-        if room.pending:
+        if room.pending and member.slot >= 0:
             start = member.cursor if member.late else 0
             if start < len(room.pending):
                 member.write(b"".join(room.pending[start:]))
@@ -284,7 +323,7 @@ class ChatCore:
     def send_direct(self, member: Member, frame: bytes) -> None:
         """Writes one frame to one member now, after whatever its room queued for it so far."""
         room = member.room
-        if room is None or not room.pending:
+        if room is None or not room.pending or member.slot < 0:
             member.write(frame)
             return
         pending = room.pending
@@ -354,19 +393,16 @@ class ChatCore:
         room.pending.append(frame)
 
     def _remove(self, room: Room, member: Member) -> None:
-        _swap_remove(room.late if member.late else room.members, member)
+        if member.slot < 0:
+            room.arriving -= 1
+        else:
+            _swap_remove(room.late if member.late else room.members, member)
         member.late = False
         member.cursor = 0
+        member.slot = 0
         member.room = None
         self.stats.leaves += 1
-        count = len(room)
-        if count == 0:
-            if self.rooms.get(room.name) is room:
-                del self.rooms[room.name]
-            return
-        text = f"{member.name} left #{room.name}"
-        notice = SystemMessage(text, "leave", room.name, member.name, count, self._wall_ms())
-        self._enqueue(room, text_frame(encode(notice)))
+        self.broker.leave(room, member)
 
     def _rate_check(self, member: Member) -> float:
         """Sliding window as in the seed: at most N chats in any window. Returns seconds to wait."""

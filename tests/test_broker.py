@@ -1,0 +1,110 @@
+"""The broker seam in the core, without sockets or Redis."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from server.broker import LocalBroker
+from server.config import Config
+from server.core import ChatCore, Member, Room
+from server.protocol import SystemMessage, encode, text_frame
+from server.redis_broker import split_count
+from tests.test_core import Client
+
+
+class Deferred:
+    """A broker that, like a distributed one, delivers only when told to (in its own order)."""
+
+    def __init__(self, core: ChatCore) -> None:
+        self.core = core
+        self.published: list[tuple[Room, bytes]] = []
+        self.arrivals: list[tuple[Room, Member]] = []
+        self.leaves: list[tuple[Room, str]] = []
+
+    def publish(self, room: Room, payload: bytes) -> None:
+        self.published.append((room, payload))
+
+    def join(self, room: Room, member: Member) -> None:
+        self.arrivals.append((room, member))
+
+    def leave(self, room: Room, member: Member) -> None:
+        self.leaves.append((room, member.name))
+        self.core.drop_if_empty(room)
+
+    def release(self) -> None:
+        """Delivers what was published and admits the arrivals, in that order."""
+        for room, payload in self.published:
+            self.core.deliver(room, payload)
+        self.published.clear()
+        for room, member in self.arrivals:
+            self.core.admit(room, member, text_frame(b'{"type":"system","text":"welcome"}'))
+        self.arrivals.clear()
+
+
+def test_the_default_broker_is_local_and_publish_is_deliver() -> None:
+    core = ChatCore(Config(), lambda flush: None)
+    assert isinstance(core.broker, LocalBroker)
+    assert core.broker.publish == core.deliver
+
+
+def test_the_core_hands_encoded_payloads_to_the_broker_and_delivers_nothing_itself() -> None:
+    flushes: list[object] = []
+    core = ChatCore(Config(rate_limit=0), flushes.append)
+    broker = Deferred(core)
+    core.set_broker(broker)
+    alice, bob = Client(core), Client(core)
+    alice.join("alice")
+    bob.join("bob")
+    assert alice.writes == [] and bob.writes == []  # arriving: nothing yet
+    room = core.rooms["general"]
+    assert room.arriving == 2 and len(room) == 0
+    broker.release()
+    assert room.arriving == 0 and len(room) == 2
+    alice.chat("hi")
+    [(published_room, payload)] = broker.published
+    assert published_room is room
+    assert json.loads(payload)["text"] == "hi"
+    core.flush()
+    assert [m["text"] for m in alice.messages()] == ["welcome"]  # not delivered by the core
+    broker.release()
+    core.flush()
+    assert alice.messages()[0]["text"] == "hi"
+    assert bob.messages()[-1]["text"] == "hi"
+
+
+def test_an_arriving_member_that_leaves_is_not_left_in_the_room() -> None:
+    core = ChatCore(Config(), lambda flush: None)
+    broker = Deferred(core)
+    core.set_broker(broker)
+    alice = Client(core)
+    alice.join("alice", "r")
+    alice.send({"type": "chat", "text": "early"})  # allowed while arriving; ordered by broker
+    alice.send({"type": "leave"})
+    assert [name for _, name in broker.leaves] == ["alice"]
+    assert [json.loads(p)["text"] for _, p in broker.published] == ["early"]
+    assert "r" not in core.rooms and broker.leaves[0][0].arriving == 0
+    alice.send({"type": "chat", "text": "x"})
+    assert alice.messages()[-1]["code"] == "not_in_room"
+
+
+@given(
+    st.text(min_size=1, max_size=40),
+    st.text(min_size=1, max_size=40),
+    st.integers(min_value=0, max_value=10**9),
+)
+def test_split_count_puts_any_count_back_in_place(name: str, room: str, count: int) -> None:
+    notice = SystemMessage(f'{name} joined #{room}', "join", room, name, 0, 1234)
+    prefix, suffix = split_count(encode(notice))
+    rebuilt = json.loads(prefix + str(count).encode() + suffix)
+    notice.count = count
+    assert rebuilt == json.loads(encode(notice))
+
+
+def test_split_count_with_a_name_that_looks_like_the_count_field() -> None:
+    name = ',"count":0,"timestamp":1,'
+    prefix, suffix = split_count(encode(SystemMessage("t", "leave", "r", name, 0, 5)))
+    message = json.loads(prefix + b"42" + suffix)
+    assert message["count"] == 42 and message["username"] == name
