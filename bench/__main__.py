@@ -1,0 +1,293 @@
+"""``python -m bench [--scenario NAME] [--quick] [--only ID,...] [--servers a,b]``.
+
+See results/README.md for the options and what each scenario measures.
+
+Runs the chosen configurations against roomcast and its peers (a fresh server per configuration
+and server), records a py-spy flamegraph of roomcast under fanout, and writes
+``results/runs/<timestamp>.json``, the plots and ``results/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.profile import Recorder, hot_frames
+from bench.scenarios import SCENARIOS, Context
+from bench.servers import FD_LIMIT, NICE, OURS, PEERS, ROOT, cpu_split, start_server
+from bench.suite import FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
+
+NODE_DIR = ROOT / "bench" / "peers" / "node_ws"
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine(server_cpus: list[int], driver_cpus: list[int]) -> dict[str, Any]:
+    cpu_model = next(
+        (line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines()
+         if line.startswith("model name")),
+        platform.processor() or "unknown",
+    )
+    mem_kib = next((int(line.split()[1]) for line in _read("/proc/meminfo").splitlines()
+                    if line.startswith("MemTotal:")), 0)
+    return {
+        "hostname": platform.node(),
+        "cpu_model": cpu_model,
+        "cpus": os.cpu_count(),
+        "mem_total_gib": mem_kib / 2**20,
+        "kernel": platform.release(),
+        "server_cpus": server_cpus,
+        "driver_cpus": driver_cpus,
+        "fd_limit": FD_LIMIT,
+        "nice": NICE["value"],
+        "loadavg_start": _read("/proc/loadavg").split()[:3],
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _run(cmd: list[str]) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False,
+                             cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def versions() -> dict[str, Any]:
+    ws_pkg = NODE_DIR / "node_modules" / "ws" / "package.json"
+    ws_version = json.loads(ws_pkg.read_text())["version"] if ws_pkg.exists() else None
+    commit = _run(["git", "rev-parse", "--short", "HEAD"])
+    dirty = _run(["git", "status", "--porcelain", "--", "server"])
+    return {
+        "roomcast": f"{_version('roomcast')} (git {commit}{', server/ modified' if dirty else ''})",
+        "python": platform.python_version(),
+        "picows": _version("picows"),
+        "uvloop": _version("uvloop"),
+        "msgspec": _version("msgspec"),
+        "aiofastnet": _version("aiofastnet"),
+        "websockets": _version("websockets"),
+        "node": _run(["node", "--version"]),
+        "ws": ws_version,
+        "py-spy": (_run([str(Path(sys.executable).parent / "py-spy"), "--version"]) or "")
+        .replace("py-spy ", "") or None,
+    }
+
+
+def ensure_node_peer() -> str | None:
+    """None when the Node peer can run, else why not."""
+    if (NODE_DIR / "node_modules" / "ws").is_dir():
+        return None
+    script = ROOT / "scripts" / "ensure-node-peer.sh"
+    try:
+        subprocess.run([str(script)], check=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"Node peer dependencies missing and {script.name} failed: {exc}"
+    return None if (NODE_DIR / "node_modules" / "ws").is_dir() else "node_modules/ws missing"
+
+
+def reproduce(cfg: Config) -> str:
+    return f'make bench BENCH_ARGS="--only {cfg.id}"'
+
+
+def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
+    if fig.get("error"):
+        return f"  {server:14s} ERROR {fig['error'].splitlines()[-1][:150]}"
+    keys = {
+        "fanout": ("deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "cpu_per_delivery_us",
+                   "losses"),
+        "saturate": ("deliveries_per_s", "server_cpu_util", "cpu_per_delivery_us", "losses"),
+        "capacity": ("rss_per_conn_bytes", "connect_rate_per_s", "alive", "received_broadcast"),
+        "joinstorm": ("storm_ms", "bytes_sent", "frames", "server_cpu_s"),
+    }[cfg.scenario]
+    parts = []
+    for k in keys:
+        v = fig.get(k)
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    probs = f"  PROBLEMS: {'; '.join(fig['problems'])}" if fig.get("problems") else ""
+    return f"  {server:14s} " + " ".join(parts) + probs
+
+
+def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[int],
+               skip: dict[str, str]) -> dict[str, Any]:
+    rec: dict[str, Any] = {"id": cfg.id, "scenario": cfg.scenario, "params": cfg.params,
+                           "note": cfg.note, "reproduce": reproduce(cfg), "runs": {}}
+    print(f"[{time.strftime('%H:%M:%S')}] {cfg.id}", flush=True)
+    for name in servers:
+        if name in skip:
+            rec["runs"][name] = {"error": skip[name]}
+            continue
+        fig: dict[str, Any]
+        server = None
+        t0 = time.monotonic()
+        load0 = _read("/proc/loadavg").split()[:3]
+        try:
+            server = start_server(name, cpus=server_cpus)
+            fig = SCENARIOS[cfg.scenario](server, ctx, **cfg.params)
+            fig["server_command"] = shlex.join(server.command)
+        except Exception:
+            fig = {"error": traceback.format_exc(limit=3)}
+            if server is not None:
+                fig["server_output_tail"] = server.text()[-1000:]
+        finally:
+            if server is not None:
+                code = server.stop()
+                if code not in (0, -15, None):
+                    fig.setdefault("problems", []).append(f"server exit code {code}")
+        fig["elapsed_s"] = time.monotonic() - t0
+        fig["loadavg_before"] = load0
+        rec["runs"][name] = fig
+        print(summary(cfg, name, fig), flush=True)
+    return rec
+
+
+def run_flamegraph(cfg: Config, ctx: Context, server_cpus: list[int], results: Path,
+                   ) -> dict[str, Any]:
+    out = results / "flamegraph-fanout.svg"
+    tmp = results / "flamegraph-fanout.svg.tmp"
+    duration = max(2, int(cfg.params["duration"]) - 2)
+    info: dict[str, Any] = {"config": cfg.id, "svg": out.name, "duration_s": duration,
+                            "rate_hz": 250}
+    print(f"[{time.strftime('%H:%M:%S')}] flamegraph: {cfg.id} with py-spy for {duration} s",
+          flush=True)
+    server = None
+    try:
+        server = start_server(OURS, cpus=server_cpus)
+        rec = Recorder(server.pid, tmp, duration, ctx.driver_cpus, rate=250)
+        info["command"] = shlex.join(rec.command).replace(str(tmp), os.path.relpath(out, ROOT))
+        fig = SCENARIOS["fanout"](server, ctx, **cfg.params, on_measure=rec.start)
+        rec.wait()
+        info["figures_under_profiler"] = {k: fig.get(k) for k in
+                                          ("deliveries_per_s", "p99_ms", "losses", "problems")}
+        if rec.error:
+            info["error"] = rec.error
+        else:
+            tmp.replace(out)
+            info["hot"] = hot_frames(out)
+    except Exception:
+        info["error"] = traceback.format_exc(limit=3)
+    finally:
+        if server is not None:
+            server.stop()
+        tmp.unlink(missing_ok=True)
+    if info.get("error"):
+        print(f"  flamegraph failed: {info['error'][-300:]}", flush=True)
+    else:
+        top = info["hot"]["self"][:3]
+        print("  hottest: " + "; ".join(f"{h['frame']} {h['pct']:.0f}%" for h in top), flush=True)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", help="fanout, saturate, capacity, joinstorm or flamegraph")
+    parser.add_argument("--quick", action="store_true", help="the quick suite (~1 minute)")
+    parser.add_argument("--only", action="append", default=[],
+                        help="configuration id(s), comma-separated, e.g. fanout-4x100-r50-s100")
+    parser.add_argument("--servers", default=",".join([OURS, *PEERS]),
+                        help="comma-separated subset of roomcast,node_ws,py_websockets")
+    parser.add_argument("--no-flamegraph", action="store_true")
+    parser.add_argument("--nice", type=int, default=NICE["value"],
+                        help="scheduling priority of servers and driver (root only below 0)")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="output directory")
+    args = parser.parse_args(argv)
+
+    known = {*SCENARIOS, "flamegraph"}
+    if args.scenario and args.scenario not in known:
+        parser.error(f"unknown scenario {args.scenario!r}; choose from {', '.join(sorted(known))}")
+    NICE["value"] = args.nice
+    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    for s in servers:
+        if s not in (OURS, *PEERS):
+            parser.error(f"unknown server {s!r}")
+    only = [x for chunk in args.only for x in chunk.split(",") if x]
+    configs = [] if args.scenario == "flamegraph" else select(args.scenario, args.quick, only)
+    flame = (not args.no_flamegraph and OURS in servers and not only
+             and args.scenario in (None, "fanout", "flamegraph"))
+
+    results = Path(args.results)
+    (results / "runs").mkdir(parents=True, exist_ok=True)
+    server_cpus, driver_cpus = cpu_split()
+    ctx = Context(driver_cpus)
+    skip: dict[str, str] = {}
+    if "node_ws" in servers:
+        why = ensure_node_peer()
+        if why:
+            skip["node_ws"] = why
+    started = dt.datetime.now(dt.UTC)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    run_file = results / "runs" / f"{stamp}.json"
+    cmd = shlex.join(
+        [os.path.relpath(sys.executable, ROOT), "-m", "bench", *(argv or sys.argv[1:])]
+    )
+    run: dict[str, Any] = {
+        "schema": 1,
+        "started": started.isoformat(timespec="seconds"),
+        "command": cmd,
+        "via_make": "MAKELEVEL" in os.environ,
+        "quick": args.quick,
+        "scenario": args.scenario,
+        "only": only,
+        "servers": {s: report.labels()[s] for s in servers},
+        "machine": machine(server_cpus, driver_cpus),
+        "versions": versions(),
+        "results": [],
+        "complete": False,
+    }
+    print(f"bench: {len(configs)} configuration(s) x {len(servers)} server(s) -> {run_file}",
+          flush=True)
+    t0 = time.monotonic()
+
+    def save() -> None:
+        run["duration_s"] = time.monotonic() - t0
+        run["machine"]["loadavg_end"] = _read("/proc/loadavg").split()[:3]
+        run_file.write_text(json.dumps(run, indent=1, default=str))
+
+    for cfg in configs:
+        run["results"].append(run_config(cfg, servers, ctx, server_cpus, skip))
+        save()
+    if flame:
+        cfg = FLAMEGRAPH_QUICK if args.quick else FLAMEGRAPH_STANDARD
+        run["flamegraph"] = run_flamegraph(cfg, ctx, server_cpus, results)
+    run["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    run["complete"] = True
+    save()
+
+    runs = report.load_runs(results / "runs")
+    try:
+        plots = report.make_plots(results, runs)
+    except Exception:
+        print("plots failed:\n" + traceback.format_exc(), flush=True)
+        plots = []
+    readme = report.write_readme(results, runs, plots)
+    print(f"bench: wrote {run_file}, {readme} and {len(plots)} plot(s) "
+          f"in {time.monotonic() - t0:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

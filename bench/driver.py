@@ -1,0 +1,617 @@
+"""The load driver: picows WebSocket clients on uvloop, in worker processes.
+
+The coordinator (``DriverPool``) starts N worker processes, pinned to the driver CPUs, and sends
+them commands over pipes, one command at a time per worker. A worker owns a set of connections
+(each with a source address 127.0.0.x, so that more connections than one address's ephemeral
+ports can be opened) and runs the per-connection work of every scenario in its event loop:
+
+- ``connect``: open connections (bounded concurrency), time each handshake;
+- ``join``: send every connection's join at a common instant and time its confirmation (the first
+  system message whose text is ``<me> joined #<room>``);
+- ``fanout_start``: open-loop publishing on a fixed schedule; receivers record the latency from the
+  scheduled send time (carried in the chat text as ``id:send_ns:padding``) to the receipt;
+- ``saturate_start``/``saturate_stop``: closed loop, each room keeps D messages in flight, where a
+  message is complete once every member of the room received it;
+- ``stats``/``snapshot``/``collect``: counters, and the recorded samples.
+
+All timestamps are ``CLOCK_MONOTONIC`` nanoseconds, which are comparable across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import multiprocessing as mp
+import os
+import time
+import traceback
+from array import array
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgspec
+
+MAX_CONNS_PER_WORKER = 15_000
+CONNS_PER_SOURCE_ADDRESS = 2_000
+
+CHAT_MARK = b'"type":"chat"'
+ERROR_MARK = b'"type":"error"'
+TEXT_MARK = b'"text":"'
+
+
+class _System(msgspec.Struct):
+    type: str = ""
+    text: str = ""
+
+
+_decode_system = msgspec.json.Decoder(_System).decode
+
+
+def chat_frame(text: str) -> bytes:
+    return b'{"type":"chat","text":"' + text.encode() + b'"}'
+
+
+def chat_text(msg_id: int, send_ns: int, size: int) -> str:
+    """``id:send_ns:`` padded with 'x' to ``size`` characters (never shorter than the header)."""
+    head = f"{msg_id}:{send_ns}:"
+    return head + "x" * max(0, size - len(head))
+
+
+def parse_chat(data: bytes) -> tuple[int, int]:
+    """(message id, scheduled send time in ns) from a chat frame sent by a publisher."""
+    i = data.index(TEXT_MARK) + len(TEXT_MARK)
+    j = data.index(b":", i)
+    k = data.index(b":", j + 1)
+    return int(data[i:j]), int(data[j + 1 : k])
+
+
+def header_size(n: int) -> int:
+    """Bytes of an unmasked server frame header for an n-byte payload."""
+    return 2 if n < 126 else 4 if n < 65536 else 10
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def _client_class() -> type:
+    from picows import WSListener, WSMsgType  # noqa: PLC0415  (imported in the worker only)
+
+    text_type = WSMsgType.TEXT
+    close_type = WSMsgType.CLOSE
+
+    class Client(WSListener):  # type: ignore[misc]
+        def __init__(self, worker: Worker, cid: int, room: str, username: str) -> None:
+            super().__init__()
+            self.worker = worker
+            self.cid = cid
+            self.room = room
+            self.username = username
+            self.expect = f"{username} joined #{room}"
+            self.transport: Any = None
+            self.join_sent_ns = 0
+            self.confirmed_ns = 0
+            self.frames = 0
+            self.nbytes = 0
+            self.chats = 0
+            self.errors = 0
+            self.close_code = 0
+            self.alive = False
+            self.sat: _SatRoom | None = None
+            self.sat_count = 0
+
+        def on_ws_connected(self, transport: Any) -> None:
+            self.transport = transport
+            self.alive = True
+
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            mtype = frame.msg_type
+            if mtype != text_type:
+                if mtype == close_type:
+                    self.close_code = int(frame.get_close_code())
+                    transport.disconnect(graceful=False)
+                return
+            data = frame.get_payload_as_bytes()
+            n = len(data)
+            self.frames += 1
+            self.nbytes += n + (2 if n < 126 else 4 if n < 65536 else 10)
+            if CHAT_MARK in data:
+                self.chats += 1
+                room = self.sat
+                if room is not None:
+                    # saturate: the k-th chat a member receives is the room's k-th message
+                    # (one publisher per room, per-connection order); inlined for speed
+                    room.receipts += 1
+                    seq = self.sat_count
+                    self.sat_count = seq + 1
+                    pending = room.pending
+                    got = pending.get(seq, 0) + 1
+                    if got < room.members:
+                        pending[seq] = got
+                        return
+                    pending.pop(seq, None)
+                    room.completed += 1
+                    if room.running:
+                        room.send_next()
+                    return
+                handler = self.worker.on_chat
+                if handler is not None:
+                    handler(self, data)
+            elif ERROR_MARK in data:
+                self.errors += 1
+            elif not self.confirmed_ns and _decode_system(data).text == self.expect:
+                self.confirmed_ns = time.monotonic_ns()
+                self.worker.confirmed += 1
+
+        def on_ws_disconnected(self, transport: Any) -> None:
+            if self.alive:
+                self.alive = False
+                self.worker.disconnected += 1
+
+    return Client
+
+
+class _SatRoom:
+    __slots__ = ("completed", "depth", "members", "pending", "publisher", "receipts", "running",
+                 "sent", "size", "text_type")
+
+    def __init__(self, publisher: Any, members: int, depth: int, size: int, text_type: Any):
+        self.publisher = publisher
+        self.members = members
+        self.depth = depth
+        self.size = size
+        self.text_type = text_type
+        self.running = False
+        self.sent = 0
+        self.completed = 0
+        self.receipts = 0
+        self.pending: dict[int, int] = {}
+
+    def send_next(self) -> None:
+        pub = self.publisher
+        if pub.alive:
+            pub.transport.send(
+                self.text_type, chat_frame(chat_text(self.sent, time.monotonic_ns(), self.size))
+            )
+            self.sent += 1
+
+
+class Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.client_cls = _client_class()
+        self.clients: list[Any] = []
+        self.on_chat: Callable[[Any, bytes], None] | None = None
+        self.confirmed = 0
+        self.disconnected = 0
+        self.connect_failures: list[str] = []
+        # fanout
+        self.latencies = array("q")
+        self.measured = 0
+        self.warm_received = 0
+        self.warm_ids = 0
+        self.fan_sent = 0
+        self.fan_sent_measured = 0
+        self.fan_late_ns: list[int] = []
+        self.fan_done = False
+        self._timer: asyncio.TimerHandle | None = None
+        # saturate
+        self.sat_rooms: list[_SatRoom] = []
+        self.snapshots: dict[str, dict[str, int]] = {}
+
+    # ---- connections
+
+    async def op_connect(
+        self, url: str, conns: list[tuple[int, str, str, str]], concurrency: int = 64
+    ) -> dict[str, Any]:
+        from picows import ws_connect  # noqa: PLC0415
+
+        sem = asyncio.Semaphore(concurrency)
+        durations = array("d")
+        cls = self.client_cls
+
+        async def one(cid: int, room: str, username: str, src: str) -> None:
+            async with sem:
+                t0 = time.monotonic()
+                client = cls(self, cid, room, username)
+                try:
+                    _transport, listener = await asyncio.wait_for(
+                        ws_connect(lambda: client, url, local_addr=(src, 0)), 30
+                    )
+                except Exception as exc:
+                    self.connect_failures.append(f"{src}: {exc!r}")
+                    return
+                durations.append(time.monotonic() - t0)
+                self.clients.append(listener)
+
+        start = time.monotonic()
+        await asyncio.gather(*(one(*c) for c in conns))
+        elapsed = time.monotonic() - start
+        return {
+            "connected": len(durations),
+            "failed": len(conns) - len(durations),
+            "failures": self.connect_failures[:5],
+            "elapsed_s": elapsed,
+            "durations_s": durations.tobytes(),
+        }
+
+    async def op_join(self, start_ns: int, first: int = 0) -> dict[str, Any]:
+        """Sends the join of every client from index ``first`` on at ``start_ns``."""
+        delay = (start_ns - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        from picows import WSMsgType  # noqa: PLC0415
+
+        text = WSMsgType.TEXT
+        for client in self.clients[first:]:
+            client.join_sent_ns = time.monotonic_ns()
+            frame = msgspec.json.encode(
+                {"type": "join", "room": client.room, "username": client.username}
+            )
+            client.transport.send(text, frame)
+        return {"sent": len(self.clients) - first}
+
+    def op_stats(self) -> dict[str, Any]:
+        clients = self.clients
+        return {
+            "clients": len(clients),
+            "confirmed": self.confirmed,
+            "disconnected": self.disconnected,
+            "frames": sum(c.frames for c in clients),
+            "bytes": sum(c.nbytes for c in clients),
+            "chats": sum(c.chats for c in clients),
+            "errors": sum(c.errors for c in clients),
+            "with_chat": sum(1 for c in clients if c.chats),
+            "alive": sum(1 for c in clients if c.alive),
+            "close_codes": sorted({c.close_code for c in clients if c.close_code}),
+            "measured": self.measured,
+            "fan_sent": self.fan_sent,
+            "fan_sent_measured": self.fan_sent_measured,
+            "fan_done": self.fan_done,
+            "sat_receipts": sum(r.receipts for r in self.sat_rooms),
+            "sat_sent": sum(r.sent for r in self.sat_rooms),
+            "sat_completed": sum(r.completed for r in self.sat_rooms),
+        }
+
+    def op_join_times(self, first: int = 0) -> dict[str, Any]:
+        sent = [c.join_sent_ns for c in self.clients[first:] if c.join_sent_ns]
+        done = [c.confirmed_ns for c in self.clients[first:] if c.confirmed_ns]
+        return {
+            "first_sent_ns": min(sent) if sent else 0,
+            "last_confirmed_ns": max(done) if done else 0,
+            "confirmed": len(done),
+            "waits_ns": array("q", [c.confirmed_ns - c.join_sent_ns for c in self.clients[first:]
+                                    if c.confirmed_ns]).tobytes(),
+        }
+
+    # ---- simple broadcast (capacity check)
+
+    def op_say(self, cids: list[int], text: str) -> dict[str, Any]:
+        from picows import WSMsgType  # noqa: PLC0415
+
+        wanted = set(cids)
+        n = 0
+        for client in self.clients:
+            if client.cid in wanted and client.alive:
+                client.transport.send(WSMsgType.TEXT, chat_frame(text))
+                n += 1
+        return {"sent": n}
+
+    def op_reset_counters(self) -> dict[str, Any]:
+        for c in self.clients:
+            c.chats = 0
+            c.frames = 0
+            c.nbytes = 0
+        return {}
+
+    # ---- fanout (open loop)
+
+    def _fan_receive(self, client: Any, data: bytes) -> None:
+        now = time.monotonic_ns()
+        msg_id, send_ns = parse_chat(data)
+        if msg_id >= self.warm_ids:
+            self.latencies.append(now - send_ns)
+            self.measured += 1
+        else:
+            self.warm_received += 1
+
+    def op_fanout_start(
+        self,
+        *,
+        publishers: list[int],
+        rate: float,
+        start_ns: int,
+        count: int,
+        warm: int,
+        size: int,
+    ) -> dict[str, Any]:
+        from picows import WSMsgType  # noqa: PLC0415
+
+        text = WSMsgType.TEXT
+        pubs = [c for c in self.clients if c.cid in set(publishers)]
+        self.latencies = array("q")
+        self.measured = self.warm_received = self.fan_sent = self.fan_sent_measured = 0
+        self.fan_late_ns = []
+        self.warm_ids = warm
+        self.fan_done = not pubs
+        self.on_chat = self._fan_receive
+        period_ns = round(1e9 / rate)
+        loop = asyncio.get_running_loop()
+        state = {"next": 0}
+        spin_ns = 3_000_000
+
+        def tick() -> None:
+            k = state["next"]
+            due = start_ns + k * period_ns
+            # wake ~1.5 ms early (libuv timers have millisecond resolution), then spin to the
+            # scheduled instant so that latency is measured from the intended send time
+            while time.monotonic_ns() < due:
+                pass
+            now = time.monotonic_ns()
+            while k < count and start_ns + k * period_ns <= now:
+                sched = start_ns + k * period_ns
+                self.fan_late_ns.append(now - sched)
+                for pub in pubs:
+                    if pub.alive:
+                        pub.transport.send(text, chat_frame(chat_text(k, sched, size)))
+                        self.fan_sent += 1
+                        if k >= warm:
+                            self.fan_sent_measured += 1
+                k += 1
+                now = time.monotonic_ns()
+            state["next"] = k
+            if k >= count:
+                self.fan_done = True
+                return
+            wait = (start_ns + k * period_ns - spin_ns - time.monotonic_ns()) / 1e9
+            self._timer = loop.call_later(max(0.0, wait), tick)
+
+        if pubs:
+            wait = (start_ns - spin_ns - time.monotonic_ns()) / 1e9
+            self._timer = loop.call_later(max(0.0, wait), tick)
+        return {"publishers": len(pubs)}
+
+    def op_fanout_collect(self) -> dict[str, Any]:
+        late = sorted(self.fan_late_ns)
+        return {
+            "latencies_ns": self.latencies.tobytes(),
+            "measured": self.measured,
+            "warm_received": self.warm_received,
+            "sent": self.fan_sent,
+            "sent_measured": self.fan_sent_measured,
+            "late_p99_ns": late[int(0.99 * (len(late) - 1))] if late else 0,
+            "late_max_ns": late[-1] if late else 0,
+            "late_first_ns": self.fan_late_ns[:12],
+        }
+
+    # ---- saturate (closed loop)
+
+    def op_saturate_start(
+        self,
+        *,
+        rooms: list[tuple[int, list[int]]],
+        depth: int,
+        size: int,
+        start_ns: int,
+        marks: dict[str, int],
+    ) -> dict[str, Any]:
+        from picows import WSMsgType  # noqa: PLC0415
+
+        by_cid = {c.cid: c for c in self.clients}
+        self.sat_rooms = []
+        self.snapshots = {}
+        for publisher, members in rooms:
+            room = _SatRoom(by_cid[publisher], len(members), depth, size, WSMsgType.TEXT)
+            for cid in members:
+                by_cid[cid].sat = room
+                by_cid[cid].sat_count = 0
+            self.sat_rooms.append(room)
+        self.on_chat = None
+        loop = asyncio.get_running_loop()
+
+        def begin() -> None:
+            for room in self.sat_rooms:
+                room.running = True
+                for _ in range(room.depth):
+                    room.send_next()
+
+        def snap(name: str) -> None:
+            self.snapshots[name] = {
+                "ns": time.monotonic_ns(),
+                "receipts": sum(r.receipts for r in self.sat_rooms),
+                "completed": sum(r.completed for r in self.sat_rooms),
+            }
+
+        loop.call_later(max(0.0, (start_ns - time.monotonic_ns()) / 1e9), begin)
+        for name, at_ns in marks.items():
+            loop.call_later(max(0.0, (at_ns - time.monotonic_ns()) / 1e9), snap, name)
+        return {"rooms": len(self.sat_rooms)}
+
+    def op_saturate_stop(self) -> dict[str, Any]:
+        for room in self.sat_rooms:
+            room.running = False
+        return {}
+
+    def op_saturate_collect(self) -> dict[str, Any]:
+        return {
+            "snapshots": self.snapshots,
+            "receipts": sum(r.receipts for r in self.sat_rooms),
+            "sent": sum(r.sent for r in self.sat_rooms),
+            "expected": sum(r.sent * r.members for r in self.sat_rooms),
+            "completed": sum(r.completed for r in self.sat_rooms),
+        }
+
+    def op_close_all(self) -> dict[str, Any]:
+        for c in self.clients:
+            if c.transport is not None:
+                c.transport.disconnect(graceful=False)
+        self.clients = []
+        return {}
+
+
+async def _serve(conn: Connection, index: int) -> None:
+    worker = Worker(index)
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: inbox.put_nowait(_recv(conn)))
+    # the event loop makes the fd non-blocking; replies (latency samples) can be far larger
+    # than the pipe buffer and must be written whole
+    os.set_blocking(conn.fileno(), True)
+    while True:
+        cmd = await inbox.get()
+        if cmd is None or cmd["op"] == "exit":
+            break
+        try:
+            method = getattr(worker, "op_" + cmd["op"])
+            result = method(**cmd.get("args", {}))
+            if asyncio.iscoroutine(result):
+                result = await result
+            conn.send({"ok": True, "result": result})
+        except Exception:
+            conn.send({"ok": False, "error": traceback.format_exc()})
+    loop.remove_reader(conn.fileno())
+    worker.op_close_all()
+
+
+def _recv(conn: Connection) -> Any:
+    try:
+        return conn.recv()
+    except EOFError:
+        return None
+
+
+def worker_main(conn: Connection, index: int, cpus: list[int], nice: int = 0) -> None:
+    import uvloop  # noqa: PLC0415
+
+    if nice:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+    if cpus:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, cpus)
+    logging.getLogger("picows").setLevel(logging.WARNING)
+    uvloop.run(_serve(conn, index))
+    conn.close()
+
+
+# --------------------------------------------------------------------------- coordinator side
+
+
+class DriverError(RuntimeError):
+    pass
+
+
+class DriverPool:
+    """N worker processes; ``call`` sends one command to each and gathers the answers."""
+
+    def __init__(self, workers: int, cpus: list[int], nice: int = 0) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        for i in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker_main, args=(child, i, cpus, nice),
+                               daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def __enter__(self) -> DriverPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(
+        self, op: str, args: list[dict[str, Any]] | dict[str, Any] | None = None,
+        timeout: float = 120.0,
+    ) -> list[Any]:
+        per = args if isinstance(args, list) else [args or {}] * len(self.conns)
+        for conn, a in zip(self.conns, per, strict=True):
+            conn.send({"op": op, "args": a})
+        out = []
+        deadline = time.monotonic() + timeout
+        for i, conn in enumerate(self.conns):
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                raise DriverError(f"driver worker {i} did not answer {op!r} within {timeout} s")
+            reply = conn.recv()
+            if not reply["ok"]:
+                raise DriverError(f"driver worker {i} failed in {op!r}:\n{reply['error']}")
+            out.append(reply["result"])
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        total: dict[str, Any] = {}
+        for s in self.call("stats", timeout=30):
+            for key, value in s.items():
+                if isinstance(value, bool):
+                    total[key] = total.get(key, True) and value
+                elif isinstance(value, list):
+                    total[key] = sorted(set(total.get(key, [])) | set(value))
+                else:
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    def wait_for(
+        self,
+        done: Callable[[dict[str, Any]], bool],
+        timeout: float,
+        stall: float | None = None,
+        key: str = "frames",
+        interval: float = 0.05,
+    ) -> tuple[bool, dict[str, Any]]:
+        """Polls stats until ``done`` (True), the deadline, or ``key`` stalls for ``stall`` s."""
+        deadline = time.monotonic() + timeout
+        last_value, last_change = None, time.monotonic()
+        while True:
+            s = self.stats()
+            if done(s):
+                return True, s
+            now = time.monotonic()
+            if s.get(key) != last_value:
+                last_value, last_change = s.get(key), now
+            if now >= deadline or (stall is not None and now - last_change >= stall):
+                return False, s
+            time.sleep(interval)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send({"op": "exit"})
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for conn in self.conns:
+            conn.close()
+        self.conns = []
+        self.procs = []
+
+
+def workers_for(connections: int, driver_cpus: list[int]) -> int:
+    """Enough processes for the fd limit, and at least one per driver CPU (when there is load)."""
+    return max(math.ceil(connections / MAX_CONNS_PER_WORKER), min(len(driver_cpus), 4), 1)
+
+
+class AddressPool:
+    """Hands out source addresses 127.0.0.2..127.0.0.254 round-robin across runs, so that one
+    address never carries more than CONNS_PER_SOURCE_ADDRESS connections of one run and the
+    TIME_WAIT sockets of earlier runs do not exhaust its ephemeral ports."""
+
+    def __init__(self) -> None:
+        self._next = 2
+
+    def take(self, connections: int) -> list[str]:
+        n = max(1, math.ceil(connections / CONNS_PER_SOURCE_ADDRESS))
+        out = []
+        for _ in range(n):
+            out.append(f"127.0.0.{self._next}")
+            self._next = 2 if self._next >= 254 else self._next + 1
+        return out

@@ -1,0 +1,437 @@
+"""results/: the README (latest figures, ratios, targets) and the plots, from the run files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.servers import OURS, PEERS, SERVER_KINDS
+from bench.suite import TARGETS
+
+LOADTEST_START = "<!-- loadtest:start -->"
+LOADTEST_END = "<!-- loadtest:end -->"
+SERVER_ORDER = [OURS, *PEERS]
+COLORS = {"roomcast": "tab:blue", "node_ws": "tab:orange", "py_websockets": "tab:green"}
+
+# (figure key, column title, format, lower is better?)
+COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
+    "fanout": [
+        ("deliveries_per_s", "deliveries/s", "{:,.0f}", False),
+        ("p50_ms", "p50 ms", "{:.2f}", True),
+        ("p99_ms", "p99 ms", "{:.2f}", True),
+        ("p999_ms", "p99.9 ms", "{:.2f}", True),
+        ("max_ms", "max ms", "{:.2f}", True),
+        ("cpu_per_delivery_us", "server CPU µs/delivery", "{:.2f}", True),
+        ("server_cpu_util", "server CPU util", "{:.0%}", True),
+        ("losses", "losses", "{:,}", True),
+    ],
+    "saturate": [
+        ("deliveries_per_s", "deliveries/s", "{:,.0f}", False),
+        ("messages_per_s", "messages/s", "{:,.0f}", False),
+        ("server_cpu_util", "server CPU util", "{:.0%}", True),
+        ("cpu_per_delivery_us", "server CPU µs/delivery", "{:.2f}", True),
+        ("losses", "losses", "{:,}", True),
+    ],
+    "capacity": [
+        ("connections", "connections", "{:,}", False),
+        ("rss_per_conn_bytes", "RSS/conn (bytes)", "{:,.0f}", True),
+        ("rss_final_bytes", "RSS at end (MiB)", "mib", True),
+        ("connect_rate_per_s", "connects/s", "{:,.0f}", False),
+        ("connect_p99_ms_worst_step", "connect p99 ms (worst step)", "{:.1f}", True),
+        ("alive", "alive", "{:,}", False),
+        ("received_broadcast", "got the broadcast", "{:,}", False),
+    ],
+    "joinstorm": [
+        ("storm_ms", "all confirmed after (ms)", "{:,.1f}", True),
+        ("bytes_sent", "bytes sent (MiB)", "mib", True),
+        ("frames", "frames", "{:,}", True),
+        ("server_cpu_s", "server CPU s", "{:.2f}", True),
+    ],
+}
+
+
+def fmt(value: Any, spec: str) -> str:
+    if value is None:
+        return "—"
+    if spec == "mib":
+        return f"{value / 2**20:,.1f}"
+    try:
+        return spec.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def ratio(ours: Any, peer: Any) -> str:
+    if not isinstance(ours, int | float) or not isinstance(peer, int | float) or peer == 0:
+        return "—"
+    r = ours / peer
+    return f"{r:.2f}x" if r >= 0.01 else f"{r:.4f}x"
+
+
+def load_runs(runs_dir: Path) -> list[dict[str, Any]]:
+    runs = []
+    for path in sorted(runs_dir.glob("*.json")):
+        try:
+            run = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        run["_file"] = path.name
+        runs.append(run)
+    runs.sort(key=lambda r: r.get("started", ""))
+    return runs
+
+
+def latest_records(runs: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], bool]:
+    """config id -> latest record (with its run). Quick runs only count when no full run exists."""
+    full = [r for r in runs if not r.get("quick")]
+    use = full or runs
+    out: dict[str, dict[str, Any]] = {}
+    for run in use:
+        for rec in run.get("results", []):
+            out[rec["id"]] = {**rec, "_run": run}
+    return out, not full and bool(runs)
+
+
+def _fig(rec: dict[str, Any], server: str, key: str) -> Any:
+    return rec.get("runs", {}).get(server, {}).get(key)
+
+
+def evaluate_targets(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for t in TARGETS:
+        rec = records.get(t.config)
+        row: dict[str, Any] = {"target": t.text, "config": t.config, "checks": []}
+        if rec is None:
+            row["verdict"] = "not measured"
+            out.append(row)
+            continue
+        ours = rec["runs"].get(OURS, {})
+        node = rec["runs"].get("node_ws", {})
+        verdicts = []
+        for key, op, factor in t.checks:
+            a, b = ours.get(key), node.get(key)
+            if not isinstance(a, int | float) or not isinstance(b, int | float):
+                row["checks"].append({"figure": key, "ours": a, "node": b, "met": None})
+                verdicts.append(None)
+                continue
+            met = a <= b * factor if op == "le" else a > b * factor
+            row["checks"].append({"figure": key, "ours": a, "node": b,
+                                  "ratio": a / b if b else None,
+                                  "bound": factor, "op": op, "met": met})
+            verdicts.append(met)
+        problems = ours.get("problems") or ([ours["error"]] if ours.get("error") else [])
+        if None in verdicts:
+            row["verdict"] = "not measured"
+        elif problems:
+            row["verdict"] = "MISSED"
+            row["why"] = "our server had problems: " + "; ".join(problems)
+        else:
+            row["verdict"] = "met" if all(verdicts) else "MISSED"
+        out.append(row)
+    return out
+
+
+def _check_text(c: dict[str, Any]) -> str:
+    if c.get("met") is None:
+        return f"{c['figure']}: not available"
+    bound = c["bound"]
+    b = f"1/{round(1 / bound)}" if bound < 0.5 and abs(1 / bound - round(1 / bound)) < 1e-9 \
+        else f"{bound:g}"
+    rel = "<=" if c["op"] == "le" else ">"
+    return (f"{c['figure']}: ours {c['ours']:.4g} vs Node {c['node']:.4g} = "
+            f"{c['ratio']:.3g}x (needs {rel} {b}x) — {'met' if c['met'] else 'missed'}")
+
+
+def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) -> Path:
+    records, quick_only = latest_records(runs)
+    readme = results / "README.md"
+    old = readme.read_text() if readme.exists() else ""
+    loadtest = ""
+    if LOADTEST_START in old and LOADTEST_END in old:
+        loadtest = old[old.index(LOADTEST_START) : old.index(LOADTEST_END) + len(LOADTEST_END)]
+    latest = runs[-1] if runs else None
+    lines: list[str] = []
+    w = lines.append
+    w("# roomcast benchmark results")
+    w("")
+    w("Generated by `make bench` (`bench/`); do not edit by hand — the section between the "
+      "`loadtest` markers is written by the Locust harness and kept verbatim.")
+    w("")
+    w("## How to run")
+    w("")
+    w("| command | what it runs |")
+    w("|---|---|")
+    w("| `make bench` | the standard suite (about 7 minutes on 2 cores): every configuration "
+      "below against roomcast, the Node.js `ws` peer and the Python `websockets` peer, the "
+      "flamegraph, the plots, this README |")
+    w("| `make bench QUICK=1` | a smaller suite (about a minute) with smaller parameters |")
+    w("| `make bench SCENARIO=fanout` | one scenario (`fanout`, `saturate`, `capacity`, "
+      "`joinstorm`) of the chosen suite |")
+    w("| `make bench BENCH_ARGS=\"--only fanout-4x100-r50-s100\"` | one configuration; any id "
+      "of the form `fanout-RxM-rRATE-sSIZE`, `saturate-RxM-dDEPTH-sSIZE`, `capacity-K`, "
+      "`joinstorm-M` works |")
+    w("| `make bench BENCH_ARGS=\"--servers roomcast,node_ws\"` | a subset of servers |")
+    w("| `make bench BENCH_ARGS=\"--no-flamegraph\"` | skip the py-spy run |")
+    w("")
+    w("Every run writes `results/runs/<timestamp>.json` (machine, CPU model, versions, "
+      "parameters, every figure, the exact command) and past runs are kept. The tables below "
+      "show, per configuration, the latest run that measured it"
+      + (" (only quick runs exist so far)." if quick_only else "; quick runs are kept in "
+         "`runs/` but not shown while a full run exists."))
+    w("")
+    if latest:
+        m = latest.get("machine", {})
+        v = latest.get("versions", {})
+        w(f"Latest run: [`runs/{latest['_file']}`](runs/{latest['_file']}) — "
+          f"`{latest.get('command', '')}`, {latest.get('started', '')}, "
+          f"{latest.get('duration_s', 0):.0f} s.")
+        w("")
+        w(f"- Machine: {m.get('cpu_model', '?')}, {m.get('cpus', '?')} CPUs, "
+          f"{m.get('mem_total_gib', 0):.0f} GiB, Linux {m.get('kernel', '?')}; server pinned to "
+          f"CPU {m.get('server_cpus')}, driver to CPU {m.get('driver_cpus')}; fd limit "
+          f"{m.get('fd_limit')} for every server. Load average at start "
+          f"{m.get('loadavg_start')}, at end {m.get('loadavg_end')}.")
+        w("- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+        w("")
+    w("## Method")
+    w("")
+    w("- Every server is started the same way (`bench/servers.py`): its own process, `taskset` "
+      "to the server CPU, the same 20,000 file-descriptor limit, ready when it prints "
+      "`roomcast listening on http://HOST:PORT/`; a fresh server per configuration. roomcast "
+      "runs with `--rate-limit 0 --log-level warning --ping-interval 600`.")
+    w("- The driver (`bench/driver.py`) is picows on uvloop in worker processes pinned to the "
+      "other CPU(s), at most 15,000 connections per process, source addresses 127.0.0.2 and "
+      "up (2,000 connections per address). Members are joined (confirmation received, presence "
+      "traffic drained) before any publishing starts.")
+    w("- **fanout**: R rooms x M members; member 0 of each room publishes at a fixed rate on a "
+      "schedule (open loop). Latency runs from the *scheduled* send time (in the text as "
+      "`id:ns:padding`) to each receipt, every member including the publisher; the first second "
+      "is warm-up. Server CPU = user+sys of the server's process tree from `/proc/<pid>/stat` "
+      "over the measured window, divided by deliveries.")
+    w("- **saturate**: closed loop; each room keeps D messages in flight, a message counting as "
+      "done when every member of the room has it. Deliveries/s and CPU over a fixed window after "
+      "one second of warm-up.")
+    w("- **capacity**: K idle connections in rooms of 10, opened and joined in 6 equal steps; "
+      "RSS of the server tree after each step; RSS per connection is the slope of a "
+      "least-squares line through the steps. Then one member per room sends a chat and every "
+      "connection must receive it.")
+    w("- **joinstorm**: M connected clients send their join to one room at the same instant; "
+      "time until the last one has its confirmation (the first system message reading "
+      "`<me> joined #<room>`); bytes the server sent = WebSocket bytes received by the clients "
+      "until all presence traffic has arrived.")
+    w("- Caveats: the driver has one CPU of its own on this machine, so latencies include the "
+      "driver's time to read every member socket, equally for every server; the machine is "
+      "shared with other work (load averages above), which adds noise to tail latencies.")
+    w("")
+    targets = evaluate_targets(records)
+    w("## Targets (ours vs the Node `ws` peer, same run, same machine)")
+    w("")
+    w("| target | verdict | details |")
+    w("|---|---|---|")
+    for t in targets:
+        details = "<br>".join(_check_text(c) for c in t["checks"]) or "—"
+        if t.get("why"):
+            details += "<br>" + t["why"]
+        verdict = f"**{t['verdict']}**"
+        w(f"| {t['target']} | {verdict} | {details} |")
+    w("")
+    for scenario, cols in COLUMNS.items():
+        recs = [r for r in records.values() if r["scenario"] == scenario]
+        if not recs:
+            continue
+        w(f"## {scenario}")
+        w("")
+        w("| configuration | server | " + " | ".join(c[1] for c in cols) + " |")
+        w("|---|---|" + "---|" * len(cols))
+        for rec in sorted(recs, key=lambda r: r["id"]):
+            for server in SERVER_ORDER:
+                run = rec["runs"].get(server)
+                if run is None:
+                    continue
+                if run.get("error"):
+                    err = run["error"].strip().splitlines()[-1][:160].replace("|", "/")
+                    w(f"| {rec['id']} | {server} | failed: {err} |"
+                      + " |" * (len(cols) - 1))
+                    continue
+                cells = [fmt(run.get(k), spec) for k, _t, spec, _lb in cols]
+                w(f"| {rec['id']} | {server} | " + " | ".join(cells) + " |")
+            for peer in PEERS:
+                if OURS in rec["runs"] and peer in rec["runs"]:
+                    cells = [ratio(_fig(rec, OURS, k), _fig(rec, peer, k)) for k, *_ in cols]
+                    w(f"| {rec['id']} | *ours/{peer}* | " + " | ".join(cells) + " |")
+        w("")
+        w("| configuration | why | reproduce | run | problems |")
+        w("|---|---|---|---|---|")
+        for rec in sorted(recs, key=lambda r: r["id"]):
+            probs = "; ".join(
+                f"{s}: {', '.join(r.get('problems') or [])}"
+                for s, r in rec["runs"].items() if r.get("problems")
+            ) or "none"
+            w(f"| {rec['id']} | {rec.get('note') or ''} | `{rec['reproduce']}` | "
+              f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs} |")
+        w("")
+    if plots:
+        w("## Plots")
+        w("")
+        for p in plots:
+            w(f"![{p}]({p})")
+            w("")
+    fg = _latest_flamegraph(runs)
+    w("## Flamegraph of roomcast under fanout")
+    w("")
+    if fg is None:
+        w("No flamegraph recorded yet.")
+    elif fg.get("error"):
+        last = fg["error"].strip().splitlines()[-1] if fg["error"].strip() else "?"
+        w(f"py-spy failed in run `{fg['_file']}`: {last}")
+    else:
+        w(f"[`flamegraph-fanout.svg`](flamegraph-fanout.svg): `{fg['config']}` "
+          f"({fg.get('duration_s')} s at {fg.get('rate_hz')} Hz, run `{fg['_file']}`), "
+          f"recorded with `{fg['command']}`.")
+        w("")
+        hot = fg.get("hot") or {}
+        if hot.get("self"):
+            w(f"Hottest frames by own samples (of {hot['total_samples']} samples; native code "
+              "in uvloop/picows/msgspec is attributed to the Python frame that called it):")
+            w("")
+            w("| frame | own samples | share |")
+            w("|---|---|---|")
+            for h in hot["self"]:
+                w(f"| `{h['frame']}` | {h['samples']} | {h['pct']:.1f}% |")
+            w("")
+            inclusive = [h for h in hot.get("total", []) if h["pct"] < 99.0]
+            if inclusive:
+                w("Largest subtrees (inclusive):")
+                w("")
+                w("| frame | samples | share |")
+                w("|---|---|---|")
+                for h in inclusive:
+                    w(f"| `{h['frame']}` | {h['samples']} | {h['pct']:.1f}% |")
+                w("")
+    missed = [t for t in targets if t["verdict"] == "MISSED"]
+    w("## What would close the gaps")
+    w("")
+    if all(t["verdict"] == "not measured" for t in targets):
+        w("No target configuration has been measured yet (run `make bench`).")
+    elif not missed:
+        w("Every measured target is met in the latest figures.")
+    else:
+        w("Missed: " + "; ".join(f"`{t['config']}`" for t in missed) + ". Levers, by where the "
+          "time goes (see the flamegraph above): fewer syscalls per delivery (coalesce every "
+          "frame for a recipient produced in one loop tick into one write), fewer Python objects "
+          "and callbacks per connection (no per-connection ping task, a smaller picows read "
+          "buffer, `gc.freeze()` after start-up), prebuilt shared frames for every recipient, "
+          "and for join storms: no O(N) member list to every member, coalesced presence notices.")
+    w("")
+    if loadtest:
+        w(loadtest)
+        w("")
+    readme.write_text("\n".join(lines))
+    return readme
+
+
+def _latest_flamegraph(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for run in reversed(runs):
+        fg = run.get("flamegraph")
+        if fg:
+            return {**fg, "_file": run["_file"]}
+    return None
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    records, _ = latest_records(runs)
+    made = []
+
+    # latency percentiles vs room size: fanout 1xM at 20 msg/s
+    sizes = sorted(
+        (r for r in records.values() if r["scenario"] == "fanout" and r["params"]["rooms"] == 1),
+        key=lambda r: r["params"]["members"],
+    )
+    if sizes:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for server in SERVER_ORDER:
+            pts = [(r["params"]["members"], r["runs"][server]) for r in sizes
+                   if server in r["runs"] and r["runs"][server].get("p50_ms") is not None]
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            for key, style in (("p50_ms", "-o"), ("p99_ms", "--s"), ("p999_ms", ":^")):
+                ax.plot(xs, [p[1][key] for p in pts], style, color=COLORS[server],
+                        label=f"{server} {key[:-3]}")
+        rate = sizes[0]["params"]["rate"]
+        ax.set(xscale="log", yscale="log", xlabel="room size (members)",
+               ylabel="latency from scheduled send (ms)",
+               title=f"fanout: one room, one publisher at {rate:g} msg/s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, ncol=3)
+        fig.tight_layout()
+        fig.savefig(results / "latency-vs-room-size.png", dpi=110)
+        plt.close(fig)
+        made.append("latency-vs-room-size.png")
+
+    # CPU per delivery vs load: fanout with several rooms at several rates, plus saturate
+    loads = [r for r in records.values() if r["scenario"] == "fanout" and r["params"]["rooms"] > 1]
+    sats = [r for r in records.values() if r["scenario"] == "saturate"]
+    if loads or sats:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for server in SERVER_ORDER:
+            pts = sorted(
+                (r["runs"][server]["deliveries_per_s"], r["runs"][server]["cpu_per_delivery_us"])
+                for r in loads
+                if server in r["runs"] and r["runs"][server].get("cpu_per_delivery_us")
+            )
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color=COLORS[server],
+                        label=f"{server} fanout (open loop)")
+            spts = [(r["runs"][server]["deliveries_per_s"],
+                     r["runs"][server]["cpu_per_delivery_us"])
+                    for r in sats
+                    if server in r["runs"] and r["runs"][server].get("cpu_per_delivery_us")]
+            if spts:
+                ax.plot([p[0] for p in spts], [p[1] for p in spts], "*", markersize=14,
+                        color=COLORS[server], label=f"{server} saturate (closed loop)")
+        ax.set(xscale="log", yscale="log", xlabel="deliveries per second",
+               ylabel="server CPU per delivery (µs)",
+               title="server CPU per delivered message vs load")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(results / "cpu-per-delivery-vs-load.png", dpi=110)
+        plt.close(fig)
+        made.append("cpu-per-delivery-vs-load.png")
+
+    caps = [r for r in records.values() if r["scenario"] == "capacity"]
+    if caps:
+        cap = max(caps, key=lambda r: r["params"]["connections"])
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for server in SERVER_ORDER:
+            run = cap["runs"].get(server)
+            if not run or not run.get("rss_points"):
+                continue
+            xs = [p[0] for p in run["rss_points"]]
+            ys = [p[1] / 2**20 for p in run["rss_points"]]
+            slope = run.get("rss_per_conn_bytes")
+            label = f"{server} ({slope:,.0f} B/conn)" if slope else server
+            ax.plot(xs, ys, "-o", color=COLORS[server], label=label)
+        ax.set(xlabel="idle joined connections", ylabel="server RSS (MiB)",
+               title=f"{cap['id']}: server memory vs connections (rooms of 10)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(results / "rss-vs-connections.png", dpi=110)
+        plt.close(fig)
+        made.append("rss-vs-connections.png")
+    return made
+
+
+def labels() -> dict[str, str]:
+    return {k: v.label for k, v in SERVER_KINDS.items()}

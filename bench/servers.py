@@ -1,0 +1,230 @@
+"""Starting the servers under test (roomcast and its peers) the same way, and reading their costs.
+
+Every server is a separate process started from a command line, pinned with ``taskset`` to the
+server CPU (when the machine has two or more), given the same file-descriptor limit, and it
+prints ``roomcast listening on http://HOST:PORT/`` once bound. CPU time and RSS are read from
+``/proc`` for the whole process tree (the server and every descendant).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_LINE = re.compile(r"roomcast listening on http://(?P<host>[^:/]+):(?P<port>\d+)/")
+FD_LIMIT = 20_000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    name: str
+    label: str
+    argv: tuple[str, ...]  # without --host/--port
+
+    def command(self, host: str) -> list[str]:
+        return [*self.argv, "--host", host, "--port", "0"]
+
+
+SERVER_KINDS: dict[str, ServerKind] = {
+    "roomcast": ServerKind(
+        "roomcast",
+        "roomcast (uvloop + picows + msgspec)",
+        (
+            sys.executable,
+            "-m",
+            "server",
+            "--rate-limit",
+            "0",
+            "--log-level",
+            "warning",
+            "--ping-interval",
+            "600",
+        ),
+    ),
+    "node_ws": ServerKind(
+        "node_ws",
+        "Node.js ws peer",
+        ("node", str(ROOT / "bench" / "peers" / "node_ws" / "server.js")),
+    ),
+    "py_websockets": ServerKind(
+        "py_websockets",
+        "Python websockets peer",
+        (sys.executable, str(ROOT / "bench" / "peers" / "py_websockets" / "server.py")),
+    ),
+}
+OURS = "roomcast"
+# Scheduling priority of servers and driver: raised above the machine's other work (when allowed)
+# so that neighbours disturb the measurements less; the same for every server.
+NICE = {"value": -10}
+
+
+def nice_prefix() -> list[str]:
+    value = NICE["value"]
+    if value == 0 or (value < 0 and os.geteuid() != 0) or not shutil.which("nice"):
+        return []
+    return ["nice", "-n", str(value)]
+PEERS = ("node_ws", "py_websockets")
+
+
+def cpu_split() -> tuple[list[int], list[int]]:
+    """(server CPUs, driver CPUs). With one CPU both share it and nothing is pinned."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return cpus, cpus
+    return cpus[:1], cpus[1:]
+
+
+def _raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = FD_LIMIT if hard == resource.RLIM_INFINITY else min(FD_LIMIT, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
+def _tree_pids(root: int) -> list[int]:
+    """The root pid and all its living descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0
+    # fields after "comm": state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return sum(int(x) for x in fields[11:15])
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * PAGE_SIZE
+    except OSError:
+        return 0
+
+
+@dataclass
+class RunningServer:
+    kind: ServerKind
+    proc: subprocess.Popen[str]
+    host: str
+    port: int
+    command: list[str]
+    output: list[str] = field(default_factory=list)
+    _pump: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        """user+sys CPU time of the server's process tree so far (waited-for children included)."""
+        return sum(_cpu_ticks(p) for p in _tree_pids(self.pid)) / CLK_TCK
+
+    def rss_bytes(self) -> int:
+        return sum(_rss_bytes(p) for p in _tree_pids(self.pid))
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self._pump is not None:
+            self._pump.join(timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+def start_server(
+    name: str, host: str = "127.0.0.1", cpus: list[int] | None = None, timeout: float = 20.0
+) -> RunningServer:
+    """Starts one server kind, pinned to ``cpus`` with taskset, and waits for its ready line."""
+    kind = SERVER_KINDS[name]
+    cmd = kind.command(host)
+    if cpus and len(cpus) < os.cpu_count() and shutil.which("taskset"):  # type: ignore[operator]
+        cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
+    cmd = [*nice_prefix(), *cmd]
+    _raise_fd_limit()  # inherited by the server: every server gets the same limit
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    output: list[str] = []
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(max(0.0, deadline - time.monotonic())):
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            match = READY_LINE.search(line)
+            if match:
+                server = RunningServer(kind, proc, match["host"], int(match["port"]), cmd, output)
+                server._pump = threading.Thread(target=_drain, args=(server,), daemon=True)
+                server._pump.start()
+                return server
+    proc.kill()
+    proc.wait(5)
+    rest = proc.stdout.read() or ""
+    raise RuntimeError(f"{name} did not start: {' '.join(cmd)}\n{''.join(output)}{rest}")
+
+
+def _drain(server: RunningServer) -> None:
+    assert server.proc.stdout is not None
+    for line in server.proc.stdout:
+        if len(server.output) < 2000:
+            server.output.append(line)

@@ -1,0 +1,152 @@
+"""The benchmark configurations: the standard suite, the quick suite, and the targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Config:
+    id: str
+    scenario: str
+    params: dict[str, Any] = field(hash=False)
+    note: str = ""
+
+
+def fanout(rooms: int, members: int, rate: float, size: int = 100, *, duration: float = 8.0,
+           note: str = "") -> Config:
+    rate_s = f"{rate:g}"
+    return Config(
+        f"fanout-{rooms}x{members}-r{rate_s}-s{size}",
+        "fanout",
+        {"rooms": rooms, "members": members, "rate": rate, "size": size, "duration": duration,
+         "warmup": 1.0},
+        note,
+    )
+
+
+def saturate(rooms: int, members: int, depth: int, size: int = 100, *,
+             duration: float = 5.0, note: str = "") -> Config:
+    return Config(
+        f"saturate-{rooms}x{members}-d{depth}-s{size}",
+        "saturate",
+        {"rooms": rooms, "members": members, "depth": depth, "size": size, "duration": duration,
+         "warmup": 1.0},
+        note,
+    )
+
+
+def capacity(connections: int, steps: int = 6, note: str = "") -> Config:
+    return Config(
+        f"capacity-{connections}",
+        "capacity",
+        {"connections": connections, "room_size": 10, "steps": steps, "settle": 1.0},
+        note,
+    )
+
+
+def joinstorm(members: int, note: str = "") -> Config:
+    return Config(f"joinstorm-{members}", "joinstorm", {"members": members}, note)
+
+
+STANDARD: list[Config] = [
+    saturate(4, 250, 8, note="target"),
+    fanout(4, 100, 50, note="target"),
+    fanout(4, 100, 10, duration=5, note="CPU-vs-load sweep"),
+    fanout(4, 100, 25, duration=5, note="CPU-vs-load sweep"),
+    fanout(4, 100, 100, duration=5, note="CPU-vs-load sweep"),
+    fanout(1, 1000, 20, note="target"),
+    fanout(1, 30, 20, duration=5, note="latency-vs-room-size sweep"),
+    fanout(1, 100, 20, duration=5, note="latency-vs-room-size sweep"),
+    fanout(1, 300, 20, duration=5, note="latency-vs-room-size sweep"),
+    capacity(18_000, note="target"),
+    joinstorm(1000, note="target"),
+]
+
+QUICK: list[Config] = [
+    saturate(2, 100, 8, duration=2),
+    fanout(2, 50, 50, duration=2),
+    fanout(1, 200, 20, duration=2),
+    capacity(2000, steps=4),
+    joinstorm(200),
+]
+
+# The flamegraph run: our server only, under fanout, while py-spy samples it.
+FLAMEGRAPH_STANDARD = fanout(4, 100, 100, duration=12)
+FLAMEGRAPH_QUICK = fanout(2, 50, 50, duration=4)
+
+
+@dataclass(frozen=True)
+class Target:
+    config: str
+    text: str
+    checks: tuple[tuple[str, str, float], ...]  # (figure, "le"|"gt", factor of the Node figure)
+
+
+TARGETS: list[Target] = [
+    Target(
+        "saturate-4x250-d8-s100",
+        "saturate 4x250, 8 in flight, 100 B: CPU per delivery <= 1/7 of Node's, and more "
+        "deliveries/s than Node",
+        (("cpu_per_delivery_us", "le", 1 / 7), ("deliveries_per_s", "gt", 1.0)),
+    ),
+    Target(
+        "fanout-4x100-r50-s100",
+        "fanout 4x100 at 50 msg/s: CPU per delivery <= 0.6x Node's; p99 latency no worse",
+        (("cpu_per_delivery_us", "le", 0.6), ("p99_ms", "le", 1.0)),
+    ),
+    Target(
+        "fanout-1x1000-r20-s100",
+        "fanout 1x1000 at 20 msg/s: p99 latency <= half of Node's",
+        (("p99_ms", "le", 0.5),),
+    ),
+    Target(
+        "capacity-18000",
+        "capacity 18,000 idle joined connections: RSS per connection <= half of Node's",
+        (("rss_per_conn_bytes", "le", 0.5),),
+    ),
+    Target(
+        "joinstorm-1000",
+        "joinstorm 1,000 members: time <= 1/10 of Node's",
+        (("storm_ms", "le", 0.1),),
+    ),
+]
+
+
+def select(scenario: str | None, quick: bool, only: list[str] | None) -> list[Config]:
+    pool = QUICK if quick else STANDARD
+    if only:
+        known = {c.id: c for c in [*STANDARD, *QUICK]}
+        out = []
+        for cid in only:
+            if cid in known:
+                out.append(known[cid])
+            else:
+                out.append(parse_id(cid))
+        return out
+    if scenario:
+        return [c for c in pool if c.scenario == scenario]
+    return list(pool)
+
+
+def parse_id(cid: str) -> Config:
+    """Builds a configuration from its id, e.g. ``fanout-2x500-r40-s200``, ``capacity-5000``."""
+    parts = cid.split("-")
+    try:
+        if parts[0] == "fanout":
+            rooms, members = map(int, parts[1].split("x"))
+            return fanout(rooms, members, float(parts[2][1:]), int(parts[3][1:]))
+        if parts[0] == "saturate":
+            rooms, members = map(int, parts[1].split("x"))
+            return saturate(rooms, members, int(parts[2][1:]), int(parts[3][1:]))
+        if parts[0] == "capacity":
+            return capacity(int(parts[1]))
+        if parts[0] == "joinstorm":
+            return joinstorm(int(parts[1]))
+    except (IndexError, ValueError):
+        pass
+    raise SystemExit(
+        f"unknown configuration {cid!r}: use e.g. fanout-4x100-r50-s100, "
+        "saturate-4x250-d8-s100, capacity-18000, joinstorm-1000"
+    )
