@@ -34,6 +34,7 @@ from .http import StaticSite
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .protocol import CloseCode
+from .redis_broker import RedisBroker
 from .redis_broker import attach as attach_redis
 
 log = logging.getLogger("roomcast")
@@ -198,6 +199,7 @@ class App:
         )
         self.draining = False
         self.acceptor: Acceptor | None = None
+        self.broker: RedisBroker | None = None
         self._all_gone = asyncio.Event()
         self.refused: collections.Counter[str] = collections.Counter()
         self.metrics = Metrics(self)
@@ -209,8 +211,9 @@ class App:
 
     @property
     def ready(self) -> bool:
-        """Taking traffic: started, not draining."""
-        return self.acceptor is not None and not self.draining
+        """Taking traffic: started, not draining, and linked to Redis when one is configured."""
+        broker_ok = self.broker is None or self.broker.up
+        return self.acceptor is not None and not self.draining and broker_ok
 
     def route(self, request: WSUpgradeRequest) -> Any:
         if request.headers.get("upgrade", "").lower() == "websocket":
@@ -337,13 +340,15 @@ async def serve(config: Config) -> int:
     acceptor = Acceptor(loop, sock, factory, ssl_context=tls)
     acceptor.start()
     app.acceptor = acceptor
-    broker = await attach_redis(app.core, config)  # None without --redis-url
+    broker = app.broker = await attach_redis(app.core, config)  # None without --redis-url
     host, port = acceptor.address
     http, ws = ("https", "wss") if tls else ("http", "ws")
     print(f"roomcast listening on {http}://{host}:{port}/", flush=True)
     log.info("serving on %s://%s:%d (page at %s://%s:%d/)", ws, host, port, http, host, port)
     app.heartbeat.start()
     app.metrics.start_lag_probe(loop)
+    if broker is not None:
+        app.metrics.start_broker_probe(loop, broker)
 
     stop = asyncio.Event()
     received: list[signal.Signals] = []

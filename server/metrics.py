@@ -19,9 +19,11 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from .app import App
+    from .redis_broker import RedisBroker
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LAG_PROBE_INTERVAL = 0.25
+BROKER_PROBE_INTERVAL = 1.0
 
 _COUNTERS = (
     # (metric name, core.stats attribute, help)
@@ -99,6 +101,19 @@ class _ServerCollector(Collector):
         yield GaugeMetricFamily(
             "roomcast_ready", "1 when /readyz answers 200", value=int(app.ready)
         )
+        broker = app.broker
+        if broker is not None:
+            yield GaugeMetricFamily(
+                "roomcast_broker_up", "1 while linked to Redis", value=int(broker.up)
+            )
+            yield CounterMetricFamily(
+                "roomcast_broker_outages", "times the link to Redis was lost", value=broker.outages
+            )
+            yield GaugeMetricFamily(
+                "roomcast_broker_backlog",
+                "commands queued for Redis or awaiting its reply",
+                value=broker.backlog,
+            )
 
 
 class Metrics:
@@ -116,12 +131,19 @@ class Metrics:
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
             registry=self.registry,
         )
+        self.broker_roundtrip = Histogram(
+            "roomcast_broker_roundtrip_seconds",
+            "round trip of a PING to Redis, probed every second (the broker's own latency)",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0),
+            registry=self.registry,
+        )
         self.registry.register(_ServerCollector(app))
         # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total: what a
         # capacity test needs to read from a remote server
         ProcessCollector(registry=self.registry)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.TimerHandle | None = None
+        self._broker_probe: asyncio.Task[None] | None = None
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -134,6 +156,19 @@ class Metrics:
         if self._probe is not None:
             self._probe.cancel()
             self._probe = None
+        if self._broker_probe is not None:
+            self._broker_probe.cancel()
+            self._broker_probe = None
+
+    def start_broker_probe(self, loop: asyncio.AbstractEventLoop, broker: RedisBroker) -> None:
+        async def probe() -> None:
+            while True:
+                seconds = await broker.roundtrip()
+                if seconds is not None:
+                    self.broker_roundtrip.observe(seconds)
+                await asyncio.sleep(BROKER_PROBE_INTERVAL)
+
+        self._broker_probe = loop.create_task(probe())
 
     def _schedule_probe(self) -> None:
         assert self._loop is not None

@@ -282,6 +282,22 @@ class RedisBroker:
         self.outages = 0
         self.first_attempt = asyncio.Event()  # set once the first connection attempt ended
 
+    @property
+    def backlog(self) -> int:
+        """Commands queued for Redis or awaiting its reply."""
+        return len(self.ops) + len(self.inflight)
+
+    async def roundtrip(self) -> float | None:
+        """Seconds for one PING to Redis, or None while it is unreachable."""
+        if not self.up or self.client is None:
+            return None
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self.client.ping(), COMMAND_TIMEOUT)
+        except (*REDIS_ERRORS, TimeoutError):
+            return None
+        return time.monotonic() - started
+
     # ---- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:

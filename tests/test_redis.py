@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -414,3 +416,53 @@ def _owner_pid(client: RawClient, pids: set[int]) -> int:
             if target.startswith("socket:[") and target[8:-1] in inodes:
                 return pid
     raise AssertionError(f"no worker holds the connection from port {local_port}")
+
+
+def _scrape(server: ServerProcess) -> tuple[int, dict[str, float]]:
+    try:
+        with urllib.request.urlopen(server.http_url + "/readyz", timeout=5) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    values = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return status, values
+
+
+async def test_readiness_and_metrics_follow_the_broker(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    server = node(launch, redis_server)
+
+    async def scrape() -> tuple[int, dict[str, float]]:
+        return await asyncio.to_thread(_scrape, server)
+
+    status, values = await scrape()
+    assert status == 200 and values["roomcast_broker_up"] == 1
+    assert values["roomcast_broker_outages_total"] == 0
+
+    async def measured() -> bool:
+        return (await scrape())[1].get("roomcast_broker_roundtrip_seconds_count", 0) >= 1
+
+    await wait_for(measured, what="a broker round trip")
+
+    redis_server.stop()
+
+    async def not_ready() -> bool:
+        return (await scrape())[0] == 503
+
+    await wait_for(not_ready, what="/readyz to turn 503 with Redis down")
+    _, values = await scrape()
+    assert values["roomcast_broker_up"] == 0 and values["roomcast_broker_outages_total"] == 1
+
+    redis_server.start()
+
+    async def ready() -> bool:
+        return (await scrape())[0] == 200
+
+    await wait_for(ready, timeout=15, what="/readyz to recover with Redis")
