@@ -37,7 +37,7 @@ from locust import User, events, tag, task
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtest import procstats
+from loadtest import serverstats
 from loadtest.fanout import FanoutTotals, FanoutTracker, stamp
 from loadtest.rooms import RoomDirectory, Seat, SeatPlan
 from loadtest.settings import SCENARIOS, Settings, add_arguments, parse_source_addresses
@@ -301,16 +301,12 @@ class RunMonitor:
         self.worker_held: dict[str, int] = {}
         self.timeline: list[dict[str, Any]] = []
         self.started = time.time()
-        host = environment.host or ""
-        self.server_port: int | None = None
-        self.server_pid: int | None = settings.server_pid or None
-        try:
-            target = Target(host)
-            self.server_port = target.port
-            if self.server_pid is None and target.address[0].startswith("127."):
-                self.server_pid = procstats.listener_pid(target.port)
-        except (ValueError, OSError):
-            pass
+        self.server = serverstats.choose(
+            settings.server_stats, environment.host or "", settings.server_pid or None,
+            settings.metrics_url,
+        )
+        log.info("roomcast: server stats from %s",
+                 self.server.source and (self.server.url or f"/proc/{self.server.pid}"))
         self._sampler = gevent.spawn(self._sample_loop)
 
     def local_held(self) -> int:
@@ -339,15 +335,15 @@ class RunMonitor:
             "elapsed_s": round(time.time() - self.started, 1),
             "users": runner.user_count if runner is not None else 0,
             "held": self.held(),
-            "server_rss_kb": procstats.rss_kb(self.server_pid) if self.server_pid else None,
-            "server_fds": procstats.open_fds(self.server_pid) if self.server_pid else None,
-            "server_connections": (
-                procstats.established(self.server_port, self.server_pid)
-                if self.server_pid and self.server_port else None
-            ),
+            **self.server.sample(),
         }
         self.timeline.append(row)
         return row
+
+    def cpu_used(self) -> float | None:
+        """Server CPU seconds between the first and the last sample that have the figure."""
+        values = [r["server_cpu_s"] for r in self.timeline if r["server_cpu_s"] is not None]
+        return round(values[-1] - values[0], 2) if len(values) > 1 else None
 
     def _sample_loop(self) -> None:
         while True:
@@ -374,11 +370,16 @@ class RunMonitor:
             "held_peak": held_peak,
             "held_final": last["held"],
             "server": {
-                "pid": self.server_pid,
+                "source": self.server.source,
+                "pid": self.server.pid,
+                "metrics_url": self.server.url,
                 "rss_peak_kb": peak("server_rss_kb"),
                 "rss_final_kb": last["server_rss_kb"],
                 "connections_peak": peak("server_connections"),
                 "fds_peak": peak("server_fds"),
+                "members_peak": peak("server_members"),
+                "rooms_peak": peak("server_rooms"),
+                "cpu_s": self.cpu_used(),
             },
             "fanout": self.totals.summary(),
             "settings": {k: v for k, v in vars(self.settings).items() if k != "server_pid"},

@@ -1,8 +1,9 @@
-"""Reading a local server's footprint from /proc: RSS, open fds and established connections.
+"""Reading a local server's footprint from /proc: RSS, open fds, CPU time, established connections.
 
-The server has no ``/metrics`` endpoint yet, so the harness samples the process directly when it
-runs on the same machine (``--server-pid``, or found from the listening port when the target is a
-loopback address). Linux only; every function returns None when the data is unavailable.
+The harness samples the process directly when it runs on the same machine (``--server-pid``, or
+found from the listening port when the target is a loopback address); otherwise it scrapes the
+server's ``/metrics`` (``loadtest/serverstats.py``). Linux only; every function returns None when
+the data is unavailable.
 """
 
 from __future__ import annotations
@@ -45,12 +46,19 @@ def _tcp_rows(pid: int | None = None) -> list[list[str]]:
 
 
 def established(port: int, pid: int | None = None) -> int | None:
-    """TCP connections in ESTABLISHED state whose local port is ``port`` (the server's side)."""
+    """TCP connections in ESTABLISHED state on the server's side of ``port``.
+
+    Only the addresses the port's listening sockets are bound to count: other processes' client
+    sockets may use the same port number on another address (e.g. ``127.0.0.11:PORT``).
+    """
     suffix = f":{port:04X}"
-    rows = _tcp_rows(pid)
+    rows = [r for r in _tcp_rows(pid) if len(r) > 3 and r[1].endswith(suffix)]
     if not rows:
         return None
-    return sum(1 for r in rows if len(r) > 3 and r[3] == _TCP_ESTABLISHED and r[1].endswith(suffix))
+    listening = {r[1] for r in rows if r[3] == _TCP_LISTEN}
+    if not listening or any(set(local[: -len(suffix)]) == {"0"} for local in listening):
+        return sum(1 for r in rows if r[3] == _TCP_ESTABLISHED)  # wildcard (or no) listener
+    return sum(1 for r in rows if r[3] == _TCP_ESTABLISHED and r[1] in listening)
 
 
 def listener_pid(port: int) -> int | None:
@@ -62,13 +70,26 @@ def listener_pid(port: int) -> int | None:
     if not inodes:
         return None
     targets = {f"socket:[{inode}]" for inode in inodes}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            for fd in os.scandir(f"/proc/{entry.name}/fd"):
-                if os.readlink(fd.path) in targets:
-                    return int(entry.name)
-        except OSError:
-            continue
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with os.scandir(f"/proc/{entry.name}/fd") as fds:
+                    for fd in fds:
+                        if os.readlink(fd.path) in targets:
+                            return int(entry.name)
+            except OSError:
+                continue
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of ``pid`` so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2:].split()  # fields from the 3rd (state) on
+        ticks = int(fields[11]) + int(fields[12])
+        return round(ticks / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None

@@ -83,6 +83,10 @@ def headline(prefix: str) -> dict[str, Any]:
         "held_peak": summary.get("held_peak"),
         "users_peak": summary.get("users_peak"),
         "server_connections_peak": server.get("connections_peak"),
+        "server_connections_label": (
+            "open WebSocket connections (/metrics)" if server.get("source") == "metrics"
+            else "established connections"
+        ),
         "server_rss_peak_kb": server.get("rss_peak_kb"),
         "receipts": fanout.get("receipts"),
         "receipt_p50_ms": fanout.get("receipt_p50_ms"),
@@ -116,7 +120,8 @@ def markdown(prefix: str, context: dict[str, str]) -> str:
         "|---|---|",
         f"| Connections held (joined), peak | {_num(h['held_peak'])} of "
         f"{_num(h['users_peak'])} users |",
-        f"| Server: established connections, peak | {_num(h['server_connections_peak'])} |",
+        f"| Server: {h['server_connections_label']}, peak | "
+        f"{_num(h['server_connections_peak'])} |",
         f"| Server: RSS, peak | {_mib(h['server_rss_peak_kb'])} |",
         f"| Fan-out latency per receipt, p50 / p99 | {_num(h['receipt_p50_ms'], ' ms')} / "
         f"{_num(h['receipt_p99_ms'], ' ms')} ({_num(h['receipts'])} receipts) |",
@@ -145,7 +150,8 @@ def markdown(prefix: str, context: dict[str, str]) -> str:
     lines += [
         f"Reports: [`{rel}.html`]({rel}.html) (Locust's HTML report), `{rel}_stats.csv`, "
         f"`{rel}_stats_history.csv`, `{rel}_failures.csv`, `{rel}_exceptions.csv`, "
-        f"`{rel}_timeline.csv` (held connections and the server's RSS and sockets every 2 s) and "
+        f"`{rel}_timeline.csv` (held connections and the server's RSS, fds, connections and CPU "
+        "time every 2 s) and "
         f"`{rel}_summary.json` (exact fan-out percentiles). How to run and read them: "
         "[docs/loadtest.md](../docs/loadtest.md).",
         END,
@@ -176,7 +182,7 @@ def annotate_html(path: Path, prefix: str) -> None:
     h = headline(prefix)
     rows = [
         ("Connections held, peak", _num(h["held_peak"])),
-        ("Server established connections, peak", _num(h["server_connections_peak"])),
+        (f"Server {h['server_connections_label']}, peak", _num(h["server_connections_peak"])),
         ("Server RSS, peak", _mib(h["server_rss_peak_kb"])),
         ("Fan-out per receipt p50 / p99",
          f"{_num(h['receipt_p50_ms'], ' ms')} / {_num(h['receipt_p99_ms'], ' ms')}"),

@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
     parser.add_argument("--server-pid", type=int, default=0,
                         help="pid of the (local) server given by --host, to sample its RSS")
+    parser.add_argument("--server-stats", choices=("auto", "proc", "metrics"),
+                        default=env.get("LOADTEST_SERVER_STATS", "auto"),
+                        help="sample the server from /proc (local) or its /metrics "
+                        "(default auto: /proc when it is a local process, else /metrics)")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra argument for the local server (repeatable)")
     parser.add_argument("locust_args", nargs="*", help=argparse.SUPPRESS)
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "--host", host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
         "--run-time", args.run_time, "--stop-timeout", "10",
         "--csv", prefix, "--csv-full-history", "--html", f"{prefix}.html", "--only-summary",
-        "--server-pid", str(server_pid),
+        "--server-pid", str(server_pid), "--server-stats", args.server_stats,
     ]
     if args.processes != 1:
         cmd += ["--processes", str(args.processes)]

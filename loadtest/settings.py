@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 SCENARIOS = ("capacity", "fanout", "swarm", "all")
+SERVER_STATS = ("auto", "proc", "metrics")
 
 # (option, env var, default, help). Kept as data so docs/loadtest.md and --help cannot drift apart.
 OPTIONS: list[tuple[str, str, str, str]] = [
@@ -44,6 +45,12 @@ OPTIONS: list[tuple[str, str, str, str]] = [
      "loopback, else the default route), 'none', a list 'A,B,...' or a range 'A-B'"),
     ("--server-pid", "LOADTEST_SERVER_PID", "0",
      "pid of a server on this machine, to sample its RSS and open sockets (0: none)"),
+    ("--server-stats", "LOADTEST_SERVER_STATS", "auto",
+     "where the master samples the server's RSS, fds and connections: 'proc' (/proc of a local "
+     "server), 'metrics' (GET its /metrics) or 'auto' (proc when the server is a local process "
+     "found by --server-pid or by its loopback port, else metrics)"),
+    ("--metrics-url", "LOADTEST_METRICS_URL", "",
+     "URL of the server's /metrics (default: http(s)://HOST:PORT/metrics of the ws(s):// host)"),
     ("--room-prefix", "LOADTEST_ROOM_PREFIX", "lt",
      "prefix of the room names (each Locust process adds its own token)"),
 ]
@@ -71,6 +78,8 @@ class Settings:
     connect_timeout: float
     source_addresses: str
     server_pid: int
+    server_stats: str
+    metrics_url: str
     room_prefix: str
 
     @classmethod
@@ -95,12 +104,16 @@ class Settings:
             connect_timeout=float(get("--connect-timeout")),
             source_addresses=get("--source-addresses"),
             server_pid=int(get("--server-pid")),
+            server_stats=get("--server-stats").strip().lower(),
+            metrics_url=get("--metrics-url").strip(),
             room_prefix=get("--room-prefix"),
         )
         settings.validate()
         return settings
 
     def validate(self) -> None:
+        if self.server_stats not in SERVER_STATS:
+            raise ValueError(f"--server-stats must be one of {', '.join(SERVER_STATS)}")
         if not 0.0 <= self.chat_fraction <= 1.0:
             raise ValueError("--chat-fraction must be between 0 and 1")
         for name in ("chat_interval", "session_seconds", "fanout_rate", "fanout_timeout",

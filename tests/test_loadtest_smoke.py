@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import websocket
 
-from loadtest import report
+from loadtest import report, serverstats
 from loadtest.fanout import FanoutTotals, FanoutTracker, Histogram, parse_stamp, stamp
 from loadtest.rooms import RoomDirectory, SeatPlan
 from loadtest.settings import parse_room_sizes, parse_source_addresses
@@ -67,6 +68,7 @@ def test_smoke_swarm_has_no_failures_and_records_fanout(tmp_path: Path) -> None:
     assert USERS - 4 <= summary["held_peak"] <= USERS
     assert summary["fanout"]["receipts"] >= int(receipts["Request Count"])
     assert summary["fanout"]["lost_messages"] == 0
+    assert summary["server"]["source"] == "proc"  # a local server: sampled from /proc
     assert summary["server"]["pid"] == server.proc.pid
     assert summary["server"]["rss_peak_kb"] > 0
     assert summary["server"]["connections_peak"] >= 1
@@ -154,3 +156,111 @@ def test_readme_section_replaced_between_markers(tmp_path: Path) -> None:
     report.replace_section(readme, f"{report.START}\ntwo\n{report.END}\n")
     text = readme.read_text()
     assert text == f"# Results\n\nbench table\n\n{report.START}\ntwo\n{report.END}\n\nafter\n"
+
+
+SAMPLE_EXPOSITION = """\
+# HELP roomcast_connections_accepted_total TCP connections accepted
+# TYPE roomcast_connections_accepted_total counter
+roomcast_connections_accepted_total 7.0
+# HELP roomcast_connections open WebSocket connections
+# TYPE roomcast_connections gauge
+roomcast_connections 3.0
+roomcast_rooms 1.0
+roomcast_members{shard="a"} 2.0
+roomcast_members{shard="b",note="x } y"} 1.0 1700000000000
+roomcast_event_loop_lag_seconds_bucket{le="+Inf"} 12.0
+process_resident_memory_bytes 3.467264e+07
+process_cpu_seconds_total 0.19
+process_open_fds NaN
+process_max_fds 20000.0
+"""
+
+
+def test_metrics_exposition_parsing() -> None:
+    values = serverstats.parse_exposition(
+        SAMPLE_EXPOSITION, {"roomcast_connections", "roomcast_members", "process_open_fds"}
+    )
+    # a longer name with the same prefix is not the metric; label sets are summed; NaN is dropped
+    assert values == {"roomcast_connections": 3.0, "roomcast_members": 3.0}
+    row = serverstats.stats_from_metrics(SAMPLE_EXPOSITION)
+    assert row == {
+        "server_rss_kb": 33860, "server_fds": None, "server_connections": 3,
+        "server_cpu_s": 0.19, "server_members": 3, "server_rooms": 1,
+    }
+    assert serverstats.metrics_url("ws://10.0.0.5:8080/chat?x=1") == "http://10.0.0.5:8080/metrics"
+    assert serverstats.metrics_url("wss://u:p@chat.example:443/") == (
+        "https://chat.example:443/metrics"
+    )
+    assert serverstats.metrics_url("ws://[::1]:9000") == "http://[::1]:9000/metrics"
+    with pytest.raises(ValueError):
+        serverstats.metrics_url("http://127.0.0.1:8080/")
+
+
+@pytest.mark.timeout(30)
+def test_server_stats_from_metrics_and_proc_agree() -> None:
+    with running_server("--log-level", "warning") as server:
+        auto = serverstats.choose("auto", server.ws_url, None)
+        forced = serverstats.choose("metrics", server.ws_url, None)
+        assert isinstance(auto, serverstats.ProcSampler) and auto.pid == server.proc.pid
+        assert isinstance(forced, serverstats.MetricsSampler)
+        assert forced.url == f"{server.http_url}/metrics"
+        clients = []
+        try:
+            for i in range(3):
+                ws = websocket.create_connection(server.ws_url, timeout=5)
+                clients.append(ws)
+                ws.send(json.dumps({"type": "join", "room": "stats", "username": f"u{i}"}))
+                while "users" not in json.loads(ws.recv()):  # the joiner's own notice
+                    pass
+            scraped, local = forced.sample(), auto.sample()
+        finally:
+            for ws in clients:
+                ws.close()
+    assert scraped["server_connections"] == 3
+    assert scraped["server_members"] == 3 and scraped["server_rooms"] == 1
+    assert local["server_connections"] == 3  # established TCP connections on the port
+    assert scraped["server_rss_kb"] > 1024 and local["server_rss_kb"] > 1024
+    assert abs(scraped["server_rss_kb"] - local["server_rss_kb"]) < 32 * 1024
+    assert scraped["server_fds"] >= 4 and local["server_fds"] >= 4
+    assert scraped["server_cpu_s"] is not None and local["server_cpu_s"] is not None
+    assert forced.failures == 0
+
+
+def test_metrics_sampler_reports_nothing_when_unreachable() -> None:
+    with running_server("--log-level", "warning") as server:
+        url = f"{server.http_url}/metrics"
+    sampler = serverstats.MetricsSampler(url, timeout=2)  # the server has exited: refused
+    assert sampler.sample() == serverstats.empty()
+    assert sampler.failures == 1
+    assert isinstance(serverstats.choose("proc", "ws://10.255.255.1:1/", None),
+                      type(serverstats.NoSampler()))
+
+
+@pytest.mark.timeout(60)
+def test_locust_run_reads_server_stats_from_metrics(tmp_path: Path) -> None:
+    """The run monitor, forced to the /metrics path, as for a server on another machine."""
+    prefix = tmp_path / "metrics"
+    with running_server("--log-level", "warning") as server:
+        cmd = [
+            sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
+            "--headless", "--users", "4", "--spawn-rate", "4", "--run-time", "5s",
+            "--stop-timeout", "3", "--host", server.ws_url, "--csv", str(prefix),
+            "--only-summary", "--capacity-room-size", "2", "--server-stats", "metrics",
+        ]
+        env = {**os.environ, "SCENARIO": "capacity", "PYTHONWARNINGS": "ignore"}
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=45, check=False
+        )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    summary = json.loads(Path(f"{prefix}_summary.json").read_text())
+    stats = summary["server"]
+    assert stats["source"] == "metrics" and stats["pid"] is None
+    assert stats["metrics_url"] == f"{server.http_url}/metrics"
+    assert stats["connections_peak"] == 4
+    assert stats["members_peak"] == 4 and stats["rooms_peak"] == 2
+    assert stats["rss_peak_kb"] > 1024 and stats["fds_peak"] >= 5
+    with open(f"{prefix}_timeline.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert any(row["server_connections"] == "4" for row in rows)
+    assert "open WebSocket connections (/metrics)" in report.markdown(str(prefix), {})
