@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import aiofastnet
@@ -27,21 +28,25 @@ RETRY_DELAY = 0.25
 
 
 def picows_protocol_factory(
-    listener_factory: Callable[[Any], Any],
+    listener_factory: Callable[..., Any],
     logger: Any,
     *,
     handshake_timeout: float,
     max_frame_size: int,
     read_buffer_init_size: int,
-) -> Callable[[], asyncio.BufferedProtocol]:
-    """The server-side protocol factory that picows's ws_create_server builds internally."""
+) -> Callable[[Any], asyncio.BufferedProtocol]:
+    """The server-side protocol factory that picows's ws_create_server builds internally.
 
-    def factory() -> asyncio.BufferedProtocol:
+    Unlike picows's, it takes the peer address (from accept()) and hands it to the listener
+    factory as ``peer=``, so that admission can count per address before the upgrade.
+    """
+
+    def factory(peer: Any = None) -> asyncio.BufferedProtocol:
         protocol: asyncio.BufferedProtocol = WSProtocol(
             None,  # host:port (client side only)
             None,  # path (client side only)
             False,  # is_client_side
-            listener_factory,
+            partial(listener_factory, peer=peer),
             logger,
             True,  # disconnect_on_exception
             handshake_timeout,
@@ -82,7 +87,7 @@ class Acceptor:
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        protocol_factory: Callable[[Any], asyncio.BaseProtocol],
         *,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -119,7 +124,7 @@ class Acceptor:
     def _on_readable(self) -> None:
         for _ in range(256):  # bounded, so a connection storm cannot starve the clients
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -135,11 +140,13 @@ class Acceptor:
                 log.warning("accepting connections again")
             self.accepted += 1
             conn.setblocking(False)
-            self._loop.create_task(self._connect(conn))
+            self._loop.create_task(self._connect(conn, peer))
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, peer: Any) -> None:
         try:
-            await aiofastnet.connect_accepted_socket(self._loop, self._factory, conn, ssl=self._ssl)
+            await aiofastnet.connect_accepted_socket(
+                self._loop, partial(self._factory, peer), conn, ssl=self._ssl
+            )
         except Exception as exc:
             conn.close()
             if log.isEnabledFor(logging.DEBUG):

@@ -24,6 +24,7 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011  # our fault; details are in the server log, never sent to the peer
     SERVICE_RESTART = 1012
     SLOW_CONSUMER = 4000  # the peer stopped reading and its unsent bytes passed the limit
+    TOKEN_EXPIRED = 4001  # the JWT the connection was opened with has expired
 
 
 class ErrorCode(enum.StrEnum):
@@ -39,6 +40,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_ROOM = "invalid_room"
     BINARY_UNSUPPORTED = "binary_unsupported"
     RATE_LIMITED = "rate_limited"
+    FORBIDDEN_ROOM = "forbidden_room"  # the token's `rooms` claim does not allow this room
 
 
 # ---- client -> server -------------------------------------------------------------------------
