@@ -158,9 +158,7 @@ def identity_from_claims(claims: dict[str, Any], max_username_length: int) -> Id
 # ---- verification -----------------------------------------------------------------------------
 
 
-def parse_algorithms(
-    text: str, *, has_secret: bool, has_public_key: bool
-) -> tuple[str, ...]:
+def parse_algorithms(text: str, *, has_secret: bool, has_public_key: bool) -> tuple[str, ...]:
     """The allowlist from ``--jwt-algorithms`` (comma-separated), or the defaults for the keys.
 
     Raises ValueError for ``none``, unknown names, or an algorithm whose key is not configured.

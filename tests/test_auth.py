@@ -41,7 +41,9 @@ def _b64(data: bytes) -> str:
 def forge(header: dict[str, Any], claims: dict[str, Any], key: bytes | None) -> str:
     """A JWT built by hand, so that tests can make tokens PyJWT refuses to make."""
     signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
-    signature = b"" if key is None else hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    signature = (
+        b"" if key is None else hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    )
     return f"{signing_input}.{_b64(signature)}"
 
 
@@ -75,7 +77,10 @@ def test_the_token_is_found_in_each_documented_place() -> None:
     bearer = extract_token("/", {"authorization": "Bearer abc.def.ghi"})
     assert bearer is not None and (bearer.token, bearer.subprotocol) == ("abc.def.ghi", None)
     offered = extract_token("/", {"sec-websocket-protocol": f"{SUBPROTOCOL}, abc.def.ghi"})
-    assert offered is not None and (offered.token, offered.subprotocol) == ("abc.def.ghi", SUBPROTOCOL)
+    assert offered is not None and (offered.token, offered.subprotocol) == (
+        "abc.def.ghi",
+        SUBPROTOCOL,
+    )
     query = extract_token("/ws?room=x&token=abc.def.ghi", {})
     assert query is not None and (query.token, query.subprotocol) == ("abc.def.ghi", None)
     assert extract_token("/", {}) is None
@@ -214,9 +219,7 @@ async def healthy(server: ServerProcess, token: str) -> None:
 
 @pytest.fixture
 def auth_server(launch: Launch) -> ServerProcess:
-    return launch(
-        "--jwt-secret", SECRET, "--jwt-audience", AUDIENCE, "--rate-limit", "0"
-    )
+    return launch("--jwt-secret", SECRET, "--jwt-audience", AUDIENCE, "--rate-limit", "0")
 
 
 @pytest.mark.usefixtures("raw_clients")
@@ -315,9 +318,7 @@ async def test_a_rooms_claim_forbids_other_rooms(auth_server: ServerProcess) -> 
 
 @pytest.mark.usefixtures("raw_clients")
 async def test_an_expiring_token_closes_the_connection_with_4001(launch: Launch) -> None:
-    server = launch(
-        "--jwt-secret", SECRET, "--jwt-leeway", "0", "--token-sweep-interval", "0.1"
-    )
+    server = launch("--jwt-secret", SECRET, "--jwt-leeway", "0", "--token-sweep-interval", "0.1")
     short = hs256({"sub": "brief", "exp": int(time.time()) + 2})
     long = hs256({"sub": "lasting", "exp": int(time.time()) + 300})
     brief = await RawClient.connect(server.host, server.port, f"/?token={short}")
