@@ -32,7 +32,7 @@ from .core import ChatCore, Member
 from .deadlines import Deadlines
 from .heartbeat import Heartbeat
 from .http import StaticSite
-from .protocol import CloseCode
+from .protocol import CloseCode, close_reply
 from .reassembly import Fragments, Message, reassemble
 
 log = logging.getLogger("roomcast")
@@ -43,9 +43,6 @@ _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PONG = WSMsgType.PONG
 _DATA = (_TEXT, _BINARY, _CONTINUATION)
-
-# Close codes a peer may send that we echo as-is; anything else (e.g. none at all) is answered 1000.
-_NO_STATUS = (0, 1005)
 
 
 class Connection(WSListener):
@@ -103,7 +100,7 @@ class Connection(WSListener):
     def _slow_path(self, kind: WSMsgType, frame: WSFrame) -> None:
         if kind is _CLOSE:
             received = frame.get_close_code().value
-            self.close(CloseCode.NORMAL if received in _NO_STATUS else received, "")
+            self.close(close_reply(received), "")
         elif kind in _DATA:
             self.fragments, outcome = reassemble(
                 self.fragments,

@@ -24,7 +24,8 @@ FRAMES = 3000
 FUZZERS = 6
 BUDGET = 25.0  # seconds for the whole test, well-behaved checks included
 DOCUMENTED_CLOSES = {1000, 1001, 1002, 1007, 1009, 1012, 4000}
-# What a peer may legitimately send in a CLOSE, and so what the server echoes back.
+# What a peer may legitimately send in a CLOSE, and so what the server echoes back (RFC 6455 7.4);
+# an invalid code (1005, 1006, 5000...) is answered with 1002.
 ECHOABLE = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
 
 TEMPLATES = [
@@ -278,3 +279,16 @@ async def test_fuzzed_frames_never_hurt_a_well_behaved_client(launch: Launch) ->
     log = server.text()
     assert "Traceback" not in log and "internal error" not in log, log[-3000:]
     print(json.dumps({"seed": seed, "frames": total, "calm_messages": len(sent)}))
+
+
+async def test_a_close_with_a_code_nobody_may_send_is_answered_1002(launch: Launch) -> None:
+    """Found by the fuzzer: the server used to echo 1006 and 5000, which RFC 6455 forbids."""
+    server = launch()
+    try:
+        for sent, answered in ((1006, 1002), (5000, 1002), (1015, 1002), (999, 1002), (4999, 4999)):
+            client = await RawClient.connect(server.host, server.port)
+            client.send_frame(CLOSE, struct.pack("!H", sent))
+            assert (await client.expect_close()).close_code == answered, sent
+            await client.close()
+    finally:
+        RawClient.open_clients.clear()

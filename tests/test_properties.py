@@ -20,7 +20,7 @@ from server import protocol
 from server.auth import RoomPatterns
 from server.config import Config
 from server.core import ChatCore, Member
-from server.protocol import CloseCode, DecodeFailure, ErrorCode, InvalidUTF8
+from server.protocol import CloseCode, DecodeFailure, ErrorCode, InvalidUTF8, close_reply
 from server.reassembly import BINARY, CONTINUATION, TEXT, Fragments, Message, Violation, reassemble
 
 ERROR_CODES = {code.value for code in ErrorCode}
@@ -218,3 +218,13 @@ def test_the_limit_counts_all_fragments() -> None:
     state, outcome = reassemble(state, CONTINUATION, True, b"y" * 40, LIMIT)
     assert isinstance(outcome, Violation) and outcome.code == CloseCode.MESSAGE_TOO_BIG
     assert state is None
+
+
+@SETTINGS
+@given(st.integers(0, 65535))
+def test_a_close_is_answered_only_with_codes_valid_on_the_wire(received: int) -> None:
+    reply = close_reply(received)
+    assert reply not in (0, 1004, 1005, 1006, 1015)
+    assert 1000 <= reply <= 1003 or 1007 <= reply <= 1014 or 3000 <= reply <= 4999
+    if reply != received:
+        assert reply == (1000 if received in (0, 1005) else 1002)
