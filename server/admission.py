@@ -6,16 +6,46 @@ open connections and the time, and turns a ``Refusal`` into an HTTP response bef
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+# ---- the upgrade request itself ----------------------------------------------------------------
+
+
+def handshake_problem(headers: Any) -> str | None:
+    """Why picows would refuse this upgrade request, or None.
+
+    The same checks picows makes after the listener factory, made first so that the refusal is a
+    fixed 400 text: picows's own error echoes the header value and fails (no answer, a traceback
+    in the log) when that value is not UTF-8, which a fuzzer finds in seconds.
+    """
+    connection = headers.get("connection")
+    if not isinstance(connection, str) or connection.lower() != "upgrade":
+        return "Connection header must be 'Upgrade'"
+    if headers.get("sec-websocket-version") not in ("13", "8", "7"):
+        return "unsupported Sec-WebSocket-Version (use 13)"
+    key = headers.get("sec-websocket-key")
+    try:
+        if (
+            not isinstance(key, str)
+            or len(base64.b64decode(key.encode("ascii"), validate=True)) != 16
+        ):
+            return "invalid Sec-WebSocket-Key"
+    except (UnicodeEncodeError, binascii.Error):
+        return "invalid Sec-WebSocket-Key"
+    return None
 
 
 # ---- Origin -----------------------------------------------------------------------------------

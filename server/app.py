@@ -25,7 +25,13 @@ from picows import (
 )
 
 from .acceptor import Acceptor, listening_socket, picows_protocol_factory
-from .admission import Limits, OriginPolicy, client_address, parse_networks
+from .admission import (
+    Limits,
+    OriginPolicy,
+    client_address,
+    handshake_problem,
+    parse_networks,
+)
 from .auth import AuthError, Identity, Verifier, parse_algorithms
 from .config import Config
 from .core import ChatCore, Member
@@ -226,6 +232,9 @@ class App:
     def admit(self, request: WSUpgradeRequest, peer: Any) -> Any:
         """Origin, limits, then the token: a refusal is an HTTP answer, before any WebSocket."""
         headers = request.headers
+        problem = handshake_problem(headers)
+        if problem is not None:
+            return _refuse(400, problem.encode() + b"\n")
         if not self.origins.allows(headers.get("origin"), headers.get("host")):
             return _refuse(403, b"origin not allowed\n")
         address = peer[0] if isinstance(peer, tuple) and peer else "?"

@@ -7,7 +7,13 @@ import ipaddress
 
 import pytest
 
-from server.admission import Limits, OriginPolicy, client_address, parse_networks
+from server.admission import (
+    Limits,
+    OriginPolicy,
+    client_address,
+    handshake_problem,
+    parse_networks,
+)
 from server.deadlines import Deadlines
 from tests.conftest import Launch
 from tests.handshake import upgrade
@@ -239,3 +245,33 @@ async def test_handshake_timeout_drops_a_silent_connection(launch: Launch) -> No
     finally:
         writer.close()
     assert (await upgrade(server.host, server.port)).status == 101
+
+
+def test_handshake_problems_are_found_before_picows_sees_them() -> None:
+    good = {
+        "connection": "Upgrade",
+        "sec-websocket-version": "13",
+        "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    assert handshake_problem(good) is None
+    assert handshake_problem({**good, "connection": "keep-alive"}) is not None
+    assert handshake_problem({**good, "sec-websocket-version": "\udcbf13"}) is not None
+    assert handshake_problem({**good, "sec-websocket-key": "short"}) is not None
+    assert handshake_problem({**good, "sec-websocket-key": "\udcbfxx"}) is not None
+
+
+async def test_a_non_utf8_version_header_gets_400_not_a_traceback(server: ServerProcess) -> None:
+    """Found by the fuzz test: picows's own refusal crashes on such a header and logs it."""
+    request = (
+        f"GET / HTTP/1.1\r\nHost: {server.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    ).encode() + b"Sec-WebSocket-Version: \xbf\xff 13\r\n\r\n"
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert (await upgrade(server.host, server.port)).status == 101
+    assert "Traceback" not in server.text()
