@@ -90,6 +90,10 @@ class Connection(WSListener):
             return  # frames still in the read buffer after we decided to close
         self.heard = True
         try:
+            if frame.rsv1 or frame.rsv2 or frame.rsv3:
+                # No extension is negotiated, so RFC 6455 section 5.2 requires failing.
+                self.close(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+                return
             kind = frame.msg_type
             if kind is _TEXT and frame.fin and self.fragments is None:
                 code = self.app.core.handle_text(self.member, frame.get_payload_as_bytes())

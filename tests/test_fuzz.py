@@ -292,3 +292,17 @@ async def test_a_close_with_a_code_nobody_may_send_is_answered_1002(launch: Laun
             await client.close()
     finally:
         RawClient.open_clients.clear()
+
+
+async def test_frames_with_reserved_bits_close_1002(launch: Launch) -> None:
+    """No extension is negotiated, so RSV1-3 must be zero (RFC 6455 section 5.2)."""
+    server = launch()
+    try:
+        # (a PING with RSV bits is answered by picows itself, before the application sees it)
+        for opcode, rsv in ((0x1, 4), (0x1, 2), (0x1, 1), (0x2, 4), (0x8, 4)):
+            client = await RawClient.connect(server.host, server.port)
+            client.writer.write(frame(opcode, b'{"type":"leave"}', rsv=rsv))
+            assert (await client.expect_close()).close_code == 1002, (opcode, rsv)
+            await client.close()
+    finally:
+        RawClient.open_clients.clear()
