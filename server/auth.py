@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .core import clean_name
 
@@ -156,6 +157,16 @@ def identity_from_claims(claims: dict[str, Any], max_username_length: int) -> Id
 
 
 # ---- verification -----------------------------------------------------------------------------
+
+
+def check_public_key(pem: str) -> None:
+    """Raises ValueError unless `pem` is a PEM public key PyJWT can use (RSA, EC, Ed25519/448)."""
+    try:
+        load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM public key: {exc}") from None
+    except Exception as exc:  # cryptography's UnsupportedAlgorithm
+        raise ValueError(f"unsupported public key: {exc}") from None
 
 
 def parse_algorithms(text: str, *, has_secret: bool, has_public_key: bool) -> tuple[str, ...]:

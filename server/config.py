@@ -175,7 +175,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
 def _check_security_options(parser: argparse.ArgumentParser, config: Config) -> None:
     # Imported here: auth imports core, which imports this module.
     from .admission import OriginPolicy, parse_networks  # noqa: PLC0415
-    from .auth import parse_algorithms  # noqa: PLC0415
+    from .auth import check_public_key, parse_algorithms  # noqa: PLC0415
 
     try:
         parse_algorithms(
@@ -185,8 +185,11 @@ def _check_security_options(parser: argparse.ArgumentParser, config: Config) -> 
         )
         parse_networks(config.trusted_proxies)
         OriginPolicy.from_option(config.allowed_origins, allow_all=True)
-    except ValueError as exc:
-        parser.error(str(exc))
+        if config.jwt_public_key:
+            with open(config.jwt_public_key, encoding="utf-8") as file:
+                check_public_key(file.read())
+    except (OSError, ValueError) as exc:
+        parser.error(f"{exc}")
     if config.jwt_algorithms and not config.auth_enabled:
         parser.error("--jwt-algorithms needs --jwt-secret or --jwt-public-key")
     if config.token_sweep_interval <= 0 or config.handshake_timeout <= 0:

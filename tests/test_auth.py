@@ -25,6 +25,7 @@ from server.auth import (
     identity_from_claims,
     parse_algorithms,
 )
+from server.config import parse_config
 from tests.conftest import Launch
 from tests.handshake import upgrade
 from tests.rawws import RawClient
@@ -339,3 +340,23 @@ async def test_an_expiring_token_closes_the_connection_with_4001(launch: Launch)
 async def test_without_auth_tokens_are_ignored_and_names_are_free(server: ServerProcess) -> None:
     client = await RawClient.connect(server.host, server.port, "/?token=whatever")
     assert (await join(client, username="free"))["username"] == "free"
+
+
+def test_bad_security_options_are_refused_at_startup(tmp_path: Path) -> None:
+    not_a_key = tmp_path / "key.pem"
+    not_a_key.write_text("hello")
+    for argv in (
+        ["--jwt-secret", "s", "--jwt-algorithms", "none"],
+        ["--jwt-secret", "s", "--jwt-algorithms", "RS256"],
+        ["--jwt-algorithms", "HS256"],  # no key at all
+        ["--jwt-public-key", str(tmp_path / "missing.pem")],
+        ["--jwt-public-key", str(not_a_key)],
+        ["--allowed-origins", "https://*"],
+        ["--trusted-proxies", "not-an-address"],
+        ["--token-sweep-interval", "0"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_config(argv, env={})
+    config = parse_config(["--jwt-secret", "s"], env={"ROOMCAST_JWT_AUDIENCE": "aud"})
+    assert config.auth_enabled and config.jwt_audience == "aud"
+    assert not parse_config([], env={}).auth_enabled
