@@ -32,8 +32,15 @@ def handshake_problem(headers: Any) -> str | None:
     in the log) when that value is not UTF-8, which a fuzzer finds in seconds.
     """
     connection = headers.get("connection")
-    if not isinstance(connection, str) or connection.lower() != "upgrade":
-        return "Connection header must be 'Upgrade'"
+    if not isinstance(connection, str):
+        return "Connection header must include 'Upgrade'"
+    if connection.lower() != "upgrade":
+        tokens = {token.strip().lower() for token in connection.split(",")}
+        if "upgrade" not in tokens:
+            return "Connection header must include 'Upgrade'"
+        # Firefox sends "keep-alive, Upgrade", which is valid (RFC 6455 4.2.1) but which picows's
+        # own check refuses: normalise it in the request picows validates next.
+        headers["Connection"] = "Upgrade"
     if headers.get("sec-websocket-version") not in ("13", "8", "7"):
         return "unsupported Sec-WebSocket-Version (use 13)"
     key = headers.get("sec-websocket-key")

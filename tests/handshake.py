@@ -28,6 +28,8 @@ async def upgrade(
 ) -> Answer:
     """Sends an upgrade request; returns the status, headers and (for a refusal) the body.
 
+    `headers` are added to, or replace, the standard upgrade headers.
+
     A 101 answer is returned at once (the connection is then closed without a CLOSE frame).
     """
     reader, writer = await asyncio.wait_for(
@@ -35,14 +37,17 @@ async def upgrade(
     )
     try:
         key = base64.b64encode(os.urandom(16)).decode()
-        lines = [
-            f"GET {path} HTTP/1.1",
-            f"Host: {host}:{port}",
-            "Upgrade: websocket",
-            "Connection: Upgrade",
-            f"Sec-WebSocket-Key: {key}",
-            "Sec-WebSocket-Version: 13",
-        ] + [f"{k}: {v}" for k, v in (headers or {}).items()]
+        fields = {
+            "Host": f"{host}:{port}",
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": key,
+            "Sec-WebSocket-Version": "13",
+        }
+        given = headers or {}
+        lowered = {name.lower() for name in given}
+        fields = {k: v for k, v in fields.items() if k.lower() not in lowered} | given
+        lines = [f"GET {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in fields.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         status_line, *header_lines = head.decode("latin-1").split("\r\n")

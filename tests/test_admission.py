@@ -255,6 +255,9 @@ def test_handshake_problems_are_found_before_picows_sees_them() -> None:
     }
     assert handshake_problem(good) is None
     assert handshake_problem({**good, "connection": "keep-alive"}) is not None
+    firefox = {**good, "connection": "keep-alive, Upgrade"}
+    assert handshake_problem(firefox) is None
+    assert firefox["Connection"] == "Upgrade"  # normalised for picows's stricter check
     assert handshake_problem({**good, "sec-websocket-version": "\udcbf13"}) is not None
     assert handshake_problem({**good, "sec-websocket-key": "short"}) is not None
     assert handshake_problem({**good, "sec-websocket-key": "\udcbfxx"}) is not None
@@ -275,3 +278,9 @@ async def test_a_non_utf8_version_header_gets_400_not_a_traceback(server: Server
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert (await upgrade(server.host, server.port)).status == 101
     assert "Traceback" not in server.text()
+
+
+async def test_firefox_style_connection_header_is_accepted(server: ServerProcess) -> None:
+    """Firefox sends `Connection: keep-alive, Upgrade`; picows alone refuses it with 400."""
+    answer = await upgrade(server.host, server.port, "/", {"Connection": "keep-alive, Upgrade"})
+    assert answer.status == 101
