@@ -19,6 +19,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
@@ -30,21 +31,25 @@ RETRY_DELAY = 0.25
 
 
 def picows_protocol_factory(
-    listener_factory: Callable[[Any], Any],
+    listener_factory: Callable[..., Any],
     logger: Any,
     *,
     handshake_timeout: float,
     max_frame_size: int,
     read_buffer_init_size: int,
-) -> Callable[[], asyncio.BufferedProtocol]:
-    """The server-side protocol factory that picows's ws_create_server builds internally."""
+) -> Callable[[Any], asyncio.BufferedProtocol]:
+    """The server-side protocol factory that picows's ws_create_server builds internally.
 
-    def factory() -> asyncio.BufferedProtocol:
+    Unlike picows's, it takes the peer address (from accept()) and hands it to the listener
+    factory as ``peer=``, so that admission can count per address before the upgrade.
+    """
+
+    def factory(peer: Any = None) -> asyncio.BufferedProtocol:
         protocol: asyncio.BufferedProtocol = WSProtocol(
             None,  # host:port (client side only)
             None,  # path (client side only)
             False,  # is_client_side
-            listener_factory,
+            partial(listener_factory, peer=peer),
             logger,
             True,  # disconnect_on_exception
             handshake_timeout,
@@ -85,7 +90,7 @@ class Acceptor:
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        protocol_factory: Callable[[Any], asyncio.BaseProtocol],
         *,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -122,7 +127,7 @@ class Acceptor:
     def _on_readable(self) -> None:
         for _ in range(256):  # bounded, so a connection storm cannot starve the clients
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionAbortedError:
@@ -138,11 +143,13 @@ class Acceptor:
                 log.warning("accepting connections again")
             self.accepted += 1
             conn.setblocking(False)
-            self._loop.create_task(self._connect(conn))
+            self._loop.create_task(self._connect(conn, peer))
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, peer: Any) -> None:
         try:
-            await self._loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
+            await self._loop.connect_accepted_socket(
+                partial(self._factory, peer), conn, ssl=self._ssl
+            )
         except Exception as exc:
             conn.close()
             if log.isEnabledFor(logging.DEBUG):

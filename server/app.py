@@ -27,13 +27,23 @@ from picows import (
 )
 
 from .acceptor import Acceptor, listening_socket, picows_protocol_factory
+from .admission import (
+    Limits,
+    OriginPolicy,
+    client_address,
+    handshake_problem,
+    parse_networks,
+)
+from .auth import AuthError, Identity, Verifier, parse_algorithms
 from .config import Config
 from .core import ChatCore, Member
+from .deadlines import Deadlines
 from .heartbeat import Heartbeat
 from .http import StaticSite
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
-from .protocol import CloseCode
+from .protocol import CloseCode, close_reply
+from .reassembly import Fragments, Message, reassemble
 from .redis_broker import RedisBroker
 from .redis_broker import attach as attach_redis
 
@@ -44,9 +54,7 @@ _CONTINUATION = WSMsgType.CONTINUATION
 _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PONG = WSMsgType.PONG
-
-# Close codes a peer may send that we echo as-is; anything else (e.g. none at all) is answered 1000.
-_NO_STATUS = (0, 1005)
+_DATA = (_TEXT, _BINARY, _CONTINUATION)
 
 
 class Connection(WSListener):
@@ -55,11 +63,11 @@ class Connection(WSListener):
     __slots__ = (
         "app",
         "awaiting_pong",
+        "client_ip",
         "closing",
-        "fragment_size",
         "fragments",
-        "fragments_binary",
         "heard",
+        "identity",
         "member",
         "slot",
         "transport",
@@ -70,14 +78,17 @@ class Connection(WSListener):
         self.heard = True
         self.awaiting_pong = False
         self.closing = False
-        self.fragments: list[bytes] | None = None
-        self.fragments_binary = False
-        self.fragment_size = 0
+        self.fragments: Fragments | None = None
         self.slot = 0
+        self.client_ip = "?"  # the address admission limits are counted against
+        self.identity: Identity | None = None  # from the token, when auth is on
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.member = Member(transport.underlying_transport.write)
+        if self.identity is not None:
+            self.member.fixed_name = self.identity.name
+            self.member.allowed_rooms = self.identity.rooms
         self.app.attach(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -85,6 +96,10 @@ class Connection(WSListener):
             return  # frames still in the read buffer after we decided to close
         self.heard = True
         try:
+            if frame.rsv1 or frame.rsv2 or frame.rsv3:
+                # No extension is negotiated, so RFC 6455 section 5.2 requires failing.
+                self.close(CloseCode.PROTOCOL_ERROR, "reserved bits set")
+                return
             kind = frame.msg_type
             if kind is _TEXT and frame.fin and self.fragments is None:
                 code = self.app.core.handle_text(self.member, frame.get_payload_as_bytes())
@@ -101,41 +116,25 @@ class Connection(WSListener):
     def _slow_path(self, kind: WSMsgType, frame: WSFrame) -> None:
         if kind is _CLOSE:
             received = frame.get_close_code().value
-            self.close(CloseCode.NORMAL if received in _NO_STATUS else received, "")
-        elif kind is _TEXT or kind is _BINARY:
-            if self.fragments is not None:
-                self.close(CloseCode.PROTOCOL_ERROR, "new message inside a fragmented message")
-            elif frame.fin:
+            self.close(close_reply(received), "")
+        elif kind in _DATA:
+            self.fragments, outcome = reassemble(
+                self.fragments,
+                kind.value,
+                bool(frame.fin),
+                frame.get_payload_as_bytes(),
+                self.app.config.max_message_bytes,
+            )
+            if outcome is None:
+                return
+            if not isinstance(outcome, Message):
+                self.close(outcome.code, outcome.reason)
+            elif outcome.binary:
                 self.app.core.handle_binary(self.member)
             else:
-                self.fragments = []
-                self.fragments_binary = kind is _BINARY
-                self.fragment_size = 0
-                self._add_fragment(frame)
-        elif kind is _CONTINUATION:
-            if self.fragments is None:
-                self.close(CloseCode.PROTOCOL_ERROR, "continuation frame without a message")
-                return
-            self._add_fragment(frame)
-            if frame.fin and not self.closing:
-                payload = b"".join(self.fragments)
-                binary = self.fragments_binary
-                self.fragments = None
-                if binary:
-                    self.app.core.handle_binary(self.member)
-                else:
-                    code = self.app.core.handle_text(self.member, payload)
-                    if code is not None:
-                        self.close(code, "invalid UTF-8 in text message")
-
-    def _add_fragment(self, frame: WSFrame) -> None:
-        assert self.fragments is not None
-        self.fragment_size += frame.payload_size
-        if self.fragment_size > self.app.config.max_message_bytes:
-            self.fragments = None
-            self.close(CloseCode.MESSAGE_TOO_BIG, "message too big")
-            return
-        self.fragments.append(frame.get_payload_as_bytes())
+                code = self.app.core.handle_text(self.member, outcome.payload)
+                if code is not None:
+                    self.close(code, "invalid UTF-8 in text message")
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if not self.closing:
@@ -207,6 +206,98 @@ class App:
         self.site.routes["/readyz"] = self._readyz
         self._flush_seconds = self.metrics.flush_duration
 
+        self._init_admission(config)
+
+    # ---- admission and authentication at the upgrade (docs/security.md) -----------------------
+
+    def _init_admission(self, config: Config) -> None:
+        self.verifier: Verifier | None = None
+        if config.auth_enabled:
+            public_key = ""
+            if config.jwt_public_key:
+                with open(config.jwt_public_key, encoding="utf-8") as file:
+                    public_key = file.read()
+            self.verifier = Verifier(
+                secret=config.jwt_secret,
+                public_key=public_key,
+                algorithms=parse_algorithms(
+                    config.jwt_algorithms,
+                    has_secret=bool(config.jwt_secret),
+                    has_public_key=bool(public_key),
+                ),
+                audience=config.jwt_audience,
+                issuer=config.jwt_issuer,
+                leeway=config.jwt_leeway,
+                max_username_length=config.max_username_length,
+            )
+        self.origins = OriginPolicy.from_option(
+            config.allowed_origins, allow_all=not config.auth_enabled
+        )
+        self.proxies = parse_networks(config.trusted_proxies)
+        self.limits = Limits(
+            max_connections=config.max_connections,
+            max_per_ip=config.max_connections_per_ip,
+            rate=config.handshake_rate,
+            window=config.handshake_window,
+        )
+        self.expiry: Deadlines[Connection] = Deadlines(
+            config.token_sweep_interval, self.loop.time()
+        )
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self.tokens_expired = 0
+
+    def admit(self, request: WSUpgradeRequest, peer: Any) -> Any:
+        """Origin, limits, then the token: a refusal is an HTTP answer, before any WebSocket."""
+        headers = request.headers
+        problem = handshake_problem(headers)
+        if problem is not None:
+            return self.refuse("bad_request", 400, problem.encode() + b"\n")
+        if not self.origins.allows(headers.get("origin"), headers.get("host")):
+            return self.refuse("origin", 403, b"origin not allowed\n")
+        address = peer[0] if isinstance(peer, tuple) and peer else "?"
+        if self.proxies:
+            address = client_address(address, headers.getall("x-forwarded-for", ()), self.proxies)
+        refusal = self.limits.check(address, len(self.connections), self.loop.time())
+        if refusal is not None:
+            return self.refuse(
+                refusal.label, refusal.status, refusal.reason.encode() + b"\n", refusal.headers
+            )
+        conn = Connection(self)
+        conn.client_ip = address
+        if self.verifier is None:
+            return conn
+        try:
+            conn.identity, subprotocol = self.verifier.authenticate(
+                request.path.decode("latin-1"), headers
+            )
+        except AuthError as exc:
+            return self.refuse(
+                "unauthorized",
+                401,
+                exc.reason.encode() + b"\n",
+                {"WWW-Authenticate": 'Bearer realm="roomcast"'},
+            )
+        if subprotocol is None:
+            return conn
+        response = WSUpgradeResponse.create_101_response({"Sec-WebSocket-Protocol": subprotocol})
+        return WSUpgradeResponseWithListener(response, conn)
+
+    def start_token_sweep(self) -> None:
+        if self.verifier is not None:
+            self._expiry_timer = self.loop.call_later(
+                self.config.token_sweep_interval, self._sweep_tokens
+            )
+
+    def _sweep_tokens(self) -> None:
+        """One timer for every connection: closes those whose token expired (4001)."""
+        self._expiry_timer = self.loop.call_later(
+            self.config.token_sweep_interval, self._sweep_tokens
+        )
+        for conn in self.expiry.pop_due(self.loop.time()):
+            if not conn.closing:
+                self.tokens_expired += 1
+                conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
+
     # ---- connections --------------------------------------------------------------------------
 
     @property
@@ -215,11 +306,11 @@ class App:
         broker_ok = self.broker is None or self.broker.up
         return self.acceptor is not None and not self.draining and broker_ok
 
-    def route(self, request: WSUpgradeRequest) -> Any:
+    def route(self, request: WSUpgradeRequest, peer: Any = None) -> Any:
         if request.headers.get("upgrade", "").lower() == "websocket":
             if self.draining:
                 return self.refuse("draining", 503, b"server is shutting down\n")
-            return Connection(self)
+            return self.admit(request, peer)
         return WSUpgradeResponseWithListener(self.site.respond(request), None)
 
     def refuse(self, reason: str, status: int, body: bytes, headers: Any = None) -> Any:
@@ -241,6 +332,11 @@ class App:
     def attach(self, conn: Connection) -> None:
         conn.slot = len(self.connections)
         self.connections.append(conn)
+        self.limits.opened(conn.client_ip)
+        identity = conn.identity
+        if identity is not None and identity.expires_at is not None:
+            left = identity.expires_at + self.config.jwt_leeway - time.time()
+            self.expiry.add(conn, self.loop.time() + left)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connected: %s", conn.peer())
 
@@ -253,6 +349,9 @@ class App:
                 connections[index] = last
                 last.slot = index
         self.paused.discard(conn)
+        self.limits.closed(conn.client_ip)
+        if conn.identity is not None:
+            self.expiry.discard(conn)
         if self.draining and not connections:
             self._all_gone.set()
         if log.isEnabledFor(logging.DEBUG):
@@ -295,6 +394,8 @@ class App:
             self.acceptor.close()
         self.heartbeat.stop()
         self.metrics.stop()
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
         self.core.flush()
         for conn in list(self.connections):
             conn.close(code, "server shutting down")
@@ -331,7 +432,7 @@ async def serve(config: Config) -> int:
     factory = picows_protocol_factory(
         app.route,
         _quiet_picows(),
-        handshake_timeout=10.0,
+        handshake_timeout=config.handshake_timeout,
         max_frame_size=config.max_message_bytes,
         read_buffer_init_size=2048,  # picows never allocates less
     )
@@ -349,6 +450,7 @@ async def serve(config: Config) -> int:
     app.metrics.start_lag_probe(loop)
     if broker is not None:
         app.metrics.start_broker_probe(loop, broker)
+    app.start_token_sweep()
 
     stop = asyncio.Event()
     received: list[signal.Signals] = []

@@ -35,6 +35,25 @@ class Config:
     node_ttl: float = 15.0
     workers: int = 1
     reuse_port: bool = False
+    # ---- authentication and admission (docs/security.md) ----
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_algorithms: str = ""
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_leeway: float = 5.0
+    token_sweep_interval: float = 1.0
+    allowed_origins: str = ""
+    trusted_proxies: str = ""
+    max_connections: int = 0
+    max_connections_per_ip: int = 0
+    handshake_rate: int = 0
+    handshake_window: float = 10.0
+    handshake_timeout: float = 10.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key)
 
 
 _HELP: dict[str, str] = {
@@ -64,6 +83,30 @@ _HELP: dict[str, str] = {
     "renewing it are removed (with leave notices) after about this long",
     "workers": "server processes sharing the port (SO_REUSEPORT); more than 1 needs --redis-url",
     "reuse_port": "bind the port with SO_REUSEPORT so other processes can share it",
+    "jwt_secret": "HMAC secret: every upgrade then needs a valid JWT (prefer the env variable "
+    "to the flag, which shows in ps)",
+    "jwt_public_key": "PEM public key file (RSA, EC or Ed25519): every upgrade then needs a "
+    "valid JWT",
+    "jwt_algorithms": "comma-separated JWT algorithm allowlist ('none' is never allowed; "
+    "empty: HS256 with --jwt-secret, RS256,ES256,EdDSA with --jwt-public-key)",
+    "jwt_audience": "required `aud` of tokens (empty: not checked)",
+    "jwt_issuer": "required `iss` of tokens (empty: not checked)",
+    "jwt_leeway": "seconds of clock skew allowed on exp and nbf",
+    "token_sweep_interval": "seconds between sweeps that close connections whose token "
+    "expired (close 4001)",
+    "allowed_origins": "comma-separated Origins allowed to open a WebSocket: exact "
+    "(https://chat.example.com), patterns (*.example.com) or *; empty: all when auth is off, "
+    "same-origin only when it is on",
+    "trusted_proxies": "comma-separated proxy addresses/CIDRs whose X-Forwarded-For is "
+    "believed for the client address",
+    "max_connections": "open WebSockets allowed in total; past it upgrades get 503 (0: no "
+    "limit but the file-descriptor limit)",
+    "max_connections_per_ip": "open WebSockets per client address; past it upgrades get 429 "
+    "(0: no limit)",
+    "handshake_rate": "upgrades allowed per client address per --handshake-window; past it "
+    "429 with Retry-After (0: no limit)",
+    "handshake_window": "length in seconds of the handshake-rate window",
+    "handshake_timeout": "seconds a new connection has to send its HTTP request",
 }
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -153,7 +196,34 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | Non
         )
     if config.redis_url and config.node_ttl <= 0:
         parser.error("--node-ttl must be > 0")
+    _check_security_options(parser, config)
     for name in ("max_message_bytes", "max_text_length", "max_username_length", "max_room_length"):
         if getattr(config, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return config
+
+
+def _check_security_options(parser: argparse.ArgumentParser, config: Config) -> None:
+    # Imported here: auth imports core, which imports this module.
+    from .admission import OriginPolicy, parse_networks  # noqa: PLC0415
+    from .auth import check_public_key, parse_algorithms  # noqa: PLC0415
+
+    try:
+        parse_algorithms(
+            config.jwt_algorithms,
+            has_secret=bool(config.jwt_secret),
+            has_public_key=bool(config.jwt_public_key),
+        )
+        parse_networks(config.trusted_proxies)
+        OriginPolicy.from_option(config.allowed_origins, allow_all=True)
+        if config.jwt_public_key:
+            with open(config.jwt_public_key, encoding="utf-8") as file:
+                check_public_key(file.read())
+    except (OSError, ValueError) as exc:
+        parser.error(f"{exc}")
+    if config.jwt_algorithms and not config.auth_enabled:
+        parser.error("--jwt-algorithms needs --jwt-secret or --jwt-public-key")
+    if config.token_sweep_interval <= 0 or config.handshake_timeout <= 0:
+        parser.error("--token-sweep-interval and --handshake-timeout must be > 0")
+    if config.handshake_rate and config.handshake_window <= 0:
+        parser.error("--handshake-window must be > 0 when --handshake-rate is set")

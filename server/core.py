@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from itertools import chain, islice
 from typing import TYPE_CHECKING
 
@@ -59,10 +59,25 @@ _FORBIDDEN_IN_NAMES = re.compile(
 class Member:
     """One participant. Kept small: a server holds tens of thousands of these."""
 
-    __slots__ = ("cursor", "late", "name", "rate_log", "rate_pos", "room", "slot", "write")
+    __slots__ = (
+        "allowed_rooms",
+        "cursor",
+        "fixed_name",
+        "late",
+        "name",
+        "rate_log",
+        "rate_pos",
+        "room",
+        "slot",
+        "write",
+    )
 
     def __init__(self, write: Write) -> None:
         self.write = write
+        # From an authenticated identity (see server/auth.py): the name every join uses whatever
+        # the client sends, and the rooms it may join (anything supporting `in`; None: all).
+        self.fixed_name: str | None = None
+        self.allowed_rooms: Container[str] | None = None
         self.name = DEFAULT_USERNAME
         self.room: Room | None = None
         self.slot = 0  # index in room.members or room.late (O(1) swap-remove); -1: arriving
@@ -225,7 +240,9 @@ class ChatCore:
         self._publish(room, encode(ChatMessage(member.name, text, self._wall_ms())))
 
     def join(self, member: Member, room_name: str | None, username: str | None) -> None:
-        name = clean_name(username, DEFAULT_USERNAME, self.config.max_username_length)
+        name = member.fixed_name
+        if name is None:
+            name = clean_name(username, DEFAULT_USERNAME, self.config.max_username_length)
         if name is None:
             self.send_error(
                 member,
@@ -241,6 +258,11 @@ class ChatCore:
                 ErrorCode.INVALID_ROOM,
                 f"Room name must be at most {self.config.max_room_length} characters "
                 "without control characters",
+            )
+            return
+        if member.allowed_rooms is not None and room_key not in member.allowed_rooms:
+            self.send_error(
+                member, ErrorCode.FORBIDDEN_ROOM, f"Your token does not allow room #{room_key}"
             )
             return
         if member.room is not None:

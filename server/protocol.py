@@ -24,6 +24,18 @@ class CloseCode(enum.IntEnum):
     INTERNAL_ERROR = 1011  # our fault; details are in the server log, never sent to the peer
     SERVICE_RESTART = 1012
     SLOW_CONSUMER = 4000  # the peer stopped reading and its unsent bytes passed the limit
+    TOKEN_EXPIRED = 4001  # the JWT the connection was opened with has expired
+
+
+def close_reply(received: int) -> int:
+    """The code to answer a peer's CLOSE with: its own code when that is valid on the wire
+    (RFC 6455 section 7.4), 1000 when it sent none, 1002 for a code no endpoint may send
+    (1004-1006, 1015, below 1000, 5000 and up)."""
+    if received in (0, 1005):
+        return CloseCode.NORMAL
+    if 1000 <= received <= 1003 or 1007 <= received <= 1014 or 3000 <= received <= 4999:
+        return received
+    return CloseCode.PROTOCOL_ERROR
 
 
 class ErrorCode(enum.StrEnum):
@@ -39,6 +51,7 @@ class ErrorCode(enum.StrEnum):
     INVALID_ROOM = "invalid_room"
     BINARY_UNSUPPORTED = "binary_unsupported"
     RATE_LIMITED = "rate_limited"
+    FORBIDDEN_ROOM = "forbidden_room"  # the token's `rooms` claim does not allow this room
 
 
 # ---- client -> server -------------------------------------------------------------------------

@@ -1,0 +1,270 @@
+"""JWT authentication at the WebSocket upgrade. Pure logic: no sockets, no files, no event loop.
+
+A token travels in one of three places, looked up in this order:
+
+1. ``Authorization: Bearer <token>`` (non-browser clients);
+2. ``Sec-WebSocket-Protocol: roomcast.jwt, <token>`` (browsers cannot set headers, but they can
+   offer subprotocols: ``new WebSocket(url, ["roomcast.jwt", token])``); the server then answers
+   ``Sec-WebSocket-Protocol: roomcast.jwt``, as RFC 6455 requires it to pick one offered protocol;
+3. ``?token=<token>`` in the request path (what the browser page does; note that URLs end up in
+   proxy logs, so prefer the other two where possible).
+
+Verification uses PyJWT with an explicit algorithm allowlist. The key is chosen by the family of
+the token's ``alg`` header (HMAC algorithms use ``--jwt-secret``, asymmetric ones the public key),
+so a token signed with HS256 using the *public key* as the HMAC secret (the classic algorithm
+confusion attack) is never checked against the public key, and ``none`` is never allowed.
+
+The identity a token gives: the username (``name``, else ``sub``), an optional ``rooms`` claim
+(room names or ``fnmatch`` glob patterns such as ``team-*``) limiting which rooms the holder may
+join, and the expiry (``exp``), after which the server closes the connection with 4001.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from .core import clean_name
+
+SUBPROTOCOL = "roomcast.jwt"
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+DEFAULT_HMAC = ("HS256",)
+DEFAULT_ASYMMETRIC = ("RS256", "ES256", "EdDSA")
+
+# RFC 6750 b64token plus the JWT's own alphabet; anything else in a header is not a token.
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+
+
+class Headers(Protocol):
+    def get(self, key: str, /) -> Any: ...
+
+
+class AuthError(Exception):
+    """The upgrade is refused with 401; ``reason`` is the short text sent to the client."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ---- where the token is -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    token: str
+    subprotocol: str | None  # the subprotocol to echo in the 101 response, if the token came so
+
+
+def extract_token(path: str, headers: Headers) -> Presented | None:
+    """The token the client presented, or None when there is none at all."""
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, value = str(authorization).strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return Presented(value.strip(), None)
+    offered = headers.get("sec-websocket-protocol")
+    if offered:
+        items = [item.strip() for item in str(offered).split(",")]
+        if SUBPROTOCOL in items:
+            for item in items:
+                if item != SUBPROTOCOL and item and _TOKEN_SHAPE.match(item):
+                    return Presented(item, SUBPROTOCOL)
+    query = urlsplit(path).query
+    if query:
+        values = parse_qs(query, max_num_fields=32).get("token")
+        if values and values[0]:
+            return Presented(values[0], None)
+    return None
+
+
+# ---- what the token says ----------------------------------------------------------------------
+
+
+class RoomPatterns:
+    """The ``rooms`` claim: ``room in patterns`` is True when a name or glob pattern matches."""
+
+    __slots__ = ("exact", "globs")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        exact: set[str] = set()
+        globs: list[str] = []
+        for pattern in patterns:
+            if any(ch in pattern for ch in "*?["):
+                globs.append(pattern)
+            else:
+                exact.add(pattern)
+        self.exact = frozenset(exact)
+        self.globs = tuple(globs)
+
+    def __contains__(self, room: object) -> bool:
+        if not isinstance(room, str):
+            return False
+        if room in self.exact:
+            return True
+        return any(fnmatch.fnmatchcase(room, glob) for glob in self.globs)
+
+    def __repr__(self) -> str:
+        return f"RoomPatterns({sorted(self.exact) + list(self.globs)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    name: str
+    rooms: RoomPatterns | None  # None: every room
+    expires_at: float | None  # the token's exp (seconds since the epoch), if it has one
+
+
+MAX_ROOM_PATTERNS = 100
+
+
+def identity_from_claims(claims: dict[str, Any], max_username_length: int) -> Identity:
+    """The identity of verified claims; raises AuthError when the claims are unusable."""
+    raw_name = claims.get("name")
+    if raw_name is None or raw_name == "":
+        raw_name = claims.get("sub")
+    if not isinstance(raw_name, str) or not raw_name.strip():
+        raise AuthError("token has no name or sub")
+    name = clean_name(raw_name, "", max_username_length)
+    if not name:
+        raise AuthError("token name is too long or has control characters")
+    rooms: RoomPatterns | None = None
+    if "rooms" in claims:
+        raw_rooms = claims["rooms"]
+        if isinstance(raw_rooms, str):
+            raw_rooms = [raw_rooms]
+        if (
+            not isinstance(raw_rooms, list)
+            or len(raw_rooms) > MAX_ROOM_PATTERNS
+            or not all(isinstance(item, str) for item in raw_rooms)
+        ):
+            raise AuthError(f"rooms claim must be a list of at most {MAX_ROOM_PATTERNS} strings")
+        rooms = RoomPatterns(raw_rooms)
+    exp = claims.get("exp")
+    expires_at = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    return Identity(name, rooms, expires_at)
+
+
+# ---- verification -----------------------------------------------------------------------------
+
+
+def check_public_key(pem: str) -> None:
+    """Raises ValueError unless `pem` is a PEM public key PyJWT can use (RSA, EC, Ed25519/448)."""
+    try:
+        load_pem_public_key(pem.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a PEM public key: {exc}") from None
+    except Exception as exc:  # cryptography's UnsupportedAlgorithm
+        raise ValueError(f"unsupported public key: {exc}") from None
+
+
+def parse_algorithms(text: str, *, has_secret: bool, has_public_key: bool) -> tuple[str, ...]:
+    """The allowlist from ``--jwt-algorithms`` (comma-separated), or the defaults for the keys.
+
+    Raises ValueError for ``none``, unknown names, or an algorithm whose key is not configured.
+    """
+    names = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not names:
+        defaults: tuple[str, ...] = ()
+        if has_secret:
+            defaults += DEFAULT_HMAC
+        if has_public_key:
+            defaults += DEFAULT_ASYMMETRIC
+        return defaults
+    for name in names:
+        if name.lower() == "none":
+            raise ValueError("the 'none' algorithm can never be allowed")
+        if name in HMAC_ALGORITHMS:
+            if not has_secret:
+                raise ValueError(f"{name} needs --jwt-secret")
+        elif name in ASYMMETRIC_ALGORITHMS:
+            if not has_public_key:
+                raise ValueError(f"{name} needs --jwt-public-key")
+        else:
+            raise ValueError(f"unknown JWT algorithm {name!r}")
+    return names
+
+
+class Verifier:
+    """Checks tokens against the configured keys, allowlist, audience, issuer and leeway."""
+
+    def __init__(
+        self,
+        *,
+        secret: str = "",
+        public_key: str = "",
+        algorithms: Sequence[str] = (),
+        audience: str = "",
+        issuer: str = "",
+        leeway: float = 5.0,
+        max_username_length: int = 32,
+    ) -> None:
+        if not secret and not public_key:
+            raise ValueError("a Verifier needs a secret or a public key")
+        self._secret = secret
+        self._public_key = public_key
+        self.algorithms = tuple(algorithms) or parse_algorithms(
+            "", has_secret=bool(secret), has_public_key=bool(public_key)
+        )
+        self._audience = audience or None
+        self._issuer = issuer or None
+        self.leeway = leeway
+        self._max_username_length = max_username_length
+
+    def verify(self, token: str) -> Identity:
+        """The identity of a valid token; raises AuthError with a short reason otherwise."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError("malformed token") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise AuthError("token algorithm not allowed")
+        # The key follows the algorithm's family: an HMAC token is never checked against the
+        # public key (algorithm confusion), an asymmetric one never against the secret.
+        key = self._secret if alg in HMAC_ALGORITHMS else self._public_key
+        if not key:
+            raise AuthError("token algorithm not allowed")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self.leeway,
+                options={"verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("wrong token audience") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks {exc.claim}") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("wrong token issuer") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("bad token signature") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid token") from None
+        return identity_from_claims(claims, self._max_username_length)
+
+    def authenticate(self, path: str, headers: Headers) -> tuple[Identity, str | None]:
+        """The identity and the subprotocol to echo; raises AuthError (401) otherwise."""
+        presented = extract_token(path, headers)
+        if presented is None:
+            raise AuthError("token required")
+        return self.verify(presented.token), presented.subprotocol

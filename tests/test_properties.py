@@ -1,0 +1,230 @@
+"""Property-based tests: the decoder, the chat core's validation, and fragment reassembly.
+
+The documented states (docs/protocol.md, docs/security.md) after any one text message:
+- not UTF-8: ``handle_text`` returns 1007; nothing was written to anyone, membership unchanged;
+- not a valid client message: exactly one ``error`` (a documented code) to the sender only;
+  membership unchanged;
+- a valid message: its documented effect; others see only chat/system messages;
+and in every case the core's room bookkeeping stays consistent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from server import protocol
+from server.auth import RoomPatterns
+from server.config import Config
+from server.core import ChatCore, Member
+from server.protocol import CloseCode, DecodeFailure, ErrorCode, InvalidUTF8, close_reply
+from server.reassembly import BINARY, CONTINUATION, TEXT, Fragments, Message, Violation, reassemble
+
+ERROR_CODES = {code.value for code in ErrorCode}
+SETTINGS = settings(
+    max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+field_values = st.none() | st.booleans() | st.integers() | st.text(max_size=80) | json_values
+message_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(["join", "chat", "leave", "JOIN", "", "chat "]) | field_values},
+    optional={"text": field_values, "room": field_values, "username": field_values},
+)
+
+
+def frames(data: bytes) -> list[Any]:
+    """The messages in a member's byte stream (unmasked FIN+TEXT frames)."""
+    out = []
+    pos = 0
+    while pos < len(data):
+        assert data[pos] == 0x81
+        size = data[pos + 1]
+        pos += 2
+        if size == 126:
+            size = int.from_bytes(data[pos : pos + 2], "big")
+            pos += 2
+        elif size == 127:
+            size = int.from_bytes(data[pos : pos + 8], "big")
+            pos += 8
+        out.append(json.loads(data[pos : pos + size]))
+        pos += size
+    return out
+
+
+class World:
+    """A core with an observer and a sender in one room; the test plays the event loop."""
+
+    def __init__(self, *, restricted: bool = False) -> None:
+        self.core = ChatCore(Config(rate_limit=0), lambda flush: None)
+        self.observer_out: list[bytes] = []
+        self.sender_out: list[bytes] = []
+        self.observer = Member(self.observer_out.append)
+        self.sender = Member(self.sender_out.append)
+        if restricted:
+            self.sender.fixed_name = "token-name"
+            self.sender.allowed_rooms = RoomPatterns(["general", "team-*"])
+        self.core.join(self.observer, "general", "observer")
+        self.core.join(self.sender, "general", "sender")
+        self.core.flush()
+        self.observer_out.clear()
+        self.sender_out.clear()
+
+    def send(self, payload: bytes) -> CloseCode | None:
+        result = self.core.handle_text(self.sender, payload)
+        self.core.flush()
+        return result
+
+    def check_invariants(self) -> None:
+        for name, room in self.core.rooms.items():
+            assert room.name == name and len(room) > 0
+            assert not room.pending and not room.late  # everything was flushed
+            for index, member in enumerate(room.members):
+                assert member.room is room and member.slot == index and not member.late
+        for member in (self.observer, self.sender):
+            if member.room is not None:
+                assert self.core.rooms[member.room.name] is member.room
+                assert member in member.room.members
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_decode_never_raises_anything_undocumented(payload: bytes) -> None:
+    try:
+        message = protocol.decode(payload)
+    except DecodeFailure as failure:
+        assert failure.code.value in ERROR_CODES and failure.text
+    except InvalidUTF8:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return
+        raise AssertionError("InvalidUTF8 for valid UTF-8") from None
+    else:
+        assert isinstance(message, protocol.Join | protocol.Chat | protocol.Leave)
+
+
+@SETTINGS
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_reach_others(payload: bytes) -> None:
+    world = World()
+    try:
+        protocol.decode(payload)
+        valid = True
+    except (DecodeFailure, InvalidUTF8):
+        valid = False
+    result = world.send(payload)
+    world.check_invariants()
+    if valid:
+        return  # random bytes that happen to be a valid message: covered below
+    assert world.observer_out == []
+    assert world.sender.room is not None and world.sender.room.name == "general"
+    if result is not None:
+        assert result == CloseCode.INVALID_TEXT and world.sender_out == []
+    else:
+        [error] = frames(b"".join(world.sender_out))
+        assert error["type"] == "error" and error["code"] in ERROR_CODES
+
+
+@SETTINGS
+@given(st.one_of(json_values, message_like), st.booleans())
+def test_arbitrary_json_leaves_a_documented_state(value: Any, restricted: bool) -> None:
+    world = World(restricted=restricted)
+    before = world.sender.room
+    result = world.send(json.dumps(value).encode())
+    assert result is None  # json.dumps always gives UTF-8
+    world.check_invariants()
+    to_sender = frames(b"".join(world.sender_out))
+    to_observer = frames(b"".join(world.observer_out))
+    for message in to_sender + to_observer:
+        assert message["type"] in ("chat", "system", "error")
+    for message in to_observer:
+        assert message["type"] != "error"  # nobody else hears about the sender's mistakes
+        assert message["username"] == ("token-name" if restricted else message["username"])
+    errors = [m for m in to_sender if m["type"] == "error"]
+    if errors:
+        [error] = errors
+        assert error["code"] in ERROR_CODES
+        assert to_observer == [] and world.sender.room is before  # refused: nothing changed
+    if restricted:
+        assert world.sender.name == "token-name"
+        if world.sender.room is not None:
+            assert world.sender.room.name in RoomPatterns(["general", "team-*"])
+
+
+# ---- reassembly -------------------------------------------------------------------------------
+
+LIMIT = 64
+data_frames = st.lists(
+    st.tuples(st.sampled_from([CONTINUATION, TEXT, BINARY]), st.booleans(), st.binary(max_size=40)),
+    max_size=30,
+)
+
+
+@SETTINGS
+@given(data_frames)
+def test_reassembly_never_raises_and_respects_the_limit(sequence: list[Any]) -> None:
+    state: Fragments | None = None
+    for opcode, fin, payload in sequence:
+        state, outcome = reassemble(state, opcode, fin, payload, LIMIT)
+        if isinstance(outcome, Violation):
+            assert outcome.code in (CloseCode.PROTOCOL_ERROR, CloseCode.MESSAGE_TOO_BIG)
+            assert state is None
+            return  # the connection is closed: nothing after a violation is read
+        if isinstance(outcome, Message):
+            assert state is None and len(outcome.payload) <= LIMIT
+        else:
+            assert outcome is None and state is not None and state.size <= LIMIT
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.booleans(), st.binary(max_size=LIMIT), st.lists(st.integers(0, LIMIT), max_size=5)
+        ),
+        max_size=8,
+    )
+)
+def test_fragmented_messages_come_back_whole(messages: list[Any]) -> None:
+    """Any valid fragmentation of messages within the limit yields exactly those messages."""
+    state: Fragments | None = None
+    received: list[tuple[bool, bytes]] = []
+    for binary, payload, cuts in messages:
+        points = sorted({min(c, len(payload)) for c in cuts})
+        pieces = [payload[a:b] for a, b in zip([0, *points], [*points, len(payload)], strict=True)]
+        for index, piece in enumerate(pieces):
+            opcode = (BINARY if binary else TEXT) if index == 0 else CONTINUATION
+            state, outcome = reassemble(state, opcode, index == len(pieces) - 1, piece, LIMIT)
+            assert not isinstance(outcome, Violation)
+            if isinstance(outcome, Message):
+                received.append((outcome.binary, outcome.payload))
+    assert state is None
+    assert received == [(binary, payload) for binary, payload, _ in messages]
+
+
+def test_the_limit_counts_all_fragments() -> None:
+    state, outcome = reassemble(None, TEXT, False, b"x" * 40, LIMIT)
+    assert outcome is None and state is not None
+    state, outcome = reassemble(state, CONTINUATION, True, b"y" * 40, LIMIT)
+    assert isinstance(outcome, Violation) and outcome.code == CloseCode.MESSAGE_TOO_BIG
+    assert state is None
+
+
+@SETTINGS
+@given(st.integers(0, 65535))
+def test_a_close_is_answered_only_with_codes_valid_on_the_wire(received: int) -> None:
+    reply = close_reply(received)
+    assert reply not in (0, 1004, 1005, 1006, 1015)
+    assert 1000 <= reply <= 1003 or 1007 <= reply <= 1014 or 3000 <= reply <= 4999
+    if reply != received:
+        assert reply == (1000 if received in (0, 1005) else 1002)
