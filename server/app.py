@@ -338,7 +338,7 @@ class App:
             left = identity.expires_at + self.config.jwt_leeway - time.time()
             self.expiry.add(conn, self.loop.time() + left)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("connected: %s", conn.peer())
+            log.debug("connected: client %s (peer %s)", conn.client_ip, conn.peer())
 
     def detach(self, conn: Connection) -> None:
         connections = self.connections

@@ -76,12 +76,16 @@ class Nginx:
             self.proc.stdout.close()
 
 
-@pytest.fixture
-def proxied(launch: Launch, tmp_path: pathlib.Path) -> Iterator[tuple[ServerProcess, Nginx]]:
+def require_nginx() -> None:
     if not pathlib.Path(NGINX).exists():
         pytest.fail(
             "nginx is not installed: run `make test` (it installs it) or apt-get install nginx"
         )
+
+
+@pytest.fixture
+def proxied(launch: Launch, tmp_path: pathlib.Path) -> Iterator[tuple[ServerProcess, Nginx]]:
+    require_nginx()
     server = launch("--rate-limit", "0", "--log-level", "debug")
     nginx = Nginx(tmp_path, server.port)
     try:
@@ -90,11 +94,19 @@ def proxied(launch: Launch, tmp_path: pathlib.Path) -> Iterator[tuple[ServerProc
         nginx.stop()
 
 
-async def connect_when_up(url: str, tls: ssl.SSLContext) -> websockets.ClientConnection:
+async def connect_when_up(
+    url: str, tls: ssl.SSLContext, source: str = "127.0.0.1", **headers: str
+) -> websockets.ClientConnection:
     async with asyncio.timeout(10):
         while True:
             try:
-                return await websockets.connect(url, ssl=tls, open_timeout=2)
+                return await websockets.connect(
+                    url,
+                    ssl=tls,
+                    open_timeout=2,
+                    local_addr=(source, 0),
+                    additional_headers=headers or None,
+                )
             except OSError:
                 await asyncio.sleep(0.05)  # nginx is still binding its port
 
@@ -118,3 +130,40 @@ async def test_chat_over_wss_through_nginx(proxied: tuple[ServerProcess, Nginx])
     finally:
         await alice.close()
         await bob.close()
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["proxy-trusted", "proxy-not-trusted"])
+async def test_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(
+    launch: Launch, tmp_path: pathlib.Path, trusted: bool
+) -> None:
+    """Two clients from 127.0.0.2 and 127.0.0.3 through Nginx (which connects from 127.0.0.1),
+    with one connection allowed per client address. Trusted, the server tells them apart by
+    X-Forwarded-For; not trusted, both are the proxy's address and the second is refused. A
+    forged X-Forwarded-For from a client never counts."""
+    require_nginx()
+    trust = ["--trusted-proxies", "127.0.0.1/32"] if trusted else []
+    server = launch("--max-connections-per-ip", "1", "--log-level", "debug", *trust)
+    nginx = Nginx(tmp_path, server.port)
+    try:
+        tls = ssl.create_default_context(cafile=str(nginx.cert))
+        url = f"wss://127.0.0.1:{nginx.tls_port}/"
+        first = await connect_when_up(url, tls, "127.0.0.2", **{"X-Forwarded-For": "198.51.100.7"})
+        try:
+            if trusted:
+                second = await connect_when_up(url, tls, "127.0.0.3")
+                await second.close()
+                log = server.text()
+                assert "connected: client 127.0.0.2 (peer 127.0.0.1" in log
+                assert "connected: client 127.0.0.3 (peer 127.0.0.1" in log
+                assert "198.51.100.7" not in log.split("connected: client")[1].split("\n")[0]
+            else:
+                with pytest.raises(websockets.InvalidStatus) as refused:
+                    await websockets.connect(
+                        url, ssl=tls, open_timeout=5, local_addr=("127.0.0.3", 0)
+                    )
+                assert refused.value.response.status_code == 429
+                assert "connected: client 127.0.0.1 (peer 127.0.0.1" in server.text()
+        finally:
+            await first.close()
+    finally:
+        nginx.stop()
