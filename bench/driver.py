@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 
 MAX_CONNS_PER_WORKER = 15_000
+USE_AIOFASTNET = os.environ.get("BENCH_AIOFASTNET", "1") != "0"
 CONNS_PER_SOURCE_ADDRESS = 2_000
 
 CHAT_MARK = b'"type":"chat"'
@@ -113,6 +114,12 @@ def _client_class() -> type:
                     self.close_code = int(frame.get_close_code())
                     transport.disconnect(graceful=False)
                 return
+            if self.confirmed_ns and self.worker.count_only:
+                # join storm: after its own confirmation a member only counts presence traffic
+                n = frame.payload_size
+                self.frames += 1
+                self.nbytes += n + (2 if n < 126 else 4 if n < 65536 else 10)
+                return
             data = frame.get_payload_as_bytes()
             n = len(data)
             self.frames += 1
@@ -184,6 +191,7 @@ class Worker:
         self.client_cls = _client_class()
         self.clients: list[Any] = []
         self.on_chat: Callable[[Any, bytes], None] | None = None
+        self.count_only = False
         self.confirmed = 0
         self.disconnected = 0
         self.connect_failures: list[str] = []
@@ -218,7 +226,8 @@ class Worker:
                 client = cls(self, cid, room, username)
                 try:
                     _transport, listener = await asyncio.wait_for(
-                        ws_connect(lambda: client, url, local_addr=(src, 0)), 30
+                        ws_connect(lambda: client, url, local_addr=(src, 0),
+                                   use_aiofastnet=USE_AIOFASTNET), 30
                     )
                 except Exception as exc:
                     self.connect_failures.append(f"{src}: {exc!r}")
@@ -237,8 +246,12 @@ class Worker:
             "durations_s": durations.tobytes(),
         }
 
-    async def op_join(self, start_ns: int, first: int = 0) -> dict[str, Any]:
-        """Sends the join of every client from index ``first`` on at ``start_ns``."""
+    async def op_join(
+        self, start_ns: int, first: int = 0, count_only: bool = False
+    ) -> dict[str, Any]:
+        """Sends the join of every client from index ``first`` on at ``start_ns``; with
+        ``count_only``, frames after a client's confirmation are only counted, not inspected."""
+        self.count_only = count_only
         delay = (start_ns - time.monotonic_ns()) / 1e9
         if delay > 0:
             await asyncio.sleep(delay)

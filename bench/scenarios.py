@@ -101,9 +101,10 @@ def _connect(pool: DriverPool, server: RunningServer, conns: list[Conn]) -> dict
 
 
 def _join(pool: DriverPool, expected_confirmations: int, first: int = 0,
-          timeout: float = 120.0) -> dict[str, Any]:
+          timeout: float = 120.0, count_only: bool = False) -> dict[str, Any]:
     start_ns = time.monotonic_ns() + 200_000_000
-    pool.call("join", {"start_ns": start_ns, "first": first}, timeout=timeout)
+    pool.call("join", {"start_ns": start_ns, "first": first, "count_only": count_only},
+              timeout=timeout)
     ok, s = pool.wait_for(
         lambda s: s["confirmed"] >= expected_confirmations, timeout=timeout, stall=20.0
     )
@@ -409,7 +410,7 @@ def joinstorm(
     with _assign(conns, ctx, groups) as pool:
         fig: dict[str, Any] = _connect(pool, server, conns)
         cpu0 = server.cpu_seconds()
-        j = _join(pool, len(conns), timeout=timeout)
+        j = _join(pool, len(conns), timeout=timeout, count_only=True)
         expected_frames = _presence_frames([members])
         settled = _settle_frames(pool, expected_frames, timeout=timeout)
         cpu1 = server.cpu_seconds()
