@@ -15,6 +15,7 @@ import ssl
 import time
 from typing import Any
 
+from multidict import CIMultiDict
 from picows import (
     WSCloseCode,
     WSFrame,
@@ -49,6 +50,7 @@ from .redis_broker import attach as attach_redis
 
 log = logging.getLogger("roomcast")
 
+_NO_HEADERS: CIMultiDict[str] = CIMultiDict()
 _TEXT = WSMsgType.TEXT
 _CONTINUATION = WSMsgType.CONTINUATION
 _BINARY = WSMsgType.BINARY
@@ -85,6 +87,10 @@ class Connection(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        # picows keeps the parsed upgrade request and our 101 response for the connection's
+        # lifetime; their header tables (~1 KiB) are not needed once admitted.
+        transport.request.headers = _NO_HEADERS
+        transport.response.headers = _NO_HEADERS
         self.member = Member(transport.underlying_transport.write)
         if self.identity is not None:
             self.member.fixed_name = self.identity.name
