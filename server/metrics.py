@@ -64,6 +64,11 @@ class _ServerCollector(Collector):
             "connections dropped for not answering a ping",
             value=app.heartbeat_timeouts,
         )
+        yield CounterMetricFamily(
+            "roomcast_tokens_expired",
+            "connections closed with 4001 because their token expired",
+            value=app.tokens_expired,
+        )
         refused = CounterMetricFamily(
             "roomcast_handshakes_refused",
             "upgrades refused before a WebSocket existed",

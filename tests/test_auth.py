@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,13 @@ async def test_an_expiring_token_closes_the_connection_with_4001(launch: Launch)
     assert notice["event"] == "leave" and notice["username"] == "brief"
     lasting.send_json({"type": "chat", "text": "alive"})
     assert (await lasting.recv_json())["text"] == "alive"
+    metrics = await asyncio.to_thread(_metrics_text, server)
+    assert "roomcast_tokens_expired_total 1.0" in metrics
+
+
+def _metrics_text(server: ServerProcess) -> str:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        return str(response.read().decode())
 
 
 @pytest.mark.usefixtures("raw_clients")
@@ -360,3 +368,10 @@ def test_bad_security_options_are_refused_at_startup(tmp_path: Path) -> None:
     config = parse_config(["--jwt-secret", "s"], env={"ROOMCAST_JWT_AUDIENCE": "aud"})
     assert config.auth_enabled and config.jwt_audience == "aud"
     assert not parse_config([], env={}).auth_enabled
+
+
+async def test_refusals_are_counted_by_reason(auth_server: ServerProcess) -> None:
+    assert (await refused(auth_server))[0] == 401
+    assert (await refused(auth_server, "/?token=not.a.jwt"))[0] == 401
+    metrics = await asyncio.to_thread(_metrics_text, auth_server)
+    assert 'roomcast_handshakes_refused_total{reason="unauthorized"} 2.0' in metrics
