@@ -25,7 +25,7 @@ from typing import Any
 
 from bench import report
 from bench.profile import Recorder, hot_frames
-from bench.scenarios import SCENARIOS, Context
+from bench.scenarios import MULTI_SCENARIOS, SCENARIOS, Context
 from bench.servers import FD_LIMIT, NICE, OURS, PEERS, ROOT, cpu_split, start_server
 from bench.suite import FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
 
@@ -122,9 +122,13 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
         "saturate": ("deliveries_per_s", "server_cpu_util", "cpu_per_delivery_us", "losses"),
         "capacity": ("rss_per_conn_bytes", "connect_rate_per_s", "alive", "received_broadcast"),
         "joinstorm": ("storm_ms", "bytes_sent", "frames", "server_cpu_s"),
+        "twonode": ("deliveries_per_s", "p50_ms", "p99_ms", "origin_p99_ms", "other_p99_ms",
+                    "cpu_per_delivery_us", "losses"),
     }[cfg.scenario]
     parts = []
     for k in keys:
+        if k not in fig:
+            continue
         v = fig.get(k)
         parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     probs = f"  PROBLEMS: {'; '.join(fig['problems'])}" if fig.get("problems") else ""
@@ -136,6 +140,20 @@ def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[
     rec: dict[str, Any] = {"id": cfg.id, "scenario": cfg.scenario, "params": cfg.params,
                            "note": cfg.note, "reproduce": reproduce(cfg), "runs": {}}
     print(f"[{time.strftime('%H:%M:%S')}] {cfg.id}", flush=True)
+    if cfg.scenario in MULTI_SCENARIOS:
+        # starts its own processes (roomcast only: one node, then two nodes + Redis)
+        if OURS not in servers:
+            rec["runs"] = {"one_node": {"error": f"{cfg.scenario} measures roomcast only"}}
+            return rec
+        t0 = time.monotonic()
+        try:
+            rec["runs"] = MULTI_SCENARIOS[cfg.scenario](ctx, server_cpus, **cfg.params)
+        except Exception:
+            rec["runs"] = {"one_node": {"error": traceback.format_exc(limit=3)}}
+        for setup, fig in rec["runs"].items():
+            print(summary(cfg, setup, fig), flush=True)
+        rec["elapsed_s"] = time.monotonic() - t0
+        return rec
     for name in servers:
         if name in skip:
             rec["runs"][name] = {"error": skip[name]}
@@ -204,7 +222,8 @@ def run_flamegraph(cfg: Config, ctx: Context, server_cpus: list[int], results: P
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenario", help="fanout, saturate, capacity, joinstorm or flamegraph")
+    parser.add_argument("--scenario",
+                        help="fanout, saturate, capacity, joinstorm, twonode or flamegraph")
     parser.add_argument("--quick", action="store_true", help="the quick suite (~1 minute)")
     parser.add_argument("--only", action="append", default=[],
                         help="configuration id(s), comma-separated, e.g. fanout-4x100-r50-s100")
@@ -216,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "results"), help="output directory")
     args = parser.parse_args(argv)
 
-    known = {*SCENARIOS, "flamegraph"}
+    known = {*SCENARIOS, *MULTI_SCENARIOS, "flamegraph"}
     if args.scenario and args.scenario not in known:
         parser.error(f"unknown scenario {args.scenario!r}; choose from {', '.join(sorted(known))}")
     NICE["value"] = args.nice

@@ -90,6 +90,7 @@ def _client_class() -> type:
             self.cid = cid
             self.room = room
             self.username = username
+            self.tag = ""  # a group label for per-group latencies (twonode: which half)
             self.expect = f"{username} joined #{room}"
             self.transport: Any = None
             self.join_sent_ns = 0
@@ -198,6 +199,7 @@ class Worker:
         # fanout
         self.latencies = array("q")
         self.measured = 0
+        self.tag_latencies: dict[str, array[int]] = {}
         self.warm_received = 0
         self.warm_ids = 0
         self.fan_sent = 0
@@ -212,7 +214,8 @@ class Worker:
     # ---- connections
 
     async def op_connect(
-        self, url: str, conns: list[tuple[int, str, str, str]], concurrency: int = 64
+        self, url: str, conns: list[tuple[int, str, str, str]], concurrency: int = 64,
+        tag: str = "",
     ) -> dict[str, Any]:
         from picows import ws_connect  # noqa: PLC0415
 
@@ -224,6 +227,7 @@ class Worker:
             async with sem:
                 t0 = time.monotonic()
                 client = cls(self, cid, room, username)
+                client.tag = tag
                 try:
                     _transport, listener = await asyncio.wait_for(
                         ws_connect(lambda: client, url, local_addr=(src, 0),
@@ -247,10 +251,12 @@ class Worker:
         }
 
     async def op_join(
-        self, start_ns: int, first: int = 0, count_only: bool = False
+        self, start_ns: int, first: int = 0, count_only: bool = False,
+        cids: list[int] | None = None,
     ) -> dict[str, Any]:
-        """Sends the join of every client from index ``first`` on at ``start_ns``; with
-        ``count_only``, frames after a client's confirmation are only counted, not inspected."""
+        """Sends the join of every client from index ``first`` on (only those in ``cids`` when
+        given) at ``start_ns``; with ``count_only``, frames after a client's confirmation are
+        only counted, not inspected."""
         self.count_only = count_only
         delay = (start_ns - time.monotonic_ns()) / 1e9
         if delay > 0:
@@ -258,13 +264,18 @@ class Worker:
         from picows import WSMsgType  # noqa: PLC0415
 
         text = WSMsgType.TEXT
+        wanted = None if cids is None else set(cids)
+        sent = 0
         for client in self.clients[first:]:
+            if wanted is not None and client.cid not in wanted:
+                continue
+            sent += 1
             client.join_sent_ns = time.monotonic_ns()
             frame = msgspec.json.encode(
                 {"type": "join", "room": client.room, "username": client.username}
             )
             client.transport.send(text, frame)
-        return {"sent": len(self.clients) - first}
+        return {"sent": sent}
 
     def op_stats(self) -> dict[str, Any]:
         clients = self.clients
@@ -287,6 +298,11 @@ class Worker:
             "sat_sent": sum(r.sent for r in self.sat_rooms),
             "sat_completed": sum(r.completed for r in self.sat_rooms),
         }
+
+    def op_clients(self) -> list[tuple[int, str, str, bool, int, int]]:
+        """Per connection: (cid, room, tag, confirmed, frames, chats) — for diagnosing losses."""
+        return [(c.cid, c.room, c.tag, bool(c.confirmed_ns), c.frames, c.chats)
+                for c in self.clients]
 
     def op_join_times(self, first: int = 0) -> dict[str, Any]:
         sent = [c.join_sent_ns for c in self.clients[first:] if c.join_sent_ns]
@@ -327,6 +343,11 @@ class Worker:
         if msg_id >= self.warm_ids:
             self.latencies.append(now - send_ns)
             self.measured += 1
+            if client.tag:
+                lat = self.tag_latencies.get(client.tag)
+                if lat is None:
+                    lat = self.tag_latencies[client.tag] = array("q")
+                lat.append(now - send_ns)
         else:
             self.warm_received += 1
 
@@ -345,6 +366,7 @@ class Worker:
         text = WSMsgType.TEXT
         pubs = [c for c in self.clients if c.cid in set(publishers)]
         self.latencies = array("q")
+        self.tag_latencies = {}
         self.measured = self.warm_received = self.fan_sent = self.fan_sent_measured = 0
         self.fan_late_ns = []
         self.warm_ids = warm
@@ -390,6 +412,7 @@ class Worker:
         late = sorted(self.fan_late_ns)
         return {
             "latencies_ns": self.latencies.tobytes(),
+            "tag_latencies_ns": {t: a.tobytes() for t, a in self.tag_latencies.items()},
             "measured": self.measured,
             "warm_received": self.warm_received,
             "sent": self.fan_sent,

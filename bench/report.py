@@ -167,10 +167,13 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "flamegraph, the plots, this README |")
     w("| `make bench QUICK=1` | a smaller suite (about a minute) with smaller parameters |")
     w("| `make bench SCENARIO=fanout` | one scenario (`fanout`, `saturate`, `capacity`, "
-      "`joinstorm`) of the chosen suite |")
+      "`joinstorm`, `twonode`) of the chosen suite |")
+    w("| `make bench SCENARIO=twonode` | the scale-out cost: one roomcast node vs two nodes "
+      "linked by Redis on the same workload (about 30 s) |")
     w("| `make bench BENCH_ARGS=\"--only fanout-4x100-r50-s100\"` | one configuration; any id "
       "of the form `fanout-RxM-rRATE-sSIZE`, `saturate-RxM-dDEPTH-sSIZE`, `capacity-K`, "
-      "`joinstorm-M` works |")
+      "`joinstorm-M`, `twonode-fanout-RxM-rRATE-sSIZE`, `twonode-saturate-RxM-dDEPTH-sSIZE` "
+      "works |")
     w("| `make bench BENCH_ARGS=\"--servers roomcast,node_ws\"` | a subset of servers |")
     w("| `make bench BENCH_ARGS=\"--no-flamegraph\"` | skip the py-spy run |")
     w("")
@@ -220,6 +223,17 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "time until the last one has its confirmation (the first system message reading "
       "`<me> joined #<room>`); bytes the server sent = WebSocket bytes received by the clients "
       "until all presence traffic has arrived.")
+    w("- **twonode** (roomcast only): the same workload twice in one run, on one node (the "
+      "in-process broker, as above) and on two nodes started with `--redis-url` plus a "
+      "`redis-server --save \"\" --appendonly no` on a free port, all three processes pinned "
+      "to the same server CPU. In each room the first half of the members (with the publisher, "
+      "member 0) is on node A (*origin*), the other half on node B (*other*); on one node the "
+      "same halves are kept apart only in the figures. Rooms are joined one at a time. "
+      "`fanout` mode: latencies as in fanout, for all members and per half; `saturate` mode: "
+      "as in saturate. Server CPU is the sum over both nodes and Redis (split shown), per "
+      "delivery; the *two/one* row divides the two-node figure by the one-node figure. All "
+      "processes share one CPU, so the two-node setup gains no parallelism here: it shows "
+      "what Redis costs per message, not how far two machines scale.")
     w("- Caveats: the driver has one CPU of its own on this machine, so latencies include the "
       "driver's time to read every member socket (roughly 5-10 µs per socket in Python), "
       "equally for every server: in a 1,000-member room the last member is read several "
@@ -279,6 +293,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
             w(f"| {rec['id']} | {rec.get('note') or ''} | `{rec['reproduce']}` | "
               f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs} |")
         w("")
+    _twonode_section(w, records)
     if plots:
         w("## Plots")
         w("")
@@ -363,6 +378,90 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
         w("")
     readme.write_text("\n".join(lines))
     return readme
+
+
+TWONODE_SETUPS = (("one_node", "one node"), ("two_nodes", "two nodes + Redis"))
+TWONODE_COLUMNS: dict[str, list[tuple[str, str, str]]] = {
+    "fanout": [
+        ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
+        ("p50_ms", "p50 ms", "{:.2f}"),
+        ("p99_ms", "p99 ms", "{:.2f}"),
+        ("p999_ms", "p99.9 ms", "{:.2f}"),
+        ("max_ms", "max ms", "{:.2f}"),
+        ("origin_p50_ms", "origin p50", "{:.2f}"),
+        ("origin_p99_ms", "origin p99", "{:.2f}"),
+        ("other_p50_ms", "other p50", "{:.2f}"),
+        ("other_p99_ms", "other p99", "{:.2f}"),
+        ("cpu_per_delivery_us", "server CPU µs/delivery (sum)", "{:.2f}"),
+        ("server_cpu_util", "server CPU util", "{:.0%}"),
+        ("deliveries", "deliveries", "{:,}"),
+        ("losses", "losses", "{:,}"),
+    ],
+    "saturate": [
+        ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
+        ("messages_per_s", "messages/s", "{:,.0f}"),
+        ("cpu_per_delivery_us", "server CPU µs/delivery (sum)", "{:.2f}"),
+        ("server_cpu_util", "server CPU util", "{:.0%}"),
+        ("deliveries", "deliveries", "{:,}"),
+        ("losses", "losses", "{:,}"),
+    ],
+}
+
+
+def _cpu_split(fig: dict[str, Any]) -> str:
+    by = fig.get("cpu_per_delivery_by_process_us") or {}
+    names = {"node_a": "A", "node_b": "B", "redis": "Redis"}
+    return " + ".join(f"{names.get(k, k)} {v:.2f}" for k, v in by.items()
+                      if isinstance(v, int | float)) or "—"
+
+
+def _twonode_section(w: Any, records: dict[str, dict[str, Any]]) -> None:
+    recs = [r for r in records.values() if r["scenario"] == "twonode"]
+    if not recs:
+        return
+    w("## twonode (Redis between two nodes vs one node)")
+    w("")
+    w("Each room's members split over node A (*origin*: the publisher's half) and node B "
+      "(*other*); the one-node row is the same workload on a single node measured in the same "
+      "run. CPU is summed over every process under test; the split column shows node A + "
+      "node B + Redis in µs per delivery.")
+    w("")
+    for mode, cols in TWONODE_COLUMNS.items():
+        mrecs = sorted((r for r in recs if r["params"].get("mode", "fanout") == mode),
+                       key=lambda r: r["id"])
+        if not mrecs:
+            continue
+        w("| configuration | setup | " + " | ".join(c[1] for c in cols) + " | CPU split µs |")
+        w("|---|---|" + "---|" * (len(cols) + 1))
+        for rec in mrecs:
+            runs = rec["runs"]
+            for key, label in TWONODE_SETUPS:
+                fig = runs.get(key)
+                if fig is None:
+                    continue
+                if fig.get("error"):
+                    err = fig["error"].strip().splitlines()[-1][:160].replace("|", "/")
+                    w(f"| {rec['id']} | {label} | failed: {err} |" + " |" * len(cols))
+                    continue
+                cells = [fmt(fig.get(k), spec) for k, _t, spec in cols]
+                w(f"| {rec['id']} | {label} | " + " | ".join(cells) + f" | {_cpu_split(fig)} |")
+            one, two = runs.get("one_node", {}), runs.get("two_nodes", {})
+            if one and two and not one.get("error") and not two.get("error"):
+                cells = [ratio(two.get(k), one.get(k)) if k not in ("deliveries", "losses")
+                         else "" for k, _t, _s in cols]
+                w(f"| {rec['id']} | *two/one* | " + " | ".join(cells) + " | |")
+        w("")
+    w("| configuration | why | reproduce | run | problems |")
+    w("|---|---|---|---|---|")
+    for rec in sorted(recs, key=lambda r: r["id"]):
+        probs = "; ".join(
+            f"{s}: {', '.join(r.get('problems') or [])}"
+            for s, r in rec["runs"].items() if r.get("problems")
+        ) or "none"
+        w(f"| {rec['id']} | {rec.get('note') or ''} | `{rec['reproduce']}` (all: "
+          f"`make bench SCENARIO=twonode`) | "
+          f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs} |")
+    w("")
 
 
 def _latest_flamegraph(runs: list[dict[str, Any]]) -> dict[str, Any] | None:

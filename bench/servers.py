@@ -14,8 +14,10 @@ import resource
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -179,15 +181,21 @@ class RunningServer:
         return self.proc.returncode
 
 
-def start_server(
-    name: str, host: str = "127.0.0.1", cpus: list[int] | None = None, timeout: float = 20.0
-) -> RunningServer:
-    """Starts one server kind, pinned to ``cpus`` with taskset, and waits for its ready line."""
-    kind = SERVER_KINDS[name]
-    cmd = kind.command(host)
+def _pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
+    """``cmd`` pinned to ``cpus`` with taskset (when that pins anything) and niced."""
     if cpus and len(cpus) < os.cpu_count() and shutil.which("taskset"):  # type: ignore[operator]
         cmd = ["taskset", "-c", ",".join(map(str, cpus)), *cmd]
-    cmd = [*nice_prefix(), *cmd]
+    return [*nice_prefix(), *cmd]
+
+
+def start_server(
+    name: str, host: str = "127.0.0.1", cpus: list[int] | None = None, timeout: float = 20.0,
+    extra: tuple[str, ...] | list[str] = (),
+) -> RunningServer:
+    """Starts one server kind, pinned to ``cpus`` with taskset, and waits for its ready line.
+    ``extra`` arguments go after the kind's own (e.g. ``--redis-url`` for roomcast)."""
+    kind = SERVER_KINDS[name]
+    cmd = _pinned([*kind.command(host), *extra], cpus)
     _raise_fd_limit()  # inherited by the server: every server gets the same limit
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -228,3 +236,87 @@ def _drain(server: RunningServer) -> None:
     for line in server.proc.stdout:
         if len(server.output) < 2000:
             server.output.append(line)
+
+
+# --------------------------------------------------------------------------- Redis (twonode)
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _redis_ping(port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RunningRedis:
+    proc: subprocess.Popen[bytes]
+    port: int
+    command: list[str]
+    workdir: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        return sum(_cpu_ticks(p) for p in _tree_pids(self.pid)) / CLK_TCK
+
+    def log_tail(self, n: int = 1000) -> str:
+        try:
+            return (Path(self.workdir) / "redis.log").read_text()[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.proc.returncode
+
+
+def start_redis(cpus: list[int] | None = None, timeout: float = 10.0) -> RunningRedis:
+    """``redis-server`` on a free loopback port, no persistence, pinned like the servers; ready
+    once it answers PING. Fails with the reason when redis-server is not installed."""
+    if REDIS_SERVER is None:
+        raise RuntimeError(
+            "redis-server not found: the twonode scenario needs it (Debian package "
+            "redis-server; `make bench` installs it through scripts/ensure-system-packages.sh)"
+        )
+    workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    port = free_port()
+    cmd = _pinned([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--dir", workdir, "--logfile", "redis.log"], cpus)
+    proc = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    redis = RunningRedis(proc, port, cmd, workdir)
+    deadline = time.monotonic() + timeout
+    while not _redis_ping(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = redis.log_tail()
+            redis.stop()
+            raise RuntimeError(f"redis-server did not start: {' '.join(cmd)}\n{tail}")
+        time.sleep(0.05)
+    return redis

@@ -50,6 +50,20 @@ def joinstorm(members: int, note: str = "") -> Config:
     return Config(f"joinstorm-{members}", "joinstorm", {"members": members}, note)
 
 
+def twonode(rooms: int, members: int, rate: float = 50.0, size: int = 100, *,
+            mode: str = "fanout", depth: int = 8, duration: float = 3.0, note: str = "",
+            ) -> Config:
+    """One roomcast node vs two linked by Redis, each room's members split over the two."""
+    if mode == "fanout":
+        cid = f"twonode-fanout-{rooms}x{members}-r{rate:g}-s{size}"
+    else:
+        cid = f"twonode-saturate-{rooms}x{members}-d{depth}-s{size}"
+    params: dict[str, Any] = {"mode": mode, "rooms": rooms, "members": members, "size": size,
+                              "duration": duration, "warmup": 1.0}
+    params |= {"rate": rate} if mode == "fanout" else {"depth": depth}
+    return Config(cid, "twonode", params, note)
+
+
 STANDARD: list[Config] = [
     saturate(4, 250, 8, note="target"),
     fanout(4, 100, 50, note="target"),
@@ -62,6 +76,9 @@ STANDARD: list[Config] = [
     fanout(1, 300, 20, duration=5, note="latency-vs-room-size sweep"),
     capacity(18_000, note="target"),
     joinstorm(1000, note="target"),
+    twonode(4, 100, 50, note="scale-out cost: Redis between two nodes vs one node"),
+    twonode(4, 100, mode="saturate", depth=8,
+            note="scale-out cost under saturation: two nodes + Redis vs one node"),
 ]
 
 QUICK: list[Config] = [
@@ -70,6 +87,7 @@ QUICK: list[Config] = [
     fanout(1, 200, 20, duration=2),
     capacity(2000, steps=4),
     joinstorm(200),
+    twonode(2, 50, 50, duration=2),
 ]
 
 # The flamegraph run: our server only, under fanout, while py-spy samples it.
@@ -144,9 +162,17 @@ def parse_id(cid: str) -> Config:
             return capacity(int(parts[1]))
         if parts[0] == "joinstorm":
             return joinstorm(int(parts[1]))
+        if parts[0] == "twonode" and parts[1] == "fanout":
+            rooms, members = map(int, parts[2].split("x"))
+            return twonode(rooms, members, float(parts[3][1:]), int(parts[4][1:]))
+        if parts[0] == "twonode" and parts[1] == "saturate":
+            rooms, members = map(int, parts[2].split("x"))
+            return twonode(rooms, members, mode="saturate", depth=int(parts[3][1:]),
+                           size=int(parts[4][1:]))
     except (IndexError, ValueError):
         pass
     raise SystemExit(
         f"unknown configuration {cid!r}: use e.g. fanout-4x100-r50-s100, "
-        "saturate-4x250-d8-s100, capacity-18000, joinstorm-1000"
+        "saturate-4x250-d8-s100, capacity-18000, joinstorm-1000, "
+        "twonode-fanout-4x100-r50-s100, twonode-saturate-4x100-d8-s100"
     )
