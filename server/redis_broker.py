@@ -549,7 +549,16 @@ class RedisBroker:
                 continue
             try:
                 extra = await self._reconcile()
-                ops, self.ops = self.ops, []
+                # Interest that changed while we awaited the confirmations is not subscribed
+                # yet: a room's commands wait for its subscription, or this node would miss
+                # its own messages (it delivers only what comes back through Redis).
+                unsettled = self.sub_dirty
+                if unsettled:
+                    ops = [op for op in self.ops if op.room not in unsettled]
+                    self.ops = [op for op in self.ops if op.room in unsettled]
+                    self.wake.set()
+                else:
+                    ops, self.ops = self.ops, []
                 ops = extra + ops
                 if ops:
                     self.inflight = ops

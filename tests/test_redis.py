@@ -466,3 +466,19 @@ async def test_readiness_and_metrics_follow_the_broker(
         return (await scrape())[0] == 200
 
     await wait_for(ready, timeout=15, what="/readyz to recover with Redis")
+
+
+async def test_joins_to_two_new_rooms_at_once_are_both_confirmed(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    """The second room's subscription is still being confirmed when its join is queued: the join
+    must wait for it, or the joiner never hears its own join notice back."""
+    server = node(launch, redis_server)
+    clients = [await RawClient.connect(server.host, server.port) for _ in range(4)]
+    for i, client in enumerate(clients):
+        client.send_json({"type": "join", "username": f"u{i}", "room": f"fresh{i}"})
+    for i, client in enumerate(clients):
+        welcome = await client.recv_json()
+        assert welcome["text"] == f"u{i} joined #fresh{i}", welcome
+        client.send_json({"type": "chat", "text": f"in fresh{i}"})
+        assert (await until(client, lambda m: m.get("type") == "chat"))["text"] == f"in fresh{i}"
