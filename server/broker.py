@@ -45,19 +45,25 @@ class LocalBroker:
         self.publish: Callable[[Room, bytes], None] = core.deliver
 
     def join(self, room: Room, member: Member) -> None:
-        core = self.core
-        present = len(room)
-        notice = core.notice(room, member, "join", present + 1)
-        if present:
-            core.deliver(room, encode(notice))
-        core.admit(room, member, None)
-        # The joiner's own copy carries the member list (itself included); written now, so its
-        # stream starts here, before any frame queued after its cursor.
-        notice.users = room.names(core.config.max_users_list)
-        member.write(text_frame(encode(notice)))
+        join_locally(self.core, room, member)
 
     def leave(self, room: Room, member: Member) -> None:
         core = self.core
         if core.drop_if_empty(room):
             return
         core.deliver(room, encode(core.notice(room, member, "leave", len(room))))
+
+
+def join_locally(core: ChatCore, room: Room, member: Member) -> None:
+    """A join decided on this node alone: a notice to the others, then the joiner's own copy.
+
+    The joiner's copy carries the member list (itself included) and is written at once, so its
+    stream starts here, before any frame queued after its cursor.
+    """
+    present = len(room)
+    notice = core.notice(room, member, "join", present + 1)
+    if present:
+        core.deliver(room, encode(notice))
+    core.admit(room, member, None)
+    notice.users = room.names(core.config.max_users_list)
+    member.write(text_frame(encode(notice)))

@@ -49,6 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .broker import join_locally
 from .protocol import SystemMessage, encode, text_frame
 
 if TYPE_CHECKING:
@@ -465,14 +466,7 @@ class RedisBroker:
 
     def _admit_locally(self, room: Room, member: Member) -> None:
         """A join while Redis is away: as on a single node (local notice, local member list)."""
-        core = self.core
-        present = len(room)
-        notice = core.notice(room, member, "join", present + 1)
-        if present:
-            core.deliver(room, encode(notice))
-        core.admit(room, member, None)
-        notice.users = room.names(self.config.max_users_list)
-        member.write(text_frame(encode(notice)))
+        join_locally(self.core, room, member)
 
     # ---- messages from Redis ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import pytest
 from server.config import Config
 from server.core import ChatCore, Member
 from server.protocol import CloseCode
+from tests.frames import server_messages
 
 
 class Clock:
@@ -41,23 +42,9 @@ class Client:
 
     def messages(self) -> list[Any]:
         """Every message received so far, decoded from the unmasked frames; clears the buffer."""
-        out = []
         data = b"".join(self.writes)
         self.writes.clear()
-        pos = 0
-        while pos < len(data):
-            assert data[pos] == 0x81, "FIN+TEXT frame"
-            size = data[pos + 1]
-            pos += 2
-            if size == 126:
-                size = int.from_bytes(data[pos : pos + 2], "big")
-                pos += 2
-            elif size == 127:
-                size = int.from_bytes(data[pos : pos + 8], "big")
-                pos += 8
-            out.append(json.loads(data[pos : pos + size]))
-            pos += size
-        return out
+        return server_messages(data)
 
 
 class Harness:

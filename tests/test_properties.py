@@ -22,6 +22,7 @@ from server.config import Config
 from server.core import ChatCore, Member
 from server.protocol import CloseCode, DecodeFailure, ErrorCode, InvalidUTF8, close_reply
 from server.reassembly import BINARY, CONTINUATION, TEXT, Fragments, Message, Violation, reassemble
+from tests.frames import server_messages
 
 ERROR_CODES = {code.value for code in ErrorCode}
 SETTINGS = settings(
@@ -40,25 +41,6 @@ message_like = st.fixed_dictionaries(
     {"type": st.sampled_from(["join", "chat", "leave", "JOIN", "", "chat "]) | field_values},
     optional={"text": field_values, "room": field_values, "username": field_values},
 )
-
-
-def frames(data: bytes) -> list[Any]:
-    """The messages in a member's byte stream (unmasked FIN+TEXT frames)."""
-    out = []
-    pos = 0
-    while pos < len(data):
-        assert data[pos] == 0x81
-        size = data[pos + 1]
-        pos += 2
-        if size == 126:
-            size = int.from_bytes(data[pos : pos + 2], "big")
-            pos += 2
-        elif size == 127:
-            size = int.from_bytes(data[pos : pos + 8], "big")
-            pos += 8
-        out.append(json.loads(data[pos : pos + size]))
-        pos += size
-    return out
 
 
 class World:
@@ -131,7 +113,7 @@ def test_arbitrary_bytes_never_reach_others(payload: bytes) -> None:
     if result is not None:
         assert result == CloseCode.INVALID_TEXT and world.sender_out == []
     else:
-        [error] = frames(b"".join(world.sender_out))
+        [error] = server_messages(b"".join(world.sender_out))
         assert error["type"] == "error" and error["code"] in ERROR_CODES
 
 
@@ -143,8 +125,8 @@ def test_arbitrary_json_leaves_a_documented_state(value: Any, restricted: bool) 
     result = world.send(json.dumps(value).encode())
     assert result is None  # json.dumps always gives UTF-8
     world.check_invariants()
-    to_sender = frames(b"".join(world.sender_out))
-    to_observer = frames(b"".join(world.observer_out))
+    to_sender = server_messages(b"".join(world.sender_out))
+    to_observer = server_messages(b"".join(world.observer_out))
     for message in to_sender + to_observer:
         assert message["type"] in ("chat", "system", "error")
     for message in to_observer:
