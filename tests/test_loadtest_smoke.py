@@ -243,7 +243,8 @@ def test_locust_run_reads_server_stats_from_metrics(tmp_path: Path) -> None:
     with running_server("--log-level", "warning") as server:
         cmd = [
             sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
-            "--headless", "--users", "4", "--spawn-rate", "4", "--run-time", "5s",
+            # 10 s: several 2 s samples after the joins, even on a loaded machine
+            "--headless", "--users", "4", "--spawn-rate", "4", "--run-time", "10s",
             "--stop-timeout", "3", "--host", server.ws_url, "--csv", str(prefix),
             "--only-summary", "--capacity-room-size", "2", "--server-stats", "metrics",
         ]
