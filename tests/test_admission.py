@@ -217,6 +217,7 @@ async def test_global_connection_limit_gets_503(launch: Launch) -> None:
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     assert b" 200 " in (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5))
     writer.close()
+    await asyncio.wait_for(writer.wait_closed(), 5)
 
 
 @pytest.mark.usefixtures("raw_clients")
