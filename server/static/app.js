@@ -12,6 +12,7 @@
   const WS_PATH = "/ws"; // the server accepts the upgrade on any path
   const RETRY_FIRST_MS = 500; // first retry waits 250-500 ms
   const RETRY_CAP_MS = 5000;
+  const TOKEN_EXPIRED = 4001; // close code: the JWT this connection was opened with expired
   const BOTTOM_SLACK_PX = 40; // "at the bottom" tolerance for auto-scroll
 
   const $ = (id) => document.getElementById(id);
@@ -106,6 +107,12 @@
       memberTotal = 0;
       renderMembers();
       showRoom();
+      if (event.code === TOKEN_EXPIRED) {
+        // Reconnecting with the same token would only be refused: stop and say what to do.
+        setStatus("expired", "Signed out");
+        addLine("error", "Your sign-in token has expired: reload the page with a new token.");
+        return;
+      }
       if (wasOnline) {
         const why = { 1001: " (server going away)", 1012: " (server restarting)" }[event.code] || "";
         addLine("system", `Connection lost${why}; reconnecting…`);

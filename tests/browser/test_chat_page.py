@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 
+import jwt
 from playwright.sync_api import Page, expect
 
 from tests.support import ServerProcess, free_port, start_server
@@ -241,3 +243,23 @@ def test_phone_width_has_no_horizontal_scroll(server: ServerProcess, new_page: N
     for selector in ("#input", "#send", "#messages", "#members"):
         expect(page.locator(selector)).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+
+
+def test_an_expired_token_stops_the_page_instead_of_reconnecting(
+    launch: Launch, new_page: NewPage
+) -> None:
+    secret = "browser-test-secret-that-is-long-enough-for-hs256"
+    server = launch("--jwt-secret", secret, "--jwt-leeway", "0", "--token-sweep-interval", "0.1")
+    token = jwt.encode({"sub": "visitor", "exp": int(time.time()) + 2}, secret, algorithm="HS256")
+    page = new_page()
+    page.goto(f"{server.http_url}/?token={token}")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    page.fill("#username", "ignored")
+    page.click("#join")
+    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    expect(member(page, "visitor")).to_have_count(1)  # the name comes from the token
+    # the server closes with 4001 when the token expires; the page must not retry with it
+    expect(page.locator("#messages .error").last).to_have_text(
+        re.compile("token has expired"), timeout=10_000
+    )
+    expect(page.locator("#status")).to_have_attribute("data-state", "expired")
