@@ -366,6 +366,8 @@ class App:
     # ---- the per-tick flush -------------------------------------------------------------------
 
     def _schedule_flush(self, flush: Any) -> None:
+        # The core asks for its own flush; we run it inside _flush_tick, which also times it and
+        # checks the slow consumers once per tick.
         self.loop.call_soon(self._flush_tick)
 
     def _flush_tick(self) -> None:

@@ -134,9 +134,6 @@ class Stats:
         self.coalesced_frames = 0  # frames that rode in another frame's write
         self.bytes_sent = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
-
 
 def clean_name(value: str | None, default: str, max_length: int) -> str | None:
     """The name to use, or None when it is invalid (too long or has control characters)."""
