@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import resource
-import ssl
 import sys
 from collections.abc import Sequence
 
 import uvloop
 
+from . import settings as settings_module
 from .app import serve
-from .config import parse_config
 from .logs import configure as configure_logging
 
 log = logging.getLogger("roomcast")
@@ -30,7 +29,8 @@ def raise_fd_limit() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse_config(argv)
+    settings = settings_module.load(argv)
+    config = settings.config
     configure_logging(config.log_level, config.log_format)
     if config.workers > 1:
         from .supervisor import supervise  # noqa: PLC0415
@@ -39,10 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = raise_fd_limit()
     log.info("file-descriptor limit: %d", limit)
     try:
-        return uvloop.run(serve(config))
-    except ssl.SSLError as exc:  # before OSError, of which it is a subclass
-        log.error("cannot load --certfile/--keyfile: %s", exc)
-        return 1
+        return uvloop.run(serve(settings))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
         return 1

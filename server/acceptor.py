@@ -24,6 +24,8 @@ from typing import Any
 
 from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
+from .state import Counters
+
 log = logging.getLogger("roomcast")
 
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -91,6 +93,7 @@ class Acceptor:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         protocol_factory: Callable[[Any], asyncio.BaseProtocol],
+        counters: Counters,
         *,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
@@ -101,8 +104,7 @@ class Acceptor:
         self._watching = False
         self._closed = False
         self._exhausted = False
-        self.exhaustion_episodes = 0
-        self.accepted = 0
+        self._counters = counters
 
     @property
     def address(self) -> tuple[str, int]:
@@ -141,7 +143,7 @@ class Acceptor:
             if self._exhausted:
                 self._exhausted = False
                 log.warning("accepting connections again")
-            self.accepted += 1
+            self._counters.connections_accepted += 1
             conn.setblocking(False)
             self._loop.create_task(self._connect(conn, peer))
 
@@ -160,7 +162,7 @@ class Acceptor:
         self._watching = False
         if not self._exhausted:
             self._exhausted = True
-            self.exhaustion_episodes += 1
+            self._counters.accept_exhausted += 1
             log.warning(
                 "accept() failed: %s; new clients wait in the backlog, existing ones are served; "
                 "retrying every %.2fs",

@@ -25,11 +25,13 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def handshake_problem(headers: Any) -> str | None:
-    """Why picows would refuse this upgrade request, or None.
+    """Why this upgrade request is not a valid WebSocket upgrade, or None.
 
     The same checks picows makes after the listener factory, made first so that the refusal is a
     fixed 400 text: picows's own error echoes the header value and fails (no answer, a traceback
-    in the log) when that value is not UTF-8, which a fuzzer finds in seconds.
+    in the log) when that value is not UTF-8, which a fuzzer finds in seconds. ``Connection`` may
+    list other tokens besides ``Upgrade`` (Firefox sends ``keep-alive, Upgrade``; RFC 6455 4.2.1
+    allows it).
     """
     connection = headers.get("connection")
     if not isinstance(connection, str):
@@ -38,9 +40,6 @@ def handshake_problem(headers: Any) -> str | None:
         tokens = {token.strip().lower() for token in connection.split(",")}
         if "upgrade" not in tokens:
             return "Connection header must include 'Upgrade'"
-        # Firefox sends "keep-alive, Upgrade", which is valid (RFC 6455 4.2.1) but which picows's
-        # own check refuses: normalise it in the request picows validates next.
-        headers["Connection"] = "Upgrade"
     if headers.get("sec-websocket-version") not in ("13", "8", "7"):
         return "unsupported Sec-WebSocket-Version (use 13)"
     key = headers.get("sec-websocket-key")

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from .core import clean_name
+from .names import clean_name
 
 SUBPROTOCOL = "roomcast.jwt"
 

@@ -1,37 +1,16 @@
-"""The broker seam: where a room's messages, joins and leaves go once the core has made them.
+"""The single-node broker: a room's messages, joins and leaves decided in this process alone.
 
-The core encodes each outgoing room message exactly once and calls ``broker.publish(room,
-payload)``; it calls ``broker.join`` when a member asks to join (the member is then *arriving*:
-``member.room`` is set but it receives nothing yet) and ``broker.leave`` after a member has left
-the room's delivery lists. The broker decides when and where things are delivered and calls back
-into the core: ``core.deliver`` (frame once, queue on the room's coalesced flush), ``core.admit``
-(put an arriving member into the room's order) and ``core.drop_if_empty``.
-
-``LocalBroker`` is the single-process broker: everything happens synchronously, in the order the
-core calls it, exactly as if there were no seam. ``server.redis_broker.RedisBroker`` spreads rooms
-over several processes or machines through Redis Pub/Sub (see docs/scaling.md).
+Everything happens synchronously, in the order the core calls it, exactly as if there were no
+broker seam: publishing is delivering (the core's own ``deliver``, no extra call per message).
+``join_locally`` is also what the Redis broker does while Redis is unreachable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
 
+from .core import ChatCore, Member, Room
 from .protocol import encode, text_frame
-
-if TYPE_CHECKING:
-    from .core import ChatCore, Member, Room
-
-
-class Broker(Protocol):
-    def publish(self, room: Room, payload: bytes) -> None:
-        """Delivers one encoded message to every member of `room`, on every node, in one order."""
-
-    def join(self, room: Room, member: Member) -> None:
-        """`member` (arriving, ``member.room is room``) joins: announce it and admit it."""
-
-    def leave(self, room: Room, member: Member) -> None:
-        """`member` has been taken out of `room` (it receives nothing more): announce it."""
 
 
 class LocalBroker:
@@ -41,17 +20,13 @@ class LocalBroker:
 
     def __init__(self, core: ChatCore) -> None:
         self.core = core
-        # Publishing is delivering: the core's own method, no extra call per message.
         self.publish: Callable[[Room, bytes], None] = core.deliver
 
     def join(self, room: Room, member: Member) -> None:
         join_locally(self.core, room, member)
 
     def leave(self, room: Room, member: Member) -> None:
-        core = self.core
-        if core.drop_if_empty(room):
-            return
-        core.deliver(room, encode(core.notice(room, member, "leave", len(room))))
+        leave_locally(self.core, room, member)
 
 
 def join_locally(core: ChatCore, room: Room, member: Member) -> None:
@@ -67,3 +42,9 @@ def join_locally(core: ChatCore, room: Room, member: Member) -> None:
     core.admit(room, member, None)
     notice.users = room.names(core.config.max_users_list)
     member.write(text_frame(encode(notice)))
+
+
+def leave_locally(core: ChatCore, room: Room, member: Member) -> None:
+    """A leave decided on this node alone: the room is forgotten or told."""
+    if not core.drop_if_empty(room):
+        core.deliver(room, encode(core.notice(room, member, "leave", len(room))))

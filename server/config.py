@@ -1,12 +1,21 @@
-"""Command-line options; each can also come from the environment as ROOMCAST_<OPTION>."""
+"""Command-line options; each can also come from the environment as ROOMCAST_<OPTION>.
+
+Every option has one rule (type, range, choices, a readable file) checked the same way whether
+the value came from a flag or from the environment; a bad value is one line naming the option,
+the value and what is allowed (``ConfigError``), never a traceback. Options that only make sense
+together are checked after that.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
+
+from .about import version_line
 
 ENV_PREFIX = "ROOMCAST_"
 
@@ -55,6 +64,64 @@ class Config:
     def auth_enabled(self) -> bool:
         return bool(self.jwt_secret or self.jwt_public_key)
 
+
+class ConfigError(ValueError):
+    """A bad option: which one, the value given, and what is allowed."""
+
+    def __init__(self, option: str, value: object, problem: str, *, source: str = "") -> None:
+        self.option = option
+        self.value = value
+        self.problem = problem
+        self.source = source  # "env" when the value came from ROOMCAST_<OPTION>
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        if self.source == "env":
+            where = f"{ENV_PREFIX}{self.option.upper()}={self.value!s}"
+        else:
+            where = f"--{self.option.replace('_', '-')} {self.value!s}"
+        return f"{where}: {self.problem}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What an option accepts beyond its type."""
+
+    low: float | None = None  # inclusive
+    high: float | None = None  # inclusive
+    above: float | None = None  # exclusive lower bound
+    choices: tuple[str, ...] = ()
+    file: bool = False  # a readable file (when set)
+
+
+_RULES: dict[str, Rule] = {
+    "port": Rule(low=0, high=65535),
+    "rate_limit": Rule(low=0),
+    "rate_window": Rule(above=0),
+    "max_message_bytes": Rule(low=1),
+    "max_text_length": Rule(low=1),
+    "max_username_length": Rule(low=1),
+    "max_room_length": Rule(low=1),
+    "max_users_list": Rule(low=0),
+    "max_buffered_bytes": Rule(low=1),
+    "ping_interval": Rule(above=0),
+    "ping_timeout": Rule(above=0),
+    "shutdown_timeout": Rule(low=0),
+    "log_level": Rule(choices=("debug", "info", "warning", "error")),
+    "log_format": Rule(choices=("text", "json")),
+    "certfile": Rule(file=True),
+    "keyfile": Rule(file=True),
+    "node_ttl": Rule(above=0),
+    "workers": Rule(low=1, high=256),
+    "jwt_public_key": Rule(file=True),
+    "jwt_leeway": Rule(low=0),
+    "token_sweep_interval": Rule(above=0),
+    "max_connections": Rule(low=0),
+    "max_connections_per_ip": Rule(low=0),
+    "handshake_rate": Rule(low=0),
+    "handshake_window": Rule(above=0),
+    "handshake_timeout": Rule(above=0),
+}
 
 _HELP: dict[str, str] = {
     "host": "address to listen on",
@@ -109,121 +176,150 @@ _HELP: dict[str, str] = {
     "handshake_timeout": "seconds a new connection has to send its HTTP request",
 }
 
-_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+def _describe_range(kind: str, rule: Rule) -> str:
+    if rule.above is not None:
+        return f"must be a number > {rule.above:g}"
+    if rule.low is not None and rule.high is not None:
+        return f"must be {kind} from {rule.low:g} to {rule.high:g}"
+    if rule.low is not None:
+        return f"must be {kind} >= {rule.low:g}"
+    return f"must be {kind}"
 
 
-def _positive_or_zero(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+def _convert(name: str, default: object, text: str) -> object:
+    """`text` as the option's type, checked against its rule; raises ValueError(what is allowed)."""
+    rule = _RULES.get(name, Rule())
+    if isinstance(default, bool):
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be true or false")
+    if isinstance(default, int | float):
+        kind = "an integer" if isinstance(default, int) else "a number"
+        try:
+            value: float = int(text) if isinstance(default, int) else float(text)
+        except ValueError:
+            raise ValueError(_describe_range(kind, rule)) from None
+        if (
+            not math.isfinite(value)
+            or (rule.low is not None and value < rule.low)
+            or (rule.high is not None and value > rule.high)
+            or (rule.above is not None and value <= rule.above)
+        ):
+            raise ValueError(_describe_range(kind, rule))
         return value
+    if rule.choices:
+        lowered = text.strip().lower()
+        if lowered not in rule.choices:
+            raise ValueError(f"must be one of {', '.join(rule.choices)}")
+        return lowered
+    if rule.file and text:
+        if not os.path.isfile(text):
+            raise ValueError("no such file")
+        if not os.access(text, os.R_OK):
+            raise ValueError("file is not readable")
+    return text
 
-    parse.__name__ = kind.__name__
-    return parse
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is one line, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
-    env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(
+class _Version(argparse.Action):
+    """--version, computed only when asked (it looks up the git revision)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        parser.exit(0, version_line() + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="roomcast",
         description="roomcast: a WebSocket chat server (rooms, usernames, broadcasting) "
         "wire-compatible with the ws tutorial's protocol. Every option can also be set "
         "with an environment variable ROOMCAST_<OPTION>, e.g. ROOMCAST_PORT=9000.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action=_Version)
     defaults = Config()
     for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        env_name = ENV_PREFIX + f.name.upper()
         default = getattr(defaults, f.name)
-        kind: Callable[[str], Any]
-        if isinstance(default, bool):
-            kind = _parse_bool
-        elif isinstance(default, int):
-            kind = _positive_or_zero(int)
-        elif isinstance(default, float):
-            kind = _positive_or_zero(float)
-        else:
-            kind = str
-        if env_name in env:
-            try:
-                default = kind(env[env_name])
-            except (ValueError, argparse.ArgumentTypeError) as exc:
-                parser.error(f"{env_name}={env[env_name]!r}: {exc}")
-        extra: dict[str, Any] = {}
-        if f.name == "log_level":
-            extra["choices"] = _LOG_LEVELS
-            default = str(default).lower()
-        elif f.name == "log_format":
-            extra["choices"] = ("text", "json")
+        shown = f" (default: {default!s})" if default != "" else ""
         parser.add_argument(
-            flag,
+            "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=kind,
-            default=default,
-            help=f"{_HELP[f.name]} (env {env_name})",
-            **extra,
+            default=None,
+            metavar=f.name.upper() if not isinstance(default, bool) else "BOOL",
+            help=f"{_HELP[f.name]}{shown} (env {ENV_PREFIX}{f.name.upper()})",
         )
     return parser
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
-
-
-def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    parser = build_parser(env)
-    namespace = parser.parse_args(argv)
-    config = Config(**vars(namespace))
-    if config.ping_interval <= 0 or config.ping_timeout <= 0:
-        parser.error("--ping-interval and --ping-timeout must be > 0")
-    if config.rate_limit and config.rate_window <= 0:
-        parser.error("--rate-window must be > 0 when --rate-limit is set")
-    if bool(config.certfile) != bool(config.keyfile):
-        parser.error("--certfile and --keyfile go together")
-    if config.workers < 1:
-        parser.error("--workers must be >= 1")
-    if config.workers > 1 and not config.redis_url:
-        parser.error(
-            f"--workers {config.workers} needs --redis-url: the workers are separate processes "
-            "and only reach each other's clients through Redis"
-        )
-    if config.redis_url and config.node_ttl <= 0:
-        parser.error("--node-ttl must be > 0")
-    _check_security_options(parser, config)
-    for name in ("max_message_bytes", "max_text_length", "max_username_length", "max_room_length"):
-        if getattr(config, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """The options from flags over the environment over the defaults; raises ConfigError."""
+    env = os.environ if env is None else env
+    namespace = build_parser().parse_args(argv)
+    defaults = Config()
+    values: dict[str, Any] = {}
+    for f in fields(Config):
+        default = getattr(defaults, f.name)
+        text: str | None = getattr(namespace, f.name)
+        source = "flag"
+        if text is None:
+            text = env.get(ENV_PREFIX + f.name.upper())
+            source = "env"
+        if text is None:
+            continue
+        try:
+            values[f.name] = _convert(f.name, default, text)
+        except ValueError as exc:
+            raise ConfigError(f.name, text, str(exc), source=source) from None
+    config = Config(**values)
+    _check_together(config)
     return config
 
 
-def _check_security_options(parser: argparse.ArgumentParser, config: Config) -> None:
-    # Imported here: auth imports core, which imports this module.
-    from .admission import OriginPolicy, parse_networks  # noqa: PLC0415
-    from .auth import check_public_key, parse_algorithms  # noqa: PLC0415
-
-    try:
-        parse_algorithms(
-            config.jwt_algorithms,
-            has_secret=bool(config.jwt_secret),
-            has_public_key=bool(config.jwt_public_key),
+def _check_together(config: Config) -> None:
+    if bool(config.certfile) != bool(config.keyfile):
+        missing = "keyfile" if config.certfile else "certfile"
+        given = "certfile" if config.certfile else "keyfile"
+        raise ConfigError(
+            given, getattr(config, given), f"needs --{missing} too (a certificate and its key)"
         )
-        parse_networks(config.trusted_proxies)
-        OriginPolicy.from_option(config.allowed_origins, allow_all=True)
-        if config.jwt_public_key:
-            with open(config.jwt_public_key, encoding="utf-8") as file:
-                check_public_key(file.read())
-    except (OSError, ValueError) as exc:
-        parser.error(f"{exc}")
+    if config.workers > 1 and not config.redis_url:
+        raise ConfigError(
+            "workers",
+            config.workers,
+            "needs --redis-url: the workers are separate processes and only reach each other's "
+            "clients through Redis",
+        )
+    if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            "redis_url", config.redis_url, "must start with redis://, rediss:// or unix://"
+        )
     if config.jwt_algorithms and not config.auth_enabled:
-        parser.error("--jwt-algorithms needs --jwt-secret or --jwt-public-key")
-    if config.token_sweep_interval <= 0 or config.handshake_timeout <= 0:
-        parser.error("--token-sweep-interval and --handshake-timeout must be > 0")
-    if config.handshake_rate and config.handshake_window <= 0:
-        parser.error("--handshake-window must be > 0 when --handshake-rate is set")
+        raise ConfigError(
+            "jwt_algorithms", config.jwt_algorithms, "needs --jwt-secret or --jwt-public-key"
+        )
+    if not config.host:
+        raise ConfigError("host", "''", "must be an address to listen on")
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """``load_config``, exiting with status 2 and one line on stderr when an option is bad."""
+    try:
+        return load_config(argv, env)
+    except ConfigError as exc:
+        exit_with(exc)
+
+
+def exit_with(error: ConfigError) -> NoReturn:
+    build_parser().error(error.describe())

@@ -2,7 +2,7 @@
 
 A member is anything with a ``write(bytes)`` callable; the picows adapter passes the socket
 transport's ``write``, tests pass ``list.append``. Messages to a room are framed once and queued on
-the room; ``flush()`` (scheduled once per event-loop tick) joins a room's queued frames into one
+the room; ``flush()`` (requested once per event-loop tick) joins a room's queued frames into one
 buffer and writes the *same* bytes object to every member, so a broadcast costs one encode, one
 frame and one write per member per tick, whatever the number of messages in that tick.
 
@@ -11,22 +11,24 @@ who joined during the current tick (or received a direct message while the room 
 sit in ``room.late`` with a ``cursor`` into the room's queue, and get only the frames queued after
 it. A member that leaves first receives what was queued for it. See docs/backpressure.md.
 
-Where a room's messages go is the broker's business (server/broker.py): the core encodes a
-message once and hands the payload to ``broker.publish``; the in-process ``LocalBroker`` frames it
-and queues it on the room at once, a distributed broker delivers it when it comes back from the
-other nodes' common channel (``deliver``). Joins and leaves go through the broker the same way.
+Where a room's messages go is the broker's business (the ``Broker`` protocol below; the in-process
+one is server/broker.py, the Redis one server/redis/): the core encodes a message once and hands
+the payload to ``broker.publish``; the broker hands it back through ``deliver`` when its place in
+the room's order is known. Joins work the same way: the core makes the member *arriving* and calls
+``broker.join``; the broker places it with ``admit`` (welcome now) or ``hold`` + ``release``
+(placed now, welcome later, what arrives meanwhile is kept for it).
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from itertools import chain, islice
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from . import protocol
 from .config import Config
+from .names import DEFAULT_ROOM, DEFAULT_USERNAME, clean_name
 from .protocol import (
     Chat,
     ChatMessage,
@@ -40,20 +42,22 @@ from .protocol import (
     error_frame,
     text_frame,
 )
-
-if TYPE_CHECKING:
-    from .broker import Broker
+from .state import Counters
 
 Write = Callable[[bytes], object]
 
-DEFAULT_ROOM = "general"
-DEFAULT_USERNAME = "Anonymous"
 
-# C0/C1 controls, line/paragraph separators, bidi overrides and isolates, zero-width spaces, BOM:
-# characters that break one-line rendering or let a name impersonate another.
-_FORBIDDEN_IN_NAMES = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff]"
-)
+class Broker(Protocol):
+    """Where the core sends a room's messages, joins and leaves (see the module docstring)."""
+
+    def publish(self, room: Room, payload: bytes) -> None:
+        """Delivers one encoded message to every member of `room`, on every node, in one order."""
+
+    def join(self, room: Room, member: Member) -> None:
+        """`member` (arriving, ``member.room is room``) joins: announce it and admit it."""
+
+    def leave(self, room: Room, member: Member) -> None:
+        """`member` has been taken out of `room` (it receives nothing more): announce it."""
 
 
 class Member:
@@ -63,6 +67,7 @@ class Member:
         "allowed_rooms",
         "cursor",
         "fixed_name",
+        "held",
         "late",
         "name",
         "rate_log",
@@ -80,71 +85,36 @@ class Member:
         self.allowed_rooms: Container[str] | None = None
         self.name = DEFAULT_USERNAME
         self.room: Room | None = None
-        self.slot = 0  # index in room.members or room.late (O(1) swap-remove); -1: arriving
+        # Where the member is in its room: index in room.members, room.late or room.held (O(1)
+        # swap-remove); -1 while arriving.
+        self.slot = 0
         self.late = False  # True while in room.late
-        self.cursor = 0  # with late: first frame of room.pending this member still has to get
+        self.held: list[bytes] | None = None  # not None while in room.held: frames kept for it
+        self.cursor = 0  # late or held: first frame of room.pending this member still has to get
         self.rate_log: list[float] | None = None  # ring of the last `rate_limit` chat times
         self.rate_pos = 0
 
 
 class Room:
-    __slots__ = ("arriving", "late", "members", "name", "pending")
+    __slots__ = ("arriving", "held", "late", "members", "name", "pending")
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.arriving = 0  # members whose join the broker has not admitted yet (slot -1)
+        self.arriving = 0  # members whose join the broker has not placed yet (slot -1)
         self.members: list[Member] = []  # get every frame of the current tick
         self.late: list[Member] = []  # get room.pending[member.cursor:] this tick
+        self.held: list[Member] = []  # placed, welcome not written yet: frames kept for them
         self.pending: list[bytes] = []  # frames queued this tick, flushed once
 
     def __len__(self) -> int:
-        return len(self.members) + len(self.late)
+        return len(self.members) + len(self.late) + len(self.held)
+
+    def all_members(self) -> Iterator[Member]:
+        """Every placed member (not the arriving ones)."""
+        return chain(self.members, self.late, self.held)
 
     def names(self, limit: int) -> list[str]:
-        return [m.name for m in islice(chain(self.members, self.late), limit)]
-
-
-class Stats:
-    """Counters, bumped per message or per broadcast, never per recipient."""
-
-    __slots__ = (
-        "broadcasts",
-        "bytes_sent",
-        "chats",
-        "coalesced_frames",
-        "deliveries",
-        "errors",
-        "joins",
-        "leaves",
-        "messages_in",
-        "rate_limited",
-        "writes",
-    )
-
-    def __init__(self) -> None:
-        self.messages_in = 0
-        self.chats = 0
-        self.joins = 0
-        self.leaves = 0
-        self.errors = 0
-        self.rate_limited = 0
-        self.broadcasts = 0  # room flushes
-        self.deliveries = 0  # frames delivered (frames x recipients)
-        self.writes = 0  # socket writes issued by flushes
-        self.coalesced_frames = 0  # frames that rode in another frame's write
-        self.bytes_sent = 0
-
-
-def clean_name(value: str | None, default: str, max_length: int) -> str | None:
-    """The name to use, or None when it is invalid (too long or has control characters)."""
-    if value is None:
-        return default
-    value = value.strip()
-    if not value:
-        return default
-    if len(value) > max_length or _FORBIDDEN_IN_NAMES.search(value):
-        return None
-    return value
+        return [m.name for m in islice(self.all_members(), limit)]
 
 
 def wall_clock_ms() -> int:
@@ -155,23 +125,24 @@ class ChatCore:
     def __init__(
         self,
         config: Config,
-        schedule: Callable[[Callable[[], None]], object],
+        request_flush: Callable[[], object],
         *,
+        counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
+        """`request_flush` is called (at most once per flush) when frames are queued: the owner
+        then calls ``flush()`` at the end of the event-loop tick."""
         self.config = config
         self.rooms: dict[str, Room] = {}
-        self.stats = Stats()
-        self._schedule = schedule
-        from .broker import LocalBroker  # noqa: PLC0415  (broker imports core's types)
-
-        self.broker: Broker = LocalBroker(self)
-        self._publish = self.broker.publish
+        self.counters = Counters() if counters is None else counters
+        self._request_flush = request_flush
+        self.broker: Broker = _NO_BROKER
+        self._publish: Callable[[Room, bytes], None] = _NO_BROKER.publish
         self._clock = clock
         self._wall_ms = wall_ms
         self._dirty: list[Room] = []
-        self._flush_scheduled = False
+        self._flush_requested = False
         self._rate_limit = config.rate_limit
         self._rate_window = config.rate_window
         self._slow_down = (
@@ -180,11 +151,15 @@ class ChatCore:
             else ""
         )
 
+    def use_broker(self, broker: Broker) -> None:
+        self.broker = broker
+        self._publish = broker.publish
+
     # ---- inbound ------------------------------------------------------------------------------
 
     def handle_text(self, member: Member, payload: bytes) -> CloseCode | None:
         """Handles one complete text message; returns a close code when the peer must go."""
-        self.stats.messages_in += 1
+        self.counters.messages_in += 1
         try:
             message = protocol.decode(payload)
         except InvalidUTF8:
@@ -202,7 +177,7 @@ class ChatCore:
         return None
 
     def handle_binary(self, member: Member) -> None:
-        self.stats.messages_in += 1
+        self.counters.messages_in += 1
         self.send_error(
             member, ErrorCode.BINARY_UNSUPPORTED, "Binary messages are not supported"
         )
@@ -225,7 +200,7 @@ class ChatCore:
         if self._rate_limit:
             retry_after = self._rate_check(member)
             if retry_after:
-                self.stats.rate_limited += 1
+                self.counters.rate_limited += 1
                 self.send_error(
                     member,
                     ErrorCode.RATE_LIMITED,
@@ -233,7 +208,7 @@ class ChatCore:
                     retry_after_ms=max(1, int(retry_after * 1000)),
                 )
                 return
-        self.stats.chats += 1
+        self.counters.chats += 1
         self._publish(room, encode(ChatMessage(member.name, text, self._wall_ms())))
 
     def join(self, member: Member, room_name: str | None, username: str | None) -> None:
@@ -267,12 +242,34 @@ class ChatCore:
         room = self.rooms.get(room_key)
         if room is None:
             room = self.rooms[room_key] = Room(room_key)
-        self.stats.joins += 1
+        self.counters.joins += 1
         member.name = name
         member.room = room
         member.slot = -1
         room.arriving += 1
         self.broker.join(room, member)
+
+    def leave(self, member: Member) -> None:
+        """An explicit leave: the member still gets what was queued for it before it left."""
+        room = member.room
+        if room is None:
+            return
+        if room.pending and member.slot >= 0 and member.held is None:
+            start = member.cursor if member.late else 0
+            if start < len(room.pending):
+                member.write(b"".join(room.pending[start:]))
+        self._remove(room, member)
+
+    def disconnect(self, member: Member) -> None:
+        """The member's connection is gone or going: nothing more is written to it."""
+        if member.room is not None:
+            self._remove(member.room, member)
+
+    # ---- the broker's side --------------------------------------------------------------------
+
+    def deliver(self, room: Room, payload: bytes) -> None:
+        """Queues one encoded message (from this node or another) on the room's next flush."""
+        self._enqueue(room, text_frame(payload))
 
     def admit(self, room: Room, member: Member, welcome: bytes | None) -> None:
         """Puts an arriving member into the room's delivery lists at this point of its stream.
@@ -281,24 +278,29 @@ class ChatCore:
         first. The broker calls this once it has placed the join in the room's order.
         """
         room.arriving -= 1
-        if room.pending:
-            member.late = True
-            member.cursor = len(room.pending)
-            member.slot = len(room.late)
-            room.late.append(member)
-        else:
-            member.slot = len(room.members)
-            room.members.append(member)
+        self._place(room, member, len(room.pending))
         if welcome is not None:
             member.write(welcome)
 
-    def set_broker(self, broker: Broker) -> None:
-        self.broker = broker
-        self._publish = broker.publish
+    def hold(self, room: Room, member: Member) -> None:
+        """Places an arriving member at this point of the room's stream, like ``admit``, but
+        keeps what it receives until ``release`` writes its welcome first."""
+        room.arriving -= 1
+        member.held = []
+        member.cursor = len(room.pending)
+        member.slot = len(room.held)
+        room.held.append(member)
 
-    def deliver(self, room: Room, payload: bytes) -> None:
-        """Queues one encoded message (from this node or another) on the room's next flush."""
-        self._enqueue(room, text_frame(payload))
+    def release(self, member: Member, welcome: bytes) -> None:
+        """Writes a held member's welcome, then what was kept for it; it is then a plain member."""
+        room = member.room
+        held = member.held
+        if room is None or held is None:
+            return
+        _swap_remove(room.held, member)
+        member.held = None
+        member.write(welcome + b"".join(held) if held else welcome)
+        self._place(room, member, member.cursor)
 
     def notice(self, room: Room, member: Member, event: str, count: int) -> SystemMessage:
         verb = "joined" if event == "join" else "left"
@@ -315,34 +317,25 @@ class ChatCore:
             del self.rooms[room.name]
         return True
 
-    def leave(self, member: Member) -> None:
-        """An explicit leave: the member still gets what was queued for it before it left."""
-        room = member.room
-        if room is None:
-            return
-        if room.pending and member.slot >= 0:
-            start = member.cursor if member.late else 0
-            if start < len(room.pending):
-                member.write(b"".join(room.pending[start:]))
-        self._remove(room, member)
-
-    def disconnect(self, member: Member) -> None:
-        """The member's connection is gone or going: nothing more is written to it."""
-        if member.room is not None:
-            self._remove(member.room, member)
-
     # ---- outbound -----------------------------------------------------------------------------
 
     def send_error(
         self, member: Member, code: ErrorCode, text: str, retry_after_ms: int | None = None
     ) -> None:
-        self.stats.errors += 1
+        self.counters.errors += 1
         self.send_direct(member, error_frame(code, text, retry_after_ms))
 
     def send_direct(self, member: Member, frame: bytes) -> None:
         """Writes one frame to one member now, after whatever its room queued for it so far."""
         room = member.room
-        if room is None or not room.pending or member.slot < 0:
+        if room is None or member.slot < 0:
+            member.write(frame)
+            return
+        if member.held is not None:
+            self._keep_for_held(room, member)
+            member.held.append(frame)
+            return
+        if not room.pending:
             member.write(frame)
             return
         pending = room.pending
@@ -362,12 +355,12 @@ class ChatCore:
 
     def flush(self) -> None:
         """Writes every room's frames queued during this tick: one write per member per room."""
-        self._flush_scheduled = False
+        self._flush_requested = False
         dirty = self._dirty
         if not dirty:
             return
         self._dirty = []
-        stats = self.stats
+        counters = self.counters
         for room in dirty:
             pending = room.pending
             room.pending = []
@@ -376,25 +369,28 @@ class ChatCore:
             for member in members:
                 member.write(blob)
             recipients = len(members)
-            stats.broadcasts += 1
-            stats.writes += recipients
-            stats.deliveries += recipients * len(pending)
-            stats.coalesced_frames += recipients * (len(pending) - 1)
-            stats.bytes_sent += recipients * len(blob)
+            counters.broadcasts += 1
+            counters.writes += recipients
+            counters.deliveries += recipients * len(pending)
+            counters.coalesced_frames += recipients * (len(pending) - 1)
+            counters.bytes_sent += recipients * len(blob)
             if room.late:
                 self._settle_late(room, pending)
+            if room.held:
+                for member in room.held:
+                    self._keep_for_held(room, member, pending)
 
     def _settle_late(self, room: Room, pending: list[bytes]) -> None:
-        stats = self.stats
+        counters = self.counters
         members = room.members
         for member in room.late:
             start = member.cursor
             if start < len(pending):
                 tail = b"".join(pending[start:])
                 member.write(tail)
-                stats.writes += 1
-                stats.deliveries += len(pending) - start
-                stats.bytes_sent += len(tail)
+                counters.writes += 1
+                counters.deliveries += len(pending) - start
+                counters.bytes_sent += len(tail)
             member.late = False
             member.cursor = 0
             member.slot = len(members)
@@ -403,24 +399,52 @@ class ChatCore:
 
     # ---- internals ----------------------------------------------------------------------------
 
+    def _keep_for_held(
+        self, room: Room, member: Member, pending: list[bytes] | None = None
+    ) -> None:
+        """Moves the frames of `pending` (the room's queue by default) past the member's cursor
+        into what is kept for it; its cursor then points past them."""
+        queue = room.pending if pending is None else pending
+        start = member.cursor
+        assert member.held is not None
+        if start < len(queue):
+            member.held.extend(queue[start:])
+        member.cursor = len(room.pending)
+
+    def _place(self, room: Room, member: Member, cursor: int) -> None:
+        """Into the delivery lists, getting room.pending[cursor:] and everything after."""
+        if room.pending:
+            member.late = True
+            member.cursor = cursor
+            member.slot = len(room.late)
+            room.late.append(member)
+        else:
+            member.late = False
+            member.cursor = 0
+            member.slot = len(room.members)
+            room.members.append(member)
+
     def _enqueue(self, room: Room, frame: bytes) -> None:
         if not room.pending:
             self._dirty.append(room)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                self._schedule(self.flush)
+            if not self._flush_requested:
+                self._flush_requested = True
+                self._request_flush()
         room.pending.append(frame)
 
     def _remove(self, room: Room, member: Member) -> None:
         if member.slot < 0:
             room.arriving -= 1
+        elif member.held is not None:
+            _swap_remove(room.held, member)
+            member.held = None
         else:
             _swap_remove(room.late if member.late else room.members, member)
         member.late = False
         member.cursor = 0
         member.slot = 0
         member.room = None
-        self.stats.leaves += 1
+        self.counters.leaves += 1
         self.broker.leave(room, member)
 
     def _rate_check(self, member: Member) -> float:
@@ -436,6 +460,22 @@ class ChatCore:
         log[member.rate_pos] = now
         member.rate_pos = (member.rate_pos + 1) % self._rate_limit
         return 0.0
+
+
+class _Unwired:
+    """The broker of a core nobody wired yet: using it is a programming error."""
+
+    def publish(self, room: Room, payload: bytes) -> None:
+        raise RuntimeError("ChatCore has no broker: call use_broker() first")
+
+    def join(self, room: Room, member: Member) -> None:
+        raise RuntimeError("ChatCore has no broker: call use_broker() first")
+
+    def leave(self, room: Room, member: Member) -> None:
+        raise RuntimeError("ChatCore has no broker: call use_broker() first")
+
+
+_NO_BROKER = _Unwired()
 
 
 def _swap_remove(items: list[Member], member: Member) -> None:

@@ -3,7 +3,8 @@
 Every ``interval`` seconds one sweep looks at all connections: one that sent anything since the
 last sweep is alive; a silent one gets a PING and joins a batch; ``timeout`` seconds later one
 callback drops every connection of that batch that still has not answered. A silent client is thus
-pinged between one and two intervals after it went quiet and dropped ``timeout`` later.
+pinged between one and two intervals after it went quiet and dropped ``timeout`` later. Owns the
+timers only: what a ping and a drop do is the connection's business.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ class Heartbeat:
         self._interval = interval
         self._timeout = timeout
         self._timer: asyncio.TimerHandle | None = None
-        self.timeouts = 0
 
     def start(self) -> None:
         self._timer = self._loop.call_later(self._interval, self._sweep)
@@ -51,8 +51,9 @@ class Heartbeat:
         if batch:
             self._loop.call_later(self._timeout, self._expire, batch)
 
-    def _expire(self, batch: list[Pingable]) -> None:
-        self.timeouts += expire(batch)
+    @staticmethod
+    def _expire(batch: list[Pingable]) -> None:
+        expire(batch)  # each dropped connection counts itself (ping_timed_out)
 
 
 def sweep(connections: Sequence[Pingable]) -> list[Pingable]:

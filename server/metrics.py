@@ -1,9 +1,10 @@
 """Prometheus metrics, read from the server's own counters at scrape time.
 
-Nothing here runs per message or per recipient: the counters are plain integers the core bumps
-per message or per room flush, and a custom collector turns them into metric families only when
-/metrics is scraped. The two histograms are observed once per event-loop tick (fan-out flush) and
-once per probe interval (loop lag).
+Nothing here runs per message or per recipient: the counters are plain integers (server/state.py)
+bumped per message or per room flush, and a custom collector turns them into metric families only
+when /metrics is scraped. Reads the server's ``ServerState`` and imports nothing else of it. The
+histograms are observed once per event-loop tick (fan-out flush) and once per probe interval
+(loop lag, Redis round trip).
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from .app import App
-    from .redis_broker import RedisBroker
+from .state import BrokerHealth, ServerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LAG_PROBE_INTERVAL = 0.25
 BROKER_PROBE_INTERVAL = 1.0
 
 _COUNTERS = (
-    # (metric name, core.stats attribute, help)
+    # (metric name, state.Counters attribute, help)
     ("roomcast_messages_received", "messages_in", "WebSocket messages received from clients"),
     ("roomcast_chat_messages", "chats", "chat messages accepted and broadcast"),
     ("roomcast_joins", "joins", "room joins"),
@@ -42,56 +40,51 @@ _COUNTERS = (
         "deliveries that rode in another message's write (saved writes)",
     ),
     ("roomcast_bytes_sent", "bytes_sent", "bytes written by room flushes"),
+    (
+        "roomcast_slow_consumers_dropped",
+        "slow_consumers_dropped",
+        "connections closed with 4000 because their unsent bytes passed the limit",
+    ),
+    (
+        "roomcast_heartbeat_timeouts",
+        "heartbeat_timeouts",
+        "connections dropped for not answering a ping",
+    ),
+    (
+        "roomcast_tokens_expired",
+        "tokens_expired",
+        "connections closed with 4001 because their token expired",
+    ),
+    ("roomcast_connections_accepted", "connections_accepted", "TCP connections accepted"),
+    (
+        "roomcast_accept_exhausted",
+        "accept_exhausted",
+        "episodes of accept() failing for lack of file descriptors or memory",
+    ),
 )
 
 
 class _ServerCollector(Collector):
-    def __init__(self, app: App) -> None:
-        self._app = app
+    def __init__(self, state: ServerState) -> None:
+        self._state = state
 
     def collect(self) -> Iterator[Metric]:
-        app = self._app
-        stats = app.core.stats
+        state = self._state
+        counters = state.counters
         for name, attribute, doc in _COUNTERS:
-            yield CounterMetricFamily(name, doc, value=getattr(stats, attribute))
-        yield CounterMetricFamily(
-            "roomcast_slow_consumers_dropped",
-            "connections closed with 4000 because their unsent bytes passed the limit",
-            value=app.slow_consumers_dropped,
-        )
-        yield CounterMetricFamily(
-            "roomcast_heartbeat_timeouts",
-            "connections dropped for not answering a ping",
-            value=app.heartbeat_timeouts,
-        )
-        yield CounterMetricFamily(
-            "roomcast_tokens_expired",
-            "connections closed with 4001 because their token expired",
-            value=app.tokens_expired,
-        )
+            yield CounterMetricFamily(name, doc, value=getattr(counters, attribute))
         refused = CounterMetricFamily(
             "roomcast_handshakes_refused",
             "upgrades refused before a WebSocket existed",
             labels=["reason"],
         )
-        for reason, count in sorted(app.refused.items()):
+        for reason, count in sorted(counters.refused.items()):
             refused.add_metric([reason], count)
         yield refused
-        accept = app.acceptor
-        yield CounterMetricFamily(
-            "roomcast_connections_accepted",
-            "TCP connections accepted",
-            value=accept.accepted if accept else 0,
-        )
-        yield CounterMetricFamily(
-            "roomcast_accept_exhausted",
-            "episodes of accept() failing for lack of file descriptors or memory",
-            value=accept.exhaustion_episodes if accept else 0,
-        )
         yield GaugeMetricFamily(
-            "roomcast_connections", "open WebSocket connections", value=len(app.connections)
+            "roomcast_connections", "open WebSocket connections", value=len(state.connections)
         )
-        rooms = app.core.rooms
+        rooms = state.rooms
         yield GaugeMetricFamily(
             "roomcast_rooms", "rooms with at least one member", value=len(rooms)
         )
@@ -101,18 +94,20 @@ class _ServerCollector(Collector):
         yield GaugeMetricFamily(
             "roomcast_slow_consumers_watched",
             "connections over the transport's write high-water mark right now",
-            value=len(app.paused),
+            value=len(state.slow_consumers),
         )
         yield GaugeMetricFamily(
-            "roomcast_ready", "1 when /readyz answers 200", value=int(app.ready)
+            "roomcast_ready", "1 when /readyz answers 200", value=int(state.ready)
         )
-        broker = app.broker
+        broker = state.broker
         if broker is not None:
             yield GaugeMetricFamily(
                 "roomcast_broker_up", "1 while linked to Redis", value=int(broker.up)
             )
             yield CounterMetricFamily(
-                "roomcast_broker_outages", "times the link to Redis was lost", value=broker.outages
+                "roomcast_broker_outages",
+                "times the link to Redis was lost",
+                value=counters.broker_outages,
             )
             yield GaugeMetricFamily(
                 "roomcast_broker_backlog",
@@ -122,7 +117,7 @@ class _ServerCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, app: App) -> None:
+    def __init__(self, state: ServerState) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.loop_lag = Histogram(
             "roomcast_event_loop_lag_seconds",
@@ -142,7 +137,7 @@ class Metrics:
             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0),
             registry=self.registry,
         )
-        self.registry.register(_ServerCollector(app))
+        self.registry.register(_ServerCollector(state))
         # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total: what a
         # capacity test needs to read from a remote server
         ProcessCollector(registry=self.registry)
@@ -165,7 +160,7 @@ class Metrics:
             self._broker_probe.cancel()
             self._broker_probe = None
 
-    def start_broker_probe(self, loop: asyncio.AbstractEventLoop, broker: RedisBroker) -> None:
+    def start_broker_probe(self, loop: asyncio.AbstractEventLoop, broker: BrokerHealth) -> None:
         async def probe() -> None:
             while True:
                 seconds = await broker.roundtrip()

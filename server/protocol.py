@@ -93,6 +93,16 @@ class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_default
     users: list[str] | None = None
 
 
+class StatusMessage(msgspec.Struct, tag_field="type", tag="system", gc=False):
+    """Tells a room's local members that the link to the other nodes is down (``outage``) or
+    back (``recovered``). No username or count: it changes nobody's presence."""
+
+    text: str
+    event: str
+    room: str
+    timestamp: int
+
+
 class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=True, gc=False):
     code: ErrorCode
     text: str

@@ -26,7 +26,7 @@ from server.auth import (
     identity_from_claims,
     parse_algorithms,
 )
-from server.config import parse_config
+from server.settings import load as load_settings
 from tests.conftest import Launch
 from tests.handshake import upgrade
 from tests.rawws import RawClient
@@ -364,10 +364,10 @@ def test_bad_security_options_are_refused_at_startup(tmp_path: Path) -> None:
         ["--token-sweep-interval", "0"],
     ):
         with pytest.raises(SystemExit):
-            parse_config(argv, env={})
-    config = parse_config(["--jwt-secret", "s"], env={"ROOMCAST_JWT_AUDIENCE": "aud"})
+            load_settings(argv, env={})
+    config = load_settings(["--jwt-secret", "s"], env={"ROOMCAST_JWT_AUDIENCE": "aud"}).config
     assert config.auth_enabled and config.jwt_audience == "aud"
-    assert not parse_config([], env={}).auth_enabled
+    assert not load_settings([], env={}).config.auth_enabled
 
 
 async def test_refusals_are_counted_by_reason(auth_server: ServerProcess) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import given
-from hypothesis import strategies as st
+import pytest
 
 from server.broker import LocalBroker
 from server.config import Config
 from server.core import ChatCore, Member, Room
-from server.protocol import SystemMessage, encode, text_frame
-from server.redis_broker import split_count
+from server.protocol import text_frame
 from tests.test_core import Client
 
 
@@ -44,17 +42,24 @@ class Deferred:
         self.arrivals.clear()
 
 
-def test_the_default_broker_is_local_and_publish_is_deliver() -> None:
-    core = ChatCore(Config(), lambda flush: None)
-    assert isinstance(core.broker, LocalBroker)
-    assert core.broker.publish == core.deliver
+def test_the_local_broker_publishes_by_delivering() -> None:
+    core = ChatCore(Config(), lambda: None)
+    broker = LocalBroker(core)
+    core.use_broker(broker)
+    assert core.broker is broker
+    assert broker.publish == core.deliver  # no extra call per message on a single node
+
+
+def test_a_core_without_a_broker_says_so() -> None:
+    core = ChatCore(Config(), lambda: None)
+    with pytest.raises(RuntimeError, match="use_broker"):
+        core.join(Member([].append), "r", "alice")
 
 
 def test_the_core_hands_encoded_payloads_to_the_broker_and_delivers_nothing_itself() -> None:
-    flushes: list[object] = []
-    core = ChatCore(Config(rate_limit=0), flushes.append)
+    core = ChatCore(Config(rate_limit=0), lambda: None)
     broker = Deferred(core)
-    core.set_broker(broker)
+    core.use_broker(broker)
     alice, bob = Client(core), Client(core)
     alice.join("alice")
     bob.join("bob")
@@ -76,9 +81,9 @@ def test_the_core_hands_encoded_payloads_to_the_broker_and_delivers_nothing_itse
 
 
 def test_an_arriving_member_that_leaves_is_not_left_in_the_room() -> None:
-    core = ChatCore(Config(), lambda flush: None)
+    core = ChatCore(Config(), lambda: None)
     broker = Deferred(core)
-    core.set_broker(broker)
+    core.use_broker(broker)
     alice = Client(core)
     alice.join("alice", "r")
     alice.send({"type": "chat", "text": "early"})  # allowed while arriving; ordered by broker
@@ -88,23 +93,3 @@ def test_an_arriving_member_that_leaves_is_not_left_in_the_room() -> None:
     assert "r" not in core.rooms and broker.leaves[0][0].arriving == 0
     alice.send({"type": "chat", "text": "x"})
     assert alice.messages()[-1]["code"] == "not_in_room"
-
-
-@given(
-    st.text(min_size=1, max_size=40),
-    st.text(min_size=1, max_size=40),
-    st.integers(min_value=0, max_value=10**9),
-)
-def test_split_count_puts_any_count_back_in_place(name: str, room: str, count: int) -> None:
-    notice = SystemMessage(f'{name} joined #{room}', "join", room, name, 0, 1234)
-    prefix, suffix = split_count(encode(notice))
-    rebuilt = json.loads(prefix + str(count).encode() + suffix)
-    notice.count = count
-    assert rebuilt == json.loads(encode(notice))
-
-
-def test_split_count_with_a_name_that_looks_like_the_count_field() -> None:
-    name = ',"count":0,"timestamp":1,'
-    prefix, suffix = split_count(encode(SystemMessage("t", "leave", "r", name, 0, 5)))
-    message = json.loads(prefix + b"42" + suffix)
-    assert message["count"] == 42 and message["username"] == name

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from server.broker import LocalBroker
 from server.config import Config
 from server.core import ChatCore, Member
 from server.protocol import CloseCode
@@ -53,10 +54,11 @@ class Harness:
         self.clock = Clock()
         self.core = ChatCore(
             Config(**overrides),
-            self.scheduled.append,
+            lambda: self.scheduled.append(self.core.flush),
             clock=self.clock,
             wall_ms=lambda: 1_700_000_000_000,
         )
+        self.core.use_broker(LocalBroker(self.core))
 
     def client(self) -> Client:
         return Client(self.core)
@@ -220,7 +222,7 @@ def test_messages_in_one_tick_are_one_write_per_member(hub: Harness) -> None:
         assert texts(c.messages()) == [f"m{n}" for n in range(5)]
     blobs = {id(c.writes) for c in members}
     assert len(blobs) == 3
-    assert hub.core.stats.deliveries >= 15 and hub.core.stats.coalesced_frames >= 12
+    assert hub.core.counters.deliveries >= 15 and hub.core.counters.coalesced_frames >= 12
 
 
 def test_every_member_gets_the_same_bytes_object(hub: Harness) -> None:
@@ -391,7 +393,7 @@ def test_rate_limit_refuses_the_burst_without_disconnecting() -> None:
     sender.chat("again")
     hub.tick()
     assert texts(witness.messages()) == ["again"]
-    assert hub.core.stats.rate_limited == 2
+    assert hub.core.counters.rate_limited == 2
 
 
 def test_rate_limit_zero_disables_it() -> None:

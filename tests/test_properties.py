@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from server import protocol
 from server.auth import RoomPatterns
+from server.broker import LocalBroker
 from server.config import Config
 from server.core import ChatCore, Member
 from server.protocol import CloseCode, DecodeFailure, ErrorCode, InvalidUTF8, close_reply
@@ -47,7 +48,8 @@ class World:
     """A core with an observer and a sender in one room; the test plays the event loop."""
 
     def __init__(self, *, restricted: bool = False) -> None:
-        self.core = ChatCore(Config(rate_limit=0), lambda flush: None)
+        self.core = ChatCore(Config(rate_limit=0), lambda: None)
+        self.core.use_broker(LocalBroker(self.core))
         self.observer_out: list[bytes] = []
         self.sender_out: list[bytes] = []
         self.observer = Member(self.observer_out.append)

@@ -333,7 +333,7 @@ def test_workers_without_redis_are_refused() -> None:
         timeout=20,
     )
     assert result.returncode == 2
-    assert "--workers 2 needs --redis-url" in result.stderr
+    assert "--workers 2: needs --redis-url" in result.stderr
 
 
 async def test_redis_cluster_sharded_pubsub(launch: Launch) -> None:

@@ -1,0 +1,398 @@
+"""The broker that links roomcast nodes through Redis Pub/Sub (``--redis-url``).
+
+Design (docs/scaling.md has the long version):
+
+* **Interest-based** (subscriptions.py): a node subscribes to ``room:{NAME}`` only while it
+  serves the room; with ``--redis-cluster``, sharded Pub/Sub.
+* **Encode once, at the origin.** What goes through Redis is the final JSON payload; each node
+  frames it once and queues it on the room's coalesced flush, like a local message.
+* **One order per room.** Every node, the origin included, delivers a room's messages in the order
+  its subscription receives them from Redis; joins are placed in that order too (joins.py).
+* **Presence is a hash per room**, node leases and a sweeper clean up after dead nodes
+  (leases.py).
+* **Redis trouble never takes the node down.** While Redis is unreachable the node works as a
+  single node (local delivery, local member lists), tells its clients once, reconnects with
+  backoff, then resubscribes, re-registers its members and announces what changed meanwhile.
+
+This module is the broker interface the core calls (synchronous), the handling of what arrives
+from the room channels, and the link's lifecycle (outage, recovery, resync); the byte layout is in
+wire.py, the command queue in pipeline.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+
+from ..broker import join_locally, leave_locally
+from ..config import Config
+from ..core import ChatCore, Member, Room
+from ..protocol import StatusMessage, SystemMessage, encode
+from ..state import Counters
+from .joins import Joins
+from .leases import Leases
+from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link
+from .pipeline import JOIN, LEAVE, OTHER, PUBLISH, Op, Pipeline
+from .subscriptions import Interest
+from .wire import (
+    ANNOUNCED,
+    PLAIN,
+    UnknownEnvelope,
+    announced_head,
+    channel_name,
+    fill_count,
+    join_command,
+    join_head,
+    leave_command,
+    member_field,
+    members_key,
+    node_of,
+    open_envelope,
+    swept_key,
+)
+
+log = logging.getLogger("roomcast.redis")
+
+CLOSE_DRAIN_SECONDS = 3.0
+
+
+class RedisBroker:
+    def __init__(self, core: ChatCore, config: Config, counters: Counters) -> None:
+        self.core = core
+        self.config = config
+        self.counters = counters
+        self.node = secrets.token_hex(6)
+        self.link = Link(
+            config.redis_url,
+            cluster=config.redis_cluster,
+            on_message=self._on_message,
+            on_lost=self._lost,
+        )
+        self.pipeline = Pipeline()
+        self.interest = Interest(self.node)
+        self.joins = Joins(core)
+        self.leases = Leases(
+            self.link,
+            self.node,
+            config.node_ttl,
+            is_up=lambda: self._up,
+            on_expired=self._lease_expired,
+            on_lost=self._lost,
+        )
+        self._up = False
+        self.closing = False
+        self.registered: dict[str, tuple[str, str]] = {}  # field -> (room, name) Redis knows
+        self.tasks: list[asyncio.Task[None]] = []
+        self.recovering: asyncio.Task[None] | None = None
+        self.down_since: float | None = None
+        self.told_clients = False
+        self.first_attempt = asyncio.Event()  # set once the first connection attempt ended
+
+    # ---- what the server reports (state.BrokerHealth) -----------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @property
+    def backlog(self) -> int:
+        return self.pipeline.backlog
+
+    async def roundtrip(self) -> float | None:
+        return await self.link.roundtrip() if self._up else None
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts connecting in the background; until Redis answers, the node serves locally."""
+        loop = asyncio.get_running_loop()
+        self.tasks.append(loop.create_task(self._pump()))
+        self.tasks.append(loop.create_task(self.leases.renew_forever()))
+        self.tasks.append(
+            loop.create_task(self.leases.sweep_forever(self.link.publish_command))
+        )
+        self.recovering = loop.create_task(self._recover(first=True))
+
+    async def close(self) -> None:
+        """Sends what is queued (leave notices of a shutdown), gives up the lease, disconnects."""
+        deadline = time.monotonic() + CLOSE_DRAIN_SECONDS
+        while self._up and self.pipeline.backlog and time.monotonic() < deadline:
+            self.pipeline.wake.set()
+            await asyncio.sleep(0.01)
+        self.closing = True
+        if self._up:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await asyncio.wait_for(
+                    self.leases.give_up(), max(0.1, deadline - time.monotonic())
+                )
+        tasks = [t for t in (*self.tasks, self.recovering) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.link.disconnect()
+
+    # ---- the broker interface (called by the core, synchronous) -------------------------------
+
+    def field(self, member: Member) -> str:
+        return member_field(self.node, id(member))
+
+    def publish(self, room: Room, payload: bytes) -> None:
+        if not self._up:
+            self.core.deliver(room, payload)
+            return
+        args = (self.link.publish_command, channel_name(room.name), payload)
+        self.pipeline.push(Op(PUBLISH, args, room=room.name, payload=payload))
+
+    def join(self, room: Room, member: Member) -> None:
+        self.interest.add(room.name)
+        if not self._up:
+            join_locally(self.core, room, member)
+            return
+        notice = self.core.notice(room, member, "join", 0)
+        field = self.field(member)
+        self.joins.expect(field, member, room, notice)
+        self.registered[field] = (room.name, member.name)
+        self.pipeline.push(
+            self._join_op(room.name, field, member.name, notice, head=join_head(field))
+        )
+
+    def leave(self, room: Room, member: Member) -> None:
+        self.interest.remove(room.name)
+        field = self.field(member)
+        self.joins.cancel(field)
+        if not self._up:
+            leave_locally(self.core, room, member)
+            return
+        self.registered.pop(field, None)
+        notice = encode(self.core.notice(room, member, "leave", 0))
+        self.pipeline.push(self._leave_op(room.name, field, notice, b"", force=False))
+        self.core.drop_if_empty(room)
+
+    def _join_op(
+        self,
+        room: str,
+        field: str,
+        username: str,
+        notice: SystemMessage,
+        *,
+        head: bytes,
+        limit: int | None = None,
+        reply_expected: bool = True,
+    ) -> Op:
+        limit = self.config.max_users_list if limit is None else limit
+        args = join_command(
+            self.link.publish_command, room, field, username, encode(notice), head=head, limit=limit
+        )
+        on_reply = (lambda reply: self.joins.replied(field, reply)) if reply_expected else None
+        return Op(JOIN, args, room=room, on_reply=on_reply)
+
+    def _leave_op(
+        self, room: str, field: str, notice: bytes, head: bytes, *, force: bool
+    ) -> Op:
+        args = leave_command(self.link.publish_command, room, field, notice, head, force=force)
+        return Op(LEAVE, args, room=room, payload=notice)
+
+    # ---- messages from Redis ------------------------------------------------------------------
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        name = self.interest.room_of(channel)
+        room = self.core.rooms.get(name) if name is not None else None
+        if room is None:
+            return
+        try:
+            kind, sender, payload = open_envelope(data)
+        except UnknownEnvelope as exc:
+            log.warning("unknown message envelope on %r: %s", channel, exc)
+            return
+        if kind == PLAIN:
+            self.core.deliver(room, payload)
+        elif kind == ANNOUNCED:  # that node told its own members already
+            if sender != self.node:
+                self.core.deliver(room, payload)
+        else:
+            if len(room):  # the joiner's own stream starts after its notice
+                self.core.deliver(room, payload)
+            if node_of(sender) == self.node:
+                self.joins.positioned(sender, room)
+
+    # ---- the command pump ---------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        pipeline = self.pipeline
+        while True:
+            await pipeline.wake.wait()
+            pipeline.wake.clear()
+            if not self._up:
+                continue
+            try:
+                extra = await self.interest.reconcile(self.link)
+                # Interest that changed while we awaited the confirmations is not subscribed
+                # yet: a room's commands wait for its subscription, or this node would miss
+                # its own messages (it delivers only what comes back through Redis).
+                ops = extra + pipeline.take(held_back=self.interest.dirty)
+                if ops:
+                    await pipeline.send(self.link.client, ops)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, REDIS_ERRORS):
+                    log.exception("unexpected error sending to Redis")
+                self._lost(exc)
+
+    # ---- outage and recovery ------------------------------------------------------------------
+
+    def _lost(self, exc: BaseException) -> None:
+        """Redis went away: serve locally from now on, tell the clients once, start reconnecting."""
+        if not self._up or self.closing:
+            return
+        self._up = False
+        self.counters.broker_outages += 1
+        self.down_since = time.monotonic()
+        log.warning(
+            "lost Redis at %s (%s); serving local rooms only until it is back",
+            self.link.url,
+            exc or type(exc).__name__,
+        )
+        core = self.core
+        for op in self.pipeline.abandon():  # deliver here what may never have reached anyone
+            room = core.rooms.get(op.room) if op.room is not None else None
+            if room is None or op.payload is None:
+                continue
+            if op.kind == PUBLISH:
+                core.deliver(room, op.payload)
+            elif op.kind == LEAVE and len(room):
+                core.deliver(room, fill_count(op.payload, len(room)))
+        self.joins.fail_over(self.config.max_users_list)
+        self.told_clients = bool(core.rooms)
+        self._tell_rooms(
+            "outage",
+            "Lost contact with the other chat servers: for now only people on this server "
+            "see your messages",
+        )
+        self.interest.forget()
+        if self.recovering is None or self.recovering.done():
+            self.recovering = asyncio.get_running_loop().create_task(self._recover(first=False))
+
+    def _tell_rooms(self, event: str, text: str) -> None:
+        core = self.core
+        now = int(time.time() * 1000)
+        for room in list(core.rooms.values()):
+            if len(room):
+                core.deliver(room, encode(StatusMessage(text, event, room.name, now)))
+
+    def _lease_expired(self) -> None:
+        self._up = False
+        self.recovering = asyncio.get_running_loop().create_task(self._resync_now())
+
+    async def _resync_now(self) -> None:
+        try:
+            await self._resync()
+        except REDIS_ERRORS as exc:
+            self._up = True
+            self._lost(exc)
+
+    async def _recover(self, *, first: bool) -> None:
+        await self.link.disconnect()
+        delay = 0.1
+        attempts = 0
+        while True:
+            try:
+                await self.link.connect()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempts += 1
+                self.first_attempt.set()
+                if attempts == 1:
+                    if first:
+                        log.error(
+                            "cannot reach Redis at %s: %s; serving local rooms only, "
+                            "retrying with backoff",
+                            self.link.url,
+                            exc,
+                        )
+                    else:
+                        log.info("Redis still unreachable (%s); retrying with backoff", exc)
+                await self.link.disconnect()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
+        try:
+            await self._resync()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("Redis resync failed (%s); retrying", exc)
+            await self.link.disconnect()
+            await asyncio.sleep(delay)
+            self.recovering = asyncio.get_running_loop().create_task(self._recover(first=first))
+            return
+        self.first_attempt.set()
+        if first and attempts == 0:
+            log.info("connected to Redis at %s as node %s", self.link.url, self.node)
+        else:
+            down = time.monotonic() - (self.down_since or time.monotonic())
+            log.warning(
+                "Redis at %s is back%s; rooms resubscribed, members re-registered",
+                self.link.url,
+                f" after {down:.1f}s" if self.down_since else "",
+            )
+        self.down_since = None
+
+    async def _resync(self) -> None:
+        """Resubscribes every room served here and makes Redis's member lists match this node."""
+        swept = await self.leases.take()
+        # Subscriptions first, so the notices published below come back to this node's rooms.
+        self.interest.want_all()
+        await self.pipeline.send(self.link.client, await self.interest.reconcile(self.link))
+        # From here to `self._up = True` nothing awaits: the snapshot is exact.
+        known = {} if swept else self.registered
+        current: dict[str, tuple[str, str]] = {}
+        for room in self.core.rooms.values():
+            for member in room.all_members():
+                current[self.field(member)] = (room.name, member.name)
+        ops: list[Op] = []
+        if swept:
+            ops.append(Op(OTHER, ("DEL", swept_key(self.node))))
+        head = announced_head(self.node)
+        now = int(time.time() * 1000)
+        for field, (room_name, name) in known.items():
+            if field not in current:  # left while Redis was away
+                notice = SystemMessage(
+                    f"{name} left #{room_name}", "leave", room_name, name, 0, now
+                )
+                ops.append(self._leave_op(room_name, field, encode(notice), head, force=True))
+        for field, (room_name, name) in current.items():
+            if known.get(field) == (room_name, name):
+                ops.append(Op(OTHER, ("HSET", members_key(room_name), field, name)))
+            else:  # joined while Redis was away (or this node was swept meanwhile)
+                notice = SystemMessage(
+                    f"{name} joined #{room_name}", "join", room_name, name, 0, now
+                )
+                ops.append(
+                    self._join_op(
+                        room_name, field, name, notice, head=head, limit=0, reply_expected=False
+                    )
+                )
+        self.registered = current
+        self._up = True
+        if self.told_clients:
+            self.told_clients = False
+            self._tell_rooms("recovered", "Reconnected to the other chat servers")
+        self.pipeline.push_first(ops)
+
+
+async def start(broker: RedisBroker) -> None:
+    """Starts the broker (already the core's) and returns once its first connection attempt has
+    succeeded or failed (bounded), so that a node that says it is ready is linked to the others
+    whenever Redis is there; if it is not, the node serves its local rooms and keeps retrying in
+    the background."""
+    broker.start()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(broker.first_attempt.wait(), COMMAND_TIMEOUT + 1)

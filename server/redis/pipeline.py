@@ -1,0 +1,97 @@
+"""The outgoing command queue: what the hot path asks of Redis, sent as one pipeline per batch.
+
+The core's calls (publish, join, leave) are synchronous; each becomes an ``Op`` appended here, and
+one task sends everything queued as one pipeline (one round trip per event-loop tick under load).
+One queue keeps each room's joins, messages and leaves from this node in order. An op remembers
+enough (room, payload) for the broker to deliver it locally if Redis fails under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Container
+from typing import Any
+
+from .link import COMMAND_TIMEOUT, is_connection_error
+
+log = logging.getLogger("roomcast.redis")
+
+PUBLISH, JOIN, LEAVE, OTHER = 0, 1, 2, 3
+
+
+class Op:
+    __slots__ = ("args", "kind", "on_reply", "payload", "room")
+
+    def __init__(
+        self,
+        kind: int,
+        args: tuple[Any, ...],
+        *,
+        room: str | None = None,
+        payload: bytes | None = None,
+        on_reply: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.kind = kind
+        self.args = args
+        self.room = room  # the room it concerns, to deliver locally when Redis fails under it
+        self.payload = payload  # the encoded message (a notice: with count 0)
+        self.on_reply = on_reply
+
+
+class Pipeline:
+    def __init__(self) -> None:
+        self.queued: list[Op] = []
+        self.inflight: list[Op] = []
+        self.wake = asyncio.Event()
+
+    @property
+    def backlog(self) -> int:
+        """Commands queued for Redis or awaiting its reply."""
+        return len(self.queued) + len(self.inflight)
+
+    def push(self, op: Op) -> None:
+        self.queued.append(op)
+        self.wake.set()
+
+    def push_first(self, ops: list[Op]) -> None:
+        self.queued[:0] = ops
+        self.wake.set()
+
+    def take(self, held_back: Container[str]) -> list[Op]:
+        """Everything queued, except the ops of rooms in `held_back` (kept, in order)."""
+        if not held_back:
+            ops, self.queued = self.queued, []
+            return ops
+        ops = [op for op in self.queued if op.room not in held_back]
+        self.queued = [op for op in self.queued if op.room in held_back]
+        self.wake.set()
+        return ops
+
+    async def send(self, client: Any, ops: list[Op]) -> None:
+        """Sends `ops` as one pipeline; hands each reply to its op. Raises on a lost link."""
+        self.inflight = ops
+        await execute(client, ops)
+        self.inflight = []
+
+    def abandon(self) -> list[Op]:
+        """The link is lost: returns what was in flight or queued (possibly never applied)."""
+        ops = self.inflight + self.queued
+        self.inflight = []
+        self.queued = []
+        return ops
+
+
+async def execute(client: Any, ops: list[Op]) -> None:
+    """One pipeline for `ops`; replies go to ``op.on_reply``; a connection error is raised."""
+    pipe = client.pipeline(transaction=False)
+    for op in ops:
+        pipe.execute_command(*op.args)
+    results = await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
+    for op, result in zip(ops, results, strict=False):
+        if isinstance(result, Exception):
+            if is_connection_error(result):
+                raise result
+            log.error("redis command %s failed: %s", op.args[0], result)
+        elif op.on_reply is not None:
+            op.on_reply(result)

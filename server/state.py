@@ -1,0 +1,99 @@
+"""Server state in one place: every counter any part bumps, and the live figures metrics reads.
+
+Like uvicorn's ``ServerState``: the server owns one ``ServerState`` and hands it (or just its
+``counters``) to the parts that count; ``server/metrics.py`` reads it at scrape time and imports
+nothing else of the server. Counters are plain integers bumped per message, per room flush or per
+connection event, never per recipient.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Collection, Mapping, Sized
+from typing import Protocol
+
+
+class Counters:
+    """Monotonic counts since the process started (exported as Prometheus counters)."""
+
+    __slots__ = (
+        "accept_exhausted",
+        "broadcasts",
+        "broker_outages",
+        "bytes_sent",
+        "chats",
+        "coalesced_frames",
+        "connections_accepted",
+        "deliveries",
+        "errors",
+        "heartbeat_timeouts",
+        "joins",
+        "leaves",
+        "messages_in",
+        "rate_limited",
+        "refused",
+        "slow_consumers_dropped",
+        "tokens_expired",
+        "writes",
+    )
+
+    def __init__(self) -> None:
+        # the chat core (server/core.py)
+        self.messages_in = 0
+        self.chats = 0
+        self.joins = 0
+        self.leaves = 0
+        self.errors = 0
+        self.rate_limited = 0
+        self.broadcasts = 0  # room flushes
+        self.deliveries = 0  # frames delivered (frames x recipients)
+        self.writes = 0  # socket writes issued by flushes
+        self.coalesced_frames = 0  # frames that rode in another frame's write
+        self.bytes_sent = 0
+        # connections (server/connection.py, server/acceptor.py)
+        self.connections_accepted = 0
+        self.accept_exhausted = 0  # episodes of accept() failing for lack of descriptors
+        self.slow_consumers_dropped = 0
+        self.heartbeat_timeouts = 0
+        # the upgrade gate (server/gate.py)
+        self.tokens_expired = 0
+        self.refused: collections.Counter[str] = collections.Counter()  # by reason label
+        # the Redis link (server/redis/)
+        self.broker_outages = 0
+
+
+class BrokerHealth(Protocol):
+    """What the server reports about a distributed broker's link."""
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def backlog(self) -> int: ...
+
+    async def roundtrip(self) -> float | None: ...
+
+
+class ServerState:
+    """Owned by the server (server/app.py); read by metrics and /readyz."""
+
+    def __init__(
+        self,
+        counters: Counters,
+        connections: Sized,
+        rooms: Mapping[str, Sized],
+        slow_consumers: Collection[object],
+    ) -> None:
+        self.counters = counters
+        self.connections = connections  # open WebSockets
+        self.rooms = rooms  # room name -> its local members
+        self.slow_consumers = slow_consumers  # connections over their write high-water mark
+        self.broker: BrokerHealth | None = None  # set when --redis-url links nodes
+        self.accepting = False  # the listening socket is open
+        self.draining = False  # shutting down
+
+    @property
+    def ready(self) -> bool:
+        """Taking traffic: started, not draining, and linked to Redis when one is configured."""
+        broker_ok = self.broker is None or self.broker.up
+        return self.accepting and not self.draining and broker_ok
