@@ -1,0 +1,131 @@
+"""The cross-node join protocol (server/redis/joins.py) and the core's hold/release, with the
+Redis side played by the test: the notice and the script's reply arrive in either order."""
+
+from __future__ import annotations
+
+import json
+
+from server.config import Config
+from server.core import ChatCore, Member, Room
+from server.redis.joins import Joins
+from tests.frames import server_messages
+
+
+class Manual:
+    """A broker that records joins; the test decides when Redis 'answers'."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[tuple[Room, Member]] = []
+
+    def publish(self, room: Room, payload: bytes) -> None:
+        raise AssertionError("not used here")
+
+    def join(self, room: Room, member: Member) -> None:
+        self.arrivals.append((room, member))
+
+    def leave(self, room: Room, member: Member) -> None:
+        pass
+
+
+class World:
+    def __init__(self) -> None:
+        self.core = ChatCore(Config(rate_limit=0), lambda: None, wall_ms=lambda: 1)
+        self.broker = Manual()
+        self.core.use_broker(self.broker)
+        self.joins = Joins(self.core)
+        self.out: dict[str, list[bytes]] = {}
+
+    def member(self, name: str) -> Member:
+        self.out[name] = []
+        member = Member(self.out[name].append)
+        self.core.join(member, "r", name)
+        room, arrived = self.broker.arrivals[-1]
+        notice = self.core.notice(room, arrived, "join", 0)
+        self.joins.expect(name, arrived, room, notice)
+        return member
+
+    def received(self, name: str) -> list[dict[str, object]]:
+        data = b"".join(self.out[name])
+        self.out[name].clear()
+        return server_messages(data)
+
+    def chat(self, text: str) -> None:
+        self.core.deliver(self.core.rooms["r"], json.dumps({"type": "chat", "text": text}).encode())
+
+
+def test_reply_first_then_notice_admits_with_the_welcome_at_once() -> None:
+    world = World()
+    world.member("ann")
+    room = world.core.rooms["r"]
+    world.joins.replied("ann", [1, [b"ann"]])
+    assert world.received("ann") == []  # not placed yet: nothing, not even the welcome
+    world.chat("before")  # published before ann's notice: not hers
+    world.joins.positioned("ann", room)
+    world.chat("after")
+    world.core.flush()
+    messages = world.received("ann")
+    assert [m.get("users") for m in messages[:1]] == [["ann"]]
+    assert [m.get("text") for m in messages[1:]] == ["after"]
+
+
+def test_notice_first_holds_what_arrives_until_the_reply() -> None:
+    world = World()
+    world.member("ann")
+    room = world.core.rooms["r"]
+    world.chat("before")
+    world.joins.positioned("ann", room)  # placed here: gets what follows, held
+    world.chat("one")
+    world.core.flush()
+    world.chat("two")  # queued in the next tick, not flushed yet
+    assert world.received("ann") == []  # held until its welcome is known
+    world.joins.replied("ann", [2, [b"bob", b"ann"]])
+    world.chat("three")
+    world.core.flush()
+    messages = world.received("ann")
+    assert messages[0]["users"] == ["bob", "ann"] and messages[0]["count"] == 2
+    assert [m["text"] for m in messages[1:]] == ["one", "two", "three"]
+    assert not room.held and world.core.rooms["r"].members
+
+
+def test_a_direct_message_to_a_held_member_keeps_its_place() -> None:
+    world = World()
+    ann = world.member("ann")
+    room = world.core.rooms["r"]
+    world.joins.positioned("ann", room)
+    world.chat("one")
+    world.core.send_direct(ann, b"\x81\x0f" + b'{"type":"err"} ')
+    world.chat("two")
+    world.joins.replied("ann", [1, [b"ann"]])
+    world.core.flush()
+    kinds = [m.get("text") or m.get("type") for m in world.received("ann")]
+    assert kinds == ["ann joined #r", "one", "err", "two"]
+
+
+def test_a_held_member_that_leaves_gets_nothing_more_and_leaves_no_trace() -> None:
+    world = World()
+    ann = world.member("ann")
+    room = world.core.rooms["r"]
+    world.joins.positioned("ann", room)
+    world.chat("one")
+    world.core.disconnect(ann)
+    world.joins.cancel("ann")
+    world.joins.replied("ann", [1, [b"ann"]])  # a late reply changes nothing
+    world.core.flush()
+    assert world.received("ann") == [] and not room.held and len(room) == 0
+
+
+def test_fail_over_completes_every_join_on_this_node() -> None:
+    world = World()
+    world.member("ann")
+    world.member("bob")
+    room = world.core.rooms["r"]
+    world.joins.positioned("ann", room)  # placed, reply lost with Redis
+    world.chat("one")
+    world.joins.fail_over(max_users=10)  # bob: never placed: joins locally
+    world.core.flush()
+    ann = world.received("ann")
+    assert ann[0]["text"] == "ann joined #r" and ann[0]["users"] == ["ann"]
+    assert [m.get("text") for m in ann[1:]] == ["one", "bob joined #r"]
+    bob = world.received("bob")
+    assert bob[0]["text"] == "bob joined #r" and sorted(bob[0]["users"]) == ["ann", "bob"]
+    assert not world.joins.pending and room.arriving == 0 and len(room) == 2
