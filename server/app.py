@@ -4,8 +4,8 @@
 ``ServerState`` metrics read, the chat core and its broker (in-process, or Redis with
 ``--redis-url``), the upgrade gate, the static site and the metrics. ``App`` then routes each
 request (an upgrade goes through the gate, anything else to the site), keeps the list of open
-connections, runs the core's flush once per event-loop tick and drops slow consumers; ``serve``
-runs it until SIGTERM/SIGINT and drains.
+connections and runs the core's flush once per event-loop tick; ``serve`` runs it until
+SIGTERM/SIGINT and drains.
 """
 
 from __future__ import annotations
@@ -54,8 +54,10 @@ class App:
         self.gate = gate
         self.site = site
         self.max_message_bytes = config.max_message_bytes
+        self.max_buffered_bytes = config.max_buffered_bytes
+        self.close_grace = config.ping_timeout
         self.connections: list[Connection] = []
-        self.slow: set[Connection] = set()  # connections whose transport paused writing
+        self.slow: set[Connection] = set()  # connections with unsent bytes waiting
         self.core = ChatCore(config, self.request_flush, counters=counters)
         self.state = ServerState(counters, self.connections, self.core.rooms, self.slow)
         self.metrics = Metrics(self.state)
@@ -153,24 +155,6 @@ class App:
         started = time.perf_counter()
         self.core.flush()
         self._flush_seconds.observe(time.perf_counter() - started)
-        if self.slow:
-            self._drop_slow_consumers()
-
-    def _drop_slow_consumers(self) -> None:
-        limit = self.config.max_buffered_bytes
-        for conn in list(self.slow):
-            buffered = conn.unsent_bytes()
-            if buffered > limit and not conn.closing:
-                self.counters.slow_consumers_dropped += 1
-                log.warning(
-                    "dropping slow consumer %s (%s): %d bytes unsent > --max-buffered-bytes %d",
-                    conn.peer(),
-                    conn.member.name,
-                    buffered,
-                    limit,
-                )
-                self.slow.discard(conn)
-                conn.close(CloseCode.SLOW_CONSUMER, "slow consumer", abort=True)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 

@@ -1,22 +1,30 @@
-"""One WebSocket client over picows: frames in, core calls, the duties picows leaves to us.
+"""One WebSocket client over picows: frames in, core calls, and every byte written to it counted.
 
 picows parses frames; this listener reassembles fragmented messages, answers CLOSE (picows does
 not), fails frames with reserved bits, turns complete messages into core calls and closes the
 connection with the code the core or the reassembly asks for. ``on_ws_frame`` stays synchronous
-and allocation-light: no task, future or timer per message. The server that owns the connection
-(``Owner``) registers it and watches it while its writes are paused.
+and allocation-light: no task, future or timer per message.
+
+Outgoing bytes, whoever produced them (room flushes, direct replies and errors, picows's own
+pongs and pings), go one way: to the socket while nothing waits in the transport, and into this
+connection's queue (``Outbox``) as soon as anything does (the transport's high-water mark is 0,
+so "paused" means "the kernel did not take everything"). The queue is moved to the transport in
+one write when it drains. Past ``--max-buffered-bytes`` of unsent data the client is a slow
+consumer: its queue is discarded, CLOSE 4000 is written as its last frame, and the socket is
+aborted only if it still has not read that within the grace time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Protocol
 
-from multidict import CIMultiDict
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
+from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
+from . import fastpath
 from .core import ChatCore, Member
-from .protocol import CloseCode, close_reply
+from .protocol import CloseCode, close_frame, close_reply
 from .reassembly import Fragments, Message, reassemble
 from .state import Counters
 
@@ -25,13 +33,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("roomcast")
 
-_NO_HEADERS: CIMultiDict[str] = CIMultiDict()
 _TEXT = WSMsgType.TEXT
 _CONTINUATION = WSMsgType.CONTINUATION
 _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
 _PONG = WSMsgType.PONG
 _DATA = (_TEXT, _BINARY, _CONTINUATION)
+_CLOSE_FRAME = 0x88  # first byte of an unfragmented CLOSE frame
 
 
 class Owner(Protocol):
@@ -39,7 +47,10 @@ class Owner(Protocol):
 
     core: ChatCore
     counters: Counters
+    loop: asyncio.AbstractEventLoop
     max_message_bytes: int
+    max_buffered_bytes: int
+    close_grace: float  # seconds a closed client has to read its CLOSE before it is aborted
 
     def attach(self, conn: Connection) -> None: ...
 
@@ -50,10 +61,25 @@ class Owner(Protocol):
     def resumed(self, conn: Connection) -> None: ...
 
 
+class Outbox:
+    """What waits for a connection whose transport holds unsent bytes."""
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.size = 0
+
+
+def _discard(data: bytes) -> None:
+    """The writer of a client being dropped: nothing more is queued for it."""
+
+
 class Connection(WSListener):
     """One WebSocket client. Holds the transport, the core's Member and reassembly state."""
 
     __slots__ = (
+        "abort_timer",
         "awaiting_pong",
         "client_ip",
         "closing",
@@ -61,7 +87,9 @@ class Connection(WSListener):
         "heard",
         "identity",
         "member",
+        "outbox",
         "owner",
+        "picows_close",
         "slot",
         "transport",
     )
@@ -74,32 +102,51 @@ class Connection(WSListener):
         self.awaiting_pong = False
         self.closing = False
         self.fragments: Fragments | None = None
+        self.outbox: Outbox | None = None  # not None while the transport holds unsent bytes
+        self.picows_close: bytes | None = None  # a CLOSE picows decided on, held for one tick
+        self.abort_timer: asyncio.TimerHandle | None = None
         self.slot = 0
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        # picows keeps the parsed upgrade request and our 101 response for the connection's
-        # lifetime; their header tables (~1 KiB) are not needed once admitted.
-        transport.request.headers = _NO_HEADERS
-        transport.response.headers = _NO_HEADERS
-        self.member = Member(transport.underlying_transport.write)
+        raw = transport.underlying_transport
+        self.member = Member(raw.write)
         identity = self.identity
         if identity is not None:
             self.member.fixed_name = identity.name
             self.member.allowed_rooms = identity.rooms
+        fastpath.adopt(transport, self._picows_wrote)
         self.owner.attach(self)
+        raw.set_write_buffer_limits(high=0)  # pause_writing as soon as anything waits
+
+    # ---- frames in ----------------------------------------------------------------------------
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self.closing:
-            return  # frames still in the read buffer after we decided to close
+            # Frames still in the read buffer, or arriving while we wait for the peer to hang
+            # up: ignored, but its CLOSE ends the wait (both sides have sent theirs).
+            if frame.msg_type is _CLOSE:
+                transport.disconnect(graceful=True)
+            return
         self.heard = True
         try:
+            if self.picows_close is not None:
+                # picows found a protocol error in what follows: nothing more is processed,
+                # but a CLOSE the peer sent before it is answered as a CLOSE.
+                if frame.msg_type is _CLOSE:
+                    self._answer_close(frame)
+                return
             if frame.rsv1 or frame.rsv2 or frame.rsv3:
                 # No extension is negotiated, so RFC 6455 section 5.2 requires failing.
                 self.close(CloseCode.PROTOCOL_ERROR, "reserved bits set")
                 return
             kind = frame.msg_type
-            if kind is _TEXT and frame.fin and self.fragments is None:
+            if (
+                kind is _TEXT
+                and frame.fin
+                and self.fragments is None
+                and frame.payload_size <= self.owner.max_message_bytes
+            ):
                 code = self.owner.core.handle_text(self.member, frame.get_payload_as_bytes())
                 if code is not None:
                     self.close(code, "invalid UTF-8 in text message")
@@ -113,8 +160,7 @@ class Connection(WSListener):
 
     def _slow_path(self, kind: WSMsgType, frame: WSFrame) -> None:
         if kind is _CLOSE:
-            received = frame.get_close_code().value
-            self.close(close_reply(received), "")
+            self._answer_close(frame)
         elif kind in _DATA:
             self.fragments, outcome = reassemble(
                 self.fragments,
@@ -134,31 +180,140 @@ class Connection(WSListener):
                 if code is not None:
                     self.close(code, "invalid UTF-8 in text message")
 
+    def _answer_close(self, frame: WSFrame) -> None:
+        code = frame.get_close_code().value
+        if code == 0 and frame.payload_size >= 2:  # code 0 on the wire: no endpoint may send it
+            self.close(CloseCode.PROTOCOL_ERROR, "invalid close code", answering=True)
+        else:
+            self.close(close_reply(code), "", answering=True)
+
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if not self.closing:
             self.closing = True
             self.owner.core.disconnect(self.member)
+        self.outbox = None
+        if self.abort_timer is not None:
+            self.abort_timer.cancel()
+            self.abort_timer = None
         self.owner.detach(self)
 
+    # ---- bytes out ----------------------------------------------------------------------------
+
     def pause_writing(self) -> None:
+        """The transport holds unsent bytes: from now on writes queue here, counted."""
+        if self.outbox is not None or self.closing:
+            return
+        self.outbox = Outbox()
+        self.member.write = self._enqueue
         self.owner.paused(self)
 
     def resume_writing(self) -> None:
+        """The transport is empty again: the queue goes to it in one write."""
+        outbox = self.outbox
+        if outbox is None:
+            return
+        self.outbox = None
         self.owner.resumed(self)
+        raw = self.transport.underlying_transport
+        if self.closing:
+            return
+        self.member.write = raw.write
+        if outbox.frames:
+            raw.write(b"".join(outbox.frames))  # may pause again at once
+
+    def _enqueue(self, data: bytes) -> None:
+        outbox = self.outbox
+        assert outbox is not None
+        outbox.frames.append(data)
+        outbox.size += len(data)
+        if outbox.size > self.owner.max_buffered_bytes - self.unsent_bytes():
+            self._overflow(outbox.size + self.unsent_bytes())
+
+    def _overflow(self, unsent: int) -> None:
+        """Too much waits for this client: it is dropped, once this tick's flush is over (the
+        core may be iterating over its room right now)."""
+        self.member.write = _discard
+        if self.outbox is not None:
+            self.outbox.frames = []
+        owner = self.owner
+        owner.counters.slow_consumers_dropped += 1
+        log.warning(
+            "dropping slow consumer %s (%s): %d bytes unsent > --max-buffered-bytes %d",
+            self.peer(),
+            self.member.name,
+            unsent,
+            owner.max_buffered_bytes,
+        )
+        owner.loop.call_soon(self.close, CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def _picows_wrote(self, data: bytes) -> None:
+        """Every frame picows writes itself (pongs, pings, CLOSE) comes through here."""
+        if self.closing:
+            return  # our CLOSE is written: nothing may follow it
+        if data[0] == _CLOSE_FRAME:
+            # picows answers a protocol error it finds while parsing ahead with a CLOSE of its
+            # own, before the frames in front of it reached us: hold it for this tick, so that a
+            # peer's CLOSE in front of it (RFC 6455 7.1.2: two CLOSE frames) is answered first.
+            if self.picows_close is None:
+                self.picows_close = data
+                self.owner.loop.call_soon(self._send_picows_close)
+        else:
+            self.member.write(data)
+
+    def _send_picows_close(self) -> None:
+        data = self.picows_close
+        if self.closing or data is None:
+            return  # we answered a CLOSE in front of the error: that answer stands
+        self.closing = True
+        self.owner.core.disconnect(self.member)
+        self.fragments = None
+        self.transport.underlying_transport.write(data)  # picows disconnects on its own
 
     # ---- closing ------------------------------------------------------------------------------
 
-    def close(self, code: int, reason: str, *, abort: bool = False) -> None:
-        """Leaves the room, sends CLOSE with `code` and closes the socket (at once if `abort`)."""
+    def close(
+        self, code: int, reason: str, *, abort: bool = False, answering: bool = False
+    ) -> None:
+        """Leaves the room, sends CLOSE with `code` as the last frame and closes the socket.
+
+        `answering` a peer's CLOSE, the socket closes once our CLOSE is sent; with `abort`, at
+        once. Otherwise we spoke first: the connection is half-closed once our CLOSE is sent and
+        goes when the peer answers or hangs up, or is aborted after the grace time. Half-closing
+        and reading on (a lingering close) matters: a socket closed while the peer's bytes still
+        arrive is answered with a TCP reset, and a reset makes the peer's kernel discard what it
+        had not read yet, our CLOSE included.
+        """
         if self.closing:
             return
         self.closing = True
         self.owner.core.disconnect(self.member)
         self.fragments = None
         transport = self.transport
-        if not transport.is_close_frame_sent:
-            transport.send_close(WSCloseCode(int(code)), reason.encode())
-        transport.disconnect(graceful=not abort)
+        raw = transport.underlying_transport
+        outbox = self.outbox
+        if outbox is not None and outbox.frames and code != CloseCode.SLOW_CONSUMER:
+            raw.write(b"".join(outbox.frames))  # what was queued goes before the CLOSE
+            outbox.frames = []
+        # Written by us, not picows: picows refuses to send once it has decided on a CLOSE of
+        # its own, and that one (held back in _picows_wrote) is not sent now.
+        raw.write(close_frame(int(code), reason))
+        if abort:
+            transport.disconnect(graceful=False)
+            return
+        if answering:
+            transport.disconnect(graceful=True)
+            return
+        if raw.can_write_eof():
+            raw.write_eof()  # FIN once everything is sent; frames read meanwhile are ignored
+        else:
+            transport.disconnect(graceful=True)  # TLS cannot half-close
+        self.abort_timer = self.owner.loop.call_later(self.owner.close_grace, self._abort_unread)
+
+    def _abort_unread(self) -> None:
+        self.abort_timer = None
+        if not self.transport.is_disconnected:
+            log.info("aborting %s: it did not hang up within the grace time", self.peer())
+            self.transport.disconnect(graceful=False)
 
     def ping(self) -> None:
         if not self.closing:
@@ -172,6 +327,7 @@ class Connection(WSListener):
             self.close(CloseCode.GOING_AWAY, "heartbeat timeout", abort=True)
 
     def unsent_bytes(self) -> int:
+        """Bytes the transport holds for this client (excluding the queue)."""
         return int(self.transport.underlying_transport.get_write_buffer_size())
 
     def peer(self) -> str:

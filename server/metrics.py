@@ -93,7 +93,7 @@ class _ServerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "roomcast_slow_consumers_watched",
-            "connections over the transport's write high-water mark right now",
+            "connections with unsent bytes waiting right now (queued or in the transport)",
             value=len(state.slow_consumers),
         )
         yield GaugeMetricFamily(

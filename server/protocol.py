@@ -164,5 +164,11 @@ def text_frame(payload: bytes) -> bytes:
     return _HEADER_64.pack(0x81, 127, size) + payload
 
 
+def close_frame(code: int, reason: str = "") -> bytes:
+    """One unmasked CLOSE frame with `code` and a reason cut to fit a control frame (125 bytes)."""
+    payload = struct.pack("!H", code) + reason.encode()[:123]
+    return bytes((0x88, len(payload))) + payload
+
+
 def error_frame(code: ErrorCode, text: str, retry_after_ms: int | None = None) -> bytes:
     return text_frame(encode(ErrorMessage(code, text, retry_after_ms)))

@@ -26,8 +26,9 @@ def launch() -> Iterator[Launch]:
 
 
 @pytest.fixture
-async def raw_clients() -> AsyncIterator[list[RawClient]]:
-    """Closes every RawClient a test opened, inside the test's own event loop."""
+async def raw_clients(launch: Launch) -> AsyncIterator[list[RawClient]]:
+    """Closes every RawClient a test opened, inside the test's own event loop, before the
+    servers stop (so a server's drain does not wait for clients that will never answer)."""
     RawClient.open_clients.clear()
     yield RawClient.open_clients
     for client in RawClient.open_clients:

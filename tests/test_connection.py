@@ -1,0 +1,230 @@
+"""The connection adapter (server/connection.py) over real sockets: every byte written to a
+client is counted, a slow consumer learns why it was dropped, and frames picows found broken
+never reach the room."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import time
+
+import pytest
+
+from tests.conftest import Launch
+from tests.rawws import CLOSE, PING, TEXT, RawClient, encode_frame
+from tests.support import ServerProcess
+
+pytestmark = pytest.mark.usefixtures("raw_clients")
+
+LIMIT = 262144
+
+
+async def joined(server: ServerProcess, name: str, room: str = "general") -> RawClient:
+    client = await RawClient.connect(server.host, server.port)
+    client.send_json({"type": "join", "username": name, "room": room})
+    while (await client.recv_json()).get("text") != f"{name} joined #{room}":
+        pass
+    return client
+
+
+def stalled_socket(client: RawClient, size: int = 65536) -> None:
+    """A fixed, small receive buffer, so that the server's writes back up when the client stops
+    reading. The server's kernel still takes up to tcp_wmem's maximum (4 MB here) before the
+    server itself holds anything, which is why these tests push several megabytes. (Much
+    smaller windows make a client that reads again crawl at one window per delayed ACK.)"""
+    client.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def dropped(server: ServerProcess, timeout: float = 15.0) -> bool:
+    """Whether the server logged a slow-consumer drop within `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while "dropping slow consumer" not in server.text():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+async def roundtrip(client: RawClient, text: str) -> float:
+    started = time.monotonic()
+    client.send_json({"type": "chat", "text": text})
+    while True:
+        message = await client.recv_json(timeout=10)
+        if message.get("type") == "chat" and message.get("text") == text:
+            return time.monotonic() - started
+
+
+async def read_until_close(client: RawClient, timeout: float = 30.0) -> tuple[int, int]:
+    """Reads everything the server sends until it hangs up; checks that the last frame is a
+    CLOSE and returns (frames before it, its code)."""
+    data = bytearray(client.reader._buffer)  # what the stream already read
+    client.reader._buffer.clear()
+    sock = client.writer.get_extra_info("socket")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        chunk = await asyncio.wait_for(client.reader.read(1 << 20), deadline - loop.time())
+        if not chunk:
+            break
+        data += chunk
+    assert sock is not None
+    frames: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        opcode, size = data[pos] & 0x0F, data[pos + 1] & 0x7F
+        pos += 2
+        if size == 126:
+            size = struct.unpack("!H", data[pos : pos + 2])[0]
+            pos += 2
+        elif size == 127:
+            size = struct.unpack("!Q", data[pos : pos + 8])[0]
+            pos += 8
+        assert pos + size <= len(data), "the stream ends inside a frame"
+        frames.append((opcode, bytes(data[pos : pos + size])))
+        pos += size
+    assert frames and frames[-1][0] == CLOSE, "the last frame is a CLOSE"
+    assert all(opcode != CLOSE for opcode, _ in frames[:-1])
+    return len(frames) - 1, struct.unpack("!H", frames[-1][1][:2])[0]
+
+
+async def test_a_dropped_slow_consumer_reads_close_4000_as_its_last_frame(launch: Launch) -> None:
+    # --ping-timeout is also the grace time a dropped client has to read its CLOSE
+    server = launch(
+        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--ping-timeout", "60"
+    )
+    talker = await joined(server, "talker")
+    stalled = await RawClient.connect(server.host, server.port)
+    stalled_socket(stalled)
+    stalled.send_json({"type": "join", "username": "stalled"})
+    text = "z" * 3900
+    left = False
+    for _ in range(400):  # at most 16 MB through the room
+        for _ in range(10):
+            talker.send_json({"type": "chat", "text": text})
+        echoed = 0
+        while echoed < 10:
+            message = await talker.recv_json()
+            if message.get("event") == "leave" and message.get("username") == "stalled":
+                left = True
+            elif message["type"] == "chat":
+                echoed += 1
+        if left:
+            break
+    assert left, "the stalled client was dropped"
+    frames, code = await read_until_close(stalled)
+    assert code == 4000 and frames > 0  # what it had been sent, then why it was dropped
+    assert await stalled.wait_eof()
+    assert "dropping slow consumer" in server.text()
+
+
+async def test_unread_error_replies_count_and_a_good_client_keeps_chatting(launch: Launch) -> None:
+    server = launch(
+        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--ping-timeout", "60"
+    )
+    good = await joined(server, "good")
+    flooder = await RawClient.connect(server.host, server.port)
+    stalled_socket(flooder)
+    before = rss_kib(server.proc.pid)
+    junk = encode_frame(TEXT, b"not json") * 1000
+    slowest = 0.0
+    with contextlib.suppress(ConnectionError):
+        for batch in range(300):  # 300,000 error replies (~20 MB) if nothing stopped it
+            flooder.writer.write(junk)
+            await flooder.writer.drain()
+            if batch % 30 == 0:
+                slowest = max(slowest, await roundtrip(good, f"still here {batch}"))
+            if "dropping slow consumer" in server.text():
+                break
+    assert await dropped(server)
+    growth = rss_kib(server.proc.pid) - before
+    assert growth < 16 * 1024, f"server grew {growth} KiB"
+    assert slowest < 2.0, f"a well-behaved client waited {slowest:.2f} s"
+    frames, code = await read_until_close(flooder)
+    assert code == 4000 and frames > 0
+
+
+async def test_pongs_are_counted_like_any_other_write(launch: Launch) -> None:
+    server = launch("--max-buffered-bytes", str(LIMIT))
+    flooder = await RawClient.connect(server.host, server.port)
+    stalled_socket(flooder)
+    pings = encode_frame(PING, b"p" * 125) * 500
+    with contextlib.suppress(ConnectionError):
+        for _ in range(200):  # 100,000 pongs of 127 bytes if nothing stopped it
+            flooder.writer.write(pings)
+            await flooder.writer.drain()
+            if "dropping slow consumer" in server.text():
+                break
+    assert await dropped(server)
+    frames, code = await read_until_close(flooder)
+    assert code == 4000 and frames > 0
+
+
+async def test_two_close_frames_in_one_segment_get_one_clean_answer(server: ServerProcess) -> None:
+    client = await RawClient.connect(server.host, server.port)
+    close = encode_frame(CLOSE, struct.pack("!H", 1000) + b"bye")
+    client.writer.write(close + close)
+    frame = await client.expect_close()
+    assert frame.close_code == 1000
+    assert await client.wait_eof()
+
+
+async def test_a_close_carrying_code_0_is_a_protocol_error(server: ServerProcess) -> None:
+    client = await RawClient.connect(server.host, server.port)
+    client.send_frame(CLOSE, struct.pack("!H", 0))
+    assert (await client.expect_close()).close_code == 1002
+    empty = await RawClient.connect(server.host, server.port)
+    empty.send_frame(CLOSE, b"")  # no code at all: a normal close
+    assert (await empty.expect_close()).close_code == 1000
+
+
+async def test_an_oversized_frame_and_what_follows_never_reach_the_room(launch: Launch) -> None:
+    server = launch("--rate-limit", "0", "--max-message-bytes", "1024")
+    watcher = await joined(server, "watcher")
+    sender = await joined(server, "sender")
+    await watcher.recv_json()  # sender's join notice
+    padded = json.dumps({"type": "chat", "text": "big", "pad": "x" * 1100}).encode()
+    sender.writer.write(
+        encode_frame(TEXT, padded) + encode_frame(TEXT, b'{"type":"chat","text":"after"}')
+    )
+    assert (await sender.expect_close()).close_code == 1009
+    watcher.send_json({"type": "chat", "text": "mine"})
+    seen = []
+    while True:
+        message = await watcher.recv_json()
+        seen.append(message.get("text"))
+        if message.get("text") == "mine":
+            break
+    assert seen == ["sender left #general", "mine"]
+
+
+async def test_memory_of_a_slow_client_stays_bounded_whatever_the_room_sends(
+    launch: Launch,
+) -> None:
+    server = launch("--rate-limit", "0", "--max-buffered-bytes", str(LIMIT))
+    talker = await joined(server, "talker")
+    quiet = [await RawClient.connect(server.host, server.port) for _ in range(20)]
+    for index, client in enumerate(quiet):
+        stalled_socket(client)
+        client.send_json({"type": "join", "username": f"q{index}"})
+    await asyncio.wait_for(roundtrip(talker, "ready"), 10)
+    before = rss_kib(server.proc.pid)
+    for _ in range(200):  # 8 MB for each of them: past what the kernel takes, then dropped
+        for _ in range(10):
+            talker.send_json({"type": "chat", "text": "y" * 3900})
+        await roundtrip(talker, "tick")
+    growth = rss_kib(server.proc.pid) - before
+    # 20 stalled clients hold at most the limit each in the server (the kernel holds the rest)
+    assert growth < 20 * LIMIT * 2 // 1024 + 8 * 1024, f"server grew {growth} KiB"
+    assert server.text().count("dropping slow consumer") == 20
