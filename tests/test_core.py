@@ -302,6 +302,14 @@ BAD_INPUTS: list[tuple[bytes, str]] = [
     (b'{"type": "join", "room": "' + b"r" * 65 + b'"}', "invalid_room"),
     (b'{"type": "join", "room": "a\\nb"}', "invalid_room"),
     (b'{"type": "join", "username": ["x"]}', "invalid_message"),
+    # Decode failures of every kind are the peer's: an error, never a 1011 (issue 12, defect 3).
+    (b'{"type":"chat","text":"x","a":' + b"[" * 997 + b"]" * 997 + b"}", "invalid_message"),
+    (b'{"type":"chat","text":"x","a":' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}",
+     "invalid_message"),
+    (b'{"type":"chat","text":1e400}', "invalid_message"),
+    (b'{"type":"chat","text":' + b"9" * 5000 + b"}", "invalid_message"),
+    (b'{"type":"chat","text":NaN}', "invalid_json"),
+    (b'{"type":"chat","text":"\\ud800"}', "invalid_json"),
 ]
 
 
@@ -345,6 +353,8 @@ def test_invalid_utf8_asks_for_close_1007(hub: Harness) -> None:
     c = hub.client()
     assert c.send(b'{"type": "chat", "text": "\xff"}') == CloseCode.INVALID_TEXT
     assert c.send(b"\xc3\x28") == CloseCode.INVALID_TEXT
+    # msgspec skips unknown fields unread; their bytes must be UTF-8 too (RFC 6455 section 8.1)
+    assert c.send(b'{"type": "chat", "text": "ok", "x": "\xff"}') == CloseCode.INVALID_TEXT
     assert c.messages() == []
 
 
