@@ -303,6 +303,8 @@ BAD_INPUTS: list[tuple[bytes, str]] = [
     (b'{"type": "join", "username": "evil\\u202etxt"}', "invalid_username"),
     (b'{"type": "join", "room": "' + b"r" * 65 + b'"}', "invalid_room"),
     (b'{"type": "join", "room": "a\\nb"}', "invalid_room"),
+    (b'{"type": "join", "username": "ali\\u200dce"}', "invalid_username"),
+    (b'{"type": "join", "room": "general\\u3164"}', "invalid_room"),
     (b'{"type": "join", "username": ["x"]}', "invalid_message"),
     # Decode failures of every kind are the peer's: an error, never a 1011 (issue 12, defect 3).
     (b'{"type":"chat","text":"x","a":' + b"[" * 997 + b"]" * 997 + b"}", "invalid_message"),
