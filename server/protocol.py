@@ -136,9 +136,9 @@ def decode(payload: bytes) -> ClientMessage:
     """Decodes one client message; raises DecodeFailure (peer's error) or InvalidUTF8, nothing else.
 
     Everything msgspec can raise on input is the peer's fault and becomes one of the two. Read
-    from msgspec's decoder (0.23): ValidationError (wrong shape, numbers out of range: a
-    4,300-digit integer or 1e400 where a string belongs), DecodeError (syntax; NaN, Infinity and
-    lone surrogates are not JSON), UnicodeDecodeError (bad UTF-8 inside a string), and
+    from msgspec's decoder (0.23): ValidationError (wrong shape, such as 1e400 where a string
+    belongs; integers of more than 4,300 digits are "out of range"), DecodeError (syntax; NaN,
+    Infinity and lone surrogates are not JSON), UnicodeDecodeError (bad UTF-8 in a string), and
     RecursionError: it recurses per nesting level and gives up near the interpreter's recursion
     limit (about 1,000 levels, well inside a 64 KiB message). Only running out of memory escapes.
     """
