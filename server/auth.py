@@ -17,13 +17,20 @@ confusion attack) is never checked against the public key, and ``none`` is never
 The identity a token gives: the username (``name``, else ``sub``), an optional ``rooms`` claim
 (room names or ``fnmatch`` glob patterns such as ``team-*``) limiting which rooms the holder may
 join, and the expiry (``exp``), after which the server closes the connection with 4001.
+
+The times (``exp``, ``nbf``, ``iat``) are checked here, not by PyJWT: PyJWT 2.x reads them with
+``int()``, so it accepts ``"exp": "1795000000"`` (a string, which the identity then ignored and
+the connection outlived) and ``10**400`` (which later failed to become a float: a 500). A time
+must be a JSON number (not a boolean, not a string) from 0 to ``MAX_NUMERIC_DATE`` (the end of
+year 9999), else the token is refused (401) with a reason naming the claim.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -127,6 +134,24 @@ class Identity:
 
 
 MAX_ROOM_PATTERNS = 100
+# 9999-12-31T23:59:59Z: the last second every date library can represent (RFC 7519's NumericDate
+# has no bound; nothing later is a time anyone means, and a float holds it to the microsecond).
+MAX_NUMERIC_DATE = 253_402_300_799
+TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def numeric_date(claims: dict[str, Any], claim: str) -> float | None:
+    """The claim as seconds since the epoch, None when absent; AuthError when it is not a time."""
+    if claim not in claims:
+        return None
+    value = claims[claim]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0 <= value <= MAX_NUMERIC_DATE)  # False for NaN too
+    ):
+        raise AuthError(f"token {claim} must be a number of seconds from 1970 to 9999")
+    return float(value)  # in range, so finite and never an OverflowError
 
 
 def identity_from_claims(claims: dict[str, Any], max_username_length: int) -> Identity:
@@ -138,7 +163,7 @@ def identity_from_claims(claims: dict[str, Any], max_username_length: int) -> Id
         raise AuthError("token has no name or sub")
     name = clean_name(raw_name, "", max_username_length)
     if not name:
-        raise AuthError("token name is too long or has control characters")
+        raise AuthError("token name is too long or has control or invisible characters")
     rooms: RoomPatterns | None = None
     if "rooms" in claims:
         raw_rooms = claims["rooms"]
@@ -151,9 +176,7 @@ def identity_from_claims(claims: dict[str, Any], max_username_length: int) -> Id
         ):
             raise AuthError(f"rooms claim must be a list of at most {MAX_ROOM_PATTERNS} strings")
         rooms = RoomPatterns(raw_rooms)
-    exp = claims.get("exp")
-    expires_at = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
-    return Identity(name, rooms, expires_at)
+    return Identity(name, rooms, numeric_date(claims, "exp"))
 
 
 # ---- verification -----------------------------------------------------------------------------
@@ -209,6 +232,7 @@ class Verifier:
         issuer: str = "",
         leeway: float = 5.0,
         max_username_length: int = 32,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not secret and not public_key:
             raise ValueError("a Verifier needs a secret or a public key")
@@ -221,6 +245,7 @@ class Verifier:
         self._issuer = issuer or None
         self.leeway = leeway
         self._max_username_length = max_username_length
+        self._clock = clock
 
     def verify(self, token: str) -> Identity:
         """The identity of a valid token; raises AuthError with a short reason otherwise."""
@@ -243,13 +268,14 @@ class Verifier:
                 algorithms=[alg],
                 audience=self._audience,
                 issuer=self._issuer,
-                leeway=self.leeway,
-                options={"verify_aud": self._audience is not None},
+                # The times are checked below: PyJWT's int() accepts strings (see the docstring).
+                options={
+                    "verify_aud": self._audience is not None,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise AuthError("token expired") from None
-        except jwt.ImmatureSignatureError:
-            raise AuthError("token not yet valid") from None
         except jwt.InvalidAudienceError:
             raise AuthError("wrong token audience") from None
         except jwt.MissingRequiredClaimError as exc:
@@ -260,7 +286,20 @@ class Verifier:
             raise AuthError("bad token signature") from None
         except jwt.PyJWTError:
             raise AuthError("invalid token") from None
+        self._check_times(claims)
         return identity_from_claims(claims, self._max_username_length)
+
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        """PyJWT's rules (an ``exp`` up to `leeway` ago has expired; ``nbf`` or ``iat`` more
+        than `leeway` ahead is not yet valid), on times that are known to be numbers."""
+        exp, nbf, iat = (numeric_date(claims, claim) for claim in TIME_CLAIMS)
+        now = self._clock()
+        if exp is not None and exp <= now - self.leeway:
+            raise AuthError("token expired")
+        if (nbf is not None and nbf > now + self.leeway) or (
+            iat is not None and iat > now + self.leeway
+        ):
+            raise AuthError("token not yet valid")
 
     def authenticate(self, path: str, headers: Headers) -> tuple[Identity, str | None]:
         """The identity and the subprotocol to echo; raises AuthError (401) otherwise."""

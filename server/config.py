@@ -26,6 +26,7 @@ class Config:
     port: int = 8080
     rate_limit: int = 10
     rate_window: float = 10.0
+    join_rate_limit: int = 10
     max_message_bytes: int = 65536
     max_text_length: int = 4000
     max_username_length: int = 32
@@ -98,6 +99,7 @@ _RULES: dict[str, Rule] = {
     "port": Rule(low=0, high=65535),
     "rate_limit": Rule(low=0),
     "rate_window": Rule(above=0),
+    "join_rate_limit": Rule(low=0),
     "max_message_bytes": Rule(low=1),
     "max_text_length": Rule(low=1),
     "max_username_length": Rule(low=1),
@@ -127,7 +129,9 @@ _HELP: dict[str, str] = {
     "host": "address to listen on",
     "port": "TCP port to listen on (0 picks a free one)",
     "rate_limit": "chat messages allowed per client per --rate-window (0 disables the limit)",
-    "rate_window": "length of the rate-limit window in seconds",
+    "rate_window": "length of the rate-limit window in seconds (chats, joins and leaves)",
+    "join_rate_limit": "joins and leaves allowed per client per --rate-window, so no client "
+    "can flood a room with notices (0 disables the limit; independent of --rate-limit)",
     "max_message_bytes": "largest WebSocket message accepted, fragments included; "
     "larger ones close the connection with 1009",
     "max_text_length": "longest chat text in characters",

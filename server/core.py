@@ -42,6 +42,7 @@ from .protocol import (
     error_frame,
     text_frame,
 )
+from .ratelimit import Ring
 from .state import Counters
 
 Write = Callable[[bytes], object]
@@ -65,13 +66,13 @@ class Member:
 
     __slots__ = (
         "allowed_rooms",
+        "chat_rate",
         "cursor",
         "fixed_name",
         "held",
+        "join_rate",
         "late",
         "name",
-        "rate_log",
-        "rate_pos",
         "room",
         "slot",
         "write",
@@ -91,8 +92,8 @@ class Member:
         self.late = False  # True while in room.late
         self.held: list[bytes] | None = None  # not None while in room.held: frames kept for it
         self.cursor = 0  # late or held: first frame of room.pending this member still has to get
-        self.rate_log: list[float] | None = None  # ring of the last `rate_limit` chat times
-        self.rate_pos = 0
+        self.chat_rate: Ring | None = None  # times of its last `rate_limit` chats
+        self.join_rate: Ring | None = None  # times of its last `join_rate_limit` joins and leaves
 
 
 class Room:
@@ -150,6 +151,11 @@ class ChatCore:
             if config.rate_limit
             else ""
         )
+        # Joins and leaves have their own limit: each sends a notice to every member of a room.
+        self._join_rate_limit = config.join_rate_limit
+        self._join_slow_down = (
+            f"Slow down! Max {config.join_rate_limit} joins and leaves/{config.rate_window:g}s"
+        )
 
     def use_broker(self, broker: Broker) -> None:
         self.broker = broker
@@ -172,7 +178,7 @@ class ChatCore:
             self.chat(member, message.text)  # type: ignore[union-attr]
         elif kind is Join:
             self.join(member, message.room, message.username)  # type: ignore[union-attr]
-        else:
+        elif member.room is not None and not self._join_refused(member):
             self.leave(member)
         return None
 
@@ -198,7 +204,10 @@ class ChatCore:
             )
             return
         if self._rate_limit:
-            retry_after = self._rate_check(member)
+            ring = member.chat_rate
+            if ring is None:
+                ring = member.chat_rate = Ring(self._rate_limit)
+            retry_after = ring.spend(self._clock(), self._rate_window)
             if retry_after:
                 self.counters.rate_limited += 1
                 self.send_error(
@@ -237,6 +246,8 @@ class ChatCore:
                 member, ErrorCode.FORBIDDEN_ROOM, f"Your token does not allow room #{room_key}"
             )
             return
+        if self._join_refused(member):
+            return  # nothing changes: still in its room, nobody told anything
         if member.room is not None:
             self.leave(member)
         room = self.rooms.get(room_key)
@@ -447,19 +458,20 @@ class ChatCore:
         self.counters.leaves += 1
         self.broker.leave(room, member)
 
-    def _rate_check(self, member: Member) -> float:
-        """Sliding window as in the seed: at most N chats in any window. Returns seconds to wait."""
-        now = self._clock()
-        log = member.rate_log
-        if log is None:
-            log = member.rate_log = [float("-inf")] * self._rate_limit
-        oldest = log[member.rate_pos]
-        elapsed = now - oldest
-        if elapsed < self._rate_window:
-            return self._rate_window - elapsed
-        log[member.rate_pos] = now
-        member.rate_pos = (member.rate_pos + 1) % self._rate_limit
-        return 0.0
+    def _join_refused(self, member: Member) -> bool:
+        """Spends one of the member's joins and leaves: False when the limit allows it (or is
+        off); else sends it `rate_limited` and returns True, and the caller changes nothing."""
+        if not self._join_rate_limit:
+            return False
+        ring = member.join_rate
+        if ring is None:
+            ring = member.join_rate = Ring(self._join_rate_limit)
+        retry_after = ring.spend(self._clock(), self._rate_window)
+        if not retry_after:
+            return False
+        wait = max(1, int(retry_after * 1000))
+        self.send_error(member, ErrorCode.RATE_LIMITED, self._join_slow_down, retry_after_ms=wait)
+        return True
 
 
 class _Unwired:

@@ -27,14 +27,19 @@ class CloseCode(enum.IntEnum):
     TOKEN_EXPIRED = 4001  # the JWT the connection was opened with has expired
 
 
-def close_reply(received: int) -> int:
-    """The code to answer a peer's CLOSE with: its own code when that is valid on the wire
-    (RFC 6455 section 7.4), 1000 when it sent none, 1002 for a code no endpoint may send
-    (1004-1006, 1015, below 1000, 5000 and up)."""
-    if received in (0, 1005):
+def close_reply(code: int, has_code: bool) -> int:
+    """The code to answer a peer's CLOSE with (RFC 6455 sections 5.5.1 and 7.4).
+
+    `has_code`: the CLOSE's payload carried a status code (two bytes or more; picows reports
+    code 0 for an empty payload, so the caller says which it was). No code: 1000. A code valid on
+    the wire (1000-1003, 1007-1014, 3000-4999): echoed. Any other code, 0 and 1005 included
+    (a peer may not send them: 1005 and 1006 only say that no code arrived), is a protocol
+    error: 1002.
+    """
+    if not has_code:
         return CloseCode.NORMAL
-    if 1000 <= received <= 1003 or 1007 <= received <= 1014 or 3000 <= received <= 4999:
-        return received
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
     return CloseCode.PROTOCOL_ERROR
 
 
@@ -128,13 +133,21 @@ class InvalidUTF8(Exception):
 
 
 def decode(payload: bytes) -> ClientMessage:
-    """Decodes one client message; raises DecodeFailure (peer's error) or InvalidUTF8."""
+    """Decodes one client message; raises DecodeFailure (peer's error) or InvalidUTF8, nothing else.
+
+    Everything msgspec can raise on input is the peer's fault and becomes one of the two. Read
+    from msgspec's decoder (0.23): ValidationError (wrong shape, such as 1e400 where a string
+    belongs; integers of more than 4,300 digits are "out of range"), DecodeError (syntax; NaN,
+    Infinity and lone surrogates are not JSON), UnicodeDecodeError (bad UTF-8 in a string), and
+    RecursionError: it recurses per nesting level and gives up near the interpreter's recursion
+    limit (about 1,000 levels, well inside a 64 KiB message). Only running out of memory escapes.
+    """
     try:
         message: ClientMessage = decoder.decode(payload)
-        return message
     except UnicodeDecodeError:
         raise InvalidUTF8 from None
     except msgspec.ValidationError as exc:
+        _refuse_invalid_utf8(payload)
         detail = str(exc)
         if detail.endswith("- at `$.type`") or detail == "Object missing required field `type`":
             raise DecodeFailure(
@@ -143,11 +156,25 @@ def decode(payload: bytes) -> ClientMessage:
         raise DecodeFailure(ErrorCode.INVALID_MESSAGE, f"Invalid message: {detail}") from None
     except msgspec.DecodeError:
         # msgspec reports bad UTF-8 outside strings as malformed JSON; RFC 6455 wants 1007 then.
-        try:
-            payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidUTF8 from None
+        _refuse_invalid_utf8(payload)
         raise DecodeFailure(ErrorCode.INVALID_JSON, "Invalid JSON") from None
+    except RecursionError:
+        _refuse_invalid_utf8(payload)
+        raise DecodeFailure(
+            ErrorCode.INVALID_MESSAGE, "Invalid message: nested too deeply"
+        ) from None
+    # msgspec skips the strings of unknown fields without checking their UTF-8; RFC 6455 wants
+    # the whole text checked. ASCII, the common case, needs no decoding.
+    if not payload.isascii():
+        _refuse_invalid_utf8(payload)
+    return message
+
+
+def _refuse_invalid_utf8(payload: bytes) -> None:
+    try:
+        str(payload, "utf-8")
+    except UnicodeDecodeError:
+        raise InvalidUTF8 from None
 
 
 _HEADER_16 = struct.Struct("!BBH")

@@ -134,7 +134,8 @@ def test_the_core_is_pure_and_metrics_reads_only_the_server_state() -> None:
     graph = _graph()
     assert graph["server.metrics"] == {"server.state"}
     for pure in ("server.core", "server.names", "server.protocol", "server.reassembly",
-                 "server.admission", "server.auth", "server.deadlines", "server.state"):
+                 "server.admission", "server.auth", "server.deadlines", "server.state",
+                 "server.ratelimit"):
         source = (_path_of(pure) or Path()).read_text()
         tree = ast.parse(source)
         imported = {

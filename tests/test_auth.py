@@ -17,8 +17,11 @@ import pytest
 import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from server.auth import (
+    MAX_NUMERIC_DATE,
     SUBPROTOCOL,
     AuthError,
     Verifier,
@@ -116,7 +119,10 @@ def test_valid_tokens_give_name_rooms_and_expiry() -> None:
         (hs256({k: v for k, v in claims().items() if k != "aud"}), "token lacks aud"),
         (hs256({k: v for k, v in claims().items() if k != "sub"}), "token has no name or sub"),
         (hs256(claims(name="x" * 33)), "token name is too long"),
-        (hs256(claims(name="evil\u202ename")), "control characters"),
+        (hs256(claims(name="evil\u202ename")), "control or invisible characters"),
+        (hs256(claims(name="ali\u200dce")), "control or invisible characters"),  # joiner
+        (hs256(claims(name="\u3164")), "control or invisible characters"),  # Hangul filler
+        (hs256(claims(sub="bob\U000e0041")), "control or invisible characters"),  # a tag
         (hs256(claims(rooms=[1, 2])), "rooms claim"),
     ],
 )
@@ -184,6 +190,102 @@ def test_the_algorithm_allowlist_is_validated() -> None:
             parse_algorithms(bad, has_secret=True, has_public_key=False)
 
 
+# ---- exp, nbf and iat: numbers in a sane range, enforced whatever PyJWT thinks of them -------
+
+NOT_TIMES: list[Any] = [
+    "1795000000",  # PyJWT's int() accepts it; the identity ignored it (issue 12, defect 7)
+    " 1795000000 ",
+    10**400,  # int too large to convert to float: a 500 (defect 6)
+    float("inf"),  # json.dumps writes Infinity, and PyJWT's json.loads reads it back
+    float("-inf"),
+    float("nan"),
+    True,  # a bool is an int to Python, not a number to JSON
+    False,
+    None,
+    -1,
+    MAX_NUMERIC_DATE + 1,
+    [1795000000],
+    {"seconds": 1795000000},
+]
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", NOT_TIMES, ids=lambda value: repr(value)[:24])
+def test_a_time_claim_that_is_not_a_sane_number_is_refused(claim: str, value: Any) -> None:
+    verifier = Verifier(secret=SECRET, audience=AUDIENCE)
+    with pytest.raises(AuthError) as caught:
+        verifier.verify(hs256(claims(**{claim: value})))
+    assert caught.value.reason == f"token {claim} must be a number of seconds from 1970 to 9999"
+
+
+def test_times_are_enforced_with_the_leeway_by_our_clock() -> None:
+    verifier = Verifier(secret=SECRET, audience=AUDIENCE, leeway=5, clock=lambda: 1_000_000.0)
+    base = {"sub": "u", "aud": AUDIENCE}
+    assert verifier.verify(hs256({**base, "exp": 999_995.5})).expires_at == 999_995.5
+    for exp in (999_995, 999_000, 0):
+        with pytest.raises(AuthError, match="token expired"):
+            verifier.verify(hs256({**base, "exp": exp}))
+    assert verifier.verify(hs256({**base, "nbf": 1_000_005, "iat": 1_000_005.0})).name == "u"
+    for claim in ("nbf", "iat"):
+        with pytest.raises(AuthError, match="token not yet valid"):
+            verifier.verify(hs256({**base, claim: 1_000_005.001}))
+    far = verifier.verify(hs256({**base, "exp": MAX_NUMERIC_DATE, "iat": 0, "nbf": 0}))
+    assert far.expires_at == float(MAX_NUMERIC_DATE)
+
+
+def test_identity_from_claims_refuses_an_exp_it_cannot_enforce() -> None:
+    assert identity_from_claims({"sub": "a", "exp": 17.5}, 32).expires_at == 17.5
+    assert identity_from_claims({"sub": "a"}, 32).expires_at is None
+    with pytest.raises(AuthError, match="token exp"):
+        identity_from_claims({"sub": "a", "exp": "17"}, 32)
+
+
+claim_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.sampled_from([10**400, -(10**400), 2**53, MAX_NUMERIC_DATE, MAX_NUMERIC_DATE + 1])
+    | st.floats()  # NaN and the infinities included
+    | st.text(max_size=20)
+    | st.integers(0, 2**40).map(str),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=6,
+)
+claim_names = st.sampled_from(
+    ["exp", "nbf", "iat", "name", "sub", "aud", "iss", "rooms", "jti", "x"]
+)
+header_extras = st.dictionaries(
+    st.sampled_from(["typ", "kid", "crit", "b64", "cty", "jku", "zip"]), claim_values, max_size=3
+)
+
+
+@settings(max_examples=500, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(claim_names, claim_values, max_size=7), header_extras)
+def test_verify_raises_only_auth_error_for_any_claims(
+    payload: dict[str, Any], header: dict[str, Any]
+) -> None:
+    """Signed with the right key (forged by hand: PyJWT's encode refuses some of these)."""
+    verifier = Verifier(secret=SECRET, leeway=5, clock=lambda: 1_800_000_000.0)
+    payload = {"sub": "user-1", **payload}  # so that many tokens pass and their identity is checked
+    token = forge({"alg": "HS256", **header}, payload, SECRET.encode())
+    try:
+        identity = verifier.verify(token)
+    except AuthError as refusal:
+        assert refusal.reason
+        return
+    for claim in ("exp", "nbf", "iat"):
+        if claim in payload:
+            value = payload[claim]
+            assert type(value) in (int, float) and 0 <= value <= MAX_NUMERIC_DATE, (claim, value)
+    if "exp" in payload:
+        assert identity.expires_at == float(payload["exp"])
+        assert identity.expires_at > 1_800_000_000.0 - 5
+    else:
+        assert identity.expires_at is None
+
+
 def test_a_single_room_string_claim_is_accepted() -> None:
     identity = identity_from_claims({"sub": "bob", "rooms": "lobby"}, 32)
     assert identity.rooms is not None and "lobby" in identity.rooms
@@ -235,6 +337,9 @@ def auth_server(launch: Launch) -> ServerProcess:
         ("not yet valid", hs256(claims(nbf=int(time.time()) + 120))),
         ("wrong audience", hs256(claims(aud="another-service"))),
         ("garbage", "%00%ff.."),
+        ("exp too big for a float", hs256(claims(exp=10**400))),  # was a 500
+        ("exp a string", hs256(claims(exp=str(int(time.time()) + 300)))),  # was accepted
+        ("name with a joiner", hs256(claims(name="ali\u200dce"))),  # was accepted
     ],
 )
 async def test_each_refusal_is_a_401_before_the_upgrade(

@@ -51,9 +51,19 @@ def test_environment_sets_options_and_flags_override_it() -> None:
         ([], {"ROOMCAST_PORT": "eighty"}),
         (["--log-level", "loud"], {}),
         (["--max-text-length", "0"], {}),
+        (["--join-rate-limit", "-1"], {}),
+        ([], {"ROOMCAST_JOIN_RATE_LIMIT": "ten"}),
     ],
 )
 def test_bad_options_are_refused(argv: list[str], env: dict[str, str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse_config(argv, env=env)
     assert exc.value.code == 2
+
+
+def test_the_join_rate_limit_is_on_by_default_and_apart_from_the_chat_limit() -> None:
+    assert parse_config([], env={}).join_rate_limit == 10
+    chats_off = parse_config(["--rate-limit", "0"], env={})
+    assert (chats_off.rate_limit, chats_off.join_rate_limit) == (0, 10)
+    joins_off = parse_config([], env={"ROOMCAST_JOIN_RATE_LIMIT": "0"})
+    assert (joins_off.rate_limit, joins_off.join_rate_limit) == (10, 0)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.broker import LocalBroker
 from server.config import Config
@@ -301,7 +303,17 @@ BAD_INPUTS: list[tuple[bytes, str]] = [
     (b'{"type": "join", "username": "evil\\u202etxt"}', "invalid_username"),
     (b'{"type": "join", "room": "' + b"r" * 65 + b'"}', "invalid_room"),
     (b'{"type": "join", "room": "a\\nb"}', "invalid_room"),
+    (b'{"type": "join", "username": "ali\\u200dce"}', "invalid_username"),
+    (b'{"type": "join", "room": "general\\u3164"}', "invalid_room"),
     (b'{"type": "join", "username": ["x"]}', "invalid_message"),
+    # Decode failures of every kind are the peer's: an error, never a 1011 (issue 12, defect 3).
+    (b'{"type":"chat","text":"x","a":' + b"[" * 997 + b"]" * 997 + b"}", "invalid_message"),
+    (b'{"type":"chat","text":"x","a":' + b'{"a":' * 3000 + b"1" + b"}" * 3000 + b"}",
+     "invalid_message"),
+    (b'{"type":"chat","text":1e400}', "invalid_message"),
+    (b'{"type":"chat","text":' + b"9" * 5000 + b"}", "invalid_message"),
+    (b'{"type":"chat","text":NaN}', "invalid_json"),
+    (b'{"type":"chat","text":"\\ud800"}', "invalid_json"),
 ]
 
 
@@ -345,6 +357,8 @@ def test_invalid_utf8_asks_for_close_1007(hub: Harness) -> None:
     c = hub.client()
     assert c.send(b'{"type": "chat", "text": "\xff"}') == CloseCode.INVALID_TEXT
     assert c.send(b"\xc3\x28") == CloseCode.INVALID_TEXT
+    # msgspec skips unknown fields unread; their bytes must be UTF-8 too (RFC 6455 section 8.1)
+    assert c.send(b'{"type": "chat", "text": "ok", "x": "\xff"}') == CloseCode.INVALID_TEXT
     assert c.messages() == []
 
 
@@ -407,3 +421,152 @@ def test_rate_limit_zero_disables_it() -> None:
         a.chat(str(n))
     hub.tick()
     assert len(b.messages()) == 100
+
+
+# ---- join and leave rate limit: each sends a notice to a whole room -------------------------
+
+
+def _notices(messages: list[Any]) -> list[Any]:
+    return [m for m in messages if m["type"] == "system" and m.get("event") in ("join", "leave")]
+
+
+def test_join_rate_limit_refuses_joins_and_leaves_and_changes_nothing() -> None:
+    hub = Harness(join_rate_limit=3, rate_window=10.0, rate_limit=0)
+    spammer, witness = hub.client(), hub.client()
+    witness.join("witness")
+    hub.tick()
+    witness.messages()
+    spammer.join("spam1")  # 1
+    hub.clock.now += 1
+    spammer.join("spam2")  # 2: leaves, then joins again
+    hub.clock.now += 1
+    spammer.send({"type": "leave"})  # 3
+    hub.clock.now += 1
+    spammer.join("spam3")  # 4th in 10 s: refused
+    hub.tick()
+    assert texts(_notices(witness.messages())) == [
+        "spam1 joined #general", "spam1 left #general", "spam2 joined #general",
+        "spam2 left #general",
+    ]
+    got = spammer.messages()
+    [error] = [m for m in got if m["type"] == "error"]
+    assert error == {
+        "type": "error", "code": "rate_limited", "retry_after_ms": 7000,
+        "text": "Slow down! Max 3 joins and leaves/10s",
+    }
+    assert spammer.member.room is None and spammer.member.name == "spam2"
+    hub.clock.now = 1010.0  # the first join has left the window
+    spammer.join("spam3")
+    hub.tick()
+    assert texts(_notices(witness.messages())) == ["spam3 joined #general"]
+    assert texts(spammer.messages()) == ["spam3 joined #general"]
+    hub.clock.now += 0.5
+    spammer.join("spam4", room="elsewhere")  # 2 and 3 are still in the window: refused
+    spammer.send({"type": "leave"})  # refused too: it stays, nobody hears a thing
+    hub.tick()
+    assert [m["code"] for m in spammer.messages()] == ["rate_limited", "rate_limited"]
+    assert witness.messages() == []
+    room = spammer.member.room
+    assert room is not None and room.name == "general" and spammer.member.name == "spam3"
+    assert set(hub.core.rooms) == {"general"}
+    spammer.chat("chats are not joins")  # and --rate-limit 0 leaves chats unlimited
+    hub.tick()
+    assert texts(witness.messages()) == ["chats are not joins"]
+
+
+def test_a_leave_outside_a_room_costs_nothing() -> None:
+    hub = Harness(join_rate_limit=1)
+    c = hub.client()
+    for _ in range(5):
+        c.send({"type": "leave"})
+    c.join("c")
+    hub.tick()
+    assert texts(c.messages()) == ["c joined #general"]
+
+
+def test_a_refused_join_for_another_reason_costs_nothing() -> None:
+    hub = Harness(join_rate_limit=1)
+    c = hub.client()
+    for _ in range(5):
+        c.join("bad\u0007name")
+    assert [m["code"] for m in c.messages()] == ["invalid_username"] * 5
+    c.join("c")
+    hub.tick()
+    assert texts(c.messages()) == ["c joined #general"]
+
+
+def test_join_rate_limit_zero_disables_it_and_rate_limit_zero_does_not() -> None:
+    off = Harness(join_rate_limit=0)
+    witness, spammer = off.client(), off.client()
+    witness.join("w")
+    off.tick()
+    witness.messages()
+    for n in range(100):
+        spammer.join(f"BUY PILLS #{n}")
+    off.tick()
+    assert len(_notices(witness.messages())) == 199  # the unbounded flood of issue 12 (defect 5)
+    chats_off = Harness(rate_limit=0)  # the default join limit (10) stays on
+    witness, spammer = chats_off.client(), chats_off.client()
+    witness.join("w")
+    chats_off.tick()
+    witness.messages()
+    for n in range(100):
+        spammer.join(f"BUY PILLS #{n}")
+    chats_off.tick()
+    assert len(_notices(witness.messages())) == 19  # 10 joins: 1 + 9 re-joins of 2 notices
+
+
+N_JOINS, WINDOW = 3, 10.0
+attacker_moves = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("join"),
+            st.sampled_from(["general", "other", "", None]),
+            st.sampled_from(["a", "b", "", None, "bad\u200dname", "x" * 40]),
+        ),
+        st.tuples(st.just("leave")),
+        st.tuples(st.just("chat")),
+        st.tuples(st.just("garbage")),
+        st.tuples(st.just("wait"), st.sampled_from([0.0, 0.001, 1.0, 3.3, WINDOW - 0.001, WINDOW])),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(attacker_moves)
+def test_no_connection_can_make_a_room_hear_more_than_2n_notices_per_window(
+    moves: list[Any],
+) -> None:
+    """Whatever one connection sends, the members of a room get at most 2 x --join-rate-limit
+    notices from it in any --rate-window (a join while in a room announces a leave and a join),
+    plus one leave when it disconnects. A refused join or leave changes nothing."""
+    hub = Harness(join_rate_limit=N_JOINS, rate_window=WINDOW, rate_limit=0)
+    witness, attacker = hub.client(), hub.client()
+    witness.join("witness")
+    hub.tick()
+    witness.messages()
+    heard: list[float] = []
+    for move in moves:
+        before = (attacker.member.room, attacker.member.name)
+        if move[0] == "join":
+            attacker.send({"type": "join", "room": move[1], "username": move[2]})
+        elif move[0] == "leave":
+            attacker.send({"type": "leave"})
+        elif move[0] == "chat":
+            attacker.chat("hi")
+        elif move[0] == "garbage":
+            attacker.send(b"{nope")
+        else:
+            hub.clock.now += move[1]
+        hub.tick()
+        notices = _notices(witness.messages())
+        heard += [hub.clock.now] * len(notices)
+        if any(m.get("code") == "rate_limited" for m in attacker.messages()):
+            assert notices == [] and (attacker.member.room, attacker.member.name) == before
+    for start in heard:
+        in_window = [t for t in heard if start <= t < start + WINDOW]
+        assert len(in_window) <= 2 * N_JOINS
+    hub.core.disconnect(attacker.member)
+    hub.tick()
+    assert len(_notices(witness.messages())) <= 1

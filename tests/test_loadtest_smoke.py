@@ -34,7 +34,10 @@ def _stats(prefix: Path) -> dict[tuple[str, str], dict[str, str]]:
 @pytest.mark.timeout(90)
 def test_smoke_swarm_has_no_failures_and_records_fanout(tmp_path: Path) -> None:
     prefix = tmp_path / "smoke"
-    with running_server("--rate-limit", "0", "--log-level", "warning") as server:
+    # 4-second sessions switch rooms far faster than people do: a user that happened to switch
+    # five times in the run would pass the default join limit (10 per 10 s).
+    server_args = ("--rate-limit", "0", "--join-rate-limit", "0", "--log-level", "warning")
+    with running_server(*server_args) as server:
         cmd = [
             sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
             "--headless", "--users", str(USERS), "--spawn-rate", str(USERS), "--run-time", "8s",

@@ -1,4 +1,6 @@
-"""Property-based tests: the decoder, the chat core's validation, and fragment reassembly.
+"""Property-based tests: the decoder, the chat core's validation, and close codes.
+
+Fragment reassembly has its own tests in tests/test_reassembly.py.
 
 The documented states (docs/protocol.md, docs/security.md) after any one text message:
 - not UTF-8: ``handle_text`` returns 1007; nothing was written to anyone, membership unchanged;
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +25,6 @@ from server.broker import LocalBroker
 from server.config import Config
 from server.core import ChatCore, Member
 from server.protocol import CloseCode, DecodeFailure, ErrorCode, InvalidUTF8, close_reply
-from server.reassembly import BINARY, CONTINUATION, TEXT, Fragments, Message, Violation, reassemble
 from tests.frames import server_messages
 
 ERROR_CODES = {code.value for code in ErrorCode}
@@ -145,70 +147,33 @@ def test_arbitrary_json_leaves_a_documented_state(value: Any, restricted: bool) 
             assert world.sender.room.name in RoomPatterns(["general", "team-*"])
 
 
-# ---- reassembly -------------------------------------------------------------------------------
-
-LIMIT = 64
-data_frames = st.lists(
-    st.tuples(st.sampled_from([CONTINUATION, TEXT, BINARY]), st.booleans(), st.binary(max_size=40)),
-    max_size=30,
-)
-
-
 @SETTINGS
-@given(data_frames)
-def test_reassembly_never_raises_and_respects_the_limit(sequence: list[Any]) -> None:
-    state: Fragments | None = None
-    for opcode, fin, payload in sequence:
-        state, outcome = reassemble(state, opcode, fin, payload, LIMIT)
-        if isinstance(outcome, Violation):
-            assert outcome.code in (CloseCode.PROTOCOL_ERROR, CloseCode.MESSAGE_TOO_BIG)
-            assert state is None
-            return  # the connection is closed: nothing after a violation is read
-        if isinstance(outcome, Message):
-            assert state is None and len(outcome.payload) <= LIMIT
-        else:
-            assert outcome is None and state is not None and state.size <= LIMIT
-
-
-@SETTINGS
-@given(
-    st.lists(
-        st.tuples(
-            st.booleans(), st.binary(max_size=LIMIT), st.lists(st.integers(0, LIMIT), max_size=5)
-        ),
-        max_size=8,
-    )
-)
-def test_fragmented_messages_come_back_whole(messages: list[Any]) -> None:
-    """Any valid fragmentation of messages within the limit yields exactly those messages."""
-    state: Fragments | None = None
-    received: list[tuple[bool, bytes]] = []
-    for binary, payload, cuts in messages:
-        points = sorted({min(c, len(payload)) for c in cuts})
-        pieces = [payload[a:b] for a, b in zip([0, *points], [*points, len(payload)], strict=True)]
-        for index, piece in enumerate(pieces):
-            opcode = (BINARY if binary else TEXT) if index == 0 else CONTINUATION
-            state, outcome = reassemble(state, opcode, index == len(pieces) - 1, piece, LIMIT)
-            assert not isinstance(outcome, Violation)
-            if isinstance(outcome, Message):
-                received.append((outcome.binary, outcome.payload))
-    assert state is None
-    assert received == [(binary, payload) for binary, payload, _ in messages]
-
-
-def test_the_limit_counts_all_fragments() -> None:
-    state, outcome = reassemble(None, TEXT, False, b"x" * 40, LIMIT)
-    assert outcome is None and state is not None
-    state, outcome = reassemble(state, CONTINUATION, True, b"y" * 40, LIMIT)
-    assert isinstance(outcome, Violation) and outcome.code == CloseCode.MESSAGE_TOO_BIG
-    assert state is None
-
-
-@SETTINGS
-@given(st.integers(0, 65535))
-def test_a_close_is_answered_only_with_codes_valid_on_the_wire(received: int) -> None:
-    reply = close_reply(received)
+@given(st.integers(0, 65535), st.booleans())
+def test_a_close_is_answered_only_with_codes_valid_on_the_wire(code: int, has_code: bool) -> None:
+    reply = close_reply(code, has_code)
     assert reply not in (0, 1004, 1005, 1006, 1015)
     assert 1000 <= reply <= 1003 or 1007 <= reply <= 1014 or 3000 <= reply <= 4999
-    if reply != received:
-        assert reply == (1000 if received in (0, 1005) else 1002)
+    if not has_code:
+        assert reply == 1000  # an empty CLOSE: whatever code picows made up for it
+    elif reply != code:
+        assert reply == 1002  # a code no endpoint may send is never turned into 1000
+
+
+@pytest.mark.parametrize(
+    ("code", "has_code", "reply"),
+    [
+        (0, False, 1000),  # empty payload: picows says 0 (NO_INFO)
+        (0, True, 1002),  # a payload carrying code 0 (Autobahn 7.9.1)
+        (1005, True, 1002),
+        (1006, True, 1002),
+        (999, True, 1002),
+        (1000, True, 1000),
+        (1001, True, 1001),
+        (4999, True, 4999),
+        (5000, True, 1002),
+    ],
+)
+def test_close_code_zero_is_a_protocol_error_unlike_no_code(
+    code: int, has_code: bool, reply: int
+) -> None:
+    assert close_reply(code, has_code) == reply
