@@ -181,11 +181,9 @@ class Connection(WSListener):
                     self.close(code, "invalid UTF-8 in text message")
 
     def _answer_close(self, frame: WSFrame) -> None:
-        code = frame.get_close_code().value
-        if code == 0 and frame.payload_size >= 2:  # code 0 on the wire: no endpoint may send it
-            self.close(CloseCode.PROTOCOL_ERROR, "invalid close code", answering=True)
-        else:
-            self.close(close_reply(code), "", answering=True)
+        # picows reports code 0 both for an empty CLOSE and for one carrying 0: the size tells
+        reply = close_reply(frame.get_close_code().value, frame.payload_size >= 2)
+        self.close(reply, "", answering=True)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if not self.closing:

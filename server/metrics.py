@@ -31,6 +31,11 @@ _COUNTERS = (
     ("roomcast_leaves", "leaves", "room leaves, disconnects included"),
     ("roomcast_errors_sent", "errors", "error messages sent to clients (bad input)"),
     ("roomcast_rate_limited", "rate_limited", "chat messages refused by the rate limit"),
+    (
+        "roomcast_presence_rate_limited",
+        "presence_rate_limited",
+        "joins and leaves refused by --join-rate-limit",
+    ),
     ("roomcast_broadcasts", "broadcasts", "room flushes (one per room per event-loop tick)"),
     ("roomcast_deliveries", "deliveries", "messages delivered (messages x recipients)"),
     ("roomcast_writes", "writes", "socket writes issued by room flushes"),

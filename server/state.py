@@ -30,6 +30,7 @@ class Counters:
         "joins",
         "leaves",
         "messages_in",
+        "presence_rate_limited",
         "rate_limited",
         "refused",
         "slow_consumers_dropped",
@@ -44,7 +45,8 @@ class Counters:
         self.joins = 0
         self.leaves = 0
         self.errors = 0
-        self.rate_limited = 0
+        self.rate_limited = 0  # chats refused by --rate-limit
+        self.presence_rate_limited = 0  # joins and leaves refused by --join-rate-limit
         self.broadcasts = 0  # room flushes
         self.deliveries = 0  # frames delivered (frames x recipients)
         self.writes = 0  # socket writes issued by flushes

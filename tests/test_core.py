@@ -465,6 +465,7 @@ def test_join_rate_limit_refuses_joins_and_leaves_and_changes_nothing() -> None:
     spammer.send({"type": "leave"})  # refused too: it stays, nobody hears a thing
     hub.tick()
     assert [m["code"] for m in spammer.messages()] == ["rate_limited", "rate_limited"]
+    assert hub.core.counters.presence_rate_limited == 3 and hub.core.counters.rate_limited == 0
     assert witness.messages() == []
     room = spammer.member.room
     assert room is not None and room.name == "general" and spammer.member.name == "spam3"

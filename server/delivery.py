@@ -1,0 +1,272 @@
+"""Members, rooms and the per-tick coalesced fan-out: who gets which frames, in which order.
+
+A member is anything with a ``write(bytes)`` callable; the picows adapter passes the socket
+transport's ``write``, tests pass ``list.append``. Frames for a room are queued on the room;
+``flush()`` (requested once per event-loop tick) joins a room's queued frames into one buffer and
+writes the *same* bytes object to every member, so a broadcast costs one frame and one write per
+member per tick, whatever the number of messages in that tick. Counters move per room flush,
+never per recipient.
+
+Ordering: every member's byte stream is exactly the sequence of events it took part in. Members
+who were placed during the current tick (or received a direct message while the room had queued
+frames) sit in ``room.late`` with a ``cursor`` into the room's queue and get only the frames
+queued after it. A member placed with ``hold`` sits in ``room.held``: what it receives is kept
+until ``release`` writes its welcome first. No sockets, no asyncio: see docs/backpressure.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container, Iterator
+from itertools import chain, islice
+
+from .names import DEFAULT_USERNAME
+from .protocol import text_frame
+from .ratelimit import Ring
+from .state import Counters
+
+Write = Callable[[bytes], object]
+
+
+class Member:
+    """One participant. Kept small: a server holds tens of thousands of these."""
+
+    __slots__ = (
+        "allowed_rooms",
+        "chat_rate",
+        "cursor",
+        "fixed_name",
+        "held",
+        "join_rate",
+        "late",
+        "name",
+        "room",
+        "slot",
+        "write",
+    )
+
+    def __init__(self, write: Write) -> None:
+        self.write = write
+        # From an authenticated identity (see server/auth.py): the name every join uses whatever
+        # the client sends, and the rooms it may join (anything supporting `in`; None: all).
+        self.fixed_name: str | None = None
+        self.allowed_rooms: Container[str] | None = None
+        self.name = DEFAULT_USERNAME
+        self.room: Room | None = None
+        # Where the member is in its room: index in room.members, room.late or room.held (O(1)
+        # swap-remove); -1 while arriving.
+        self.slot = 0
+        self.late = False  # True while in room.late
+        self.held: list[bytes] | None = None  # not None while in room.held: frames kept for it
+        self.cursor = 0  # late or held: first frame of room.pending this member still has to get
+        self.chat_rate: Ring | None = None  # times of its last `rate_limit` chats
+        self.join_rate: Ring | None = None  # times of its last `join_rate_limit` joins and leaves
+
+
+class Room:
+    __slots__ = ("arriving", "held", "late", "members", "name", "pending")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.arriving = 0  # members whose join the broker has not placed yet (slot -1)
+        self.members: list[Member] = []  # get every frame of the current tick
+        self.late: list[Member] = []  # get room.pending[member.cursor:] this tick
+        self.held: list[Member] = []  # placed, welcome not written yet: frames kept for them
+        self.pending: list[bytes] = []  # frames queued this tick, flushed once
+
+    def __len__(self) -> int:
+        return len(self.members) + len(self.late) + len(self.held)
+
+    def all_members(self) -> Iterator[Member]:
+        """Every placed member (not the arriving ones)."""
+        return chain(self.members, self.late, self.held)
+
+    def names(self, limit: int) -> list[str]:
+        return [m.name for m in islice(self.all_members(), limit)]
+
+
+class Delivery:
+    """The fan-out of every room of this node."""
+
+    def __init__(self, counters: Counters, request_flush: Callable[[], object]) -> None:
+        """`request_flush` is called (at most once per flush) when frames are queued: the owner
+        then calls ``flush()`` at the end of the event-loop tick."""
+        self.counters = counters
+        self._request_flush = request_flush
+        self._dirty: list[Room] = []
+        self._flush_requested = False
+
+    def deliver(self, room: Room, payload: bytes) -> None:
+        """Queues one encoded message (from this node or another) on the room's next flush."""
+        self.enqueue(room, text_frame(payload))
+
+    def enqueue(self, room: Room, frame: bytes) -> None:
+        if not room.pending:
+            self._dirty.append(room)
+            if not self._flush_requested:
+                self._flush_requested = True
+                self._request_flush()
+        room.pending.append(frame)
+
+    # ---- placing members ----------------------------------------------------------------------
+
+    def admit(self, room: Room, member: Member, welcome: bytes | None) -> None:
+        """Puts an arriving member into the room's delivery lists at this point of its stream.
+
+        It gets every frame queued from now on, none queued before; `welcome` (a frame) is written
+        first. The broker calls this once it has placed the join in the room's order.
+        """
+        room.arriving -= 1
+        self._place(room, member, len(room.pending))
+        if welcome is not None:
+            member.write(welcome)
+
+    def hold(self, room: Room, member: Member) -> None:
+        """Places an arriving member at this point of the room's stream, like ``admit``, but
+        keeps what it receives until ``release`` writes its welcome first."""
+        room.arriving -= 1
+        member.held = []
+        member.cursor = len(room.pending)
+        member.slot = len(room.held)
+        room.held.append(member)
+
+    def release(self, member: Member, welcome: bytes) -> None:
+        """Writes a held member's welcome, then what was kept for it; it is then a plain member."""
+        room = member.room
+        held = member.held
+        if room is None or held is None:
+            return
+        _swap_remove(room.held, member)
+        member.held = None
+        member.write(welcome + b"".join(held) if held else welcome)
+        self._place(room, member, member.cursor)
+
+    def catch_up(self, member: Member) -> None:
+        """Writes what was queued for a placed member so far (it is about to leave)."""
+        room = member.room
+        if room is None or not room.pending or member.slot < 0 or member.held is not None:
+            return
+        start = member.cursor if member.late else 0
+        if start < len(room.pending):
+            member.write(b"".join(room.pending[start:]))
+
+    def remove(self, room: Room, member: Member) -> None:
+        """Takes a member out of the room's lists; it receives nothing more from the room."""
+        if member.slot < 0:
+            room.arriving -= 1
+        elif member.held is not None:
+            _swap_remove(room.held, member)
+            member.held = None
+        else:
+            _swap_remove(room.late if member.late else room.members, member)
+        member.late = False
+        member.cursor = 0
+        member.slot = 0
+        member.room = None
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def send_direct(self, member: Member, frame: bytes) -> None:
+        """Writes one frame to one member now, after whatever its room queued for it so far."""
+        room = member.room
+        if room is None or member.slot < 0:
+            member.write(frame)
+            return
+        if member.held is not None:
+            self._keep_for_held(room, member)
+            member.held.append(frame)
+            return
+        if not room.pending:
+            member.write(frame)
+            return
+        pending = room.pending
+        if member.late:
+            start = member.cursor
+        else:
+            start = 0
+            _swap_remove(room.members, member)
+            member.late = True
+            member.slot = len(room.late)
+            room.late.append(member)
+        member.cursor = len(pending)
+        if start < len(pending):
+            member.write(b"".join(pending[start:]) + frame)
+        else:
+            member.write(frame)
+
+    def flush(self) -> None:
+        """Writes every room's frames queued during this tick: one write per member per room."""
+        self._flush_requested = False
+        dirty = self._dirty
+        if not dirty:
+            return
+        self._dirty = []
+        counters = self.counters
+        for room in dirty:
+            pending = room.pending
+            room.pending = []
+            blob = pending[0] if len(pending) == 1 else b"".join(pending)
+            members = room.members
+            for member in members:
+                member.write(blob)
+            recipients = len(members)
+            counters.broadcasts += 1
+            counters.writes += recipients
+            counters.deliveries += recipients * len(pending)
+            counters.coalesced_frames += recipients * (len(pending) - 1)
+            counters.bytes_sent += recipients * len(blob)
+            if room.late:
+                self._settle_late(room, pending)
+            if room.held:
+                for member in room.held:
+                    self._keep_for_held(room, member, pending)
+
+    def _settle_late(self, room: Room, pending: list[bytes]) -> None:
+        counters = self.counters
+        members = room.members
+        for member in room.late:
+            start = member.cursor
+            if start < len(pending):
+                tail = b"".join(pending[start:])
+                member.write(tail)
+                counters.writes += 1
+                counters.deliveries += len(pending) - start
+                counters.bytes_sent += len(tail)
+            member.late = False
+            member.cursor = 0
+            member.slot = len(members)
+            members.append(member)
+        room.late = []
+
+    def _keep_for_held(
+        self, room: Room, member: Member, pending: list[bytes] | None = None
+    ) -> None:
+        """Moves the frames of `pending` (the room's queue by default) past the member's cursor
+        into what is kept for it; its cursor then points past them."""
+        queue = room.pending if pending is None else pending
+        start = member.cursor
+        assert member.held is not None
+        if start < len(queue):
+            member.held.extend(queue[start:])
+        member.cursor = len(room.pending)
+
+    @staticmethod
+    def _place(room: Room, member: Member, cursor: int) -> None:
+        """Into the delivery lists, getting room.pending[cursor:] and everything after."""
+        if room.pending:
+            member.late = True
+            member.cursor = cursor
+            member.slot = len(room.late)
+            room.late.append(member)
+        else:
+            member.late = False
+            member.cursor = 0
+            member.slot = len(room.members)
+            room.members.append(member)
+
+
+def _swap_remove(items: list[Member], member: Member) -> None:
+    index = member.slot
+    last = items.pop()
+    if last is not member:
+        items[index] = last
+        last.slot = index
