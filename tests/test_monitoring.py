@@ -386,13 +386,13 @@ def replace_once(text: str, old: str, new: str) -> str:
 
 
 @contextlib.contextmanager
-def running_prometheus(target: str, workdir: Path) -> Iterator[Prometheus]:
-    """Prometheus with the documented config, scraping `target` and evaluating deploy/alerts.yml
+def running_prometheus(targets: list[str], workdir: Path) -> Iterator[Prometheus]:
+    """Prometheus with the documented config, scraping `targets` and evaluating deploy/alerts.yml
     every second, listening on a free loopback port, its storage in `workdir`."""
     config = documented_prometheus_config()
     config = replace_once(config, "scrape_interval: 15s", "scrape_interval: 1s")
     config = replace_once(config, "evaluation_interval: 15s", "evaluation_interval: 1s")
-    config = replace_once(config, "127.0.0.1:8080", target)
+    config = replace_once(config, '"127.0.0.1:8080"', ", ".join(f'"{t}"' for t in targets))
     rule_file = yaml.safe_load(config)["rule_files"][0]
     shutil.copy(ALERTS, workdir / rule_file)
     (workdir / "prometheus.yml").write_text(config)
@@ -483,44 +483,51 @@ def refuse_one_upgrade(server: ServerProcess) -> None:
 
 @dataclass
 class Stack:
+    """Two roomcast nodes, each linked to its own redis-server, scraped by one Prometheus:
+    `server` carries traffic; `island` is the one whose Redis the outage test stops, so the
+    tests do not depend on their order."""
+
     redis: RedisServer
     server: ServerProcess
+    island_redis: RedisServer
+    island: ServerProcess
     prometheus: Prometheus
 
     @property
     def target(self) -> str:
         return f"{self.server.host}:{self.server.port}"
 
-
-@contextlib.contextmanager
-def monitored_stack(workdir: Path) -> Iterator[Stack]:
-    """redis-server, a roomcast linked to it, and Prometheus scraping roomcast (scraped at least
-    once before this yields)."""
-    redis = start_redis()
-    server = None
-    try:
-        server = start_server(
-            "--redis-url", redis.url, "--rate-limit", "0", "--log-level", "warning"
-        )
-        with running_prometheus(f"{server.host}:{server.port}", workdir) as prometheus:
-            poll("the first scrape", lambda: prometheus.query('up{job="roomcast"} == 1'))
-            yield Stack(redis, server, prometheus)
-    finally:
-        if server is not None:
-            server.stop()
-        redis.close()
+    @property
+    def island_target(self) -> str:
+        return f"{self.island.host}:{self.island.port}"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A stack with traffic: chat deliveries all along and one refused upgrade."""
-    with monitored_stack(tmp_path_factory.mktemp("prometheus")) as stack:
+    """The stack, scraped at least once, with chat deliveries all along on `server` and one
+    upgrade it refused."""
+    with contextlib.ExitStack() as cleanup:
+
+        def node() -> tuple[RedisServer, ServerProcess]:
+            redis = start_redis()
+            cleanup.callback(redis.close)
+            server = start_server(
+                "--redis-url", redis.url, "--rate-limit", "0", "--log-level", "warning"
+            )
+            cleanup.callback(server.stop)
+            return redis, server
+
+        (redis, server), (island_redis, island) = node(), node()
+        targets = [f"{s.host}:{s.port}" for s in (server, island)]
+        prometheus = cleanup.enter_context(
+            running_prometheus(targets, tmp_path_factory.mktemp("prometheus"))
+        )
+        stack = Stack(redis, server, island_redis, island, prometheus)
+        poll("the first scrapes", lambda: len(prometheus.query('up{job="roomcast"} == 1')) == 2)
         chatter = Chatter(stack.server.ws_url)
-        try:
-            refuse_one_upgrade(stack.server)
-            yield stack
-        finally:
-            chatter.close()
+        cleanup.callback(chatter.close)
+        refuse_one_upgrade(stack.server)
+        yield stack
 
 
 def values(result: list[dict[str, Any]]) -> list[float]:
@@ -531,9 +538,9 @@ def values(result: list[dict[str, Any]]) -> list[float]:
 def test_prometheus_scrapes_a_server_and_evaluates_the_rules(stack: Stack) -> None:
     prometheus = stack.prometheus
     targets = prometheus.api("targets")["activeTargets"]
-    assert [(t["labels"]["job"], t["labels"]["instance"], t["health"]) for t in targets] == [
-        ("roomcast", stack.target, "up")
-    ]
+    assert sorted((t["labels"]["job"], t["labels"]["instance"], t["health"]) for t in targets) == (
+        sorted([("roomcast", stack.target, "up"), ("roomcast", stack.island_target, "up")])
+    )
     rules = load_rules()
 
     def all_rules_evaluated() -> list[dict[str, Any]] | None:
@@ -544,41 +551,46 @@ def test_prometheus_scrapes_a_server_and_evaluates_the_rules(stack: Stack) -> No
     assert sorted(r["name"] for r in loaded) == sorted(
         r.get("alert") or r["record"] for r in rules
     )
-    instance = {"job": "roomcast", "instance": stack.target}
+    selector = f'{{job="roomcast", instance="{stack.target}"}}'
 
-    def recorded(name: str) -> list[dict[str, Any]]:
-        return poll(f"{name} to have data", lambda: prometheus.query(name))
+    def recorded(name: str) -> list[float]:
+        return values(poll(f"{name} to have data", lambda: prometheus.query(name + selector)))
 
-    deliveries = recorded("roomcast:deliveries:rate5m")
-    assert [s["metric"] for s in deliveries] == [
-        {"__name__": "roomcast:deliveries:rate5m", **instance}
-    ]
-    assert values(deliveries)[0] > 0
-    cpu = values(recorded("roomcast:cpu_seconds_per_delivery:rate5m"))
+    assert recorded("roomcast:deliveries:rate5m")[0] > 0
+    cpu = recorded("roomcast:cpu_seconds_per_delivery:rate5m")
     assert len(cpu) == 1 and 0 < cpu[0] < 1 and math.isfinite(cpu[0])
     for name in (
         "roomcast:event_loop_lag_seconds:p99_5m", "roomcast:broker_roundtrip_seconds:p99_5m"
     ):
-        p99 = values(recorded(name))
+        p99 = recorded(name)
         assert len(p99) == 1 and 0 <= p99[0] < 1, (name, p99)
+    # the island delivers nothing: no CPU-per-delivery series for it (no division by zero)
+    assert prometheus.query(
+        f'roomcast:cpu_seconds_per_delivery:rate5m{{instance="{stack.island_target}"}}'
+    ) == []
     # every alert's expression is valid in this Prometheus; a healthy node raises no Redis alert
     for rule in rules:
         prometheus.query(rule["expr"])
     alerts = prometheus.api("alerts")["alerts"]
-    assert [a for a in alerts if a["labels"]["alertname"].startswith("RoomcastRedis")] == []
+    assert [
+        a for a in alerts
+        if a["labels"]["alertname"].startswith("RoomcastRedis")
+        and a["labels"]["instance"] == stack.target
+    ] == []
 
 
 @pytest.mark.timeout(90)
 def test_every_dashboard_query_returns_data_in_prometheus(stack: Stack) -> None:
+    """Each panel's queries, with the variables set as Grafana would with `server` picked."""
     dashboard = load_dashboard()
     queries = [
-        (title, expr.replace("$__rate_interval", "30s").replace("$instance", ".*"))
+        (title, expr.replace("$__rate_interval", "30s").replace("$instance", stack.target))
         for title, expr in dashboard_queries(dashboard)
     ]
     assert not [expr for _, expr in queries if "$" in expr]
     for name in dashboard_variable_metrics(dashboard):
         series = stack.prometheus.api("series", **{"match[]": name})
-        assert [s["instance"] for s in series] == [stack.target]
+        assert sorted(s["instance"] for s in series) == sorted([stack.target, stack.island_target])
 
     def empty() -> list[tuple[str, str]]:
         return [(title, expr) for title, expr in queries if not stack.prometheus.query(expr)]
@@ -589,6 +601,12 @@ def test_every_dashboard_query_returns_data_in_prometheus(stack: Stack) -> None:
         time.sleep(0.5)
         missing = empty()
     assert missing == []
+    connections = stack.prometheus.query(
+        next(expr for title, expr in queries if title == "Open connections")
+    )
+    assert [(s["metric"], s["value"][1]) for s in connections] == [
+        ({"instance": stack.target}, "3")
+    ]
     refused = stack.prometheus.query(
         next(expr for title, expr in queries if title.startswith("Upgrades refused"))
     )
@@ -596,21 +614,21 @@ def test_every_dashboard_query_returns_data_in_prometheus(stack: Stack) -> None:
 
 
 @pytest.mark.timeout(90)
-def test_redis_outage_raises_the_redis_alerts_in_prometheus(tmp_path: Path) -> None:
-    with monitored_stack(tmp_path) as stack:
-        prometheus = stack.prometheus
-        assert prometheus.query("roomcast_broker_up == 0") == []
-        stack.redis.stop()
+def test_redis_outage_raises_the_redis_alerts_in_prometheus(stack: Stack) -> None:
+    prometheus = stack.prometheus
+    island = f'{{instance="{stack.island_target}"}}'
+    assert values(prometheus.query(f"roomcast_broker_up{island}")) == [1]
+    stack.island_redis.stop()
 
-        def raised() -> set[str]:
-            return {
-                a["labels"]["alertname"]
-                for a in prometheus.api("alerts")["alerts"]
-                if a["labels"].get("instance") == stack.target and a["state"] == "pending"
-            }
+    def raised() -> set[str]:
+        return {
+            a["labels"]["alertname"]
+            for a in prometheus.api("alerts")["alerts"]
+            if a["labels"].get("instance") == stack.island_target and a["state"] == "pending"
+        }
 
-        # both have a `for:` of a minute or more: pending is what a few seconds can show
-        poll("RoomcastRedisLinkDown and RoomcastNotReady pending",
-             lambda: {"RoomcastRedisLinkDown", "RoomcastNotReady"} <= raised())
-        down = prometheus.query("roomcast_broker_up == 0")
-        assert [s["metric"]["instance"] for s in down] == [stack.target]
+    # both have a `for:` of a minute or more: pending is what a few seconds can show
+    poll("RoomcastRedisLinkDown and RoomcastNotReady pending",
+         lambda: {"RoomcastRedisLinkDown", "RoomcastNotReady"} <= raised())
+    down = prometheus.query("roomcast_broker_up == 0")
+    assert [s["metric"]["instance"] for s in down] == [stack.island_target]
