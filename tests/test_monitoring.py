@@ -392,7 +392,9 @@ def running_prometheus(targets: list[str], workdir: Path) -> Iterator[Prometheus
     config = documented_prometheus_config()
     config = replace_once(config, "scrape_interval: 15s", "scrape_interval: 1s")
     config = replace_once(config, "evaluation_interval: 15s", "evaluation_interval: 1s")
-    config = replace_once(config, '"127.0.0.1:8080"', ", ".join(f'"{t}"' for t in targets))
+    documented = yaml.safe_load(config)["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert len(documented) == 1, documented
+    config = replace_once(config, f'"{documented[0]}"', ", ".join(f'"{t}"' for t in targets))
     rule_file = yaml.safe_load(config)["rule_files"][0]
     shutil.copy(ALERTS, workdir / rule_file)
     (workdir / "prometheus.yml").write_text(config)
