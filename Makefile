@@ -25,9 +25,10 @@ system-deps:
 node-deps:
 	@scripts/ensure-node-peer.sh
 
+# make run [HOST=...] [PORT=...] [ARGS="--rate-limit 0 --log-level debug"]: ARGS go to the server
 run: setup
 	@echo "roomcast: open http://$(HOST):$(PORT)/ in a browser, or: npx wscat -c ws://$(HOST):$(PORT)"
-	$(PY) -m server --host $(HOST) --port $(PORT)
+	$(PY) -m server --host $(HOST) --port $(PORT) $(ARGS)
 
 test: setup system-deps node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
