@@ -9,37 +9,13 @@ from collections.abc import Callable
 import jwt
 from playwright.sync_api import Page, expect
 
+from tests.browser.pages import chat_texts, join, member, say
 from tests.support import ServerProcess, free_port, start_server
 
 NewPage = Callable[..., Page]
 Launch = Callable[..., ServerProcess]
 
 XSS = "<img src=x onerror=alert(1)>"
-
-
-def join(page: Page, server: ServerProcess, username: str, room: str = "general") -> Page:
-    """Opens the page, joins `room` as `username` and waits for the server's confirmation."""
-    page.goto(f"{server.http_url}/")
-    expect(page.locator("#status")).to_have_attribute("data-state", "online")
-    page.fill("#username", username)
-    page.fill("#room", room)
-    page.click("#join")
-    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
-    expect(page.locator("#room-name")).to_have_text(f"#{room}")
-    return page
-
-
-def say(page: Page, text: str) -> None:
-    page.fill("#input", text)
-    page.press("#input", "Enter")
-
-
-def chat_texts(page: Page):  # type: ignore[no-untyped-def]
-    return page.locator("#messages .chat .text")
-
-
-def member(page: Page, name: str):  # type: ignore[no-untyped-def]
-    return page.locator(f'#members li[data-username="{name}"]')
 
 
 def test_two_pages_chat_in_the_same_room(server: ServerProcess, new_page: NewPage) -> None:
@@ -134,25 +110,32 @@ def test_page_reconnects_and_rejoins_after_a_server_restart(new_page: NewPage) -
         second.stop()
 
 
-def test_rate_limit_error_reaches_only_the_sender(launch: Launch, new_page: NewPage) -> None:
+def test_rate_limit_error_reaches_only_the_sender(
+    launch: Launch, new_page: NewPage, device: dict[str, object]
+) -> None:
     server = launch("--rate-limit", "3", "--rate-window", "60")
-    alice = join(new_page(), server, "alice")
+    alice = join(new_page(**device), server, "alice")
     bob = join(new_page(), server, "bob")
     expect(member(alice, "bob")).to_have_count(1)
 
     for n in range(4):
         say(alice, f"burst {n}")
-    error = alice.locator('#messages .error[data-code="rate_limited"]')
-    expect(error).to_have_count(1)
-    expect(error).to_contain_text(re.compile("try again", re.IGNORECASE))
+    # The refused message stays in alice's composer, the reason next to it.
+    refusal = alice.locator("#composer-error")
+    expect(refusal).to_have_attribute("data-code", "rate_limited")
+    expect(refusal).to_contain_text("Slow down! Max 3 msgs/60s")
+    expect(refusal).to_contain_text(re.compile(r"try again in \d+ s"))
+    expect(alice.locator("#input")).to_have_value("burst 3")
+    expect(alice.locator("#input")).to_be_editable()
     expect(chat_texts(bob)).to_have_text(["burst 0", "burst 1", "burst 2"])
 
     # Bob has his own budget; once his message is back, anything for him has arrived too.
     say(bob, "bob is fine")
     expect(chat_texts(bob).last).to_have_text("bob is fine")
     expect(chat_texts(alice).last).to_have_text("bob is fine")
-    expect(bob.locator("#messages .error")).to_have_count(0)
-    expect(alice.locator("#messages .error")).to_have_count(1)
+    expect(bob.locator("#messages .error, #composer-error:visible")).to_have_count(0)
+    expect(alice.locator("#input")).to_have_value("burst 3")
+    expect(alice.locator("#composer-error")).to_be_visible()
 
 
 def test_room_and_token_come_from_the_url(server: ServerProcess, new_page: NewPage) -> None:

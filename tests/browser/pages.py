@@ -1,0 +1,78 @@
+"""Helpers the browser tests share: joining a room through the page, sending, watching frames."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from playwright.sync_api import Locator, Page, WebSocket, expect
+
+from tests.support import ServerProcess
+
+
+def open_page(page: Page, server: ServerProcess, query: str = "") -> Page:
+    """Loads the page and waits until it is online."""
+    page.goto(f"{server.http_url}/{query}")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    return page
+
+
+def join(
+    page: Page, server: ServerProcess, username: str, room: str = "general", query: str = ""
+) -> Page:
+    """Opens the page, joins `room` as `username` and waits for the server's confirmation."""
+    open_page(page, server, query)
+    page.fill("#username", username)
+    page.fill("#room", room)
+    page.click("#join")
+    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    expect(page.locator("#room-name")).to_have_text(f"#{room}")
+    return page
+
+
+def say(page: Page, text: str) -> None:
+    """Types `text` and presses Enter (waits until the composer accepts input)."""
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+
+
+def chat_texts(page: Page) -> Locator:
+    return page.locator("#messages .chat .text")
+
+
+def member(page: Page, name: str) -> Locator:
+    return page.locator(f'#members li[data-username="{name}"]')
+
+
+def wait_until(page: Page, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls `condition` (which reads state Playwright fills from events) until a deadline;
+    each round trip to the page lets Playwright deliver the events that arrived meanwhile."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        page.evaluate("0")
+
+
+class Frames:
+    """Every JSON frame a page sends over its WebSockets, in order (attach before page.goto)."""
+
+    def __init__(self, page: Page) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.sockets: list[str] = []
+        page.on("websocket", self._watch)
+
+    def _watch(self, ws: WebSocket) -> None:
+        self.sockets.append(ws.url)
+        ws.on("framesent", self._record)
+
+    def _record(self, payload: str | bytes) -> None:
+        self.sent.append(json.loads(payload))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [frame for frame in self.sent if frame.get("type") == kind]
+
+    def types(self) -> list[str]:
+        return [str(frame.get("type")) for frame in self.sent]
