@@ -21,7 +21,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithLis
 from .acceptor import Acceptor, listening_socket, picows_protocol_factory
 from .broker import LocalBroker
 from .config import Config
-from .connection import Connection
+from .connection import Connection, EchoConnection
 from .core import ChatCore
 from .gate import Admitted, Gate
 from .heartbeat import Heartbeat
@@ -53,6 +53,7 @@ class App:
         self.counters = counters
         self.gate = gate
         self.site = site
+        self._echo_path = config.echo_path
         self.max_message_bytes = config.max_message_bytes
         self.max_buffered_bytes = config.max_buffered_bytes
         self.close_grace = config.ping_timeout
@@ -90,7 +91,11 @@ class App:
             # Firefox sends "keep-alive, Upgrade" (valid, RFC 6455 4.2.1), which picows's own
             # check, made after this, refuses: normalise it in the request picows validates.
             headers["Connection"] = "Upgrade"
-        conn = Connection(self, decision)
+        path = request.path.decode("latin-1")
+        if self._echo_path and path.partition("?")[0] == self._echo_path:
+            conn: Connection = EchoConnection(self, decision)
+        else:
+            conn = Connection(self, decision)
         if decision.subprotocol is None:
             return conn
         response = WSUpgradeResponse.create_101_response(

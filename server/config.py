@@ -60,6 +60,8 @@ class Config:
     handshake_rate: int = 0
     handshake_window: float = 10.0
     handshake_timeout: float = 10.0
+    # ---- compliance mode ----
+    echo_path: str = ""
 
     @property
     def auth_enabled(self) -> bool:
@@ -178,6 +180,9 @@ _HELP: dict[str, str] = {
     "429 with Retry-After (0: no limit)",
     "handshake_window": "length in seconds of the handshake-rate window",
     "handshake_timeout": "seconds a new connection has to send its HTTP request",
+    "echo_path": "compliance mode: an upgrade to exactly this path (e.g. /echo) gets an echo "
+    "connection, handled like chat connections but echoing every message; used to run the "
+    "Autobahn TestSuite (empty: off)",
 }
 
 
@@ -313,6 +318,8 @@ def _check_together(config: Config) -> None:
         raise ConfigError(
             "jwt_algorithms", config.jwt_algorithms, "needs --jwt-secret or --jwt-public-key"
         )
+    if config.echo_path and not config.echo_path.startswith("/"):
+        raise ConfigError("echo_path", config.echo_path, "must be a path starting with /")
     if not config.host:
         raise ConfigError("host", "''", "must be an address to listen on")
 

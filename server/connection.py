@@ -24,7 +24,7 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 from . import fastpath
 from .core import ChatCore, Member
-from .protocol import CloseCode, close_frame, close_reply
+from .protocol import CloseCode, binary_frame, close_frame, close_reply, text_frame
 from .reassembly import Fragments, Message, reassemble
 from .state import Counters
 
@@ -147,9 +147,7 @@ class Connection(WSListener):
                 and self.fragments is None
                 and frame.payload_size <= self.owner.max_message_bytes
             ):
-                code = self.owner.core.handle_text(self.member, frame.get_payload_as_bytes())
-                if code is not None:
-                    self.close(code, "invalid UTF-8 in text message")
+                self.text(frame.get_payload_as_bytes())
             elif kind is _PONG:
                 pass
             else:
@@ -174,11 +172,19 @@ class Connection(WSListener):
             if not isinstance(outcome, Message):
                 self.close(outcome.code, outcome.reason)
             elif outcome.binary:
-                self.owner.core.handle_binary(self.member)
+                self.binary(outcome.payload)
             else:
-                code = self.owner.core.handle_text(self.member, outcome.payload)
-                if code is not None:
-                    self.close(code, "invalid UTF-8 in text message")
+                self.text(outcome.payload)
+
+    # ---- complete messages (what a kind of connection does with them) ------------------------
+
+    def text(self, payload: bytes) -> None:
+        code = self.owner.core.handle_text(self.member, payload)
+        if code is not None:
+            self.close(code, "invalid UTF-8 in text message")
+
+    def binary(self, payload: bytes) -> None:
+        self.owner.core.handle_binary(self.member)
 
     def _answer_close(self, frame: WSFrame) -> None:
         # picows reports code 0 both for an empty CLOSE and for one carrying 0: the size tells
@@ -334,3 +340,22 @@ class Connection(WSListener):
         except Exception:
             return "?"
         return f"{name[0]}:{name[1]}" if name else "?"
+
+
+class EchoConnection(Connection):
+    """``--echo-path``: the compliance mode the Autobahn TestSuite drives. Every message comes
+    back as it came, through the same frame, reassembly, UTF-8, size, write-accounting and close
+    handling as a chat connection; nothing reaches the chat core."""
+
+    __slots__ = ()
+
+    def text(self, payload: bytes) -> None:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self.close(CloseCode.INVALID_TEXT, "invalid UTF-8 in text message")
+            return
+        self.member.write(text_frame(payload))
+
+    def binary(self, payload: bytes) -> None:
+        self.member.write(binary_frame(payload))

@@ -191,6 +191,16 @@ def text_frame(payload: bytes) -> bytes:
     return _HEADER_64.pack(0x81, 127, size) + payload
 
 
+def binary_frame(payload: bytes) -> bytes:
+    """One unmasked FIN+BINARY frame (the echo mode's)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x82, size)) + payload
+    if size < 65536:
+        return _HEADER_16.pack(0x82, 126, size) + payload
+    return _HEADER_64.pack(0x82, 127, size) + payload
+
+
 def close_frame(code: int, reason: str = "") -> bytes:
     """One unmasked CLOSE frame with `code` and a reason cut to fit a control frame (125 bytes)."""
     payload = struct.pack("!H", code) + reason.encode()[:123]
