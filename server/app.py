@@ -77,6 +77,9 @@ class App:
     def route(self, request: WSUpgradeRequest, peer: Any = None) -> Any:
         headers = request.headers
         if headers.get("upgrade", "").lower() != "websocket":
+            path = request.path.decode("latin-1")
+            if path.partition("?")[0] == "/auth/check":
+                return WSUpgradeResponseWithListener(self._auth_check(path, headers), None)
             return WSUpgradeResponseWithListener(self.site.respond(request), None)
         if self.state.draining:
             return self._refusal(self.gate.refuse("draining", 503, "server is shutting down"))
@@ -109,6 +112,13 @@ class App:
             refused.status, refused.body, refused.headers or None
         )
         return WSUpgradeResponseWithListener(response, None)
+
+    def _auth_check(self, path: str, headers: Any) -> Any:
+        problem = self.gate.token_problem(path, headers)
+        no_store = {"Cache-Control": "no-store", "Content-Type": "text/plain; charset=utf-8"}
+        if problem is None:
+            return WSUpgradeResponse.create_ok_response(b"ok\n", no_store)
+        return WSUpgradeResponse.create_error_response(401, problem.encode() + b"\n", no_store)
 
     def _metrics(self) -> Any:
         return WSUpgradeResponse.create_ok_response(

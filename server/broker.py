@@ -28,6 +28,9 @@ class LocalBroker:
     def leave(self, room: Room, member: Member) -> None:
         leave_locally(self.core, room, member)
 
+    def typing(self, room: Room, member: Member, payload: bytes) -> None:
+        self.core.deliver_typing(room, payload, member)
+
 
 def join_locally(core: ChatCore, room: Room, member: Member) -> None:
     """A join decided on this node alone: a notice to the others, then the joiner's own copy.

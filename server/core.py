@@ -30,13 +30,18 @@ from .protocol import (
     InvalidUTF8,
     Join,
     SystemMessage,
+    Typing,
+    TypingMessage,
     encode,
     error_frame,
+    text_frame,
 )
 from .ratelimit import Ring
 from .state import Counters
 
 __all__ = ["Broker", "ChatCore", "Member", "Room"]
+
+TYPING_INTERVAL = 2.0  # seconds: at most one typing event per member goes out per interval
 
 
 class Broker(Protocol):
@@ -50,6 +55,9 @@ class Broker(Protocol):
 
     def leave(self, room: Room, member: Member) -> None:
         """`member` has been taken out of `room` (it receives nothing more): announce it."""
+
+    def typing(self, room: Room, member: Member, payload: bytes) -> None:
+        """`member` is typing: tell the members of `room` that asked for typing events."""
 
 
 def wall_clock_ms() -> int:
@@ -117,7 +125,10 @@ class ChatCore:
         if kind is Chat:
             self.chat(member, message.text)  # type: ignore[union-attr]
         elif kind is Join:
+            member.wants_typing = bool(message.typing)  # type: ignore[union-attr]
             self.join(member, message.room, message.username)  # type: ignore[union-attr]
+        elif kind is Typing:
+            self.typing(member)
         elif member.room is not None and not self._join_refused(member):
             self.leave(member)
         return None
@@ -159,6 +170,23 @@ class ChatCore:
                 return
         self.counters.chats += 1
         self._publish(room, encode(ChatMessage(member.name, text, self._wall_ms())))
+
+    def typing(self, member: Member) -> None:
+        """Tells the room's members that asked for it that `member` is typing; at most one per
+        TYPING_INTERVAL per member goes out, the others are dropped (a hint, never stored)."""
+        room = member.room
+        if room is None:
+            self.send_error(member, ErrorCode.NOT_IN_ROOM, "Join a room first")
+            return
+        now = self._clock()
+        if now - member.typing_at < TYPING_INTERVAL:
+            return
+        member.typing_at = now
+        self.broker.typing(room, member, encode(TypingMessage(room.name, member.name)))
+
+    def deliver_typing(self, room: Room, payload: bytes, sender: Member | None) -> None:
+        """A typing event (from this node or another) to the members that asked for them."""
+        self._delivery.send_to_typing_watchers(room, text_frame(payload), sender)
 
     def join(self, member: Member, room_name: str | None, username: str | None) -> None:
         name = member.fixed_name
@@ -272,6 +300,9 @@ class _Unwired:
         raise RuntimeError("ChatCore has no broker: call use_broker() first")
 
     def leave(self, room: Room, member: Member) -> None:
+        raise RuntimeError("ChatCore has no broker: call use_broker() first")
+
+    def typing(self, room: Room, member: Member, payload: bytes) -> None:
         raise RuntimeError("ChatCore has no broker: call use_broker() first")
 
 

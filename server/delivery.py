@@ -41,6 +41,8 @@ class Member:
         "name",
         "room",
         "slot",
+        "typing_at",
+        "wants_typing",
         "write",
     )
 
@@ -60,6 +62,8 @@ class Member:
         self.cursor = 0  # late or held: first frame of room.pending this member still has to get
         self.chat_rate: Ring | None = None  # times of its last `rate_limit` chats
         self.join_rate: Ring | None = None  # times of its last `join_rate_limit` joins and leaves
+        self.wants_typing = False  # its join asked for `typing` events
+        self.typing_at = float("-inf")  # when its last typing event went out
 
 
 class Room:
@@ -164,6 +168,11 @@ class Delivery:
         member.room = None
 
     # ---- writing ------------------------------------------------------------------------------
+
+    def send_to_typing_watchers(self, room: Room, frame: bytes, sender: Member | None) -> None:
+        """A frame only for the members that asked for typing events, the sender excepted."""
+        for member in [m for m in room.all_members() if m.wants_typing and m is not sender]:
+            self.send_direct(member, frame)
 
     def send_direct(self, member: Member, frame: bytes) -> None:
         """Writes one frame to one member now, after whatever its room queued for it so far."""

@@ -107,6 +107,17 @@ class Gate:
             return self.refuse("unauthorized", 401, exc.reason, _BEARER)
         return Admitted(address, identity, subprotocol)
 
+    def token_problem(self, path: str, headers: Headers) -> str | None:
+        """Why the token this request presents would be refused, or None (also when auth is
+        off). For ``GET /auth/check``: a browser cannot read the 401 of a refused upgrade."""
+        if self._verifier is None:
+            return None
+        try:
+            self._verifier.authenticate(path, headers)
+        except AuthError as exc:
+            return exc.reason
+        return None
+
     # ---- open connections ---------------------------------------------------------------------
 
     def opened(self, conn: Expirable, client_ip: str, identity: Identity | None) -> None:

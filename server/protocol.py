@@ -66,6 +66,7 @@ class Join(msgspec.Struct, tag_field="type", tag="join", gc=False):
     # Optional and nullable because the seed's server treats missing, null and "" alike.
     room: str | None = None
     username: str | None = None
+    typing: bool | None = None  # true: this client wants `typing` events of its room
 
 
 class Chat(msgspec.Struct, tag_field="type", tag="chat", gc=False):
@@ -76,7 +77,11 @@ class Leave(msgspec.Struct, tag_field="type", tag="leave", gc=False):
     pass
 
 
-ClientMessage = Join | Chat | Leave
+class Typing(msgspec.Struct, tag_field="type", tag="typing", gc=False):
+    """The sender is typing: a hint for the others, never stored, at most one per interval."""
+
+
+ClientMessage = Join | Chat | Leave | Typing
 
 # ---- server -> client -------------------------------------------------------------------------
 
@@ -96,6 +101,13 @@ class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_default
     timestamp: int
     # Only the joiner's own copy carries the member list (capped); see docs/presence.md.
     users: list[str] | None = None
+
+
+class TypingMessage(msgspec.Struct, tag_field="type", tag="typing", gc=False):
+    """Sent only to members whose join asked for it (``"typing": true``)."""
+
+    room: str
+    username: str
 
 
 class StatusMessage(msgspec.Struct, tag_field="type", tag="system", gc=False):
@@ -151,7 +163,7 @@ def decode(payload: bytes) -> ClientMessage:
         detail = str(exc)
         if detail.endswith("- at `$.type`") or detail == "Object missing required field `type`":
             raise DecodeFailure(
-                ErrorCode.UNKNOWN_TYPE, "Unknown message type (expected join, chat or leave)"
+                ErrorCode.UNKNOWN_TYPE, "Unknown message type (expected join, chat, leave or typing)"
             ) from None
         raise DecodeFailure(ErrorCode.INVALID_MESSAGE, f"Invalid message: {detail}") from None
     except msgspec.DecodeError:

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -480,3 +481,29 @@ async def test_refusals_are_counted_by_reason(auth_server: ServerProcess) -> Non
     assert (await refused(auth_server, "/?token=not.a.jwt"))[0] == 401
     metrics = await asyncio.to_thread(_metrics_text, auth_server)
     assert 'roomcast_handshakes_refused_total{reason="unauthorized"} 2.0' in metrics
+
+
+def _auth_check(server: ServerProcess, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(server.http_url + path, timeout=5) as response:
+            return response.status, response.read().decode(), response.headers["Cache-Control"]
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), error.headers["Cache-Control"]
+
+
+async def test_auth_check_tells_a_browser_why_its_token_is_refused(
+    auth_server: ServerProcess, server: ServerProcess
+) -> None:
+    good = hs256(claims(name="ok"))
+    expired = hs256(claims(exp=int(time.time()) - 3600))
+    cases = [
+        (f"/auth/check?token={good}", 200, "ok"),
+        (f"/auth/check?token={expired}", 401, "token expired"),
+        ("/auth/check", 401, "token required"),
+        (f"/auth/check?token={good[:-3]}abc", 401, "bad token signature"),
+    ]
+    for path, status, body in cases:
+        got = await asyncio.to_thread(_auth_check, auth_server, path)
+        assert got == (status, body + "\n", "no-store"), path
+    # without authentication every token (and none) would be accepted
+    assert await asyncio.to_thread(_auth_check, server, "/auth/check") == (200, "ok\n", "no-store")

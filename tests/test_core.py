@@ -571,3 +571,46 @@ def test_no_connection_can_make_a_room_hear_more_than_2n_notices_per_window(
     hub.core.disconnect(attacker.member)
     hub.tick()
     assert len(_notices(witness.messages())) <= 1
+
+
+# ---- typing (opt-in, throttled, never stored) -----------------------------------------------------
+
+
+def test_typing_reaches_only_members_that_asked_and_never_the_sender(hub: Harness) -> None:
+    old, new, typer = hub.client(), hub.client(), hub.client()
+    old.join("old")  # a seed client: its join does not ask for typing events
+    new.send({"type": "join", "username": "new", "typing": True})
+    typer.send({"type": "join", "username": "typer", "typing": True})
+    hub.tick()
+    for client in (old, new, typer):
+        client.messages()
+    typer.send({"type": "typing"})
+    hub.tick()
+    assert new.messages() == [{"type": "typing", "room": "general", "username": "typer"}]
+    assert old.messages() == [] and typer.messages() == []  # old clients see exactly today's
+
+
+def test_typing_is_throttled_per_sender_and_not_a_chat(hub: Harness) -> None:
+    watcher, typer = hub.client(), hub.client()
+    watcher.send({"type": "join", "username": "w", "typing": True})
+    typer.join("t")
+    hub.tick()
+    watcher.messages()
+    typer.messages()
+    for _ in range(5):
+        typer.send({"type": "typing"})
+    hub.clock.now += 1.9
+    typer.send({"type": "typing"})
+    hub.tick()
+    assert len(watcher.messages()) == 1  # one per 2 s goes out; the rest are dropped
+    hub.clock.now += 0.2
+    typer.send({"type": "typing"})
+    hub.tick()
+    assert [m["type"] for m in watcher.messages()] == ["typing"]
+    assert hub.core.counters.chats == 0 and typer.messages() == []
+
+
+def test_typing_outside_a_room_is_an_error(hub: Harness) -> None:
+    lone = hub.client()
+    lone.send({"type": "typing"})
+    assert [m["code"] for m in lone.messages()] == ["not_in_room"]

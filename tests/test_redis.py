@@ -482,3 +482,22 @@ async def test_joins_to_two_new_rooms_at_once_are_both_confirmed(
         assert welcome["text"] == f"u{i} joined #fresh{i}", welcome
         client.send_json({"type": "chat", "text": f"in fresh{i}"})
         assert (await until(client, lambda m: m.get("type") == "chat"))["text"] == f"in fresh{i}"
+
+
+async def test_typing_crosses_nodes_only_to_members_that_asked(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    a, b = node(launch, redis_server), node(launch, redis_server)
+    typer, _ = await joined(a, "typer", "t")
+    old, _ = await joined(b, "old", "t")  # a seed client, no typing
+    new = await RawClient.connect(b.host, b.port)
+    new.send_json({"type": "join", "username": "new", "room": "t", "typing": True})
+    await until(new, lambda m: m.get("text") == "new joined #t")
+    await until(old, lambda m: m.get("text") == "new joined #t")
+    typer.send_json({"type": "typing"})
+    typer.send_json({"type": "chat", "text": "after typing"})
+    assert await until(new, lambda m: m.get("type") == "typing") == {
+        "type": "typing", "room": "t", "username": "typer"
+    }
+    # the old client gets the chat and nothing it does not understand before it
+    assert (await old.recv_json())["text"] == "after typing"

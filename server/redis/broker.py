@@ -41,6 +41,7 @@ from .subscriptions import Interest
 from .wire import (
     ANNOUNCED,
     PLAIN,
+    TYPING,
     UnknownEnvelope,
     announced_head,
     channel_name,
@@ -53,6 +54,7 @@ from .wire import (
     node_of,
     open_envelope,
     swept_key,
+    typing_head,
 )
 
 log = logging.getLogger("roomcast.redis")
@@ -174,6 +176,16 @@ class RedisBroker:
         self.pipeline.push(self._leave_op(room.name, field, notice, b"", force=False))
         self.core.drop_if_empty(room)
 
+    def typing(self, room: Room, member: Member, payload: bytes) -> None:
+        """Told here at once (order does not matter for a hint), and to the other nodes."""
+        self.core.deliver_typing(room, payload, member)
+        if self._up:
+            args = (
+                self.link.publish_command, channel_name(room.name),
+                typing_head(self.node) + payload,
+            )
+            self.pipeline.push(Op(OTHER, args, room=room.name))
+
     def _join_op(
         self,
         room: str,
@@ -215,6 +227,9 @@ class RedisBroker:
         elif kind == ANNOUNCED:  # that node told its own members already
             if sender != self.node:
                 self.core.deliver(room, payload)
+        elif kind == TYPING:
+            if sender != self.node:
+                self.core.deliver_typing(room, payload, None)
         else:
             if len(room):  # the joiner's own stream starts after its notice
                 self.core.deliver(room, payload)

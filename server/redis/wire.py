@@ -10,7 +10,9 @@ A message on a room's channel is one of:
 * ``J<field>\\n{...}``: a join notice for member ``field`` (``NODE:CONN``); its position in the
   channel is where that member's stream starts;
 * ``X<node>\\n{...}``: a notice that node ``<node>`` has already delivered to its own members
-  (announcements made while resynchronising after an outage).
+  (announcements made while resynchronising after an outage);
+* ``T<node>\\n{...}``: a typing event, for the members that asked for them; node ``<node>``
+  told its own already.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def node_of(field: str) -> str:
 
 # ---- the envelope -----------------------------------------------------------------------------
 
-PLAIN, JOIN, ANNOUNCED = 0, 1, 2
+PLAIN, JOIN, ANNOUNCED, TYPING = 0, 1, 2, 3
 
 
 def join_head(field: str) -> bytes:
@@ -63,6 +65,10 @@ def join_head(field: str) -> bytes:
 
 def announced_head(node: str) -> bytes:
     return b"X%s\n" % node.encode()
+
+
+def typing_head(node: str) -> bytes:
+    return b"T%s\n" % node.encode()
 
 
 # (kind, sender, payload): sender is the joiner's field for JOIN, the node for ANNOUNCED, "" for
@@ -84,7 +90,7 @@ def open_envelope(data: bytes) -> Envelope:
     return kind, head[1:].decode("utf-8", "replace"), payload
 
 
-_HEADS = {b"J": JOIN, b"X": ANNOUNCED}
+_HEADS = {b"J": JOIN, b"X": ANNOUNCED, b"T": TYPING}
 _COUNT_MARK = b',"count":0,'
 
 
