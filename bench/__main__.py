@@ -26,10 +26,19 @@ from typing import Any
 from bench import report
 from bench.profile import Recorder, hot_frames
 from bench.scenarios import MULTI_SCENARIOS, SCENARIOS, Context
-from bench.servers import FD_LIMIT, NICE, OURS, PEERS, ROOT, cpu_split, start_server
+from bench.servers import (
+    FD_LIMIT,
+    NICE,
+    OURS,
+    PEERS,
+    ROOT,
+    SERVER_KINDS,
+    cpu_split,
+    start_server,
+)
 from bench.suite import FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
 
-NODE_DIR = ROOT / "bench" / "peers" / "node_ws"
+PEERS_DIR = ROOT / "bench" / "peers"
 
 
 def _read(path: str) -> str:
@@ -77,9 +86,15 @@ def _run(cmd: list[str]) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _npm_version(peer: str, module: str) -> str | None:
+    pkg = PEERS_DIR / peer / "node_modules" / module / "package.json"
+    try:
+        return str(json.loads(pkg.read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def versions() -> dict[str, Any]:
-    ws_pkg = NODE_DIR / "node_modules" / "ws" / "package.json"
-    ws_version = json.loads(ws_pkg.read_text())["version"] if ws_pkg.exists() else None
     commit = _run(["git", "rev-parse", "--short", "HEAD"])
     dirty = _run(["git", "status", "--porcelain", "--", "server"])
     return {
@@ -91,22 +106,41 @@ def versions() -> dict[str, Any]:
         "aiofastnet": _version("aiofastnet"),
         "websockets": _version("websockets"),
         "node": _run(["node", "--version"]),
-        "ws": ws_version,
+        "ws": _npm_version("node_ws", "ws"),
+        # a republish of uWebSockets.js's v20 release binaries (see bench/peers/uws/README.md)
+        "uwebsockets": _npm_version("uws", "uwebsockets"),
         "py-spy": (_run([str(Path(sys.executable).parent / "py-spy"), "--version"]) or "")
         .replace("py-spy ", "") or None,
     }
 
 
-def ensure_node_peer() -> str | None:
-    """None when the Node peer can run, else why not."""
-    if (NODE_DIR / "node_modules" / "ws").is_dir():
-        return None
-    script = ROOT / "scripts" / "ensure-node-peer.sh"
+def _node_peer_loads(peer: str, module: str) -> str | None:
+    """None when ``node`` can load the peer's module (uWS: a binary for this Node), else why."""
     try:
-        subprocess.run([str(script)], check=True, timeout=300)
+        out = subprocess.run(["node", "-e", f"require({module!r})"], cwd=PEERS_DIR / peer,
+                             capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
-        return f"Node peer dependencies missing and {script.name} failed: {exc}"
-    return None if (NODE_DIR / "node_modules" / "ws").is_dir() else "node_modules/ws missing"
+        return f"node cannot run: {exc}"
+    if out.returncode != 0:
+        return f"node cannot load {module}: {out.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+def ensure_node_peer(name: str) -> str | None:
+    """None when the Node peer ``name`` can run, else why not (installing it when missing)."""
+    spec = SERVER_KINDS[name].node_module
+    if spec is None:
+        return None
+    peer, module = spec
+    if not (PEERS_DIR / peer / "node_modules" / module).is_dir():
+        script = ROOT / "scripts" / "ensure-node-peer.sh"
+        try:
+            subprocess.run([str(script)], check=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"Node peer dependencies missing and {script.name} failed: {exc}"
+        if not (PEERS_DIR / peer / "node_modules" / module).is_dir():
+            return f"bench/peers/{peer}/node_modules/{module} missing"
+    return _node_peer_loads(peer, module)
 
 
 def reproduce(cfg: Config) -> str:
@@ -253,10 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     server_cpus, driver_cpus = cpu_split()
     ctx = Context(driver_cpus)
     skip: dict[str, str] = {}
-    if "node_ws" in servers:
-        why = ensure_node_peer()
+    for name in servers:
+        why = ensure_node_peer(name)
         if why:
-            skip["node_ws"] = why
+            skip[name] = why
+            print(f"bench: skipping {name}: {why}", flush=True)
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     run_file = results / "runs" / f"{stamp}.json"

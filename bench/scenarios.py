@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.driver import AddressPool, DriverPool, workers_for
+from bench.promstats import FLUSH_METRIC, Histogram, flush_histogram, window_figures
 from bench.servers import NICE, OURS, RunningRedis, RunningServer, start_redis, start_server
 
 MS = 1e6  # ns per ms
@@ -181,6 +182,22 @@ def _rooms(prefix: str, rooms: int, members: int, start: int = 0) -> list[list[C
     return groups
 
 
+def _flush_scrape(server: RunningServer, fig: dict[str, Any]) -> Histogram | None:
+    """The server's flush histogram now (None for a server without /metrics); a failed scrape
+    is recorded in ``fig`` and gives None."""
+    url = server.metrics_url
+    if url is None:
+        return None
+    try:
+        hist = flush_histogram(url)
+    except OSError as exc:
+        fig["flush_scrape_error"] = f"{url}: {exc!r}"
+        return None
+    if hist is None:
+        fig["flush_scrape_error"] = f"{url} has no {FLUSH_METRIC} histogram"
+    return hist
+
+
 def _sleep_until_ns(t_ns: int) -> None:
     delay = (t_ns - time.monotonic_ns()) / 1e9
     if delay > 0:
@@ -224,6 +241,9 @@ def fanout(
             ],
         )
         measure_ns = start_ns + round(warm * 1e9 / rate)
+        _sleep_until_ns(measure_ns - 20_000_000)
+        # roomcast's own flush histogram, scraped outside the CPU window (the scrape costs CPU)
+        flush0 = _flush_scrape(server, fig)
         _sleep_until_ns(measure_ns)
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
         if on_measure is not None:
@@ -236,6 +256,8 @@ def fanout(
             timeout=60, stall=3.0, key="measured",
         )
         cpu1, t1 = server.cpu_seconds(), time.monotonic()
+        if flush0 is not None:
+            fig |= window_figures(flush0, _flush_scrape(server, fig))
         replies = pool.call("fanout_collect")
         lat = array("q")
         for r in replies:
