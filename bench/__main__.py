@@ -25,6 +25,7 @@ from typing import Any
 
 from bench import report
 from bench.profile import Recorder, hot_frames
+from bench.scaleout import scaleout
 from bench.scenarios import MULTI_SCENARIOS, SCENARIOS, Context
 from bench.servers import (
     FD_LIMIT,
@@ -39,6 +40,10 @@ from bench.servers import (
 from bench.suite import FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
 
 PEERS_DIR = ROOT / "bench" / "peers"
+
+
+# scenarios that start their own processes: fn(ctx, server_cpus, **params) -> {setup: figures}
+MULTI = {**MULTI_SCENARIOS, "scaleout": scaleout}
 
 
 def _read(path: str) -> str:
@@ -152,12 +157,15 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
         return f"  {server:14s} ERROR {fig['error'].splitlines()[-1][:150]}"
     keys = {
         "fanout": ("deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "cpu_per_delivery_us",
-                   "losses"),
+                   "flush_p50_us", "flush_p99_us", "losses"),
         "saturate": ("deliveries_per_s", "server_cpu_util", "cpu_per_delivery_us", "losses"),
         "capacity": ("rss_per_conn_bytes", "connect_rate_per_s", "alive", "received_broadcast"),
         "joinstorm": ("storm_ms", "bytes_sent", "frames", "server_cpu_s"),
         "twonode": ("deliveries_per_s", "p50_ms", "p99_ms", "origin_p99_ms", "other_p99_ms",
                     "cpu_per_delivery_us", "losses"),
+        "scaleout": ("connected", "confirmed", "received_broadcast", "fill_elapsed_s",
+                     "rss_per_conn_bytes", "worker_base_rss_median_bytes",
+                     "redis_used_memory_per_conn_bytes", "broadcast_p99_ms", "held"),
     }[cfg.scenario]
     parts = []
     for k in keys:
@@ -174,14 +182,14 @@ def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[
     rec: dict[str, Any] = {"id": cfg.id, "scenario": cfg.scenario, "params": cfg.params,
                            "note": cfg.note, "reproduce": reproduce(cfg), "runs": {}}
     print(f"[{time.strftime('%H:%M:%S')}] {cfg.id}", flush=True)
-    if cfg.scenario in MULTI_SCENARIOS:
+    if cfg.scenario in MULTI:
         # starts its own processes (roomcast only: one node, then two nodes + Redis)
         if OURS not in servers:
             rec["runs"] = {"one_node": {"error": f"{cfg.scenario} measures roomcast only"}}
             return rec
         t0 = time.monotonic()
         try:
-            rec["runs"] = MULTI_SCENARIOS[cfg.scenario](ctx, server_cpus, **cfg.params)
+            rec["runs"] = MULTI[cfg.scenario](ctx, server_cpus, **cfg.params)
         except Exception:
             rec["runs"] = {"one_node": {"error": traceback.format_exc(limit=3)}}
         for setup, fig in rec["runs"].items():
@@ -269,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(ROOT / "results"), help="output directory")
     args = parser.parse_args(argv)
 
-    known = {*SCENARIOS, *MULTI_SCENARIOS, "flamegraph"}
+    known = {*SCENARIOS, *MULTI, "flamegraph"}
     if args.scenario and args.scenario not in known:
         parser.error(f"unknown scenario {args.scenario!r}; choose from {', '.join(sorted(known))}")
     NICE["value"] = args.nice

@@ -408,6 +408,63 @@ class Worker:
             self._timer = loop.call_later(max(0.0, wait), tick)
         return {"publishers": len(pubs)}
 
+    def op_spread_start(self, *, sends: list[tuple[int, int]], size: int) -> dict[str, Any]:
+        """One chat per (publisher cid, due ns), each sent at its own instant (a broadcast per
+        room spread over a window); receipts are timed from the due instant as in fanout."""
+        from picows import WSMsgType  # noqa: PLC0415
+
+        text = WSMsgType.TEXT
+        by_cid = {c.cid: c for c in self.clients}
+        plan = sorted((due, cid) for cid, due in sends)
+        self.latencies = array("q")
+        self.tag_latencies = {}
+        self.measured = self.warm_received = self.fan_sent = self.fan_sent_measured = 0
+        self.fan_late_ns = []
+        self.warm_ids = 0
+        self.fan_done = not plan
+        self.on_chat = self._fan_receive
+        loop = asyncio.get_running_loop()
+        state = {"next": 0}
+
+        def tick() -> None:
+            i = state["next"]
+            now = time.monotonic_ns()
+            while i < len(plan) and plan[i][0] <= now:
+                due, cid = plan[i]
+                client = by_cid[cid]
+                self.fan_late_ns.append(now - due)
+                if client.alive:
+                    client.transport.send(text, chat_frame(chat_text(i, due, size)))
+                    self.fan_sent += 1
+                    self.fan_sent_measured += 1
+                i += 1
+                now = time.monotonic_ns()
+            state["next"] = i
+            if i >= len(plan):
+                self.fan_done = True
+                return
+            self._timer = loop.call_later(max(0.0, (plan[i][0] - now) / 1e9), tick)
+
+        if plan:
+            self._timer = loop.call_later(max(0.0, (plan[0][0] - time.monotonic_ns()) / 1e9),
+                                          tick)
+        return {"planned": len(plan)}
+
+    def op_socknames(self) -> list[tuple[int, str]]:
+        """(cid, "ip:port") of each connection's local end: the server sees it as the peer."""
+        out = []
+        for c in self.clients:
+            if c.transport is None:
+                continue
+            name = c.transport.underlying_transport.get_extra_info("sockname")
+            if name:
+                out.append((c.cid, f"{name[0]}:{name[1]}"))
+        return out
+
+    def op_rss(self) -> int:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
     def op_fanout_collect(self) -> dict[str, Any]:
         late = sorted(self.fan_late_ns)
         return {
@@ -519,7 +576,17 @@ def _recv(conn: Connection) -> Any:
 
 
 def worker_main(conn: Connection, index: int, cpus: list[int], nice: int = 0) -> None:
+    import resource  # noqa: PLC0415
+
     import uvloop  # noqa: PLC0415
+
+    # each driver process holds at most MAX_CONNS_PER_WORKER sockets: make room for them
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_CONNS_PER_WORKER + 1_000
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            limit = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
     if nice:
         with contextlib.suppress(OSError):
@@ -644,8 +711,8 @@ class AddressPool:
     def __init__(self) -> None:
         self._next = 2
 
-    def take(self, connections: int) -> list[str]:
-        n = max(1, math.ceil(connections / CONNS_PER_SOURCE_ADDRESS))
+    def take(self, connections: int, per_address: int = CONNS_PER_SOURCE_ADDRESS) -> list[str]:
+        n = max(1, math.ceil(connections / per_address))
         out = []
         for _ in range(n):
             out.append(f"127.0.0.{self._next}")

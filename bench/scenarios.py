@@ -17,7 +17,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.driver import AddressPool, DriverPool, workers_for
+from bench.driver import CONNS_PER_SOURCE_ADDRESS, AddressPool, DriverPool, workers_for
 from bench.promstats import FLUSH_METRIC, Histogram, flush_histogram, window_figures
 from bench.servers import NICE, OURS, RunningRedis, RunningServer, start_redis, start_server
 
@@ -58,8 +58,10 @@ def _percentiles(values_ns: array[int]) -> dict[str, float | None]:
     }
 
 
-def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]]) -> DriverPool:
-    """Spreads whole groups (rooms) over workers and connections over source addresses."""
+def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]],
+            per_source: int = CONNS_PER_SOURCE_ADDRESS) -> DriverPool:
+    """Spreads whole groups (rooms) over workers and connections over source addresses
+    (``per_source`` connections per address at most)."""
     n = workers_for(len(conns), ctx.driver_cpus)
     # balance by connection count, keeping each group in one worker (closed loops need that)
     load = [0] * n
@@ -68,7 +70,7 @@ def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]]) -> Driver
         load[w] += len(group)
         for c in group:
             c.worker = w
-    addrs = ctx.addresses.take(len(conns))
+    addrs = ctx.addresses.take(len(conns), per_source)
     per = math.ceil(len(conns) / len(addrs))
     for i, c in enumerate(conns):
         c.src = addrs[i // per]
