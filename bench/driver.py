@@ -709,7 +709,9 @@ class AddressPool:
     TIME_WAIT sockets of earlier runs do not exhaust its ephemeral ports."""
 
     def __init__(self) -> None:
-        self._next = 2
+        # start somewhere different in each bench process, so that a run right after another
+        # does not begin on the addresses whose ports the last one left in TIME_WAIT
+        self._next = 2 + os.getpid() % 253
 
     def take(self, connections: int, per_address: int = CONNS_PER_SOURCE_ADDRESS) -> list[str]:
         n = max(1, math.ceil(connections / per_address))

@@ -4,7 +4,9 @@ roomcast runs as ``--workers W --redis-url`` (a supervisor and W worker processe
 port with SO_REUSEPORT) against a ``redis-server`` the bench starts on a free port. The driver
 opens K connections from several processes (at most ``MAX_CONNS_PER_WORKER`` sockets each, under
 the 20,000-descriptor limit per process) and several source addresses 127.0.0.x (at most
-``per_source`` connections each, under the ~28,000 ephemeral ports of one address), in rooms of
+``per_source`` connections each: one address has ~28,000 ephemeral ports, and the driver's
+bind-before-connect searches one half of them first, slowing down sharply once that half is
+taken, so the default stays at 10,000), in rooms of
 ``room_size`` whose members the kernel spreads over the workers, so rooms span workers and their
 traffic crosses Redis. Every connection joins; then one member of every room sends one chat, the
 rooms' sends spread at ``broadcast_rate`` rooms per second, and every connection must receive its
@@ -135,7 +137,7 @@ def scaleout(
     workers: int = 12,
     room_size: int = 10,
     steps: int = 5,
-    per_source: int = 20_000,
+    per_source: int = 10_000,
     broadcast_rate: float = 2_000.0,
     size: int = 64,
     settle: float = 1.0,
@@ -207,7 +209,7 @@ def _run(server: RunningServer, redis: RunningRedis, ctx: Context, *, connection
         fig["driver_processes"] = len(pool)
         fig["driver_max_conns_per_process"] = MAX_CONNS_PER_WORKER
         fig["source_addresses"] = sorted({c.src for c in conns})
-        fig |= _fill(pool, server, conns, groups, steps=steps, settle=settle)
+        fig |= _fill(pool, server, redis, conns, groups, steps=steps, settle=settle)
         time.sleep(settle)
         final = {pid: rss_of(pid) for pid in workers}
         tree1 = server.rss_bytes()
@@ -240,8 +242,8 @@ def _run(server: RunningServer, redis: RunningRedis, ctx: Context, *, connection
     return fig
 
 
-def _fill(pool: DriverPool, server: RunningServer, conns: list[Conn], groups: list[list[Conn]],
-          *, steps: int, settle: float) -> dict[str, Any]:
+def _fill(pool: DriverPool, server: RunningServer, redis: RunningRedis, conns: list[Conn],
+          groups: list[list[Conn]], *, steps: int, settle: float) -> dict[str, Any]:
     """Connects and joins every connection in ``steps`` batches of whole rooms; RSS after each."""
     rooms_per_step = math.ceil(len(groups) / max(1, steps))
     points: list[tuple[int, int]] = [(0, server.rss_bytes())]
@@ -252,7 +254,9 @@ def _fill(pool: DriverPool, server: RunningServer, conns: list[Conn], groups: li
     for lo in range(0, len(groups), rooms_per_step):
         batch = [c for g in groups[lo: lo + rooms_per_step] for c in g]
         before = [st["clients"] for st in pool.call("stats")]
+        cpu0 = server.cpu_seconds(), redis.cpu_seconds()
         c_fig = _connect(pool, server, batch)
+        cpu1 = server.cpu_seconds(), redis.cpu_seconds()
         out["connect_elapsed_s"] += c_fig["connect_elapsed_s"]
         out["connected"] += c_fig["connected"]
         out["connect_failed"] += c_fig["connect_failed"]
@@ -266,6 +270,7 @@ def _fill(pool: DriverPool, server: RunningServer, conns: list[Conn], groups: li
                                stall=30.0, key="confirmed")
         confirmed = s["confirmed"]
         join_s = time.monotonic() - t_join
+        cpu2 = server.cpu_seconds(), redis.cpu_seconds()
         # across workers the presence count is only a guide (which of two members joining at
         # once notices the other depends on the Redis round trip): stop once it is reached or
         # the traffic has been quiet for 3 s
@@ -277,6 +282,10 @@ def _fill(pool: DriverPool, server: RunningServer, conns: list[Conn], groups: li
         out["steps"].append({"connected": out["connected"], "confirmed": confirmed,
                              "connect_s": c_fig["connect_elapsed_s"],
                              "connect_p99_ms": c_fig.get("connect_p99_ms"), "join_s": join_s,
+                             "connect_server_cpu_s": cpu1[0] - cpu0[0],
+                             "connect_redis_cpu_s": cpu1[1] - cpu0[1],
+                             "join_server_cpu_s": cpu2[0] - cpu1[0],
+                             "join_redis_cpu_s": cpu2[1] - cpu1[1],
                              "rss_tree_bytes": rss})
         if confirmed < target:
             break  # the rest would only pile up behind what is already stuck
