@@ -4,7 +4,9 @@ See results/README.md for the options and what each scenario measures.
 
 Runs the chosen configurations against roomcast and its peers (a fresh server per configuration
 and server), records a py-spy flamegraph of roomcast under fanout, and writes
-``results/runs/<timestamp>.json``, the plots and ``results/README.md``.
+``results/runs/<timestamp>.json``, the plots and ``results/README.md``. A ``--quick`` run writes
+the same files under ``results/quick/`` instead (the committed reference run, its README,
+flamegraph and plots stay as they are) and prints its figures.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +40,14 @@ from bench.servers import (
     cpu_split,
     start_server,
 )
-from bench.suite import FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
+from bench.suite import FLAMEGRAPH_LEAD_S, FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
 
 PEERS_DIR = ROOT / "bench" / "peers"
 
 
 # scenarios that start their own processes: fn(ctx, server_cpus, **params) -> {setup: figures}
-MULTI = {**MULTI_SCENARIOS, "scaleout": scaleout}
+MULTI: dict[str, Callable[..., dict[str, dict[str, Any]]]] = {
+    **MULTI_SCENARIOS, "scaleout": scaleout}
 
 
 def _read(path: str) -> str:
@@ -177,6 +181,50 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
     return f"  {server:14s} " + " ".join(parts) + probs
 
 
+# the figures printed at the end of a run, per scenario
+HEADLINES = {
+    "fanout": ("cpu_per_delivery_us", "p50_ms", "p99_ms", "flush_p50_us", "flush_p99_us"),
+    "saturate": ("cpu_per_delivery_us", "deliveries_per_s"),
+    "capacity": ("rss_per_conn_bytes",),
+    "joinstorm": ("storm_ms",),
+}
+
+
+def terminal_summary(run: dict[str, Any]) -> str:
+    """This run's headline figures, every server side by side with ours / the best peer, and
+    the verdict of every target this run measured."""
+    lines = [f"bench: figures of this run ({'quick suite' if run['quick'] else 'standard'})"]
+    records: dict[str, dict[str, Any]] = {}
+    for rec in run["results"]:
+        records[rec["id"]] = rec
+        keys = HEADLINES.get(rec["scenario"])
+        if keys is None:
+            continue  # twonode and scaleout print their own lines as they finish
+        lines.append(f"  {rec['id']}")
+        for key in keys:
+            cells = []
+            for server in (OURS, *PEERS):
+                fig = rec["runs"].get(server)
+                if fig is None:
+                    continue
+                value = fig.get(key)
+                cells.append(f"{server} " + ("—" if not isinstance(value, int | float)
+                                             else f"{value:,.4g}"))
+            peer, best = report.best_peer(rec, key)
+            ours = rec["runs"].get(OURS, {}).get(key)
+            vs = (f"  ours/best ({peer}) {ours / best:.2f}x"
+                  if isinstance(ours, int | float) and best else "")
+            lines.append(f"    {key:22s} " + "; ".join(cells) + vs)
+    for t in report.evaluate_targets(records):
+        if t["verdict"] == "not measured" and t["config"] not in records:
+            continue
+        lines.append(f"  target {t['config']}: {t['verdict']}")
+        lines.extend(f"    {report.check_text(c)}" for c in t["checks"])
+        if t.get("why"):
+            lines.append(f"    {t['why'][:300]}")
+    return "\n".join(lines)
+
+
 def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[int],
                skip: dict[str, str]) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": cfg.id, "scenario": cfg.scenario, "params": cfg.params,
@@ -228,7 +276,8 @@ def run_flamegraph(cfg: Config, ctx: Context, server_cpus: list[int], results: P
                    ) -> dict[str, Any]:
     out = results / "flamegraph-fanout.svg"
     tmp = results / "flamegraph-fanout.svg.tmp"
-    duration = max(2, int(cfg.params["duration"]) - 2)
+    # py-spy samples the whole measured window (it starts when the window starts)
+    duration = max(2, int(cfg.params["duration"]) - FLAMEGRAPH_LEAD_S)
     info: dict[str, Any] = {"config": cfg.id, "svg": out.name, "duration_s": duration,
                             "rate_hz": 250}
     print(f"[{time.strftime('%H:%M:%S')}] flamegraph: {cfg.id} with py-spy for {duration} s",
@@ -274,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flamegraph", action="store_true")
     parser.add_argument("--nice", type=int, default=NICE["value"],
                         help="scheduling priority of servers and driver (root only below 0)")
-    parser.add_argument("--results", default=str(ROOT / "results"), help="output directory")
+    parser.add_argument("--results", default=None,
+                        help="output directory (default results/, with --quick results/quick/)")
     args = parser.parse_args(argv)
 
     known = {*SCENARIOS, *MULTI, "flamegraph"}
@@ -290,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     flame = (not args.no_flamegraph and OURS in servers and not only
              and args.scenario in (None, "fanout", "flamegraph"))
 
-    results = Path(args.results)
+    if args.results is not None:
+        results = Path(args.results)
+    else:
+        results = ROOT / "results" / "quick" if args.quick else ROOT / "results"
     (results / "runs").mkdir(parents=True, exist_ok=True)
     server_cpus, driver_cpus = cpu_split()
     ctx = Context(driver_cpus)
@@ -346,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         print("plots failed:\n" + traceback.format_exc(), flush=True)
         plots = []
     readme = report.write_readme(results, runs, plots)
+    print(terminal_summary(run), flush=True)
     print(f"bench: wrote {run_file}, {readme} and {len(plots)} plot(s) "
           f"in {time.monotonic() - t0:.0f} s", flush=True)
     return 0
