@@ -152,6 +152,14 @@ def ensure_node_peer(name: str) -> str | None:
     return _node_peer_loads(peer, module)
 
 
+def results_dir(given: str | None, quick: bool) -> Path:
+    """Where a run writes: ``--results`` when given, else results/ (results/quick/ for a quick
+    run, so that it never replaces the committed reference run's README, plots, flamegraph)."""
+    if given is not None:
+        return Path(given)
+    return ROOT / "results" / "quick" if quick else ROOT / "results"
+
+
 def reproduce(cfg: Config) -> str:
     return f'make bench BENCH_ARGS="--only {cfg.id}"'
 
@@ -340,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     flame = (not args.no_flamegraph and OURS in servers and not only
              and args.scenario in (None, "fanout", "flamegraph"))
 
-    if args.results is not None:
-        results = Path(args.results)
-    else:
-        results = ROOT / "results" / "quick" if args.quick else ROOT / "results"
+    results = results_dir(args.results, args.quick)
     (results / "runs").mkdir(parents=True, exist_ok=True)
     server_cpus, driver_cpus = cpu_split()
     ctx = Context(driver_cpus)

@@ -698,9 +698,10 @@ class DriverPool:
         self.procs = []
 
 
-def workers_for(connections: int, driver_cpus: list[int]) -> int:
+def workers_for(connections: int, driver_cpus: list[int],
+                per_process: int = MAX_CONNS_PER_WORKER) -> int:
     """Enough processes for the fd limit, and at least one per driver CPU (when there is load)."""
-    return max(math.ceil(connections / MAX_CONNS_PER_WORKER), min(len(driver_cpus), 4), 1)
+    return max(math.ceil(connections / per_process), min(len(driver_cpus), 4), 1)
 
 
 class AddressPool:

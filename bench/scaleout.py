@@ -138,6 +138,7 @@ def scaleout(
     room_size: int = 10,
     steps: int = 5,
     per_source: int = 10_000,
+    per_process: int = MAX_CONNS_PER_WORKER,
     broadcast_rate: float = 2_000.0,
     size: int = 64,
     settle: float = 1.0,
@@ -155,7 +156,8 @@ def scaleout(
             extra=("--workers", str(workers), "--redis-url", redis.url),
         )
         fig = _run(server, redis, ctx, connections=connections, room_size=room_size,
-                   steps=steps, per_source=per_source, broadcast_rate=broadcast_rate,
+                   steps=steps, per_source=per_source, per_process=per_process,
+                   broadcast_rate=broadcast_rate,
                    size=size, settle=settle)
         fig["server_command"] = shlex.join(server.command)
         fig["redis_command"] = shlex.join(redis.command)
@@ -179,7 +181,8 @@ def scaleout(
 
 
 def _run(server: RunningServer, redis: RunningRedis, ctx: Context, *, connections: int,
-         room_size: int, steps: int, per_source: int, broadcast_rate: float, size: int,
+         room_size: int, steps: int, per_source: int, per_process: int,
+         broadcast_rate: float, size: int,
          settle: float) -> dict[str, Any]:
     import numpy as np  # noqa: PLC0415
 
@@ -205,9 +208,9 @@ def _run(server: RunningServer, redis: RunningRedis, ctx: Context, *, connection
     conns = [c for g in groups for c in g][:connections]
     groups = [[c for c in g if c.cid < connections] for g in groups]
     groups = [g for g in groups if g]
-    with _assign(conns, ctx, groups, per_source=per_source) as pool:
+    with _assign(conns, ctx, groups, per_source=per_source, per_process=per_process) as pool:
         fig["driver_processes"] = len(pool)
-        fig["driver_max_conns_per_process"] = MAX_CONNS_PER_WORKER
+        fig["driver_max_conns_per_process"] = per_process
         fig["source_addresses"] = sorted({c.src for c in conns})
         fig |= _fill(pool, server, redis, conns, groups, steps=steps, settle=settle)
         time.sleep(settle)

@@ -17,7 +17,13 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.driver import CONNS_PER_SOURCE_ADDRESS, AddressPool, DriverPool, workers_for
+from bench.driver import (
+    CONNS_PER_SOURCE_ADDRESS,
+    MAX_CONNS_PER_WORKER,
+    AddressPool,
+    DriverPool,
+    workers_for,
+)
 from bench.promstats import FLUSH_METRIC, Histogram, flush_histogram, window_figures
 from bench.servers import NICE, OURS, RunningRedis, RunningServer, start_redis, start_server
 
@@ -59,10 +65,11 @@ def _percentiles(values_ns: array[int]) -> dict[str, float | None]:
 
 
 def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]],
-            per_source: int = CONNS_PER_SOURCE_ADDRESS) -> DriverPool:
-    """Spreads whole groups (rooms) over workers and connections over source addresses
-    (``per_source`` connections per address at most)."""
-    n = workers_for(len(conns), ctx.driver_cpus)
+            per_source: int = CONNS_PER_SOURCE_ADDRESS,
+            per_process: int = MAX_CONNS_PER_WORKER) -> DriverPool:
+    """Spreads whole groups (rooms) over workers (``per_process`` connections each at most) and
+    connections over source addresses (``per_source`` connections per address at most)."""
+    n = workers_for(len(conns), ctx.driver_cpus, per_process)
     # balance by connection count, keeping each group in one worker (closed loops need that)
     load = [0] * n
     for group in sorted(groups, key=len, reverse=True):
@@ -243,8 +250,9 @@ def fanout(
             ],
         )
         measure_ns = start_ns + round(warm * 1e9 / rate)
-        _sleep_until_ns(measure_ns - 20_000_000)
-        # roomcast's own flush histogram, scraped outside the CPU window (the scrape costs CPU)
+        # roomcast's own flush histogram, scraped outside the CPU window (the scrape costs CPU),
+        # half a period before it: after the last warm-up message, before the first measured
+        _sleep_until_ns(measure_ns - round(0.5e9 / rate))
         flush0 = _flush_scrape(server, fig)
         _sleep_until_ns(measure_ns)
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
