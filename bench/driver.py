@@ -215,7 +215,7 @@ class Worker:
 
     async def op_connect(
         self, url: str, conns: list[tuple[int, str, str, str]], concurrency: int = 64,
-        tag: str = "",
+        tag: str = "", headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         from picows import ws_connect  # noqa: PLC0415
 
@@ -231,10 +231,14 @@ class Worker:
                 try:
                     _transport, listener = await asyncio.wait_for(
                         ws_connect(lambda: client, url, local_addr=(src, 0),
-                                   use_aiofastnet=USE_AIOFASTNET), 30
+                                   use_aiofastnet=USE_AIOFASTNET, extra_headers=headers), 30
                     )
                 except Exception as exc:
                     self.connect_failures.append(f"{src}: {exc!r}")
+                    return
+                if listener is None or not client.alive:
+                    # the server answered the upgrade without switching protocols
+                    self.connect_failures.append(f"{src}: no WebSocket (upgrade refused)")
                     return
                 durations.append(time.monotonic() - t0)
                 self.clients.append(listener)

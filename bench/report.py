@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.promstats import FLUSH_METRIC
 from bench.servers import OURS, PEERS, SERVER_KINDS
-from bench.suite import BEST, TARGETS, Check
+from bench.suite import BEST, OURS_IN, TARGETS, Check
 
 LOADTEST_START = "<!-- loadtest:start -->"
 LOADTEST_END = "<!-- loadtest:end -->"
@@ -39,6 +39,7 @@ COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
     ],
     "capacity": [
         ("connections", "connections", "{:,}", False),
+        ("cookie_bytes", "Cookie header (bytes)", "{:,}", False),
         ("rss_per_conn_bytes", "RSS/conn (bytes)", "{:,.0f}", True),
         ("rss_final_bytes", "RSS at end (MiB)", "mib", True),
         ("connect_rate_per_s", "connects/s", "{:,.0f}", False),
@@ -130,7 +131,8 @@ def best_peer(rec: dict[str, Any], figure: str) -> tuple[str | None, Any]:
     return peer, value
 
 
-def evaluate_check(rec: dict[str, Any], check: Check) -> dict[str, Any]:
+def evaluate_check(rec: dict[str, Any], check: Check,
+                   records: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     ours = rec.get("runs", {}).get(OURS, {})
     a = ours.get(check.figure)
     row: dict[str, Any] = {"figure": check.figure, "ours": a, "op": check.op,
@@ -140,7 +142,10 @@ def evaluate_check(rec: dict[str, Any], check: Check) -> dict[str, Any]:
     if check.reference is None:
         row["peer"] = None
     else:
-        if check.reference == BEST:
+        if check.reference.startswith(OURS_IN):
+            other = (records or {}).get(check.reference[len(OURS_IN):], {})
+            row["peer"], b = check.reference, _fig(other, OURS, check.figure)
+        elif check.reference == BEST:
             row["peer"], b = best_peer(rec, check.figure)
             row["peers_missing"] = [peer for peer in PEERS if peer not in rec.get("runs", {})]
         else:
@@ -164,7 +169,7 @@ def evaluate_targets(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
             out.append(row)
             continue
         ours = rec["runs"].get(OURS, {})
-        row["checks"] = [evaluate_check(rec, c) for c in t.checks]
+        row["checks"] = [evaluate_check(rec, c, records) for c in t.checks]
         verdicts = [c["met"] for c in row["checks"]]
         problems = ours.get("problems") or ([ours["error"]] if ours.get("error") else [])
         if problems:
@@ -191,7 +196,9 @@ def check_text(c: dict[str, Any]) -> str:
     bound = c["bound"]
     b = f"1/{round(1 / bound)}" if bound < 0.5 and abs(1 / bound - round(1 / bound)) < 1e-9 \
         else f"{bound:g}"
-    who = f"best peer ({c['peer']})" if c.get("reference") == BEST else c["peer"]
+    ref = str(c.get("reference"))
+    who = (f"best peer ({c['peer']})" if ref == BEST else
+           f"ours in {ref[len(OURS_IN):]}" if ref.startswith(OURS_IN) else c["peer"])
     missing = (f" (peers not in this run: {', '.join(c['peers_missing'])})"
                if c.get("peers_missing") else "")
     return (f"{c['figure']}: ours {c['ours']:.4g} vs {who} {c['peer_value']:.4g} = "
@@ -700,7 +707,8 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
         plt.close(fig)
         made.append("cpu-per-delivery-vs-load.png")
 
-    caps = [r for r in records.values() if r["scenario"] == "capacity"]
+    caps = [r for r in records.values()
+            if r["scenario"] == "capacity" and not r["params"].get("cookie_bytes")]
     if caps:
         cap = max(caps, key=lambda r: r["params"]["connections"])
         fig, ax = plt.subplots(figsize=(8, 5))

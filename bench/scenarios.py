@@ -84,14 +84,25 @@ def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]],
     return DriverPool(n, ctx.driver_cpus, NICE["value"] if os.geteuid() == 0 else 0)
 
 
+def browser_cookie(size: int) -> str:
+    """A ``Cookie`` header value of ``size`` bytes, shaped like a browser's (name=value pairs of
+    analytics and session cookies), for the browser-handshake capacity variant."""
+    pairs, i = [], 0
+    while sum(len(p) + 2 for p in pairs) < size:
+        pairs.append(f"_c{i}=" + "ab12CD34ef56GH78"[i % 16] * 40)
+        i += 1
+    return "; ".join(pairs)[:size]
+
+
 def _connect(pool: DriverPool, server: RunningServer, conns: list[Conn],
-             tag: str = "") -> dict[str, Any]:
+             tag: str = "", headers: dict[str, str] | None = None) -> dict[str, Any]:
     per: list[list[tuple[int, str, str, str]]] = [[] for _ in range(len(pool))]
     for c in conns:
         per[c.worker].append((c.cid, c.room, c.username, c.src))
     t0 = time.monotonic()
     replies = pool.call(
-        "connect", [{"url": server.ws_url, "conns": p, "tag": tag} for p in per], timeout=600
+        "connect", [{"url": server.ws_url, "conns": p, "tag": tag, "headers": headers}
+                    for p in per], timeout=600
     )
     elapsed = time.monotonic() - t0
     durations = array("d")
@@ -364,9 +375,12 @@ def capacity(
     room_size: int = 10,
     steps: int = 6,
     settle: float = 1.0,
+    cookie_bytes: int = 0,
 ) -> dict[str, Any]:
     """K idle connections in rooms of ``room_size``, opened in ``steps`` equal batches; server RSS
-    after each batch; RSS per connection = slope of a least-squares line through the batches."""
+    after each batch; RSS per connection = slope of a least-squares line through the batches.
+    ``cookie_bytes`` > 0 sends a browser-sized ``Cookie`` header with every handshake."""
+    headers = {"Cookie": browser_cookie(cookie_bytes)} if cookie_bytes else None
     import numpy as np  # noqa: PLC0415
 
     rooms = math.ceil(connections / room_size)
@@ -386,7 +400,7 @@ def capacity(
         for lo in range(0, len(conns), per_step):
             batch = conns[lo : lo + per_step]
             before = [st["clients"] for st in pool.call("stats")]
-            c_fig = _connect(pool, server, batch)
+            c_fig = _connect(pool, server, batch, headers=headers)
             elapsed += c_fig["connect_elapsed_s"]
             if c_fig.get("connect_failed"):
                 fig["connect_failed"] = fig.get("connect_failed", 0) + c_fig["connect_failed"]
@@ -422,6 +436,7 @@ def capacity(
                               key="with_chat")
         fig |= {
             "connections": len(conns),
+            "cookie_bytes": cookie_bytes,
             "rooms": len(senders),
             "connected": points[-1][0],
             "confirmed": confirmed,

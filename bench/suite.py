@@ -37,13 +37,16 @@ def saturate(rooms: int, members: int, depth: int, size: int = 100, *,
     )
 
 
-def capacity(connections: int, steps: int = 6, note: str = "") -> Config:
-    return Config(
-        f"capacity-{connections}",
-        "capacity",
-        {"connections": connections, "room_size": 10, "steps": steps, "settle": 1.0},
-        note,
-    )
+def capacity(connections: int, steps: int = 6, note: str = "", cookie_bytes: int = 0,
+             ) -> Config:
+    """K idle joined connections; ``cookie_bytes`` > 0: every handshake carries a Cookie header
+    of that size, as a browser's does (id suffix ``-cBYTES``)."""
+    params: dict[str, Any] = {"connections": connections, "room_size": 10, "steps": steps,
+                              "settle": 1.0}
+    if cookie_bytes:
+        params["cookie_bytes"] = cookie_bytes
+    suffix = f"-c{cookie_bytes}" if cookie_bytes else ""
+    return Config(f"capacity-{connections}{suffix}", "capacity", params, note)
 
 
 def joinstorm(members: int, note: str = "") -> Config:
@@ -90,6 +93,8 @@ STANDARD: list[Config] = [
     fanout(1, 100, 20, duration=5, note="latency-vs-room-size sweep"),
     fanout(1, 300, 20, duration=5, note="latency-vs-room-size sweep"),
     capacity(18_000, note="target"),
+    capacity(18_000, cookie_bytes=1500, note="target: a browser-sized handshake (1.5 KB of "
+             "cookies) costs at most 10% more per connection"),
     joinstorm(1000, note="target"),
     twonode(4, 100, 50, note="scale-out cost: Redis between two nodes vs one node"),
     twonode(4, 100, mode="saturate", depth=8,
@@ -115,6 +120,7 @@ FLAMEGRAPH_LEAD_S = 2
 
 
 BEST = "best"  # a target's reference: the best peer in the same run for that figure
+OURS_IN = "ours@"  # a target's reference: our own figure in another configuration
 
 
 @dataclass(frozen=True)
@@ -126,7 +132,7 @@ class Check:
     figure: str
     op: str  # "le", "lt", "ge", "gt", "eq"
     factor: float
-    reference: str | None = BEST
+    reference: str | None = BEST  # or OURS_IN + a configuration id: our own figure there
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,12 @@ TARGETS: list[Target] = [
         "capacity-18000",
         "capacity 18,000 idle joined connections: RSS per connection below Node `ws`'s",
         (Check("rss_per_conn_bytes", "lt", 1.0, "node_ws"),),
+    ),
+    Target(
+        "capacity-18000-c1500",
+        "capacity with a browser-sized handshake (1.5 KB of cookies): RSS per connection within "
+        "10% of the plain handshake's",
+        (Check("rss_per_conn_bytes", "le", 1.1, OURS_IN + "capacity-18000"),),
     ),
     Target(
         "joinstorm-1000",
@@ -199,7 +211,8 @@ def parse_id(cid: str) -> Config:
             rooms, members = map(int, parts[1].split("x"))
             return saturate(rooms, members, int(parts[2][1:]), int(parts[3][1:]))
         if parts[0] == "capacity":
-            return capacity(int(parts[1]))
+            cookies = int(parts[2][1:]) if len(parts) > 2 and parts[2][0] == "c" else 0
+            return capacity(int(parts[1]), cookie_bytes=cookies)
         if parts[0] == "joinstorm":
             return joinstorm(int(parts[1]))
         if parts[0] == "scaleout":

@@ -333,3 +333,37 @@ def test_scaleout_ids_round_trip() -> None:
         assert cfg.id == cid
         assert cfg.scenario == "scaleout"
     assert parse_id("scaleout-20000-w4").params["workers"] == 4
+
+
+# ---- the browser-handshake capacity variant really sends its cookies
+
+
+async def test_driver_sends_the_browser_cookie_header() -> None:
+    import asyncio  # noqa: PLC0415
+
+    from bench.driver import Worker  # noqa: PLC0415
+    from bench.scenarios import browser_cookie  # noqa: PLC0415
+
+    requests: list[bytes] = []
+
+    async def handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        requests.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.close()  # no upgrade: only the request matters here
+
+    server = await asyncio.start_server(handshake, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cookie = browser_cookie(1500)
+    worker = Worker(0)
+    try:
+        out = await asyncio.wait_for(worker.op_connect(
+            f"ws://127.0.0.1:{port}/", [(1, "r", "u", "127.0.0.1")],
+            headers={"Cookie": cookie}), 20)
+    finally:
+        worker.op_close_all()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
+    assert out["failed"] == 1  # the server never upgraded: not counted as a connection
+    assert len(requests) == 1
+    assert len(cookie) == 1500
+    assert f"Cookie: {cookie}\r\n".encode() in requests[0]
+    assert parse_id("capacity-18000-c1500").params["cookie_bytes"] == 1500
