@@ -419,7 +419,8 @@ class Worker:
 
         text = WSMsgType.TEXT
         by_cid = {c.cid: c for c in self.clients}
-        plan = sorted((due, cid) for cid, due in sends)
+        # a publisher whose connection failed sends nothing (its room's receipts count as lost)
+        plan = sorted((due, cid) for cid, due in sends if cid in by_cid)
         self.latencies = array("q")
         self.tag_latencies = {}
         self.measured = self.warm_received = self.fan_sent = self.fan_sent_measured = 0
@@ -452,7 +453,7 @@ class Worker:
         if plan:
             self._timer = loop.call_later(max(0.0, (plan[0][0] - time.monotonic_ns()) / 1e9),
                                           tick)
-        return {"planned": len(plan)}
+        return {"planned": len(plan), "unconnected": len(sends) - len(plan)}
 
     def op_socknames(self) -> list[tuple[int, str]]:
         """(cid, "ip:port") of each connection's local end: the server sees it as the peer."""
