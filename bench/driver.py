@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 
 MAX_CONNS_PER_WORKER = 15_000
+CONNECT_TIMEOUT_S = 60.0
 USE_AIOFASTNET = os.environ.get("BENCH_AIOFASTNET", "1") != "0"
 CONNS_PER_SOURCE_ADDRESS = 2_000
 
@@ -229,9 +230,13 @@ class Worker:
                 client = cls(self, cid, room, username)
                 client.tag = tag
                 try:
+                    # a loaded server (200,000 connections on one CPU) can take seconds to
+                    # answer: time out later than picows's 5 s default handshake timeout
                     _transport, listener = await asyncio.wait_for(
                         ws_connect(lambda: client, url, local_addr=(src, 0),
-                                   use_aiofastnet=USE_AIOFASTNET, extra_headers=headers), 30
+                                   use_aiofastnet=USE_AIOFASTNET, extra_headers=headers,
+                                   websocket_handshake_timeout=CONNECT_TIMEOUT_S),
+                        CONNECT_TIMEOUT_S + 5,
                     )
                 except Exception as exc:
                     self.connect_failures.append(f"{src}: {exc!r}")

@@ -318,11 +318,12 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "the server CPU; the driver opens K connections from several processes (at most 15,000 "
       "sockets each, under the 20,000-descriptor limit) and source addresses (at most 10,000 "
       "connections each), in rooms of 10 that the kernel spreads over the workers (their span "
-      "is counted from `ss`), in 5 steps with every connection joined. RSS per connection = "
+      "is counted from each worker's sockets in /proc), in 5 steps with every connection "
+      "joined. RSS per connection = "
       "(tree RSS at the end - tree RSS before the first connection) / K, with the slope "
       "through the steps beside it; a worker's *base* is its RSS before its first connection. "
       "Redis memory from `INFO memory`. Then member 0 of every room sends one chat, the rooms "
-      "spread at 2,000 per second, and every connection must receive its room's chat; latency "
+      "spread at 1,000 per second, and every connection must receive its room's chat; latency "
       "from each chat's scheduled send to each receipt.")
     w("- Caveats: the driver has one CPU of its own on this machine, so latencies include the "
       "driver's time to read every member socket (roughly 5-10 µs per socket in Python), "
@@ -575,7 +576,7 @@ SCALEOUT_ROWS: list[tuple[str, str, str]] = [
     ("redis_used_memory_after", "Redis used_memory at the end (MiB)", "mib"),
     ("redis_used_memory_per_conn_bytes", "Redis used_memory per connection (bytes)",
      "{:,.0f}"),
-    ("room_span_mean", "workers per room of 10, mean (from ss)", "{:.2f}"),
+    ("room_span_mean", "workers per room of 10, mean", "{:.2f}"),
     ("conns_per_worker_range", "connections per worker, min-max", "{}"),
     ("broadcast_rooms", "broadcasts (one per room)", "{:,}"),
     ("broadcast_window_s", "spread over (s)", "{:,.1f}"),

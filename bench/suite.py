@@ -68,7 +68,7 @@ def twonode(rooms: int, members: int, rate: float = 50.0, size: int = 100, *,
 
 
 def scaleout(connections: int, workers: int = 12, *, room_size: int = 10, steps: int = 5,
-             per_source: int = 10_000, broadcast_rate: float = 2_000.0, note: str = "",
+             per_source: int = 10_000, broadcast_rate: float = 1_000.0, note: str = "",
              ) -> Config:
     """roomcast --workers W on Redis holding K idle joined connections (rooms of ``room_size``
     spanning workers), then one broadcast per room, sent at ``broadcast_rate`` rooms/s."""
