@@ -4,7 +4,9 @@ See results/README.md for the options and what each scenario measures.
 
 Runs the chosen configurations against roomcast and its peers (a fresh server per configuration
 and server), records a py-spy flamegraph of roomcast under fanout, and writes
-``results/runs/<timestamp>.json``, the plots and ``results/README.md``.
+``results/runs/<timestamp>.json``, the plots and ``results/README.md``. A ``--quick`` run writes
+the same files under ``results/quick/`` instead (the committed reference run, its README,
+flamegraph and plots stay as they are) and prints its figures.
 """
 
 from __future__ import annotations
@@ -20,16 +22,32 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import report
 from bench.profile import Recorder, hot_frames
+from bench.scaleout import scaleout
 from bench.scenarios import MULTI_SCENARIOS, SCENARIOS, Context
-from bench.servers import FD_LIMIT, NICE, OURS, PEERS, ROOT, cpu_split, start_server
-from bench.suite import FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
+from bench.servers import (
+    FD_LIMIT,
+    NICE,
+    OURS,
+    PEERS,
+    ROOT,
+    SERVER_KINDS,
+    cpu_split,
+    start_server,
+)
+from bench.suite import FLAMEGRAPH_LEAD_S, FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
 
-NODE_DIR = ROOT / "bench" / "peers" / "node_ws"
+PEERS_DIR = ROOT / "bench" / "peers"
+
+
+# scenarios that start their own processes: fn(ctx, server_cpus, **params) -> {setup: figures}
+MULTI: dict[str, Callable[..., dict[str, dict[str, Any]]]] = {
+    **MULTI_SCENARIOS, "scaleout": scaleout}
 
 
 def _read(path: str) -> str:
@@ -77,9 +95,15 @@ def _run(cmd: list[str]) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _npm_version(peer: str, module: str) -> str | None:
+    pkg = PEERS_DIR / peer / "node_modules" / module / "package.json"
+    try:
+        return str(json.loads(pkg.read_text())["version"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def versions() -> dict[str, Any]:
-    ws_pkg = NODE_DIR / "node_modules" / "ws" / "package.json"
-    ws_version = json.loads(ws_pkg.read_text())["version"] if ws_pkg.exists() else None
     commit = _run(["git", "rev-parse", "--short", "HEAD"])
     dirty = _run(["git", "status", "--porcelain", "--", "server"])
     return {
@@ -91,22 +115,49 @@ def versions() -> dict[str, Any]:
         "aiofastnet": _version("aiofastnet"),
         "websockets": _version("websockets"),
         "node": _run(["node", "--version"]),
-        "ws": ws_version,
+        "ws": _npm_version("node_ws", "ws"),
+        # a republish of uWebSockets.js's v20 release binaries (see bench/peers/uws/README.md)
+        "uwebsockets": _npm_version("uws", "uwebsockets"),
         "py-spy": (_run([str(Path(sys.executable).parent / "py-spy"), "--version"]) or "")
         .replace("py-spy ", "") or None,
     }
 
 
-def ensure_node_peer() -> str | None:
-    """None when the Node peer can run, else why not."""
-    if (NODE_DIR / "node_modules" / "ws").is_dir():
-        return None
-    script = ROOT / "scripts" / "ensure-node-peer.sh"
+def _node_peer_loads(peer: str, module: str) -> str | None:
+    """None when ``node`` can load the peer's module (uWS: a binary for this Node), else why."""
     try:
-        subprocess.run([str(script)], check=True, timeout=300)
+        out = subprocess.run(["node", "-e", f"require({module!r})"], cwd=PEERS_DIR / peer,
+                             capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError) as exc:
-        return f"Node peer dependencies missing and {script.name} failed: {exc}"
-    return None if (NODE_DIR / "node_modules" / "ws").is_dir() else "node_modules/ws missing"
+        return f"node cannot run: {exc}"
+    if out.returncode != 0:
+        return f"node cannot load {module}: {out.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+def ensure_node_peer(name: str) -> str | None:
+    """None when the Node peer ``name`` can run, else why not (installing it when missing)."""
+    spec = SERVER_KINDS[name].node_module
+    if spec is None:
+        return None
+    peer, module = spec
+    if not (PEERS_DIR / peer / "node_modules" / module).is_dir():
+        script = ROOT / "scripts" / "ensure-node-peer.sh"
+        try:
+            subprocess.run([str(script)], check=True, timeout=600)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"Node peer dependencies missing and {script.name} failed: {exc}"
+        if not (PEERS_DIR / peer / "node_modules" / module).is_dir():
+            return f"bench/peers/{peer}/node_modules/{module} missing"
+    return _node_peer_loads(peer, module)
+
+
+def results_dir(given: str | None, quick: bool) -> Path:
+    """Where a run writes: ``--results`` when given, else results/ (results/quick/ for a quick
+    run, so that it never replaces the committed reference run's README, plots, flamegraph)."""
+    if given is not None:
+        return Path(given)
+    return ROOT / "results" / "quick" if quick else ROOT / "results"
 
 
 def reproduce(cfg: Config) -> str:
@@ -118,12 +169,15 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
         return f"  {server:14s} ERROR {fig['error'].splitlines()[-1][:150]}"
     keys = {
         "fanout": ("deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "cpu_per_delivery_us",
-                   "losses"),
+                   "flush_p50_us", "flush_p99_us", "losses"),
         "saturate": ("deliveries_per_s", "server_cpu_util", "cpu_per_delivery_us", "losses"),
         "capacity": ("rss_per_conn_bytes", "connect_rate_per_s", "alive", "received_broadcast"),
         "joinstorm": ("storm_ms", "bytes_sent", "frames", "server_cpu_s"),
         "twonode": ("deliveries_per_s", "p50_ms", "p99_ms", "origin_p99_ms", "other_p99_ms",
                     "cpu_per_delivery_us", "losses"),
+        "scaleout": ("connected", "confirmed", "received_broadcast", "fill_elapsed_s",
+                     "rss_per_conn_bytes", "worker_base_rss_median_bytes",
+                     "redis_used_memory_per_conn_bytes", "broadcast_p99_ms", "held"),
     }[cfg.scenario]
     parts = []
     for k in keys:
@@ -135,19 +189,63 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
     return f"  {server:14s} " + " ".join(parts) + probs
 
 
+# the figures printed at the end of a run, per scenario
+HEADLINES = {
+    "fanout": ("cpu_per_delivery_us", "p50_ms", "p99_ms", "flush_p50_us", "flush_p99_us"),
+    "saturate": ("cpu_per_delivery_us", "deliveries_per_s"),
+    "capacity": ("rss_per_conn_bytes",),
+    "joinstorm": ("storm_ms",),
+}
+
+
+def terminal_summary(run: dict[str, Any]) -> str:
+    """This run's headline figures, every server side by side with ours / the best peer, and
+    the verdict of every target this run measured."""
+    lines = [f"bench: figures of this run ({'quick suite' if run['quick'] else 'standard'})"]
+    records: dict[str, dict[str, Any]] = {}
+    for rec in run["results"]:
+        records[rec["id"]] = rec
+        keys = HEADLINES.get(rec["scenario"])
+        if keys is None:
+            continue  # twonode and scaleout print their own lines as they finish
+        lines.append(f"  {rec['id']}")
+        for key in keys:
+            cells = []
+            for server in (OURS, *PEERS):
+                fig = rec["runs"].get(server)
+                if fig is None:
+                    continue
+                value = fig.get(key)
+                cells.append(f"{server} " + ("—" if not isinstance(value, int | float)
+                                             else f"{value:,.4g}"))
+            peer, best = report.best_peer(rec, key)
+            ours = rec["runs"].get(OURS, {}).get(key)
+            vs = (f"  ours/best ({peer}) {ours / best:.2f}x"
+                  if isinstance(ours, int | float) and best else "")
+            lines.append(f"    {key:22s} " + "; ".join(cells) + vs)
+    for t in report.evaluate_targets(records):
+        if t["verdict"] == "not measured" and t["config"] not in records:
+            continue
+        lines.append(f"  target {t['config']}: {t['verdict']}")
+        lines.extend(f"    {report.check_text(c)}" for c in t["checks"])
+        if t.get("why"):
+            lines.append(f"    {t['why'][:300]}")
+    return "\n".join(lines)
+
+
 def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[int],
                skip: dict[str, str]) -> dict[str, Any]:
     rec: dict[str, Any] = {"id": cfg.id, "scenario": cfg.scenario, "params": cfg.params,
                            "note": cfg.note, "reproduce": reproduce(cfg), "runs": {}}
     print(f"[{time.strftime('%H:%M:%S')}] {cfg.id}", flush=True)
-    if cfg.scenario in MULTI_SCENARIOS:
+    if cfg.scenario in MULTI:
         # starts its own processes (roomcast only: one node, then two nodes + Redis)
         if OURS not in servers:
             rec["runs"] = {"one_node": {"error": f"{cfg.scenario} measures roomcast only"}}
             return rec
         t0 = time.monotonic()
         try:
-            rec["runs"] = MULTI_SCENARIOS[cfg.scenario](ctx, server_cpus, **cfg.params)
+            rec["runs"] = MULTI[cfg.scenario](ctx, server_cpus, **cfg.params)
         except Exception:
             rec["runs"] = {"one_node": {"error": traceback.format_exc(limit=3)}}
         for setup, fig in rec["runs"].items():
@@ -186,7 +284,8 @@ def run_flamegraph(cfg: Config, ctx: Context, server_cpus: list[int], results: P
                    ) -> dict[str, Any]:
     out = results / "flamegraph-fanout.svg"
     tmp = results / "flamegraph-fanout.svg.tmp"
-    duration = max(2, int(cfg.params["duration"]) - 2)
+    # py-spy samples the whole measured window (it starts when the window starts)
+    duration = max(2, int(cfg.params["duration"]) - FLAMEGRAPH_LEAD_S)
     info: dict[str, Any] = {"config": cfg.id, "svg": out.name, "duration_s": duration,
                             "rate_hz": 250}
     print(f"[{time.strftime('%H:%M:%S')}] flamegraph: {cfg.id} with py-spy for {duration} s",
@@ -232,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flamegraph", action="store_true")
     parser.add_argument("--nice", type=int, default=NICE["value"],
                         help="scheduling priority of servers and driver (root only below 0)")
-    parser.add_argument("--results", default=str(ROOT / "results"), help="output directory")
+    parser.add_argument("--results", default=None,
+                        help="output directory (default results/, with --quick results/quick/)")
     args = parser.parse_args(argv)
 
-    known = {*SCENARIOS, *MULTI_SCENARIOS, "flamegraph"}
+    known = {*SCENARIOS, *MULTI, "flamegraph"}
     if args.scenario and args.scenario not in known:
         parser.error(f"unknown scenario {args.scenario!r}; choose from {', '.join(sorted(known))}")
     NICE["value"] = args.nice
@@ -248,15 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     flame = (not args.no_flamegraph and OURS in servers and not only
              and args.scenario in (None, "fanout", "flamegraph"))
 
-    results = Path(args.results)
+    results = results_dir(args.results, args.quick)
     (results / "runs").mkdir(parents=True, exist_ok=True)
     server_cpus, driver_cpus = cpu_split()
     ctx = Context(driver_cpus)
     skip: dict[str, str] = {}
-    if "node_ws" in servers:
-        why = ensure_node_peer()
+    for name in servers:
+        why = ensure_node_peer(name)
         if why:
-            skip["node_ws"] = why
+            skip[name] = why
+            print(f"bench: skipping {name}: {why}", flush=True)
     started = dt.datetime.now(dt.UTC)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
     run_file = results / "runs" / f"{stamp}.json"
@@ -303,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         print("plots failed:\n" + traceback.format_exc(), flush=True)
         plots = []
     readme = report.write_readme(results, runs, plots)
+    print(terminal_summary(run), flush=True)
     print(f"bench: wrote {run_file}, {readme} and {len(plots)} plot(s) "
           f"in {time.monotonic() - t0:.0f} s", flush=True)
     return 0

@@ -35,6 +35,7 @@ from typing import Any
 import msgspec
 
 MAX_CONNS_PER_WORKER = 15_000
+CONNECT_TIMEOUT_S = 60.0
 USE_AIOFASTNET = os.environ.get("BENCH_AIOFASTNET", "1") != "0"
 CONNS_PER_SOURCE_ADDRESS = 2_000
 
@@ -215,7 +216,7 @@ class Worker:
 
     async def op_connect(
         self, url: str, conns: list[tuple[int, str, str, str]], concurrency: int = 64,
-        tag: str = "",
+        tag: str = "", headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         from picows import ws_connect  # noqa: PLC0415
 
@@ -229,12 +230,20 @@ class Worker:
                 client = cls(self, cid, room, username)
                 client.tag = tag
                 try:
+                    # a loaded server (200,000 connections on one CPU) can take seconds to
+                    # answer: time out later than picows's 5 s default handshake timeout
                     _transport, listener = await asyncio.wait_for(
                         ws_connect(lambda: client, url, local_addr=(src, 0),
-                                   use_aiofastnet=USE_AIOFASTNET), 30
+                                   use_aiofastnet=USE_AIOFASTNET, extra_headers=headers,
+                                   websocket_handshake_timeout=CONNECT_TIMEOUT_S),
+                        CONNECT_TIMEOUT_S + 5,
                     )
                 except Exception as exc:
                     self.connect_failures.append(f"{src}: {exc!r}")
+                    return
+                if listener is None or not client.alive:
+                    # the server answered the upgrade without switching protocols
+                    self.connect_failures.append(f"{src}: no WebSocket (upgrade refused)")
                     return
                 durations.append(time.monotonic() - t0)
                 self.clients.append(listener)
@@ -408,6 +417,64 @@ class Worker:
             self._timer = loop.call_later(max(0.0, wait), tick)
         return {"publishers": len(pubs)}
 
+    def op_spread_start(self, *, sends: list[tuple[int, int]], size: int) -> dict[str, Any]:
+        """One chat per (publisher cid, due ns), each sent at its own instant (a broadcast per
+        room spread over a window); receipts are timed from the due instant as in fanout."""
+        from picows import WSMsgType  # noqa: PLC0415
+
+        text = WSMsgType.TEXT
+        by_cid = {c.cid: c for c in self.clients}
+        # a publisher whose connection failed sends nothing (its room's receipts count as lost)
+        plan = sorted((due, cid) for cid, due in sends if cid in by_cid)
+        self.latencies = array("q")
+        self.tag_latencies = {}
+        self.measured = self.warm_received = self.fan_sent = self.fan_sent_measured = 0
+        self.fan_late_ns = []
+        self.warm_ids = 0
+        self.fan_done = not plan
+        self.on_chat = self._fan_receive
+        loop = asyncio.get_running_loop()
+        state = {"next": 0}
+
+        def tick() -> None:
+            i = state["next"]
+            now = time.monotonic_ns()
+            while i < len(plan) and plan[i][0] <= now:
+                due, cid = plan[i]
+                client = by_cid[cid]
+                self.fan_late_ns.append(now - due)
+                if client.alive:
+                    client.transport.send(text, chat_frame(chat_text(i, due, size)))
+                    self.fan_sent += 1
+                    self.fan_sent_measured += 1
+                i += 1
+                now = time.monotonic_ns()
+            state["next"] = i
+            if i >= len(plan):
+                self.fan_done = True
+                return
+            self._timer = loop.call_later(max(0.0, (plan[i][0] - now) / 1e9), tick)
+
+        if plan:
+            self._timer = loop.call_later(max(0.0, (plan[0][0] - time.monotonic_ns()) / 1e9),
+                                          tick)
+        return {"planned": len(plan), "unconnected": len(sends) - len(plan)}
+
+    def op_socknames(self) -> list[tuple[int, str]]:
+        """(cid, "ip:port") of each connection's local end: the server sees it as the peer."""
+        out = []
+        for c in self.clients:
+            if c.transport is None:
+                continue
+            name = c.transport.underlying_transport.get_extra_info("sockname")
+            if name:
+                out.append((c.cid, f"{name[0]}:{name[1]}"))
+        return out
+
+    def op_rss(self) -> int:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
     def op_fanout_collect(self) -> dict[str, Any]:
         late = sorted(self.fan_late_ns)
         return {
@@ -519,7 +586,17 @@ def _recv(conn: Connection) -> Any:
 
 
 def worker_main(conn: Connection, index: int, cpus: list[int], nice: int = 0) -> None:
+    import resource  # noqa: PLC0415
+
     import uvloop  # noqa: PLC0415
+
+    # each driver process holds at most MAX_CONNS_PER_WORKER sockets: make room for them
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = MAX_CONNS_PER_WORKER + 1_000
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            limit = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
 
     if nice:
         with contextlib.suppress(OSError):
@@ -631,9 +708,10 @@ class DriverPool:
         self.procs = []
 
 
-def workers_for(connections: int, driver_cpus: list[int]) -> int:
+def workers_for(connections: int, driver_cpus: list[int],
+                per_process: int = MAX_CONNS_PER_WORKER) -> int:
     """Enough processes for the fd limit, and at least one per driver CPU (when there is load)."""
-    return max(math.ceil(connections / MAX_CONNS_PER_WORKER), min(len(driver_cpus), 4), 1)
+    return max(math.ceil(connections / per_process), min(len(driver_cpus), 4), 1)
 
 
 class AddressPool:
@@ -642,10 +720,12 @@ class AddressPool:
     TIME_WAIT sockets of earlier runs do not exhaust its ephemeral ports."""
 
     def __init__(self) -> None:
-        self._next = 2
+        # start somewhere different in each bench process, so that a run right after another
+        # does not begin on the addresses whose ports the last one left in TIME_WAIT
+        self._next = 2 + os.getpid() % 253
 
-    def take(self, connections: int) -> list[str]:
-        n = max(1, math.ceil(connections / CONNS_PER_SOURCE_ADDRESS))
+    def take(self, connections: int, per_address: int = CONNS_PER_SOURCE_ADDRESS) -> list[str]:
+        n = max(1, math.ceil(connections / per_address))
         out = []
         for _ in range(n):
             out.append(f"127.0.0.{self._next}")

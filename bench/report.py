@@ -6,13 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.promstats import FLUSH_METRIC
 from bench.servers import OURS, PEERS, SERVER_KINDS
-from bench.suite import TARGETS
+from bench.suite import BEST, OURS_IN, TARGETS, Check
 
 LOADTEST_START = "<!-- loadtest:start -->"
 LOADTEST_END = "<!-- loadtest:end -->"
 SERVER_ORDER = [OURS, *PEERS]
-COLORS = {"roomcast": "tab:blue", "node_ws": "tab:orange", "py_websockets": "tab:green"}
+COLORS = {"roomcast": "tab:blue", "node_ws": "tab:orange", "py_websockets": "tab:green",
+          "uws": "tab:red"}
 
 # (figure key, column title, format, lower is better?)
 COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
@@ -24,6 +26,8 @@ COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
         ("max_ms", "max ms", "{:.2f}", True),
         ("cpu_per_delivery_us", "server CPU µs/delivery", "{:.2f}", True),
         ("server_cpu_util", "server CPU util", "{:.0%}", True),
+        ("flush_p50_us", "server flush p50 µs", "{:,.0f}", True),
+        ("flush_p99_us", "server flush p99 µs", "{:,.0f}", True),
         ("losses", "losses", "{:,}", True),
     ],
     "saturate": [
@@ -35,6 +39,7 @@ COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
     ],
     "capacity": [
         ("connections", "connections", "{:,}", False),
+        ("cookie_bytes", "Cookie header (bytes)", "{:,}", False),
         ("rss_per_conn_bytes", "RSS/conn (bytes)", "{:,.0f}", True),
         ("rss_final_bytes", "RSS at end (MiB)", "mib", True),
         ("connect_rate_per_s", "connects/s", "{:,.0f}", False),
@@ -97,6 +102,63 @@ def _fig(rec: dict[str, Any], server: str, key: str) -> Any:
     return rec.get("runs", {}).get(server, {}).get(key)
 
 
+LOWER_IS_BETTER = {"cpu_per_delivery_us", "p50_ms", "p99_ms", "p999_ms", "max_ms",
+                   "rss_per_conn_bytes", "storm_ms", "bytes_sent", "server_cpu_s"}
+_OPS: dict[str, Any] = {
+    "le": lambda a, b: a <= b, "lt": lambda a, b: a < b, "ge": lambda a, b: a >= b,
+    "gt": lambda a, b: a > b, "eq": lambda a, b: a == b,
+}
+_OP_TEXT = {"le": "<=", "lt": "<", "ge": ">=", "gt": ">", "eq": "="}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def best_peer(rec: dict[str, Any], figure: str) -> tuple[str | None, Any]:
+    """(peer, value) of the best peer for ``figure`` in this record: the lowest value for a
+    cost, the highest otherwise; peers that failed or reported problems do not count."""
+    found = []
+    for peer in PEERS:
+        run = rec.get("runs", {}).get(peer) or {}
+        value = run.get(figure)
+        if run.get("error") or run.get("problems") or not _number(value):
+            continue
+        found.append((value, peer))
+    if not found:
+        return None, None
+    value, peer = (min if figure in LOWER_IS_BETTER else max)(found)
+    return peer, value
+
+
+def evaluate_check(rec: dict[str, Any], check: Check,
+                   records: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    ours = rec.get("runs", {}).get(OURS, {})
+    a = ours.get(check.figure)
+    row: dict[str, Any] = {"figure": check.figure, "ours": a, "op": check.op,
+                           "bound": check.factor, "reference": check.reference, "met": None}
+    b: Any = None
+    limit: float | None = check.factor
+    if check.reference is None:
+        row["peer"] = None
+    else:
+        if check.reference.startswith(OURS_IN):
+            other = (records or {}).get(check.reference[len(OURS_IN):], {})
+            row["peer"], b = check.reference, _fig(other, OURS, check.figure)
+        elif check.reference == BEST:
+            row["peer"], b = best_peer(rec, check.figure)
+            row["peers_missing"] = [peer for peer in PEERS if peer not in rec.get("runs", {})]
+        else:
+            row["peer"], b = check.reference, _fig(rec, check.reference, check.figure)
+        limit = b * check.factor if _number(b) else None
+    row["peer_value"] = b
+    if not _number(a) or limit is None:
+        return row
+    row["ratio"] = a / b if _number(b) and b else None
+    row["met"] = bool(_OPS[check.op](a, limit))
+    return row
+
+
 def evaluate_targets(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for t in TARGETS:
@@ -107,40 +169,40 @@ def evaluate_targets(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
             out.append(row)
             continue
         ours = rec["runs"].get(OURS, {})
-        node = rec["runs"].get("node_ws", {})
-        verdicts = []
-        for key, op, factor in t.checks:
-            a, b = ours.get(key), node.get(key)
-            if not isinstance(a, int | float) or not isinstance(b, int | float):
-                row["checks"].append({"figure": key, "ours": a, "node": b, "met": None})
-                verdicts.append(None)
-                continue
-            met = a <= b * factor if op == "le" else a > b * factor
-            row["checks"].append({"figure": key, "ours": a, "node": b,
-                                  "ratio": a / b if b else None,
-                                  "bound": factor, "op": op, "met": met})
-            verdicts.append(met)
+        row["checks"] = [evaluate_check(rec, c, records) for c in t.checks]
+        verdicts = [c["met"] for c in row["checks"]]
         problems = ours.get("problems") or ([ours["error"]] if ours.get("error") else [])
-        if None in verdicts:
-            row["verdict"] = "not measured"
-        elif problems:
+        if problems:
             row["verdict"] = "MISSED"
-            row["why"] = "our server had problems: " + "; ".join(problems)
+            row["why"] = "our server had problems: " + "; ".join(
+                p.strip().splitlines()[-1] if p.strip() else p for p in problems)
+        elif None in verdicts:
+            row["verdict"] = "not measured"
         else:
             row["verdict"] = "met" if all(verdicts) else "MISSED"
         out.append(row)
     return out
 
 
-def _check_text(c: dict[str, Any]) -> str:
+def check_text(c: dict[str, Any]) -> str:
+    rel = _OP_TEXT[c["op"]]
     if c.get("met") is None:
+        if c.get("reference") not in (None, BEST) or c.get("peer") is None:
+            return f"{c['figure']}: not available (no usable peer figure)"
         return f"{c['figure']}: not available"
+    verdict = "met" if c["met"] else "missed"
+    if c.get("reference") is None:
+        return f"{c['figure']}: {c['ours']:.4g} (needs {rel} {c['bound']:g}) — {verdict}"
     bound = c["bound"]
     b = f"1/{round(1 / bound)}" if bound < 0.5 and abs(1 / bound - round(1 / bound)) < 1e-9 \
         else f"{bound:g}"
-    rel = "<=" if c["op"] == "le" else ">"
-    return (f"{c['figure']}: ours {c['ours']:.4g} vs Node {c['node']:.4g} = "
-            f"{c['ratio']:.3g}x (needs {rel} {b}x) — {'met' if c['met'] else 'missed'}")
+    ref = str(c.get("reference"))
+    who = (f"best peer ({c['peer']})" if ref == BEST else
+           f"ours in {ref[len(OURS_IN):]}" if ref.startswith(OURS_IN) else c["peer"])
+    missing = (f" (peers not in this run: {', '.join(c['peers_missing'])})"
+               if c.get("peers_missing") else "")
+    return (f"{c['figure']}: ours {c['ours']:.4g} vs {who} {c['peer_value']:.4g} = "
+            f"{c['ratio']:.3g}x (needs {rel} {b}x) — {verdict}{missing}")
 
 
 def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) -> Path:
@@ -162,19 +224,26 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("")
     w("| command | what it runs |")
     w("|---|---|")
-    w("| `make bench` | the standard suite (about 7 minutes on 2 cores): every configuration "
-      "below against roomcast, the Node.js `ws` peer and the Python `websockets` peer, the "
-      "flamegraph, the plots, this README |")
-    w("| `make bench QUICK=1` | a smaller suite (about a minute) with smaller parameters |")
+    w("| `make bench` | the standard suite (about 15 minutes on 2 cores): every configuration "
+      "below against roomcast, the uWebSockets.js peer, the Node.js `ws` peer and the Python "
+      "`websockets` peer, the 200,000-connection scaleout, the flamegraph, the plots, this "
+      "README |")
+    w("| `make bench QUICK=1` | a smaller suite (about two minutes) with smaller parameters and "
+      "no scaleout; it writes to `results/quick/` (its own runs, README, plots and "
+      "flamegraph, not committed) and prints its figures, leaving this page alone |")
     w("| `make bench SCENARIO=fanout` | one scenario (`fanout`, `saturate`, `capacity`, "
-      "`joinstorm`, `twonode`) of the chosen suite |")
+      "`joinstorm`, `twonode`, `scaleout`) of the chosen suite |")
     w("| `make bench SCENARIO=twonode` | the scale-out cost: one roomcast node vs two nodes "
       "linked by Redis on the same workload (about 30 s) |")
+    w("| `make bench SCENARIO=scaleout` | 200,000 idle joined connections on roomcast "
+      "`--workers 12` + Redis (about 5 minutes; it loads the whole machine); "
+      "`BENCH_ARGS=\"--only scaleout-20000\"` for a smaller size |")
     w("| `make bench BENCH_ARGS=\"--only fanout-4x100-r50-s100\"` | one configuration; any id "
       "of the form `fanout-RxM-rRATE-sSIZE`, `saturate-RxM-dDEPTH-sSIZE`, `capacity-K`, "
-      "`joinstorm-M`, `twonode-fanout-RxM-rRATE-sSIZE`, `twonode-saturate-RxM-dDEPTH-sSIZE` "
-      "works |")
-    w("| `make bench BENCH_ARGS=\"--servers roomcast,node_ws\"` | a subset of servers |")
+      "`joinstorm-M`, `twonode-fanout-RxM-rRATE-sSIZE`, `twonode-saturate-RxM-dDEPTH-sSIZE`, "
+      "`scaleout-K` (`scaleout-K-wW` for W workers) works |")
+    w("| `make bench BENCH_ARGS=\"--servers roomcast,uws\"` | a subset of servers (`roomcast`, "
+      "`uws`, `node_ws`, `py_websockets`) |")
     w("| `make bench BENCH_ARGS=\"--no-flamegraph\"` | skip the py-spy run |")
     w("")
     w("Every run writes `results/runs/<timestamp>.json` (machine, CPU model, versions, "
@@ -203,6 +272,12 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "to the server CPU, the same 20,000 file-descriptor limit, ready when it prints "
       "`roomcast listening on http://HOST:PORT/`; a fresh server per configuration. roomcast "
       "runs with `--rate-limit 0 --log-level warning --ping-interval 600`.")
+    w("- The peers implement the same chat protocol: **uws** (`bench/peers/uws`) is roomcast's "
+      "protocol (constant-size presence notices, the member list only in the joiner's copy) "
+      "on uWebSockets.js's native pub/sub (a topic per room, `app.publish` per chat; npm "
+      "package `uwebsockets`, the v20 binaries); **node_ws** behaves like the seed tutorial's "
+      "Node.js `ws` server (every join and leave sends the full member list to every member); "
+      "**py_websockets** is the seed's behaviour on Python `websockets`.")
     w("- The driver (`bench/driver.py`) is picows on uvloop in worker processes pinned to the "
       "other CPU(s), at most 15,000 connections per process, source addresses 127.0.0.2 and "
       "up (2,000 connections per address). Members are joined (confirmation received, presence "
@@ -211,7 +286,11 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "schedule (open loop). Latency runs from the *scheduled* send time (in the text as "
       "`id:ns:padding`) to each receipt, every member including the publisher; the first second "
       "is warm-up. Server CPU = user+sys of the server's process tree from `/proc/<pid>/stat` "
-      "over the measured window, divided by deliveries.")
+      "over the measured window, divided by deliveries. For roomcast the bench also scrapes "
+      f"`/metrics` just before and after the window and reports `{FLUSH_METRIC}` over the "
+      "window (bucket counts subtracted, p50/p99 interpolated inside the buckets): the time "
+      "one event-loop tick spends writing the queued messages to every member, a server-side "
+      "figure the driver's reading cannot blur.")
     w("- **saturate**: closed loop; each room keeps D messages in flight, a message counting as "
       "done when every member of the room has it. Deliveries/s and CPU over a fixed window after "
       "one second of warm-up.")
@@ -234,6 +313,18 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "delivery; the *two/one* row divides the two-node figure by the one-node figure. All "
       "processes share one CPU, so the two-node setup gains no parallelism here: it shows "
       "what Redis costs per message, not how far two machines scale.")
+    w("- **scaleout** (roomcast only): `--workers W --redis-url` (a supervisor and W workers "
+      "sharing one port with SO_REUSEPORT) and a `redis-server` on a free port, all pinned to "
+      "the server CPU; the driver opens K connections from several processes (at most 15,000 "
+      "sockets each, under the 20,000-descriptor limit) and source addresses (at most 10,000 "
+      "connections each), in rooms of 10 that the kernel spreads over the workers (their span "
+      "is counted from each worker's sockets in /proc), in 5 steps with every connection "
+      "joined. RSS per connection = "
+      "(tree RSS at the end - tree RSS before the first connection) / K, with the slope "
+      "through the steps beside it; a worker's *base* is its RSS before its first connection. "
+      "Redis memory from `INFO memory`. Then member 0 of every room sends one chat, the rooms "
+      "spread at 1,000 per second, and every connection must receive its room's chat; latency "
+      "from each chat's scheduled send to each receipt.")
     w("- Caveats: the driver has one CPU of its own on this machine, so latencies include the "
       "driver's time to read every member socket (roughly 5-10 µs per socket in Python), "
       "equally for every server: in a 1,000-member room the last member is read several "
@@ -247,12 +338,12 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "-10 when root), which adds noise to tail latencies: compare runs, not single maxima.")
     w("")
     targets = evaluate_targets(records)
-    w("## Targets (ours vs the Node `ws` peer, same run, same machine)")
+    w("## Targets (ours vs the best peer in the same run, unless a peer is named)")
     w("")
     w("| target | verdict | details |")
     w("|---|---|---|")
     for t in targets:
-        details = "<br>".join(_check_text(c) for c in t["checks"]) or "—"
+        details = "<br>".join(check_text(c) for c in t["checks"]) or "—"
         if t.get("why"):
             details += "<br>" + t["why"]
         verdict = f"**{t['verdict']}**"
@@ -294,6 +385,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
               f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs} |")
         w("")
     _twonode_section(w, records)
+    _scaleout_section(w, records)
     if plots:
         w("## Plots")
         w("")
@@ -309,7 +401,8 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
         last = fg["error"].strip().splitlines()[-1] if fg["error"].strip() else "?"
         w(f"py-spy failed in run `{fg['_file']}`: {last}")
     else:
-        w(f"[`flamegraph-fanout.svg`](flamegraph-fanout.svg): `{fg['config']}` "
+        svg = fg.get("svg", "flamegraph-fanout.svg")
+        w(f"[`{svg}`]({svg}): `{fg['config']}` "
           f"({fg.get('duration_s')} s at {fg.get('rate_hz')} Hz, run `{fg['_file']}`), "
           f"recorded with `{fg['command']}`.")
         w("")
@@ -343,30 +436,28 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
         w("Missed: " + "; ".join(f"`{t['config']}`" for t in missed) + ".")
         w("")
         hints = {
-            "saturate": "saturate: our server's CPU per delivery falls as messages queue up "
-            "(one write then carries several frames per recipient), but on two cores the "
-            "one-CPU driver cannot read fast enough to saturate it (see its CPU utilisation "
-            "below 100%), so it coalesces less than it would under real saturation; the rest "
-            "is the per-recipient `write()` in the fan-out loop (flamegraph). Closing it: a "
-            "driver with more CPUs, fewer writes per recipient per tick.",
-            "fanout-4x100": "fanout at a low rate: each message is one `send()` syscall per "
-            "recipient (about 5-8 µs in the kernel), which is most of the CPU per delivery for "
-            "every server; what is left is per-recipient Python work in the fan-out loop "
-            "(see the flamegraph): a prebuilt frame written with one call per recipient, "
-            "no per-recipient Python objects, and coalescing whatever arrives in one tick.",
-            "fanout-1x1000": "fanout into 1,000 members: the server's write loop (1,000 "
-            "syscalls) and the driver's read loop (1,000 sockets) both take milliseconds and "
-            "overlap; p99 is bounded by them for every server, so halving Node's p99 needs "
-            "a cheaper per-recipient write (batching sends, e.g. io_uring) and a driver with "
-            "more CPUs than this machine has.",
-            "capacity": "capacity: memory per idle connection is the picows/aiofastnet "
-            "transport and protocol objects, the read buffer (picows' default 16 KiB grows "
-            "on demand; `read_buffer_init_size` smaller), per-connection Python objects "
-            "(listener, member record, any per-connection task or timer for pings); Node's "
-            "`ws` keeps about 5 KB here. A smaller read buffer, `__slots__` everywhere, no "
-            "per-connection task, and a shared heartbeat wheel would close most of it.",
+            "saturate": "saturate: CPU per delivery falls as messages queue up (one write "
+            "then carries several frames per member); on two cores the one-CPU driver bounds "
+            "how far any server is saturated (see the server CPU utilisation below 100%); the "
+            "rest is the per-member write in the fan-out loop (flamegraph).",
+            "fanout-4x100": "steady fanout: at chat rates every server makes one `send()` per "
+            "member per message, and the kernel's loopback TCP work under it is most of the "
+            "cost; uWS runs at about 2x the cost of a bare C `send()` loop, so what separates "
+            "us is the work between sends (uvloop's `write` path and the Python loop around "
+            "it: the flamegraph's hottest frames); a compiled fan-out loop that calls "
+            "`send()` itself while a member's transport buffer is empty is the candidate.",
+            "fanout-1x1000": "fanout into 1,000 members: the server's 1,000 sends and the "
+            "driver's reading of 1,000 sockets both take milliseconds and overlap, so the "
+            "driver bounds p99 for every server; the server flush figures in the fanout table "
+            "show the server's own share.",
+            "capacity": "capacity: picows keeps about 4.5 KB per connection that no option "
+            "reaches (a 2 KiB read buffer that never shrinks, a 1 KiB write buffer, futures, "
+            "a client key), uvloop about 1.4 KB, roomcast about 360 B; below Node needs picows "
+            "to share or shrink its buffers.",
             "joinstorm": "joinstorm: send the member list only to the joiner (already done) "
             "and coalesce presence notices per tick.",
+            "scaleout": "scaleout: see the scaleout section for which part failed (connect, "
+            "join or broadcast) and the server output in the run file.",
         }
         for t in missed:
             for key, text in hints.items():
@@ -464,6 +555,76 @@ def _twonode_section(w: Any, records: dict[str, dict[str, Any]]) -> None:
     w("")
 
 
+SCALEOUT_ROWS: list[tuple[str, str, str]] = [
+    ("connections", "connections", "{:,}"),
+    ("workers", "server workers", "{:,}"),
+    ("driver_processes", "driver processes", "{:,}"),
+    ("source_address_count", "driver source addresses", "{:,}"),
+    ("connected", "connected", "{:,}"),
+    ("confirmed", "joined (confirmation received)", "{:,}"),
+    ("received_broadcast", "received their room's broadcast", "{:,}"),
+    ("fill_elapsed_s", "time to connect and join all (s)", "{:,.1f}"),
+    ("connect_elapsed_s", "of which connecting (s)", "{:,.1f}"),
+    ("connect_rate_per_s", "connects per second (while connecting)", "{:,.0f}"),
+    ("rss_tree_base_bytes", "server tree RSS before the first connection (MiB)", "mib"),
+    ("rss_tree_final_bytes", "server tree RSS at the end (MiB)", "mib"),
+    ("rss_per_conn_bytes", "server tree RSS per connection (bytes, end - base)", "{:,.0f}"),
+    ("rss_per_conn_slope_bytes", "server tree RSS per connection (bytes, slope of the steps)",
+     "{:,.0f}"),
+    ("worker_base_rss_median_bytes", "worker base RSS, median (MiB)", "mib"),
+    ("supervisor_rss_bytes", "supervisor RSS (MiB)", "mib"),
+    ("redis_used_memory_after", "Redis used_memory at the end (MiB)", "mib"),
+    ("redis_used_memory_per_conn_bytes", "Redis used_memory per connection (bytes)",
+     "{:,.0f}"),
+    ("room_span_mean", "workers per room of 10, mean", "{:.2f}"),
+    ("conns_per_worker_range", "connections per worker, min-max", "{}"),
+    ("broadcast_rooms", "broadcasts (one per room)", "{:,}"),
+    ("broadcast_window_s", "spread over (s)", "{:,.1f}"),
+    ("broadcast_p50_ms", "broadcast latency p50 (ms)", "{:,.1f}"),
+    ("broadcast_p99_ms", "broadcast latency p99 (ms)", "{:,.1f}"),
+    ("broadcast_max_ms", "broadcast latency max (ms)", "{:,.1f}"),
+    ("driver_rss_bytes", "driver processes' RSS (MiB)", "mib"),
+]
+
+
+def _scaleout_view(fig: dict[str, Any]) -> dict[str, Any]:
+    view = dict(fig)
+    view["source_address_count"] = len(fig.get("source_addresses") or []) or None
+    view["redis_used_memory_after"] = (fig.get("redis_after") or {}).get("used_memory")
+    per = fig.get("conns_per_worker") or []
+    view["conns_per_worker_range"] = f"{min(per):,}-{max(per):,}" if per else None
+    return view
+
+
+def _scaleout_section(w: Any, records: dict[str, dict[str, Any]]) -> None:
+    recs = sorted((r for r in records.values() if r["scenario"] == "scaleout"),
+                  key=lambda r: r["params"]["connections"])
+    if not recs:
+        return
+    w("## scaleout (roomcast --workers on Redis, one machine)")
+    w("")
+    figs = [(rec, _scaleout_view(rec["runs"].get(OURS, {}))) for rec in recs]
+    w("| figure | " + " | ".join(f"`{rec['id']}`" for rec, _ in figs) + " |")
+    w("|---|" + "---|" * len(figs))
+    for key, title, spec in SCALEOUT_ROWS:
+        cells = []
+        for _rec, view in figs:
+            if view.get("error"):
+                cells.append("failed: " + view["error"].strip().splitlines()[-1][:120]
+                             .replace("|", "/"))
+            else:
+                cells.append(fmt(view.get(key), spec))
+        w(f"| {title} | " + " | ".join(cells) + " |")
+    w("")
+    w("| configuration | why | reproduce | run | problems |")
+    w("|---|---|---|---|---|")
+    for rec, view in figs:
+        probs = ", ".join(view.get("problems") or []) or "none"
+        w(f"| {rec['id']} | {rec.get('note') or ''} | `{rec['reproduce']}` | "
+          f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs} |")
+    w("")
+
+
 def _latest_flamegraph(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     for run in reversed(runs):
         fg = run.get("flamegraph")
@@ -500,9 +661,14 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
             for key, style in (("p50_ms", "-o"), ("p99_ms", "--s"), ("p999_ms", ":^")):
                 ax.plot(xs, [p[1][key] for p in pts], style, color=COLORS[server],
                         label=f"{server} {key[:-3]}")
+            flush = [(m, f) for m, f in pts if f.get("flush_p99_us") is not None]
+            for key, style in (("flush_p50_us", "-.x"), ("flush_p99_us", "-.+")):
+                if flush:
+                    ax.plot([m for m, _ in flush], [f[key] / 1000 for _, f in flush], style,
+                            color="black", label=f"{server} server flush {key[6:9]}")
         rate = sizes[0]["params"]["rate"]
         ax.set(xscale="log", yscale="log", xlabel="room size (members)",
-               ylabel="latency from scheduled send (ms)",
+               ylabel="latency from scheduled send; server flush (ms)",
                title=f"fanout: one room, one publisher at {rate:g} msg/s")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, ncol=3)
@@ -542,7 +708,8 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
         plt.close(fig)
         made.append("cpu-per-delivery-vs-load.png")
 
-    caps = [r for r in records.values() if r["scenario"] == "capacity"]
+    caps = [r for r in records.values()
+            if r["scenario"] == "capacity" and not r["params"].get("cookie_bytes")]
     if caps:
         cap = max(caps, key=lambda r: r["params"]["connections"])
         fig, ax = plt.subplots(figsize=(8, 5))

@@ -17,7 +17,14 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.driver import AddressPool, DriverPool, workers_for
+from bench.driver import (
+    CONNS_PER_SOURCE_ADDRESS,
+    MAX_CONNS_PER_WORKER,
+    AddressPool,
+    DriverPool,
+    workers_for,
+)
+from bench.promstats import FLUSH_METRIC, Histogram, flush_histogram, window_figures
 from bench.servers import NICE, OURS, RunningRedis, RunningServer, start_redis, start_server
 
 MS = 1e6  # ns per ms
@@ -57,9 +64,12 @@ def _percentiles(values_ns: array[int]) -> dict[str, float | None]:
     }
 
 
-def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]]) -> DriverPool:
-    """Spreads whole groups (rooms) over workers and connections over source addresses."""
-    n = workers_for(len(conns), ctx.driver_cpus)
+def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]],
+            per_source: int = CONNS_PER_SOURCE_ADDRESS,
+            per_process: int = MAX_CONNS_PER_WORKER) -> DriverPool:
+    """Spreads whole groups (rooms) over workers (``per_process`` connections each at most) and
+    connections over source addresses (``per_source`` connections per address at most)."""
+    n = workers_for(len(conns), ctx.driver_cpus, per_process)
     # balance by connection count, keeping each group in one worker (closed loops need that)
     load = [0] * n
     for group in sorted(groups, key=len, reverse=True):
@@ -67,21 +77,32 @@ def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]]) -> Driver
         load[w] += len(group)
         for c in group:
             c.worker = w
-    addrs = ctx.addresses.take(len(conns))
+    addrs = ctx.addresses.take(len(conns), per_source)
     per = math.ceil(len(conns) / len(addrs))
     for i, c in enumerate(conns):
         c.src = addrs[i // per]
     return DriverPool(n, ctx.driver_cpus, NICE["value"] if os.geteuid() == 0 else 0)
 
 
+def browser_cookie(size: int) -> str:
+    """A ``Cookie`` header value of ``size`` bytes, shaped like a browser's (name=value pairs of
+    analytics and session cookies), for the browser-handshake capacity variant."""
+    pairs, i = [], 0
+    while sum(len(p) + 2 for p in pairs) < size:
+        pairs.append(f"_c{i}=" + "ab12CD34ef56GH78"[i % 16] * 40)
+        i += 1
+    return "; ".join(pairs)[:size]
+
+
 def _connect(pool: DriverPool, server: RunningServer, conns: list[Conn],
-             tag: str = "") -> dict[str, Any]:
+             tag: str = "", headers: dict[str, str] | None = None) -> dict[str, Any]:
     per: list[list[tuple[int, str, str, str]]] = [[] for _ in range(len(pool))]
     for c in conns:
         per[c.worker].append((c.cid, c.room, c.username, c.src))
     t0 = time.monotonic()
     replies = pool.call(
-        "connect", [{"url": server.ws_url, "conns": p, "tag": tag} for p in per], timeout=600
+        "connect", [{"url": server.ws_url, "conns": p, "tag": tag, "headers": headers}
+                    for p in per], timeout=600
     )
     elapsed = time.monotonic() - t0
     durations = array("d")
@@ -181,6 +202,22 @@ def _rooms(prefix: str, rooms: int, members: int, start: int = 0) -> list[list[C
     return groups
 
 
+def _flush_scrape(server: RunningServer, fig: dict[str, Any]) -> Histogram | None:
+    """The server's flush histogram now (None for a server without /metrics); a failed scrape
+    is recorded in ``fig`` and gives None."""
+    url = server.metrics_url
+    if url is None:
+        return None
+    try:
+        hist = flush_histogram(url)
+    except OSError as exc:
+        fig["flush_scrape_error"] = f"{url}: {exc!r}"
+        return None
+    if hist is None:
+        fig["flush_scrape_error"] = f"{url} has no {FLUSH_METRIC} histogram"
+    return hist
+
+
 def _sleep_until_ns(t_ns: int) -> None:
     delay = (t_ns - time.monotonic_ns()) / 1e9
     if delay > 0:
@@ -224,6 +261,10 @@ def fanout(
             ],
         )
         measure_ns = start_ns + round(warm * 1e9 / rate)
+        # roomcast's own flush histogram, scraped outside the CPU window (the scrape costs CPU),
+        # half a period before it: after the last warm-up message, before the first measured
+        _sleep_until_ns(measure_ns - round(0.5e9 / rate))
+        flush0 = _flush_scrape(server, fig)
         _sleep_until_ns(measure_ns)
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
         if on_measure is not None:
@@ -236,6 +277,8 @@ def fanout(
             timeout=60, stall=3.0, key="measured",
         )
         cpu1, t1 = server.cpu_seconds(), time.monotonic()
+        if flush0 is not None:
+            fig |= window_figures(flush0, _flush_scrape(server, fig))
         replies = pool.call("fanout_collect")
         lat = array("q")
         for r in replies:
@@ -332,9 +375,12 @@ def capacity(
     room_size: int = 10,
     steps: int = 6,
     settle: float = 1.0,
+    cookie_bytes: int = 0,
 ) -> dict[str, Any]:
     """K idle connections in rooms of ``room_size``, opened in ``steps`` equal batches; server RSS
-    after each batch; RSS per connection = slope of a least-squares line through the batches."""
+    after each batch; RSS per connection = slope of a least-squares line through the batches.
+    ``cookie_bytes`` > 0 sends a browser-sized ``Cookie`` header with every handshake."""
+    headers = {"Cookie": browser_cookie(cookie_bytes)} if cookie_bytes else None
     import numpy as np  # noqa: PLC0415
 
     rooms = math.ceil(connections / room_size)
@@ -354,7 +400,7 @@ def capacity(
         for lo in range(0, len(conns), per_step):
             batch = conns[lo : lo + per_step]
             before = [st["clients"] for st in pool.call("stats")]
-            c_fig = _connect(pool, server, batch)
+            c_fig = _connect(pool, server, batch, headers=headers)
             elapsed += c_fig["connect_elapsed_s"]
             if c_fig.get("connect_failed"):
                 fig["connect_failed"] = fig.get("connect_failed", 0) + c_fig["connect_failed"]
@@ -390,6 +436,7 @@ def capacity(
                               key="with_chat")
         fig |= {
             "connections": len(conns),
+            "cookie_bytes": cookie_bytes,
             "rooms": len(senders),
             "connected": points[-1][0],
             "confirmed": confirmed,

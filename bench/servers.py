@@ -35,9 +35,12 @@ class ServerKind:
     name: str
     label: str
     argv: tuple[str, ...]  # without --host/--port
+    # the Node peers need their node_modules: (peer directory, module that must be installed)
+    node_module: tuple[str, str] | None = None
+    metrics: bool = False  # serves Prometheus text at /metrics (roomcast)
 
-    def command(self, host: str) -> list[str]:
-        return [*self.argv, "--host", host, "--port", "0"]
+    def command(self, host: str, port: int = 0) -> list[str]:
+        return [*self.argv, "--host", host, "--port", str(port)]
 
 
 SERVER_KINDS: dict[str, ServerKind] = {
@@ -55,11 +58,19 @@ SERVER_KINDS: dict[str, ServerKind] = {
             "--ping-interval",
             "600",
         ),
+        metrics=True,
     ),
     "node_ws": ServerKind(
         "node_ws",
         "Node.js ws peer",
         ("node", str(ROOT / "bench" / "peers" / "node_ws" / "server.js")),
+        node_module=("node_ws", "ws"),
+    ),
+    "uws": ServerKind(
+        "uws",
+        "uWebSockets.js peer (C++, native pub/sub)",
+        ("node", str(ROOT / "bench" / "peers" / "uws" / "server.js")),
+        node_module=("uws", "uwebsockets"),
     ),
     "py_websockets": ServerKind(
         "py_websockets",
@@ -78,7 +89,9 @@ def nice_prefix() -> list[str]:
     if value == 0 or (value < 0 and os.geteuid() != 0) or not shutil.which("nice"):
         return []
     return ["nice", "-n", str(value)]
-PEERS = ("node_ws", "py_websockets")
+
+
+PEERS = ("uws", "node_ws", "py_websockets")
 
 
 def cpu_split() -> tuple[list[int], list[int]]:
@@ -127,6 +140,11 @@ def _cpu_ticks(pid: int) -> int:
     return sum(int(x) for x in fields[11:15])
 
 
+def rss_of(pid: int) -> int:
+    """Resident set size of one process in bytes (0 when it is gone)."""
+    return _rss_bytes(pid)
+
+
 def _rss_bytes(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/statm", "rb") as f:
@@ -152,6 +170,13 @@ class RunningServer:
     @property
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}/"
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"http://{self.host}:{self.port}/metrics" if self.kind.metrics else None
+
+    def tree_pids(self) -> list[int]:
+        return _tree_pids(self.pid)
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -190,12 +215,13 @@ def _pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:
 
 def start_server(
     name: str, host: str = "127.0.0.1", cpus: list[int] | None = None, timeout: float = 20.0,
-    extra: tuple[str, ...] | list[str] = (),
+    extra: tuple[str, ...] | list[str] = (), *, port: int = 0,
 ) -> RunningServer:
     """Starts one server kind, pinned to ``cpus`` with taskset, and waits for its ready line.
-    ``extra`` arguments go after the kind's own (e.g. ``--redis-url`` for roomcast)."""
+    ``extra`` arguments go after the kind's own (e.g. ``--redis-url`` for roomcast); ``port`` 0
+    lets the server pick one (it prints it)."""
     kind = SERVER_KINDS[name]
-    cmd = _pinned([*kind.command(host), *extra], cpus)
+    cmd = _pinned([*kind.command(host, port), *extra], cpus)
     _raise_fd_limit()  # inherited by the server: every server gets the same limit
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
@@ -249,6 +275,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_below_ephemeral(host: str = "127.0.0.1", low: int = 20_000) -> int:
+    """A free port below the kernel's ephemeral range, for a server whose workers share it with
+    SO_REUSEPORT (inside the range such binds can collide with the driver's own ports)."""
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        first = 32_768
+    for port in range(low + os.getpid() % 997, first):
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {low} and {first} on {host}")
+
+
 def _redis_ping(port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -278,6 +321,32 @@ class RunningRedis:
 
     def cpu_seconds(self) -> float:
         return sum(_cpu_ticks(p) for p in _tree_pids(self.pid)) / CLK_TCK
+
+    def info(self, section: str = "memory", timeout: float = 10.0) -> dict[str, str]:
+        """``INFO <section>`` as a dict of its ``key:value`` lines."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            sock.sendall(f"INFO {section}\r\n".encode())
+            buf = b""
+            while b"\r\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise RuntimeError("redis closed the connection during INFO")
+                buf += chunk
+            head, _, rest = buf.partition(b"\r\n")
+            if not head.startswith(b"$"):
+                raise RuntimeError(f"unexpected INFO reply from redis: {head[:80]!r}")
+            size = int(head[1:])
+            while len(rest) < size:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise RuntimeError("redis closed the connection during INFO")
+                rest += chunk
+        out = {}
+        for line in rest[:size].decode().splitlines():
+            key, sep, value = line.partition(":")
+            if sep and not key.startswith("#"):
+                out[key] = value
+        return out
 
     def log_tail(self, n: int = 1000) -> str:
         try:

@@ -9,7 +9,9 @@ Without ``--host`` it starts ``python -m server --host 127.0.0.1 --port 0 --rate
 with taskset to the last CPU, and Locust to the others, when there are at least two), reads the
 port from its ready line, samples its RSS and sockets during the run and stops it afterwards.
 Locust runs in a subprocess; this module never imports gevent. Reports go to
-``results/loadtest/<prefix>*`` and a summary between the markers of ``results/README.md``.
+``results/loadtest/<prefix>*`` and a summary between the markers of ``results/README.md``;
+a ``--quick`` run writes them to ``results/quick/loadtest/`` and ``results/quick/README.md``
+instead, so that the committed reference run's reports stay as they are, and prints the summary.
 The exit code is Locust's (1 when any request failed).
 """
 
@@ -56,11 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a short run: 300 users, 100/s, 30 s (overrides the three above)")
     parser.add_argument("--processes", type=int, default=1,
                         help="Locust processes on this machine (-1: one per CPU)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "loadtest",
-                        help="report directory (default results/loadtest)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report directory (default results/loadtest; with --quick "
+                        "results/quick/loadtest)")
     parser.add_argument("--prefix", default="roomcast", help="report file prefix")
-    parser.add_argument("--readme", type=Path, default=ROOT / "results" / "README.md",
-                        help="README whose loadtest section gets the summary")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="README whose loadtest section gets the summary (default "
+                        "results/README.md; with --quick results/quick/README.md)")
     parser.add_argument("--no-readme", action="store_true", help="leave the README alone")
     parser.add_argument("--server-pid", type=int, default=0,
                         help="pid of the (local) server given by --host, to sample its RSS")
@@ -72,8 +76,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="extra argument for the local server (repeatable)")
     parser.add_argument("locust_args", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    results = ROOT / "results" / ("quick" if args.quick else "")
     if args.quick:
         args.users, args.spawn_rate, args.run_time = 300, 100.0, "30s"
+    if args.out is None:
+        args.out = results / "loadtest"
+    if args.readme is None:
+        args.readme = results / "README.md"
     return args
 
 
