@@ -163,7 +163,8 @@ def decode(payload: bytes) -> ClientMessage:
         detail = str(exc)
         if detail.endswith("- at `$.type`") or detail == "Object missing required field `type`":
             raise DecodeFailure(
-                ErrorCode.UNKNOWN_TYPE, "Unknown message type (expected join, chat, leave or typing)"
+                ErrorCode.UNKNOWN_TYPE,
+                "Unknown message type (expected join, chat, leave or typing)",
             ) from None
         raise DecodeFailure(ErrorCode.INVALID_MESSAGE, f"Invalid message: {detail}") from None
     except msgspec.DecodeError:

@@ -573,7 +573,7 @@ def test_no_connection_can_make_a_room_hear_more_than_2n_notices_per_window(
     assert len(_notices(witness.messages())) <= 1
 
 
-# ---- typing (opt-in, throttled, never stored) -----------------------------------------------------
+# ---- typing (opt-in, throttled, never stored) ----------------------------------------------
 
 
 def test_typing_reaches_only_members_that_asked_and_never_the_sender(hub: Harness) -> None:
