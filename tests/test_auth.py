@@ -58,8 +58,9 @@ def hs256(claims: dict[str, Any], secret: str = SECRET) -> str:
 
 
 def claims(**extra: Any) -> dict[str, Any]:
+    """Valid claims; tokens built from them at collection time must outlive a long suite."""
     now = int(time.time())
-    return {"sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + 300, **extra}
+    return {"sub": "user-1", "aud": AUDIENCE, "iat": now, "exp": now + 86400, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +115,9 @@ def test_valid_tokens_give_name_rooms_and_expiry() -> None:
         (hs256(claims(), secret="some-other-secret-of-enough-length!!"), "bad token signature"),
         (forge({"alg": "none", "typ": "JWT"}, claims(), None), "token algorithm not allowed"),
         (forge({"alg": "HS512", "typ": "JWT"}, claims(), SECRET.encode()), "algorithm not allowed"),
-        (hs256(claims(exp=int(time.time()) - 60)), "token expired"),
-        (hs256(claims(nbf=int(time.time()) + 60)), "token not yet valid"),
+        (hs256(claims(exp=int(time.time()) - 3600)), "token expired"),
+        # built at collection time: far enough in the future for a long suite
+        (hs256(claims(nbf=int(time.time()) + 3600)), "token not yet valid"),
         (hs256(claims(aud="someone-else")), "wrong token audience"),
         (hs256({k: v for k, v in claims().items() if k != "aud"}), "token lacks aud"),
         (hs256({k: v for k, v in claims().items() if k != "sub"}), "token has no name or sub"),
@@ -334,8 +336,8 @@ def auth_server(launch: Launch) -> ServerProcess:
         ("no token", None),
         ("bad signature", hs256(claims(), secret="another-secret-of-enough-length-x!")),
         ("alg none", forge({"alg": "none", "typ": "JWT"}, claims(), None)),
-        ("expired", hs256(claims(exp=int(time.time()) - 120))),
-        ("not yet valid", hs256(claims(nbf=int(time.time()) + 120))),
+        ("expired", hs256(claims(exp=int(time.time()) - 3600))),
+        ("not yet valid", hs256(claims(nbf=int(time.time()) + 3600))),
         ("wrong audience", hs256(claims(aud="another-service"))),
         ("garbage", "%00%ff.."),
         ("exp too big for a float", hs256(claims(exp=10**400))),  # was a 500
