@@ -32,29 +32,22 @@ _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 RETRY_DELAY = 0.25
 
 
-def picows_protocol_factory(
-    listener_factory: Callable[..., Any],
-    logger: Any,
-    *,
-    handshake_timeout: float,
-    max_frame_size: int,
-    read_buffer_init_size: int,
-) -> Callable[[Any], asyncio.BufferedProtocol]:
-    """The server-side protocol factory that picows's ws_create_server builds internally.
+def websocket_protocol_factory(
+    logger: Any, *, max_frame_size: int
+) -> Callable[[Callable[[Any], Any]], asyncio.BufferedProtocol]:
+    """Makes picows server protocols, as picows's ws_create_server does internally, for sockets
+    whose HTTP request server/front.py has already read and admitted (so no handshake timeout
+    here: the front enforced it)."""
 
-    Unlike picows's, it takes the peer address (from accept()) and hands it to the listener
-    factory as ``peer=``, so that admission can count per address before the upgrade.
-    """
-
-    def factory(peer: Any = None) -> asyncio.BufferedProtocol:
+    def make(listener_factory: Callable[[Any], Any]) -> asyncio.BufferedProtocol:
         protocol: asyncio.BufferedProtocol = WSProtocol(
             None,  # host:port (client side only)
             None,  # path (client side only)
             False,  # is_client_side
-            partial(listener_factory, peer=peer),
+            listener_factory,
             logger,
             True,  # disconnect_on_exception
-            handshake_timeout,
+            None,  # handshake timeout: the front's
             False,  # our heartbeat replaces picows's per-connection ping task
             20.0,
             20.0,
@@ -62,11 +55,11 @@ def picows_protocol_factory(
             True,  # enable_auto_pong
             max_frame_size,
             None,  # extra_headers (client side only)
-            read_buffer_init_size,
+            2048,  # read_buffer_init_size: picows never allocates less
         )
         return protocol
 
-    return factory
+    return make
 
 
 def listening_socket(

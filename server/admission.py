@@ -185,6 +185,11 @@ def _trusted(address: IPAddress, proxies: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in proxies)
 
 
+def is_trusted_proxy(peer: str, proxies: Sequence[IPNetwork]) -> bool:
+    address = _address(peer)
+    return address is not None and _trusted(address, proxies)
+
+
 def client_address(
     peer: str | None, forwarded_for: Sequence[str], proxies: Sequence[IPNetwork]
 ) -> str:
@@ -248,8 +253,21 @@ class Limits:
         self._buckets: dict[str, list[float]] = {}  # address -> [tokens, last update]
         self._prune_at = 1024
 
-    def check(self, address: str, open_connections: int, now: float) -> Refusal | None:
-        """None to admit (and count a handshake), or why not."""
+    def may_start(self, address: str) -> Refusal | None:
+        """At accept, before a byte is read: None when `address` may hold one more connection
+        (then count it with ``opened``), or why not. An unfinished request holds a slot too, so
+        a slowloris cannot hold more descriptors than ``max_per_ip``."""
+        if self.max_per_ip and self.open_per_ip.get(address, 0) >= self.max_per_ip:
+            return Refusal(
+                429, "too many connections from this address", self.PER_IP_RETRY_AFTER, "per_ip"
+            )
+        return None
+
+    def check(
+        self, address: str, open_connections: int, now: float, *, holding: bool = False
+    ) -> Refusal | None:
+        """None to admit (and count a handshake), or why not. `holding`: this request already
+        holds one of the address's slots (taken at accept)."""
         if self.max_connections and open_connections >= self.max_connections:
             return Refusal(503, "server is at its connection limit", None, "max_connections")
         if self._refill:
@@ -258,7 +276,8 @@ class Limits:
                 return Refusal(
                     429, "too many handshakes from this address", math.ceil(wait), "handshake_rate"
                 )
-        if self.max_per_ip and self.open_per_ip.get(address, 0) >= self.max_per_ip:
+        held = self.open_per_ip.get(address, 0) - (1 if holding else 0)
+        if self.max_per_ip and held >= self.max_per_ip:
             return Refusal(
                 429, "too many connections from this address", self.PER_IP_RETRY_AFTER, "per_ip"
             )

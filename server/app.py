@@ -14,18 +14,19 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
-from picows import WSUpgradeRequest, WSUpgradeResponse, WSUpgradeResponseWithListener
-
-from .acceptor import Acceptor, listening_socket, picows_protocol_factory
+from .acceptor import Acceptor, listening_socket, websocket_protocol_factory
 from .broker import LocalBroker
 from .config import Config
 from .connection import Connection, EchoConnection
 from .core import ChatCore
-from .gate import Admitted, Gate
+from .front import Front
+from .gate import Admitted, Gate, Refused
 from .heartbeat import Heartbeat
-from .http import StaticSite
+from .http import NOT_FOUND, Response, Route, StaticSite
+from .http1 import Request
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .protocol import CloseCode
@@ -69,73 +70,66 @@ class App:
         self.broker: RedisBroker | None = None
         self._all_gone = asyncio.Event()
         self._flush_seconds = self.metrics.flush_duration
-        site.routes["/metrics"] = self._metrics
-        site.routes["/readyz"] = self._readyz
+        self.handshake_timeout = config.handshake_timeout
+        self._websocket_protocol = websocket_protocol_factory(
+            _quiet_picows(), max_frame_size=config.max_message_bytes
+        )
+        if not config.metrics_listen:
+            site.routes["/metrics"] = self.metrics_page
+        site.routes["/readyz"] = self.readiness_page
+        site.routes["/auth/check"] = self._auth_check
 
-    # ---- routing ------------------------------------------------------------------------------
+    # ---- requests (front.FrontOwner) ---------------------------------------------------------
 
-    def route(self, request: WSUpgradeRequest, peer: Any = None) -> Any:
-        headers = request.headers
-        if headers.get("upgrade", "").lower() != "websocket":
-            path = request.path.decode("latin-1")
-            if path.partition("?")[0] == "/auth/check":
-                return WSUpgradeResponseWithListener(self._auth_check(path, headers), None)
-            return WSUpgradeResponseWithListener(self.site.respond(request), None)
+    def begin(self, peer: str) -> Refused | None:
+        return self.gate.begin(peer)
+
+    def end(self, peer: str) -> None:
+        self.gate.end(peer)
+
+    def note(self, label: str, text: str) -> None:
+        self.gate.note(label, text)
+
+    def respond(self, request: Request) -> Response:
+        """A plain HTTP request: the page, health, readiness, metrics, the token check."""
+        return self.site.respond(request)
+
+    def upgrade(self, request: Request, peer: str) -> Refused | Admitted:
         if self.state.draining:
-            return self._refusal(self.gate.refuse("draining", 503, "server is shutting down"))
-        address = peer[0] if isinstance(peer, tuple) and peer else "?"
-        decision = self.gate.check(
-            request.path.decode("latin-1"), headers, address, len(self.connections),
-            self.loop.time(),
+            return self.gate.refuse("draining", 503, "server is shutting down")
+        return self.gate.check(
+            request.target, request.headers, peer, len(self.connections), self.loop.time()
         )
-        if not isinstance(decision, Admitted):
-            return self._refusal(decision)
-        if headers.get("connection", "").lower() != "upgrade":
-            # Firefox sends "keep-alive, Upgrade" (valid, RFC 6455 4.2.1), which picows's own
-            # check, made after this, refuses: normalise it in the request picows validates.
-            headers["Connection"] = "Upgrade"
-        path = request.path.decode("latin-1")
-        if self._echo_path and path.partition("?")[0] == self._echo_path:
-            conn: Connection = EchoConnection(self, decision)
-        else:
-            conn = Connection(self, decision)
-        if decision.subprotocol is None:
-            return conn
-        response = WSUpgradeResponse.create_101_response(
-            {"Sec-WebSocket-Protocol": decision.subprotocol}
-        )
-        return WSUpgradeResponseWithListener(response, conn)
 
-    @staticmethod
-    def _refusal(refused: Any) -> Any:
-        response = WSUpgradeResponse.create_error_response(
-            refused.status, refused.body, refused.headers or None
-        )
-        return WSUpgradeResponseWithListener(response, None)
+    def listener(self, admitted: Admitted, request: Request) -> Connection:
+        if self._echo_path and request.path == self._echo_path:
+            return EchoConnection(self, admitted)
+        return Connection(self, admitted)
 
-    def _auth_check(self, path: str, headers: Any) -> Any:
-        problem = self.gate.token_problem(path, headers)
-        no_store = {"Cache-Control": "no-store", "Content-Type": "text/plain; charset=utf-8"}
+    def websocket_protocol(self, listener_factory: Callable[[Any], Any]) -> Any:
+        return self._websocket_protocol(listener_factory)
+
+    def _auth_check(self, request: Request) -> Response:
+        problem = self.gate.token_problem(request.target, request.headers)
+        no_store = {"Cache-Control": "no-store"}
         if problem is None:
-            return WSUpgradeResponse.create_ok_response(b"ok\n", no_store)
-        return WSUpgradeResponse.create_error_response(401, problem.encode() + b"\n", no_store)
+            return Response(200, b"ok\n", no_store)
+        return Response(401, problem.encode() + b"\n", no_store)
 
-    def _metrics(self) -> Any:
-        return WSUpgradeResponse.create_ok_response(
-            self.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE}
-        )
+    def metrics_page(self, request: Request) -> Response:
+        return Response(200, self.metrics.render(), {"Content-Type": METRICS_CONTENT_TYPE})
 
-    def _readyz(self) -> Any:
+    def readiness_page(self, request: Request) -> Response:
         if self.state.ready:
-            return WSUpgradeResponse.create_ok_response(b"ready\n")
-        return WSUpgradeResponse.create_error_response(503, b"not ready\n")
+            return Response(200, b"ready\n")
+        return Response(503, b"not ready\n")
 
     # ---- connections (connection.Owner) -------------------------------------------------------
 
     def attach(self, conn: Connection) -> None:
         conn.slot = len(self.connections)
         self.connections.append(conn)
-        self.gate.opened(conn, conn.client_ip, conn.identity)
+        self.gate.opened(conn, conn.client_ip, conn.identity, counted=conn.counted)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connected: client %s (peer %s)", conn.client_ip, conn.peer())
 
@@ -206,6 +200,43 @@ class App:
             conn.transport.disconnect(graceful=False)
 
 
+class Admin:
+    """``--metrics-listen``: /metrics, /readyz and /healthz on an address of their own (keep it
+    private: the public port then answers /metrics with 404). No WebSocket here."""
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self.loop = app.loop
+        self.handshake_timeout = app.handshake_timeout
+        self._routes: dict[str, Route] = {
+            "/metrics": app.metrics_page,
+            "/readyz": app.readiness_page,
+            "/healthz": lambda request: Response(200, b"ok\n"),
+        }
+
+    def begin(self, peer: str) -> Refused | None:
+        return None
+
+    def end(self, peer: str) -> None:
+        pass
+
+    def note(self, label: str, text: str) -> None:
+        self._app.note(label, text)
+
+    def respond(self, request: Request) -> Response:
+        route = self._routes.get(request.path)
+        return route(request) if route is not None else NOT_FOUND
+
+    def upgrade(self, request: Request, peer: str) -> Refused | Admitted:
+        return Refused(404, b"no WebSocket here\n", {})
+
+    def listener(self, admitted: Admitted, request: Request) -> Connection:
+        raise AssertionError("the admin address never admits an upgrade")
+
+    def websocket_protocol(self, listener_factory: Callable[[Any], Any]) -> Any:
+        raise AssertionError("the admin address never admits an upgrade")
+
+
 def build(settings: Settings, loop: asyncio.AbstractEventLoop) -> App:
     """Every part of a server, built once from the settings and handed what it needs."""
     config = settings.config
@@ -230,18 +261,19 @@ async def serve(settings: Settings) -> int:
     config = settings.config
     loop = asyncio.get_running_loop()
     app = build(settings, loop)
-    factory = picows_protocol_factory(
-        app.route,
-        _quiet_picows(),
-        handshake_timeout=config.handshake_timeout,
-        max_frame_size=config.max_message_bytes,
-        read_buffer_init_size=2048,  # picows never allocates less
-    )
     tls = settings.security.tls
     sock = listening_socket(config.host, config.port, reuse_port=config.reuse_port)
-    acceptor = Acceptor(loop, sock, factory, app.counters, ssl_context=tls)
+    acceptor = Acceptor(loop, sock, lambda peer: Front(app, peer), app.counters, ssl_context=tls)
     acceptor.start()
     app.started(acceptor)
+    admin = None
+    if config.metrics_listen:
+        admin_host, _, admin_port = config.metrics_listen.rpartition(":")
+        admin_sock = listening_socket(admin_host.strip("[]"), int(admin_port))
+        admin = Acceptor(loop, admin_sock, lambda peer: Front(Admin(app), peer), app.counters)
+        admin.start()
+        shown_host, shown_port = admin.address
+        print(f"roomcast metrics on http://{shown_host}:{shown_port}/metrics", flush=True)
     broker = None
     if config.redis_url:
         broker = RedisBroker(app.core, config, app.counters)
@@ -270,6 +302,8 @@ async def serve(settings: Settings) -> int:
     code = CloseCode.SERVICE_RESTART if received[0] is signal.SIGTERM else CloseCode.GOING_AWAY
     log.info("%s: closing %d connections with %d", received[0].name, len(app.connections), code)
     await app.shutdown(code)
+    if admin is not None:
+        admin.close()
     if broker is not None:
         await broker.close()
     log.info("stopped")

@@ -60,6 +60,7 @@ class Config:
     handshake_rate: int = 0
     handshake_window: float = 10.0
     handshake_timeout: float = 10.0
+    metrics_listen: str = ""
     # ---- compliance mode ----
     echo_path: str = ""
 
@@ -180,6 +181,8 @@ _HELP: dict[str, str] = {
     "429 with Retry-After (0: no limit)",
     "handshake_window": "length in seconds of the handshake-rate window",
     "handshake_timeout": "seconds a new connection has to send its HTTP request",
+    "metrics_listen": "HOST:PORT to serve /metrics, /readyz and /healthz on, off the public "
+    "port (which then answers /metrics with 404); empty: /metrics on the public port",
     "echo_path": "compliance mode: an upgrade to exactly this path (e.g. /echo) gets an echo "
     "connection, handled like chat connections but echoing every message; used to run the "
     "Autobahn TestSuite (empty: off)",
@@ -318,6 +321,12 @@ def _check_together(config: Config) -> None:
         raise ConfigError(
             "jwt_algorithms", config.jwt_algorithms, "needs --jwt-secret or --jwt-public-key"
         )
+    if config.metrics_listen:
+        host, colon, port = config.metrics_listen.rpartition(":")
+        if not colon or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(
+                "metrics_listen", config.metrics_listen, "must be HOST:PORT, e.g. 127.0.0.1:9100"
+            )
     if config.echo_path and not config.echo_path.startswith("/"):
         raise ConfigError("echo_path", config.echo_path, "must be a path starting with /")
     if not config.host:

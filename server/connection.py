@@ -83,6 +83,7 @@ class Connection(WSListener):
         "awaiting_pong",
         "client_ip",
         "closing",
+        "counted",
         "fragments",
         "heard",
         "identity",
@@ -98,6 +99,7 @@ class Connection(WSListener):
         self.owner = owner
         self.client_ip = admitted.client_ip  # the address admission limits are counted against
         self.identity = admitted.identity  # from the token, when auth is on
+        self.counted = admitted.counted  # its address slot was taken at accept
         self.heard = True
         self.awaiting_pong = False
         self.closing = False

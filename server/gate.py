@@ -10,11 +10,12 @@ are closed with 4001 by one periodic sweep, not one timer each.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .admission import Limits, client_address, handshake_problem
+from .admission import Limits, client_address, handshake_problem, is_trusted_proxy
 from .auth import AuthError, Identity
 from .config import Config
 from .deadlines import Deadlines
@@ -22,12 +23,15 @@ from .protocol import CloseCode
 from .security import Security
 from .state import Counters
 
+log = logging.getLogger("roomcast")
+
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
     client_ip: str  # the address the limits count against
     identity: Identity | None  # from the token, when authentication is on
     subprotocol: str | None  # to echo in the 101 response (a token offered as a subprotocol)
+    counted: bool = False  # the connection already holds a slot of client_ip (since accept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,39 @@ class Gate:
         self, label: str, status: int, text: str, headers: dict[str, str] | None = None
     ) -> Refused:
         """A refusal, counted under `label` (roomcast_handshakes_refused_total's reason)."""
-        self._counters.refused[label] += 1
+        self.note(label, text)
         return Refused(status, text.encode() + b"\n", headers or {})
+
+    def note(self, label: str, text: str) -> None:
+        """Counts a refused request under `label`; the first of each kind is logged at INFO
+        (one line per kind, not per request: a flood of refusals must not flood the log)."""
+        refused = self._counters.refused
+        if not refused[label]:
+            log.info("refused a request (%s: %s); further ones are counted, not logged", label,
+                     text)
+        refused[label] += 1
+
+    def begin(self, peer: str) -> Refused | None:
+        """A TCP connection from `peer` was accepted: None when it may go on, holding one of the
+        address's slots until ``end`` (or until its WebSocket closes), else the refusal. A
+        trusted proxy's connections are counted against their client once its headers arrive."""
+        if self.behind_proxy(peer):
+            return None
+        refusal = self.limits.may_start(peer)
+        if refusal is not None:
+            return self.refuse(refusal.label, refusal.status, refusal.reason, refusal.headers)
+        self.limits.opened(peer)
+        return None
+
+    def end(self, peer: str) -> None:
+        """The connection `begin` let through is gone before it became a WebSocket."""
+        if not self.behind_proxy(peer):
+            self.limits.closed(peer)
+
+    def behind_proxy(self, peer: str) -> bool:
+        """Whether `peer` is a trusted proxy (its clients are told by X-Forwarded-For)."""
+        proxies = self._security.proxies
+        return bool(proxies) and is_trusted_proxy(peer, proxies)
 
     def check(
         self, path: str, headers: Headers, peer: str, open_connections: int, now: float
@@ -96,16 +131,17 @@ class Gate:
         if self._security.proxies:
             forwarded = headers.getall("x-forwarded-for", ())
             address = client_address(peer, forwarded, self._security.proxies)
-        refusal = self.limits.check(address, open_connections, now)
+        holding = address == peer and not self.behind_proxy(peer)
+        refusal = self.limits.check(address, open_connections, now, holding=holding)
         if refusal is not None:
             return self.refuse(refusal.label, refusal.status, refusal.reason, refusal.headers)
         if self._verifier is None:
-            return Admitted(address, None, None)
+            return Admitted(address, None, None, holding)
         try:
             identity, subprotocol = self._verifier.authenticate(path, headers)
         except AuthError as exc:
             return self.refuse("unauthorized", 401, exc.reason, _BEARER)
-        return Admitted(address, identity, subprotocol)
+        return Admitted(address, identity, subprotocol, holding)
 
     def token_problem(self, path: str, headers: Headers) -> str | None:
         """Why the token this request presents would be refused, or None (also when auth is
@@ -120,8 +156,12 @@ class Gate:
 
     # ---- open connections ---------------------------------------------------------------------
 
-    def opened(self, conn: Expirable, client_ip: str, identity: Identity | None) -> None:
-        self.limits.opened(client_ip)
+    def opened(
+        self, conn: Expirable, client_ip: str, identity: Identity | None, *, counted: bool = False
+    ) -> None:
+        """The WebSocket is open; `counted`: its slot was taken at accept already."""
+        if not counted:
+            self.limits.opened(client_ip)
         if identity is not None and identity.expires_at is not None and self._expiry is not None:
             assert self._loop is not None
             left = identity.expires_at + self._leeway - self._wall()

@@ -1,19 +1,32 @@
-"""Plain HTTP on the WebSocket port: the browser page, its assets and health checks.
+"""Plain HTTP on the WebSocket port: the browser page, its assets, and the server's own routes.
 
-picows answers a non-upgrade GET with the response we return and then closes the connection, so
-everything here is a small in-memory file table: no disk access per request.
+Every request is answered from memory (a small file table read at start, and routes the server
+registers: health, readiness, metrics, the token check) with ``Connection: close``; GET and HEAD,
+HTTP/1.1 and HTTP/1.0 alike, so load balancers' health checks get their 200 or 503.
 """
 
 from __future__ import annotations
 
 import mimetypes
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
 
-from picows import WSUpgradeRequest, WSUpgradeResponse
+from .http1 import Request
 
 _NO_CACHE = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+NOT_FOUND = Response(404, b"not found\n")
+
+Route = Callable[[Request], Response]
 
 
 class StaticSite:
@@ -27,26 +40,22 @@ class StaticSite:
                     if kind.startswith("text/") or kind in ("application/javascript",):
                         kind += "; charset=utf-8"
                     self.files[entry.name] = (entry.read_bytes(), kind)
-        self.routes: dict[str, Callable[[], Any]] = {"/healthz": self._healthz}
+        self.routes: dict[str, Route] = {"/healthz": lambda request: Response(200, b"ok\n")}
 
-    def respond(self, request: WSUpgradeRequest) -> Any:
-        path = request.path.decode("latin-1").split("?", 1)[0]
+    def respond(self, request: Request) -> Response:
+        path = request.path
         route = self.routes.get(path)
         if route is not None:
-            return route()
+            return route(request)
         if path in ("/", "/index.html"):
             return self._file("index.html")
         if path.startswith("/static/"):
             return self._file(path[len("/static/") :])
-        return WSUpgradeResponse.create_error_response(404, b"not found\n")
+        return NOT_FOUND
 
-    def _file(self, name: str) -> Any:
+    def _file(self, name: str) -> Response:
         found = self.files.get(name)
         if found is None:
-            return WSUpgradeResponse.create_error_response(404, b"not found\n")
+            return NOT_FOUND
         body, kind = found
-        return WSUpgradeResponse.create_ok_response(body, {"Content-Type": kind, **_NO_CACHE})
-
-    @staticmethod
-    def _healthz() -> Any:
-        return WSUpgradeResponse.create_ok_response(b"ok\n")
+        return Response(200, body, {"Content-Type": kind, **_NO_CACHE})

@@ -35,9 +35,26 @@ def gate(**options: object) -> tuple[Gate, Counters]:
 
 def test_an_open_server_admits_with_the_peer_address() -> None:
     door, counters = gate()
+    assert door.begin("192.0.2.1") is None
     decision = door.check("/", upgrade(), "192.0.2.1", 0, 0.0)
-    assert decision == Admitted("192.0.2.1", None, None)
+    # its slot was taken at accept (begin): the WebSocket keeps it
+    assert decision == Admitted("192.0.2.1", None, None, counted=True)
     assert not counters.refused
+
+
+def test_unfinished_requests_hold_their_address_slots() -> None:
+    door, counters = gate(max_connections_per_ip=2)
+    assert door.begin("192.0.2.1") is None
+    assert door.begin("192.0.2.1") is None  # two requests still being sent (a slowloris)
+    refused = door.begin("192.0.2.1")
+    assert isinstance(refused, Refused) and refused.status == 429
+    assert refused.headers == {"Retry-After": "5"}
+    assert door.begin("192.0.2.2") is None  # other addresses are not affected
+    door.end("192.0.2.1")  # one gave up: its slot is free again
+    assert door.begin("192.0.2.1") is None
+    # a request that holds a slot passes the per-address check at the upgrade
+    assert isinstance(door.check("/", upgrade(), "192.0.2.1", 3, 0.0), Admitted)
+    assert counters.refused == {"per_ip": 1}
 
 
 def test_each_refusal_has_its_status_and_reason_label() -> None:

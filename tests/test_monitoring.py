@@ -560,7 +560,8 @@ def test_prometheus_scrapes_a_server_and_evaluates_the_rules(stack: Stack) -> No
 
     assert recorded("roomcast:deliveries:rate5m")[0] > 0
     cpu = recorded("roomcast:cpu_seconds_per_delivery:rate5m")
-    assert len(cpu) == 1 and 0 < cpu[0] < 1 and math.isfinite(cpu[0])
+    # (0 is possible on a busy machine: CPU time moves in 10 ms ticks between two scrapes)
+    assert len(cpu) == 1 and 0 <= cpu[0] < 1 and math.isfinite(cpu[0])
     for name in (
         "roomcast:event_loop_lag_seconds:p99_5m", "roomcast:broker_roundtrip_seconds:p99_5m"
     ):

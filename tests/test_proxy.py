@@ -167,3 +167,50 @@ async def test_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_p
             await first.close()
     finally:
         nginx.stop()
+
+
+async def test_nginx_never_exposes_metrics_and_drops_cookies(tmp_path: pathlib.Path) -> None:
+    """The shipped config in front of a capturing upstream: /metrics answers 404 from Nginx
+    itself, and an upgrade reaches the upstream without its Cookie header."""
+    require_nginx()
+    heads: list[bytes] = []
+
+    async def capture(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    upstream = await asyncio.start_server(capture, "127.0.0.1", 0)
+    port = upstream.sockets[0].getsockname()[1]
+    nginx = Nginx(tmp_path, port)
+    try:
+        tls = ssl.create_default_context(cafile=str(nginx.cert))
+
+        async def get(path: str, headers: str = "") -> bytes:
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        reader, writer = await asyncio.open_connection(
+                            "127.0.0.1", nginx.tls_port, ssl=tls
+                        )
+                        break
+                    except OSError:
+                        await asyncio.sleep(0.05)  # nginx is still binding its port
+                writer.write(
+                    f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Connection: close\r\n"
+                    "\r\n".encode()
+                )
+                answer = await reader.read()
+                writer.close()
+                return answer
+
+        assert (await get("/metrics")).startswith(b"HTTP/1.1 404")
+        assert heads == []  # answered by Nginx: the upstream never saw it
+        await get("/ws", "Upgrade: websocket\r\nCookie: session=secret; tracker=x\r\n")
+        assert len(heads) == 1 and b"GET /ws " in heads[0]
+        assert b"cookie" not in heads[0].lower() and b"secret" not in heads[0]
+    finally:
+        nginx.stop()
+        upstream.close()
+        await upstream.wait_closed()

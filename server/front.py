@@ -1,0 +1,184 @@
+"""The first protocol of every connection: the HTTP request, before any WebSocket exists.
+
+Every accepted socket starts here. The connection takes one of its address's slots at once
+(``--max-connections-per-ip`` counts unfinished requests too, so a slowloris cannot hold more
+descriptors than the limit), has ``--handshake-timeout`` to send its request head, and then:
+
+* a plain request (GET or HEAD, HTTP/1.1 or 1.0) is answered from memory and closed;
+* an upgrade goes through the gate (server/gate.py); a refusal is its HTTP answer;
+* an admitted upgrade is handed to picows: the transport switches to a picows protocol, which is
+  fed a minimal copy of the request (server/http1.py), so picows's per-connection read buffer
+  never holds (or grows for) a browser's cookies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
+
+from .gate import Admitted, Refused
+from .http import Response
+from .http1 import (
+    HttpError,
+    Request,
+    error_response,
+    head_end,
+    parse_head,
+    render,
+    upgrade_for_picows,
+)
+
+log = logging.getLogger("roomcast")
+
+LINGER_SECONDS = 2.0  # how long a refused client may go on sending before it is cut off
+_LABELS = {405: "method", 431: "too_large"}  # refusal reasons of requests we cannot parse
+
+
+class FrontOwner(Protocol):
+    """What the first protocol needs from the server."""
+
+    handshake_timeout: float
+    loop: asyncio.AbstractEventLoop
+
+    def begin(self, peer: str) -> Refused | None:
+        """A connection from `peer` was accepted: None to go on (it holds a slot), or why not."""
+
+    def end(self, peer: str) -> None:
+        """A connection `begin` let through is gone before it became a WebSocket."""
+
+    def note(self, label: str, text: str) -> None:
+        """Counts a refused request by reason."""
+
+    def respond(self, request: Request) -> Response:
+        """The answer to a plain HTTP request."""
+
+    def upgrade(self, request: Request, peer: str) -> Refused | Admitted:
+        """The gate's decision on an upgrade request."""
+
+    def listener(self, admitted: Admitted, request: Request) -> Any:
+        """The picows listener (a Connection) of an admitted upgrade."""
+
+    def websocket_protocol(self, listener_factory: Callable[[Any], Any]) -> Any:
+        """A picows server protocol whose listener factory is `listener_factory`."""
+
+
+class Front(asyncio.Protocol):
+    __slots__ = ("_buffer", "_owner", "_peer", "_slot", "_timer", "_transport")
+
+    def __init__(self, owner: FrontOwner, peer: Any) -> None:
+        self._owner = owner
+        self._peer = peer[0] if isinstance(peer, tuple) and peer else "?"
+        self._buffer = bytearray()
+        self._transport: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._slot = False  # holds one of the peer address's slots
+
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+        refused = self._owner.begin(self._peer)
+        if refused is not None:
+            self._answer(render(refused.status, refused.body, refused.headers))
+            return
+        self._slot = True
+        self._timer = self._owner.loop.call_later(self._owner.handshake_timeout, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is None:
+            return  # answered already: what still arrives is dropped
+        buffer = self._buffer
+        buffer += data
+        try:
+            end = head_end(buffer)
+            if end < 0:
+                return
+            request = parse_head(bytes(buffer[:end]))
+        except HttpError as error:
+            self._owner.note(_LABELS.get(error.status, "bad_request"), error.reason)
+            self._answer(error_response(error))
+            return
+        rest = bytes(buffer[end:])
+        self._buffer = bytearray()
+        if not request.is_upgrade:
+            response = self._owner.respond(request)
+            self._answer(
+                render(
+                    response.status, response.body, response.headers,
+                    head_only=request.method == "HEAD",
+                )
+            )
+            return
+        outcome = self._owner.upgrade(request, self._peer)
+        if isinstance(outcome, Refused):
+            self._answer(render(outcome.status, outcome.body, outcome.headers))
+            return
+        self._hand_over(outcome, request, rest)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timer()
+        self._release()
+
+    # ---- endings ------------------------------------------------------------------------------
+
+    def _answer(self, response: bytes) -> None:
+        """Writes the whole answer and closes, lingering a little: closing while the client
+        still sends would reset the connection and lose the answer."""
+        self._stop_timer()
+        transport = self._transport
+        transport.write(response)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._timer = self._owner.loop.call_later(LINGER_SECONDS, transport.abort)
+        else:
+            transport.close()
+        self._release()
+
+    def _too_slow(self) -> None:
+        self._timer = None
+        self._owner.note("handshake_timeout", "no complete request within the timeout")
+        self._transport.abort()
+        self._release()
+
+    def _hand_over(self, admitted: Admitted, request: Request, rest: bytes) -> None:
+        self._stop_timer()
+        transport = self._transport
+        listener = self._owner.listener(admitted, request)
+        if admitted.subprotocol is None:
+            answer: Any = listener
+        else:
+            answer = WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_101_response(
+                    {"Sec-WebSocket-Protocol": admitted.subprotocol}
+                ),
+                listener,
+            )
+        protocol = self._owner.websocket_protocol(lambda picows_request: answer)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        data = memoryview(upgrade_for_picows(request) + rest)
+        while data:
+            buffer = protocol.get_buffer(len(data))
+            size = min(len(buffer), len(data))
+            buffer[:size] = data[:size]
+            protocol.buffer_updated(size)
+            data = data[size:]
+        if getattr(listener, "transport", None) is None:
+            # picows refused our copy of a request the gate checked: a bug, not the peer's
+            log.error("picows did not complete the handshake of %s", self._peer)
+            self._release()
+            return
+        # From here the slot belongs to the WebSocket (released when it closes).
+        self._slot = False
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _release(self) -> None:
+        if self._slot:
+            self._slot = False
+            self._owner.end(self._peer)

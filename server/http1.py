@@ -1,0 +1,124 @@
+"""HTTP/1.x request heads and responses as bytes: parsing, rendering, the request picows gets.
+
+Pure, no sockets. Every connection's first bytes are an HTTP request head; server/front.py reads
+it, and this module turns it into a ``Request`` (or an ``HttpError`` saying which 4xx and why),
+renders responses, and builds the minimal upgrade request handed to picows once the gate has
+admitted a WebSocket: only the headers picows checks, so a browser's cookies never reach (and
+never grow) picows's per-connection read buffer.
+
+Header values are decoded as Latin-1, which cannot fail: a non-UTF-8 ``Authorization`` header is
+just a value the token check refuses (401), never a 500.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from multidict import CIMultiDict
+
+MAX_HEAD_BYTES = 16 * 1024
+MAX_HEADER_LINES = 128
+METHODS = ("GET", "HEAD")
+
+
+class HttpError(Exception):
+    """A request we answer with a 4xx/5xx and close: ``status`` and a one-line ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str  # path and query, as sent
+    version: str  # "HTTP/1.1" or "HTTP/1.0"
+    headers: CIMultiDict[str]
+
+    @property
+    def path(self) -> str:
+        return self.target.partition("?")[0]
+
+    @property
+    def is_upgrade(self) -> bool:
+        return self.headers.get("upgrade", "").strip().lower() == "websocket"
+
+
+def head_end(buffer: bytes | bytearray) -> int:
+    """Where the head ends (the index after its blank line), -1 if not yet; raises HttpError
+    when the head is already longer than allowed."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buffer) > MAX_HEAD_BYTES:
+            raise HttpError(431, "request header fields too large")
+        return -1
+    if end + 4 > MAX_HEAD_BYTES:
+        raise HttpError(431, "request header fields too large")
+    return end + 4
+
+
+def parse_head(head: bytes) -> Request:
+    """The request in `head` (up to and including its blank line); raises HttpError."""
+    lines = head[:-4].split(b"\r\n")
+    if len(lines) - 1 > MAX_HEADER_LINES:
+        raise HttpError(431, "too many header lines")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise HttpError(400, "malformed request line")
+    method, target, version = (part.decode("latin-1") for part in parts)
+    if version not in ("HTTP/1.1", "HTTP/1.0"):
+        raise HttpError(400, "unsupported HTTP version (use HTTP/1.1)")
+    if not target.startswith("/"):
+        raise HttpError(400, "malformed request target")
+    headers: CIMultiDict[str] = CIMultiDict()
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or b" " in name:
+            raise HttpError(400, "malformed header line")
+        headers.add(name.decode("latin-1"), value.strip(b" \t").decode("latin-1"))
+    if method not in METHODS:
+        raise HttpError(405, "method not allowed")
+    return Request(method, target, version, headers)
+
+
+def render(
+    status: int,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    *,
+    head_only: bool = False,
+) -> bytes:
+    """A complete response, always ``Connection: close`` (one request per connection)."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    lines = [f"HTTP/1.1 {status} {phrase}"]
+    extra = headers or {}
+    if "Content-Type" not in extra:
+        lines.append("Content-Type: text/plain; charset=utf-8")
+    lines.extend(f"{name}: {value}" for name, value in extra.items())
+    lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: close")
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    return text.encode("latin-1") + (b"" if head_only else body)
+
+
+def error_response(error: HttpError) -> bytes:
+    headers = {"Allow": "GET, HEAD"} if error.status == 405 else None
+    return render(error.status, error.reason.encode() + b"\n", headers)
+
+
+_FOR_PICOWS = ("host", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol")
+
+
+def upgrade_for_picows(request: Request) -> bytes:
+    """The request picows validates and answers with its 101: the same upgrade, without what
+    the server never reads (cookies, user agent...). ``Connection`` is sent as exactly
+    ``Upgrade``: Firefox's valid ``keep-alive, Upgrade`` is one picows's own check refuses."""
+    lines = [f"GET {request.target} HTTP/1.1", "Upgrade: websocket", "Connection: Upgrade"]
+    for name in _FOR_PICOWS:
+        value = request.headers.get(name)
+        if value is not None:
+            lines.append(f"{name}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

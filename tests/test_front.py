@@ -1,0 +1,194 @@
+"""The HTTP front (server/front.py, server/http1.py): what every connection meets first.
+
+Pure parsing and rendering without sockets, then over real sockets: health checks as load
+balancers send them, refusals that are 4xx and never a traceback, unfinished requests counted
+against --max-connections-per-ip, and a browser-sized handshake that picows never sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from server.http1 import (
+    MAX_HEAD_BYTES,
+    HttpError,
+    head_end,
+    parse_head,
+    render,
+    upgrade_for_picows,
+)
+from tests.conftest import Launch
+from tests.handshake import upgrade
+from tests.rawws import RawClient
+from tests.support import ServerProcess, free_port
+
+UPGRADE = (
+    b"GET /chat?token=t HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\n"
+    b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\nCookie: " + b"c=" + b"x" * 1500 + b"\r\n"
+    b"User-Agent: Mozilla/5.0\r\nSec-WebSocket-Protocol: roomcast.jwt, abc\r\n\r\n"
+)
+
+# ---- pure -------------------------------------------------------------------------------------
+
+
+def test_a_request_head_is_parsed_case_insensitively_in_latin_1() -> None:
+    request = parse_head(UPGRADE)
+    assert (request.method, request.target, request.path) == ("GET", "/chat?token=t", "/chat")
+    assert request.is_upgrade and request.headers["connection"] == "keep-alive, Upgrade"
+    bad = parse_head(b"GET / HTTP/1.0\r\nAuthorization: Bearer \xff\xfe\r\n\r\n")
+    assert bad.headers["authorization"] == "Bearer \xff\xfe"  # a value, never an exception
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"POST / HTTP/1.1\r\n\r\n", 405),
+        (b"GET / HTTP/2.0\r\n\r\n", 400),
+        (b"GET /\r\n\r\n", 400),
+        (b"GET http://x/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 129 + b"\r\n", 431),
+    ],
+)
+def test_bad_requests_are_4xx_with_a_reason(head: bytes, status: int) -> None:
+    with pytest.raises(HttpError) as caught:
+        parse_head(head)
+    assert caught.value.status == status and caught.value.reason
+
+
+def test_the_head_is_bounded_before_it_ends() -> None:
+    assert head_end(b"GET / HTTP/1.1\r\n") == -1
+    assert head_end(UPGRADE) == len(UPGRADE)
+    with pytest.raises(HttpError):
+        head_end(b"GET / HTTP/1.1\r\nX: " + b"y" * MAX_HEAD_BYTES)
+
+
+def test_picows_gets_only_what_it_checks() -> None:
+    minimal = upgrade_for_picows(parse_head(UPGRADE))
+    assert b"Cookie" not in minimal and b"Mozilla" not in minimal
+    assert b"Connection: Upgrade\r\n" in minimal and b"GET /chat?token=t HTTP/1.1" in minimal
+    assert b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==" in minimal
+    assert b"sec-websocket-protocol: roomcast.jwt, abc" in minimal
+    assert len(minimal) < 300
+
+
+def test_head_responses_carry_the_length_but_no_body() -> None:
+    full = render(200, b"ok\n")
+    head = render(200, b"ok\n", head_only=True)
+    assert full.endswith(b"\r\n\r\nok\n") and head.endswith(b"\r\n\r\n")
+    assert b"Content-Length: 3" in head and b"Connection: close" in head
+
+
+# ---- over real sockets ------------------------------------------------------------------------
+
+
+async def raw_request(server: ServerProcess, data: bytes) -> bytes:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(server.host, server.port), 5
+    )
+    try:
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status", "body"),
+    [
+        (b"GET /healthz HTTP/1.1", b"200", b"ok\n"),
+        (b"GET /healthz HTTP/1.0", b"200", b"ok\n"),
+        (b"HEAD /healthz HTTP/1.1", b"200", b""),
+        (b"HEAD /healthz HTTP/1.0", b"200", b""),
+        (b"HEAD /readyz HTTP/1.0", b"200", b""),
+        (b"GET /readyz HTTP/1.0", b"200", b"ready\n"),
+        (b"OPTIONS /healthz HTTP/1.1", b"405", b"method not allowed\n"),
+    ],
+)
+async def test_health_checks_as_load_balancers_send_them(
+    server: ServerProcess, request_line: bytes, status: bytes, body: bytes
+) -> None:
+    answer = await raw_request(server, request_line + b"\r\nHost: x\r\n\r\n")
+    head, _, received = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status)
+    assert received == body
+    assert b"b'" not in answer  # no Python bytes repr anywhere
+
+
+async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(launch: Launch) -> None:
+    server = launch("--jwt-secret", "a secret long enough for HS256 tokens")
+    answer = await upgrade(server.host, server.port, "/", {"Authorization": "Bearer \udcff"})
+    assert answer.status == 401, answer
+    assert b"token" in answer.body
+
+
+async def test_unfinished_requests_count_against_the_per_address_limit(launch: Launch) -> None:
+    server = launch("--max-connections-per-ip", "3", "--handshake-timeout", "30")
+    slow = []
+    for _ in range(3):  # a slowloris: three requests that never end
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        slow.append((reader, writer))
+    try:
+        refused = await upgrade(server.host, server.port)
+        assert refused.status == 429 and refused.headers["retry-after"] == "5"
+        # another address is served meanwhile
+        other = await upgrade(server.host, server.port, local_addr=("127.0.0.2", 0))
+        assert other.status == 101
+        reader, writer = slow.pop()
+        writer.close()  # one gives up: its slot is free again
+        await asyncio.wait_for(reader.read(), 5)
+        for _ in range(50):
+            if (await upgrade(server.host, server.port)).status == 101:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the freed slot was never reusable")
+    finally:
+        for _, writer in slow:
+            writer.close()
+
+
+@pytest.mark.usefixtures("raw_clients")
+async def test_a_browser_sized_handshake_chats_normally(server: ServerProcess) -> None:
+    cookies = "; ".join(f"cookie{i}={'v' * 40}" for i in range(35))  # about 1.6 KB
+    client = await RawClient.connect(
+        server.host, server.port, "/", {"Cookie": cookies, "User-Agent": "Mozilla/5.0 " * 20}
+    )
+    client.send_json({"type": "join", "username": "browser"})
+    assert (await client.recv_json())["text"] == "browser joined #general"
+
+
+async def test_bad_requests_are_counted_by_reason_and_logged_once(launch: Launch) -> None:
+    server = launch("--handshake-timeout", "0.2")
+    for _ in range(3):
+        await raw_request(server, b"POST / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await raw_request(server, b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 200 + b"\r\n")
+    await raw_request(server, b"GET / HTTP/1.1\r\n")  # never finished: dropped on the timeout
+    metrics = (await raw_request(server, b"GET /metrics HTTP/1.1\r\n\r\n")).decode()
+    assert 'roomcast_handshakes_refused_total{reason="method"} 3.0' in metrics
+    assert 'roomcast_handshakes_refused_total{reason="too_large"} 1.0' in metrics
+    assert 'roomcast_handshakes_refused_total{reason="handshake_timeout"} 1.0' in metrics
+    assert server.text().count("refused a request (method") == 1
+
+
+async def test_metrics_listen_moves_metrics_off_the_public_port(launch: Launch) -> None:
+    admin_port = free_port()
+    server = launch("--metrics-listen", f"127.0.0.1:{admin_port}")
+    assert f"roomcast metrics on http://127.0.0.1:{admin_port}/metrics" in server.text()
+    public = await raw_request(server, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert public.startswith(b"HTTP/1.1 404")
+    admin = ServerProcess(server.proc, "127.0.0.1", admin_port)
+    metrics = await raw_request(admin, b"GET /metrics HTTP/1.1\r\n\r\n")
+    assert metrics.startswith(b"HTTP/1.1 200") and b"roomcast_connections " in metrics
+    assert (await raw_request(admin, b"HEAD /readyz HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    assert (await raw_request(admin, b"GET /healthz HTTP/1.1\r\n\r\n")).endswith(b"ok\n")
+    assert (await raw_request(admin, b"GET / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    assert (await upgrade("127.0.0.1", admin_port)).status == 404  # never a WebSocket there
+    assert (await upgrade(server.host, server.port)).status == 101
