@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.conftest import Launch
-from tests.rawws import CLOSE, PING, TEXT, RawClient, encode_frame
+from tests.rawws import CLOSE, CONTINUATION, PING, TEXT, RawClient, encode_frame
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
@@ -228,3 +228,46 @@ async def test_memory_of_a_slow_client_stays_bounded_whatever_the_room_sends(
     # 20 stalled clients hold at most the limit each in the server (the kernel holds the rest)
     assert growth < 20 * LIMIT * 2 // 1024 + 8 * 1024, f"server grew {growth} KiB"
     assert server.text().count("dropping slow consumer") == 20
+
+
+async def test_fragment_floods_are_cut_off_and_cost_little(launch: Launch) -> None:
+    """One connection sends a TEXT frame without FIN and then empty CONTINUATION frames without
+    end (it took the server from 51 to 406 MB before the frame cap); 50 others park 65,400-byte
+    partial messages in 2-byte fragments (about 30x the byte limit each before the partial
+    message became one buffer). A well-behaved client chats throughout."""
+    server = launch("--rate-limit", "0")
+    good = await joined(server, "good")
+    before = rss_kib(server.proc.pid)
+    flooder = await RawClient.connect(server.host, server.port)
+    empties = encode_frame(CONTINUATION, b"", fin=False) * 10_000
+    flooder.writer.write(encode_frame(TEXT, b"", fin=False))
+    with contextlib.suppress(ConnectionError):
+        for _ in range(100):  # a million empty frames if nothing stopped it
+            flooder.writer.write(empties)
+            await flooder.writer.drain()
+    frame = await flooder.expect_close(timeout=10)
+    assert frame.close_code == 1009 and b"fragments" in frame.payload
+    parkers = [await RawClient.connect(server.host, server.port) for _ in range(50)]
+    piece = encode_frame(CONTINUATION, b"xy", fin=False)
+    for parker in parkers:
+        parker.writer.write(encode_frame(TEXT, b"xy", fin=False) + piece * 1023)  # 1,024 frames
+        await parker.writer.drain()
+    assert await roundtrip(good, "still chatting") < 2.0
+    growth = rss_kib(server.proc.pid) - before
+    # 50 partial messages of 2 KB and their bookkeeping; before the fix ~50 x 90 KB
+    assert growth < 16 * 1024, f"server grew {growth} KiB"
+    for parker in parkers:  # the 1,025th frame of a message ends it
+        parker.writer.write(piece)
+    for parker in parkers[:5]:
+        assert (await parker.expect_close()).close_code == 1009
+
+
+async def test_deeply_nested_json_gets_an_error_and_the_connection_stays_usable(
+    server: ServerProcess,
+) -> None:
+    client = await joined(server, "nester")
+    client.send_frame(TEXT, b'{"type":"chat","text":"x","a":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    error = await client.recv_json()
+    assert error["type"] == "error" and error["code"] == "invalid_message"
+    assert await roundtrip(client, "still usable") < 5.0
+    assert "Traceback" not in server.text() and "RecursionError" not in server.text()
