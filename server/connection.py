@@ -75,6 +75,14 @@ def _discard(data: bytes) -> None:
     """The writer of a client being dropped: nothing more is queued for it."""
 
 
+def _direct_fd(raw: asyncio.BaseTransport) -> int:
+    """The socket the fan-out may send() on directly, or -1 (TLS: bytes must be encrypted)."""
+    if raw.get_extra_info("ssl_object") is not None:
+        return -1
+    sock = raw.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
+
+
 class Connection(WSListener):
     """One WebSocket client. Holds the transport, the core's Member and reassembly state."""
 
@@ -120,6 +128,8 @@ class Connection(WSListener):
         fastpath.adopt(transport, self._picows_wrote)
         self.owner.attach(self)
         raw.set_write_buffer_limits(high=0)  # pause_writing as soon as anything waits
+        if self.outbox is None:
+            self.member.fd = _direct_fd(raw)
 
     # ---- frames in ----------------------------------------------------------------------------
 
@@ -194,6 +204,7 @@ class Connection(WSListener):
         self.close(reply, "", answering=True)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.member.fd = -1  # the socket is about to be closed and its number reused
         if not self.closing:
             self.closing = True
             self.owner.core.disconnect(self.member)
@@ -211,6 +222,7 @@ class Connection(WSListener):
             return
         self.outbox = Outbox()
         self.member.write = self._enqueue
+        self.member.fd = -1  # the fan-out must not send around what waits
         self.owner.paused(self)
 
     def resume_writing(self) -> None:
@@ -224,6 +236,7 @@ class Connection(WSListener):
         if self.closing:
             return
         self.member.write = raw.write
+        self.member.fd = _direct_fd(raw)
         if outbox.frames:
             raw.write(b"".join(outbox.frames))  # may pause again at once
 
@@ -293,6 +306,7 @@ class Connection(WSListener):
             return
         self.closing = True
         self.owner.core.disconnect(self.member)
+        self.member.fd = -1
         self.fragments = None
         transport = self.transport
         raw = transport.underlying_transport

@@ -1,7 +1,9 @@
 """Members, rooms and the per-tick coalesced fan-out: who gets which frames, in which order.
 
-A member is anything with a ``write(bytes)`` callable; the picows adapter passes the socket
-transport's ``write``, tests pass ``list.append``. Frames for a room are queued on the room;
+A member (``fastpath.Member``, compiled because the fan-out loop reads it per recipient) has a
+``write(bytes)`` callable: the socket transport's ``write``, tests' ``list.append``; while its
+transport is empty, the fan-out sends on its socket directly. Frames for a room are queued on the
+room;
 ``flush()`` (requested once per event-loop tick) joins a room's queued frames into one buffer and
 writes the *same* bytes object to every member, so a broadcast costs one frame and one write per
 member per tick, whatever the number of messages in that tick. Counters move per room flush,
@@ -16,54 +18,14 @@ until ``release`` writes its welcome first. No sockets, no asyncio: see docs/bac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain, islice
 
-from .names import DEFAULT_USERNAME
+from .fastpath import Member, fanout
 from .protocol import text_frame
-from .ratelimit import Ring
 from .state import Counters
 
-Write = Callable[[bytes], object]
-
-
-class Member:
-    """One participant. Kept small: a server holds tens of thousands of these."""
-
-    __slots__ = (
-        "allowed_rooms",
-        "chat_rate",
-        "cursor",
-        "fixed_name",
-        "held",
-        "join_rate",
-        "late",
-        "name",
-        "room",
-        "slot",
-        "typing_at",
-        "wants_typing",
-        "write",
-    )
-
-    def __init__(self, write: Write) -> None:
-        self.write = write
-        # From an authenticated identity (see server/auth.py): the name every join uses whatever
-        # the client sends, and the rooms it may join (anything supporting `in`; None: all).
-        self.fixed_name: str | None = None
-        self.allowed_rooms: Container[str] | None = None
-        self.name = DEFAULT_USERNAME
-        self.room: Room | None = None
-        # Where the member is in its room: index in room.members, room.late or room.held (O(1)
-        # swap-remove); -1 while arriving.
-        self.slot = 0
-        self.late = False  # True while in room.late
-        self.held: list[bytes] | None = None  # not None while in room.held: frames kept for it
-        self.cursor = 0  # late or held: first frame of room.pending this member still has to get
-        self.chat_rate: Ring | None = None  # times of its last `rate_limit` chats
-        self.join_rate: Ring | None = None  # times of its last `join_rate_limit` joins and leaves
-        self.wants_typing = False  # its join asked for `typing` events
-        self.typing_at = float("-inf")  # when its last typing event went out
+__all__ = ["Delivery", "Member", "Room"]
 
 
 class Room:
@@ -215,8 +177,7 @@ class Delivery:
             room.pending = []
             blob = pending[0] if len(pending) == 1 else b"".join(pending)
             members = room.members
-            for member in members:
-                member.write(blob)
+            fanout(members, blob)  # compiled: one send() per member (server/fastpath.pyx)
             recipients = len(members)
             counters.broadcasts += 1
             counters.writes += recipients

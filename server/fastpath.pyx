@@ -1,18 +1,110 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""The compiled part of the hot path: how roomcast tunes each picows transport.
+"""The compiled part of the hot path: the member record, the fan-out loop, transport tuning.
 
-picows ships a .pxd, so Cython code may set the transport's internals that Python cannot
-reach (see docs/performance.md for the measurements behind each line):
+One implementation, used by the server and by every test (no pure-Python twin):
 
-* every server transport shares one write buffer instead of holding 1 KiB each: picows builds a
-  control frame (ping, pong, close) in it and copies it out before returning, never keeping it;
-* every frame picows itself writes goes to one callable of ours (``write``), not to the socket,
-  so that those bytes are counted and queued like ours (one accounting for every byte written);
-* the parsed upgrade request, our 101 response and the weak proxy to the listener (used only by
-  picows's own auto-ping, which roomcast replaces) are released once connected.
+* ``Member`` is the record the chat core and the delivery lists keep per participant (a C struct
+  with Python-visible fields, so the fan-out loop reads ``fd`` and ``write`` without a lookup);
+* ``fanout(members, blob)`` writes the same bytes to every member of a list: with one
+  ``send()`` on the member's socket while nothing waits in its transport (``fd >= 0``), handing
+  whatever the kernel did not take to the transport (which then pauses the connection), and
+  through ``member.write`` otherwise (a paused connection's queue, TLS, tests' lists);
+* ``adopt(transport, write)`` tunes a picows server transport once connected: one write buffer
+  shared by all transports instead of 1 KiB each (picows builds a control frame in it and copies
+  it out before returning), every frame picows writes itself routed to ``write`` (so those bytes
+  are counted and queued like ours), and the stored upgrade request, 101 response and listener
+  proxy (used only by picows's own auto-ping) released.
+
+docs/performance.md has the measurements behind each of these.
 """
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from libc.errno cimport EAGAIN, EINTR, errno
 from picows.picows cimport MemoryBuffer, WSTransport
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int sockfd, const void* buf, size_t length, int flags)
+    enum: MSG_NOSIGNAL
+    enum: MSG_DONTWAIT
+
+
+cdef class Member:
+    """One participant. Kept small: a server holds tens of thousands of these.
+
+    ``write`` takes the member's bytes (the socket transport's ``write``, a connection's queue
+    while its transport is paused, ``list.append`` in tests); ``fd`` is the socket to ``send()``
+    on directly while nothing waits in the transport, -1 otherwise. Where the member is in its
+    room (``slot``, ``late``, ``held``, ``cursor``) is server/delivery.py's business; who it is
+    and what it may do (``name``, ``fixed_name``, ``allowed_rooms``, the rate rings, typing) the
+    core's.
+    """
+
+    cdef public object write
+    cdef public int fd
+    cdef public object fixed_name
+    cdef public object allowed_rooms
+    cdef public object name
+    cdef public object room
+    cdef public Py_ssize_t slot
+    cdef public bint late
+    cdef public object held
+    cdef public Py_ssize_t cursor
+    cdef public object chat_rate
+    cdef public object join_rate
+    cdef public bint wants_typing
+    cdef public double typing_at
+
+    def __init__(self, write, str name="Anonymous"):
+        self.write = write
+        self.fd = -1
+        # From an authenticated identity (server/auth.py): the name every join uses whatever the
+        # client sends, and the rooms it may join (anything supporting `in`; None: all).
+        self.fixed_name = None
+        self.allowed_rooms = None
+        self.name = name
+        self.room = None
+        # Where the member is in its room: index in room.members, room.late or room.held (O(1)
+        # swap-remove); -1 while arriving.
+        self.slot = 0
+        self.late = False  # True while in room.late
+        self.held = None  # a list while in room.held: the frames kept for it
+        self.cursor = 0  # late or held: first frame of room.pending it still has to get
+        self.chat_rate = None  # ratelimit.Ring of its last chats
+        self.join_rate = None  # ratelimit.Ring of its last joins and leaves
+        self.wants_typing = False  # its join asked for `typing` events
+        self.typing_at = float("-inf")  # when its last typing event went out
+
+
+def fanout(list members, bytes blob):
+    """Writes `blob` to every member of `members`, in order; see the module docstring."""
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(blob)
+    cdef const char* data = PyBytes_AS_STRING(blob)
+    cdef Py_ssize_t count = PyList_GET_SIZE(members)
+    cdef Py_ssize_t index
+    cdef ssize_t sent
+    cdef int fd
+    cdef Member member
+    for index in range(count):
+        member = <Member>PyList_GET_ITEM(members, index)
+        fd = member.fd
+        if fd < 0:
+            member.write(blob)
+            continue
+        sent = send(fd, data, size, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if sent == size:
+            continue
+        if sent < 0:
+            if errno == EAGAIN or errno == EINTR:  # (EWOULDBLOCK is EAGAIN on Linux)
+                sent = 0
+            else:
+                member.write(blob)  # the transport meets the same error and closes
+                continue
+        # The kernel took part: the transport keeps the rest (and pauses the connection, which
+        # then sets fd to -1 and queues what follows).
+        member.write(blob[sent:])
+
 
 cdef MemoryBuffer _shared_write_buffer = None
 
