@@ -13,7 +13,8 @@ One implementation, used by the server and by every test (no pure-Python twin):
   shared by all transports instead of 1 KiB each (picows builds a control frame in it and copies
   it out before returning), every frame picows writes itself routed to ``write`` (so those bytes
   are counted and queued like ours), and the stored upgrade request, 101 response and listener
-  proxy (used only by picows's own auto-ping) released.
+  proxy (used only by picows's own auto-ping) released, and one finished future shared for the
+  one picows keeps per transport for ``wait_disconnected()`` (which a server never calls).
 
 docs/performance.md has the measurements behind each of these.
 """
@@ -107,11 +108,12 @@ def fanout(list members, bytes blob):
 
 
 cdef MemoryBuffer _shared_write_buffer = None
+cdef object _finished = None
 
 
 def adopt(WSTransport transport, object write):
     """Tunes a server transport once its connection is established (``on_ws_connected``)."""
-    global _shared_write_buffer
+    global _shared_write_buffer, _finished
     if _shared_write_buffer is None:
         _shared_write_buffer = transport._write_buffer
     else:
@@ -123,3 +125,9 @@ def adopt(WSTransport transport, object write):
     transport.request = None
     transport.response = None
     transport.listener_proxy = None
+    # Only picows's wait_disconnected() awaits this future, which a server never calls; when the
+    # connection goes picows sets it unless it is done already: one finished future serves all.
+    if _finished is None or _finished.get_loop() is not transport._loop:
+        _finished = transport._loop.create_future()
+        _finished.set_result(None)
+    transport.disconnected_future = _finished

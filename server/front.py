@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -71,7 +72,8 @@ class Front(asyncio.Protocol):
 
     def __init__(self, owner: FrontOwner, peer: Any) -> None:
         self._owner = owner
-        self._peer = peer[0] if isinstance(peer, tuple) and peer else "?"
+        # interned: the connection keeps it for its lifetime, and many share an address (NAT)
+        self._peer = sys.intern(peer[0]) if isinstance(peer, tuple) and peer else "?"
         self._buffer = bytearray()
         self._transport: Any = None
         self._timer: asyncio.TimerHandle | None = None
