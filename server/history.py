@@ -21,7 +21,7 @@ the one periodic ``sweep``). docs/history.md has the guarantees; in short:
   dropped (their epoch and seq stay: resuming from before them is "too old").
 * A replay (``last``, ``since``) is complete or says it is not (``recovered`` False and a reason),
   never a partial replay called recovered; it carries at most ``size`` messages and
-  ``replay_bytes`` bytes of frames, so it cannot by itself make its reader a slow consumer.
+  ``replay_bytes`` bytes of frames (``from_config``: twice --max-buffered-bytes).
 """
 
 from __future__ import annotations
@@ -161,13 +161,17 @@ class History:
         clock: Callable[[], float] = time.monotonic,
         epochs: Callable[[], str] = new_epoch,
     ) -> History:
-        # Half the per-connection buffer: a replay, the welcome and the live traffic after it
-        # can never by themselves make their reader a slow consumer (close 4000).
+        # A replay may carry twice the per-connection buffer: a client dropped as a slow
+        # consumer (close 4000) missed that whole buffer (discarded) plus what was sent while it
+        # reconnected, and it should be able to resume. The replay is written at once, before
+        # anything is queued for the joiner, so it is not counted against the buffer itself;
+        # live messages after it are (docs/history.md: a client that cannot read its replay
+        # before its live traffic fills the buffer is dropped again).
         return cls(
             config.history_size,
             config.history_ttl,
             config.history_max_bytes,
-            config.max_buffered_bytes // 2,
+            2 * config.max_buffered_bytes,
             clock=clock,
             epochs=epochs,
         )

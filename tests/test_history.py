@@ -588,10 +588,10 @@ class Observer:
 
 class World:
     def __init__(self, size: int, max_bytes: int) -> None:
-        # --max-buffered-bytes 2000: a replay carries at most 1000 bytes, about 10 messages
+        # --max-buffered-bytes 500: a replay carries at most 1000 bytes, about 10 messages
         self.hub = Harness(
             rate_limit=0, join_rate_limit=0, history_size=size, history_max_bytes=max_bytes,
-            history_ttl=5.0, max_buffered_bytes=2000,
+            history_ttl=5.0, max_buffered_bytes=500,
         )
         self.size = size
         self.max_bytes = max_bytes
@@ -729,4 +729,4 @@ def test_config_defaults() -> None:
         100, 300.0, 64 << 20,
     )
     history = History.from_config(config)
-    assert history.replay_bytes == config.max_buffered_bytes // 2
+    assert history.replay_bytes == 2 * config.max_buffered_bytes
