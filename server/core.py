@@ -4,7 +4,8 @@ No sockets, no asyncio. A client's text message is decoded once and checked (nam
 rooms a token allows, rate limits); where a room's messages go is the broker's business (the
 ``Broker`` protocol below; the in-process one is server/broker.py, the Redis one server/redis/).
 A chat goes to ``broker.chat`` unencoded (its seq is not known yet): the broker gives it its place
-in the room's order (the seq), encodes it once, and hands the payload back through ``deliver``.
+in the room's order (the seq), encodes it once, and hands it back through ``enqueue`` (a frame)
+or ``deliver`` (a payload).
 Joins work the same way: the core makes the member *arriving* and calls ``broker.join`` (with
 the history the joiner asked for); the broker places it with ``admit`` (welcome now) or ``hold``
 + ``release`` (placed now, welcome later, what arrives meanwhile is kept for it). Who receives
@@ -101,6 +102,7 @@ class ChatCore:
         self.flush = delivery.flush
         self._delivery = delivery
         self.broker: Broker = _NO_BROKER
+        self._chat = _NO_BROKER.chat  # bound once: no extra lookup per message
         self._clock = clock
         self._wall_ms = wall_ms
         self._rate_limit = config.rate_limit
@@ -118,6 +120,7 @@ class ChatCore:
 
     def use_broker(self, broker: Broker) -> None:
         self.broker = broker
+        self._chat = broker.chat
 
     # ---- inbound ------------------------------------------------------------------------------
 
@@ -181,7 +184,7 @@ class ChatCore:
                 )
                 return
         self.counters.chats += 1
-        self.broker.chat(room, member, ChatMessage(member.name, text, self._wall_ms()), chat_id)
+        self._chat(room, member, ChatMessage(member.name, text, self._wall_ms()), chat_id)
 
     def typing(self, member: Member) -> None:
         """Tells the room's members that asked for it that `member` is typing; at most one per

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 from pathlib import Path
@@ -406,3 +407,54 @@ async def test_a_seed_client_sees_todays_messages_plus_only_the_additive_fields(
         ("chat", sorted(chat)),
     ]
     assert [m.get("text") for m in seen[2:]] == ["hello", "other left #general", "mine"]
+
+
+def readme_lines(after: str) -> list[Any]:
+    """The JSON lines of the README's first code block after the sentence `after`."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split(after, 1)[1].split("```\n", 1)[1].split("```", 1)[0]
+    return [json.loads(line) for line in block.splitlines()]
+
+
+def same_but_clocks(got: Any, shown: Any, epoch: str, shown_epoch: str) -> None:
+    """Equal, but for timestamps and the (random) epoch."""
+    if isinstance(shown, dict):
+        assert sorted(got) == sorted(shown)
+        for key, value in shown.items():
+            if key == "timestamp":
+                assert isinstance(got[key], int)
+            elif key == "epoch":
+                assert (got[key], value) == (epoch, shown_epoch)
+            else:
+                same_but_clocks(got[key], value, epoch, shown_epoch)
+    elif isinstance(shown, list):
+        assert len(got) == len(shown)
+        for a, b in zip(got, shown, strict=True):
+            same_but_clocks(a, b, epoch, shown_epoch)
+    else:
+        assert got == shown
+
+
+async def test_the_readme_terminal_session_with_a_resume(launch: Launch) -> None:
+    """The README's wscat lines, the server's answers and the resume, as shown there."""
+    server = launch("--rate-limit", "0")
+    shown = readme_lines("wscat prints the server's answers")
+    client = await RawClient.connect(server.host, server.port)
+    client.send_frame(TEXT, b'{"type":"join","username":"terminal-user","room":"general"}')
+    welcome = await client.recv_json()
+    epoch, shown_epoch = welcome["epoch"], shown[0]["epoch"]
+    client.send_frame(TEXT, b'{"type":"chat","text":"Hello from the terminal!"}')
+    echo = await client.recv_json()
+    for got, line in zip([welcome, echo], shown, strict=True):
+        same_but_clocks(got, line, epoch, shown_epoch)
+    other, _, _ = await join(server, "other", room="general")
+    drop(client)
+    await left(other, "terminal-user")
+    await say(other, ["Did you see this?"])
+    typed, *answers = readme_lines("the server replays what you missed before your welcome.")
+    back = await RawClient.connect(server.host, server.port)
+    line = json.dumps(typed, separators=(",", ":")).replace(shown_epoch, epoch)
+    assert re.fullmatch(r'\{"type":"join",.*"since":\{"epoch":"[0-9a-f]{16}","seq":1\}\}', line)
+    back.send_frame(TEXT, line.encode())
+    for shown_answer in answers:
+        same_but_clocks(await back.recv_json(), shown_answer, epoch, shown_epoch)
