@@ -1,7 +1,7 @@
 """Room history on one node: each room's stream (epoch, last seq), its newest messages and ids.
 
-Pure: no sockets, no asyncio, no files (server/history_file.py saves and loads it; the app runs
-the one periodic ``sweep``). docs/history.md has the guarantees; in short:
+Pure: no sockets, no asyncio, no files (server/retention.py saves and loads it and runs the one
+periodic ``sweep``). docs/history.md has the guarantees; in short:
 
 * A room's **stream** is named by an ``epoch`` (a random string) and numbers its chat messages
   1, 2, 3... (``seq``). The epoch changes whenever the stream is lost (the process restarted
@@ -15,7 +15,7 @@ the one periodic ``sweep``). docs/history.md has the guarantees; in short:
   among them for deduplication, scoped by username.
 * A stream with members on this node (``open``) is never dropped: its seqs stay one increasing
   sequence for everyone connected. Once its room empties (``close``) it is kept ``ttl`` seconds.
-* Memory is capped by ``max_bytes`` over every stream (payloads plus a measured overhead per
+* Memory is capped by ``max_bytes`` over every stream (frames plus a measured overhead per
   entry and per stream): idle streams go first, least recently active first (their epoch is lost);
   if that is not enough, the oldest messages of the least recently active open streams are
   dropped (their epoch and seq stay: resuming from before them is "too old").
@@ -37,12 +37,12 @@ import msgspec
 from .config import Config
 from .protocol import ChatMessage, encode, frame_payload, text_frame
 
-# What a stored message costs beyond its payload's bytes, and what a stream costs with none:
+# What a stored message costs beyond its frame's length, and what a stream costs with none:
 # measured with tracemalloc by `python -m bench.history_memory` (docs/history.md), rounded up.
 # They make --history-max-bytes a cap on the memory history really uses, not on payload bytes.
 ENTRY_OVERHEAD = 48  # measured 44: the bytes object's header and rounding, a deque slot
 ID_OVERHEAD = 136  # measured 124: the key string, its slot in `keys` and in the `ids` index
-STREAM_OVERHEAD = 1200  # measured 1,120: the Stream, its deque and dict, the room's entries
+STREAM_OVERHEAD = 1200  # measured 1,120: the Stream, its deque and dict, its slots in History
 
 # Reasons a replay is not `recovered` (docs/protocol.md).
 DISABLED = "history disabled"
@@ -54,8 +54,9 @@ TOO_MANY = "too many"
 # f"{username}\x00{client id}": ids are scoped by username, and no username holds a NUL (the
 # name rule refuses control characters). One string rather than a tuple of two: half the memory.
 Key = str
-# (frames oldest first, recovered, reason). A plain tuple: the broker unpacks it once.
-Replay = tuple[list[bytes], bool, str | None]
+# What a replay query answers: (frames oldest first, recovered, reason). A plain tuple: the
+# broker unpacks it once.
+Replayed = tuple[list[bytes], bool, str | None]
 
 
 def new_epoch() -> str:
@@ -120,7 +121,7 @@ class Stream:
 
 
 class SavedStream(msgspec.Struct, array_like=True, gc=False):
-    """A stream as --history-file holds it (server/history_file.py)."""
+    """A stream as --history-file holds it (server/retention.py)."""
 
     room: str
     epoch: str
@@ -143,7 +144,7 @@ class History:
         self.size = size  # messages kept per room (0: none, and seqs only)
         self.ttl = ttl  # seconds a stream is kept after its room emptied
         self.max_bytes = max_bytes
-        self.replay_bytes = replay_bytes  # most payload bytes in one replay
+        self.replay_bytes = replay_bytes  # most frame bytes in one replay
         self._clock = clock
         self._epochs = epochs
         self.bytes = 0  # what every stream counts, together
@@ -257,7 +258,7 @@ class History:
 
     # ---- reading ------------------------------------------------------------------------------
 
-    def last(self, stream: Stream, count: int) -> Replay:
+    def last(self, stream: Stream, count: int) -> Replayed:
         """The newest `count` messages; recovered when none of them is missing."""
         if not self.size:
             return [], False, DISABLED
@@ -265,7 +266,7 @@ class History:
         gone = TOO_MANY if count > self.size else TOO_OLD
         return self._replay(stream, stream.last - wanted, gone)
 
-    def since(self, stream: Stream, epoch: str, seq: int) -> Replay:
+    def since(self, stream: Stream, epoch: str, seq: int) -> Replayed:
         """Every message after (epoch, seq), or recovered False with the newest available."""
         if not self.size:
             return [], False, DISABLED
@@ -275,7 +276,7 @@ class History:
             return self._newest(stream), False, UNKNOWN_POSITION
         return self._replay(stream, seq, TOO_OLD)
 
-    def _replay(self, stream: Stream, after: int, gone: str) -> Replay:
+    def _replay(self, stream: Stream, after: int, gone: str) -> Replayed:
         """The messages after seq `after` if one replay can carry them all; `gone` is the
         reason when some of them are no longer stored."""
         if after + 1 < stream.first:
@@ -318,7 +319,7 @@ class History:
             if self.bytes <= self.max_bytes:
                 return
 
-    # ---- saving and restoring (server/history_file.py) ----------------------------------------
+    # ---- saving and restoring (server/retention.py) -------------------------------------------
 
     def snapshot(self) -> list[SavedStream]:
         """Every stream, least recently active first."""

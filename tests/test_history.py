@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.config import Config
+from server.config import Config, ConfigError, load_config
 from server.history import (
     DISABLED,
     EPOCH_CHANGED,
@@ -730,3 +730,22 @@ def test_config_defaults() -> None:
     )
     history = History.from_config(config)
     assert history.replay_bytes == 2 * config.max_buffered_bytes
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--history-size", "-1"], "must be an integer"),
+        (["--history-ttl", "-5"], "must be a number >= 0"),
+        (["--history-max-bytes", "0"], "must be an integer >= 1"),
+        (["--history-file", "{tmp}/nowhere/h.bin"], "does not exist"),
+        (["--history-file", "{tmp}"], "is a directory"),
+        (["--history-file", "{tmp}/h.bin", "--redis-url", "redis://127.0.0.1:1"],
+         "cannot be combined with --redis-url"),
+    ],
+)
+def test_history_options_are_checked(tmp_path: Path, argv: list[str], problem: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config([a.replace("{tmp}", str(tmp_path)) for a in argv], env={})
+    assert problem in str(refused.value)
+    assert load_config(["--history-file", str(tmp_path / "h.bin")], env={}).history_file

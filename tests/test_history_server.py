@@ -9,6 +9,7 @@ import json
 import re
 import signal
 import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -458,3 +459,31 @@ async def test_the_readme_terminal_session_with_a_resume(launch: Launch) -> None
     back.send_frame(TEXT, line.encode())
     for shown_answer in answers:
         same_but_clocks(await back.recv_json(), shown_answer, epoch, shown_epoch)
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+async def test_an_empty_room_is_swept_after_the_ttl_and_its_metrics_say_so(
+    launch: Launch,
+) -> None:
+    server = launch("--rate-limit", "0", "--history-ttl", "0.5")
+    talker, _, welcome = await join(server, "talker", room="brief")
+    await say(talker, ["one", "two"])
+    assert metric(server, "roomcast_history_messages") == 2
+    assert metric(server, "roomcast_history_rooms") == 1
+    talker.send_json({"type": "leave"})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while await asyncio.to_thread(metric, server, "roomcast_history_rooms") != 0:
+        assert loop.time() < deadline, "the room's history was never swept"
+        await asyncio.sleep(0.05)
+    _, history, _ = await join(server, "talker", room="brief",
+                               since={"epoch": welcome["epoch"], "seq": 2})
+    assert history is not None and history["reason"] == "epoch changed"
+    assert metric(server, "roomcast_resumes_total") == 1
+    assert metric(server, "roomcast_resumes_recovered_total") == 0
