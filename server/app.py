@@ -25,6 +25,7 @@ from .core import ChatCore
 from .front import Front
 from .gate import Admitted, Gate, Refused
 from .heartbeat import Heartbeat
+from .history import History
 from .http import NOT_FOUND, Response, Route, StaticSite
 from .http1 import Request
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -32,6 +33,7 @@ from .metrics import Metrics
 from .protocol import CloseCode
 from .redis.broker import RedisBroker
 from .redis.broker import start as start_redis
+from .retention import Retention
 from .settings import Settings
 from .state import Counters, ServerState
 
@@ -40,6 +42,8 @@ log = logging.getLogger("roomcast")
 
 class App:
     """Routes requests, owns the connections, runs the per-tick flush and drops slow consumers."""
+
+    retention: Retention | None = None  # the single-node history's timer and file (build())
 
     def __init__(
         self,
@@ -173,6 +177,8 @@ class App:
         self.heartbeat.start()
         self.metrics.start_lag_probe(self.loop)
         self.gate.start(self.loop)
+        if self.retention is not None:  # read back before the loop serves any client
+            self.retention.start(self.loop)
 
     def linked(self, broker: RedisBroker) -> None:
         self.broker = broker
@@ -198,6 +204,8 @@ class App:
                 log.warning("%d clients still open; aborting them", len(self.connections))
         for conn in list(self.connections):
             conn.transport.disconnect(graceful=False)
+        if self.retention is not None:
+            self.retention.finish()  # after the drain: everything delivered is in the file
 
 
 class Admin:
@@ -243,7 +251,11 @@ def build(settings: Settings, loop: asyncio.AbstractEventLoop) -> App:
     counters = Counters()
     gate = Gate(config, settings.security, counters)
     app = App(config, loop, counters, gate, StaticSite())
-    app.core.use_broker(LocalBroker(app.core))  # until (unless) Redis links this node
+    history = History.from_config(config)
+    app.core.use_broker(LocalBroker(app.core, history))  # until (unless) Redis links this node
+    if not config.redis_url:
+        app.retention = Retention(history, config.history_file)
+        app.state.history = history
     return app
 
 

@@ -36,6 +36,11 @@ class Config:
     ping_interval: float = 30.0
     ping_timeout: float = 10.0
     shutdown_timeout: float = 5.0
+    # ---- room history (docs/history.md) ----
+    history_size: int = 100
+    history_ttl: float = 300.0
+    history_max_bytes: int = 64 << 20
+    history_file: str = ""
     log_level: str = "info"
     log_format: str = "text"
     certfile: str = ""
@@ -112,6 +117,9 @@ _RULES: dict[str, Rule] = {
     "ping_interval": Rule(above=0),
     "ping_timeout": Rule(above=0),
     "shutdown_timeout": Rule(low=0),
+    "history_size": Rule(low=0, high=100_000),
+    "history_ttl": Rule(low=0),
+    "history_max_bytes": Rule(low=1),
     "log_level": Rule(choices=("debug", "info", "warning", "error")),
     "log_format": Rule(choices=("text", "json")),
     "certfile": Rule(file=True),
@@ -146,6 +154,16 @@ _HELP: dict[str, str] = {
     "ping_interval": "seconds of silence after which a client is pinged",
     "ping_timeout": "seconds a pinged client has to answer before it is dropped (close 1001)",
     "shutdown_timeout": "seconds to wait for closing handshakes and writes on shutdown",
+    "history_size": "chat messages kept per room for `history` and `since` joins and id "
+    "deduplication (0: none; messages still get a seq, resumes are never recovered)",
+    "history_ttl": "seconds a room's history is kept after its last member left (0: forgotten "
+    "at once)",
+    "history_max_bytes": "memory all room history may use: past it the rooms nobody is in go "
+    "first, least recently active first (their stream is lost), then the oldest messages of "
+    "the least recently active rooms",
+    "history_file": "file the history is written to on SIGTERM/SIGINT, after the drain, and "
+    "read back (then deleted) at start, so a planned restart loses nothing (empty: history "
+    "lives and dies with the process)",
     "log_level": "debug, info, warning or error",
     "log_format": "text (human-readable) or json (one object per line)",
     "certfile": "PEM certificate chain: serve wss:// and https:// directly (with --keyfile)",
@@ -327,10 +345,27 @@ def _check_together(config: Config) -> None:
             raise ConfigError(
                 "metrics_listen", config.metrics_listen, "must be HOST:PORT, e.g. 127.0.0.1:9100"
             )
+    if config.history_file:
+        _check_history_file(config)
     if config.echo_path and not config.echo_path.startswith("/"):
         raise ConfigError("echo_path", config.echo_path, "must be a path starting with /")
     if not config.host:
         raise ConfigError("host", "''", "must be an address to listen on")
+
+
+def _check_history_file(config: Config) -> None:
+    path = config.history_file
+    if config.redis_url:
+        raise ConfigError(
+            "history_file", path, "is for a single node and cannot be combined with --redis-url"
+        )
+    if os.path.isdir(path):
+        raise ConfigError("history_file", path, "is a directory, not a file")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError("history_file", path, f"its directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError("history_file", path, f"its directory {directory} is not writable")
 
 
 def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:

@@ -1,14 +1,15 @@
 """The chat core: the rules of join, chat and leave, presence notices and rate limits.
 
-No sockets, no asyncio. A client's text message is decoded once, checked (names, lengths,
-rooms a token allows, rate limits) and, when it is a chat, encoded once; where a room's messages
-go is the broker's business (the ``Broker`` protocol below; the in-process one is
-server/broker.py, the Redis one server/redis/): the core hands the payload to
-``broker.publish`` and the broker hands it back through ``deliver`` when its place in the room's
-order is known. Joins work the same way: the core makes the member *arriving* and calls
-``broker.join``; the broker places it with ``admit`` (welcome now) or ``hold`` + ``release``
-(placed now, welcome later, what arrives meanwhile is kept for it). Who receives which frames,
-and when, is server/delivery.py's business.
+No sockets, no asyncio. A client's text message is decoded once and checked (names, lengths,
+rooms a token allows, rate limits); where a room's messages go is the broker's business (the
+``Broker`` protocol below; the in-process one is server/broker.py, the Redis one server/redis/).
+A chat goes to ``broker.chat`` unencoded (its seq is not known yet): the broker gives it its place
+in the room's order (the seq), encodes it once, and hands it back through ``enqueue`` (a frame)
+or ``deliver`` (a payload).
+Joins work the same way: the core makes the member *arriving* and calls ``broker.join`` (with
+the history the joiner asked for); the broker places it with ``admit`` (welcome now) or ``hold``
++ ``release`` (placed now, welcome later, what arrives meanwhile is kept for it). Who receives
+which frames, and when, is server/delivery.py's business.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .protocol import (
     ErrorCode,
     InvalidUTF8,
     Join,
+    Position,
     SystemMessage,
     Typing,
     TypingMessage,
@@ -39,19 +41,29 @@ from .protocol import (
 from .ratelimit import Ring
 from .state import Counters
 
-__all__ = ["Broker", "ChatCore", "Member", "Room"]
+__all__ = ["Broker", "ChatCore", "Member", "Replay", "Room"]
 
 TYPING_INTERVAL = 2.0  # seconds: at most one typing event per member goes out per interval
+
+
+# What a joiner asked to be replayed before its welcome: the last K messages (an int), every
+# message after a position (`since`), or nothing (None: a seed client's join).
+Replay = int | Position | None
 
 
 class Broker(Protocol):
     """Where the core sends a room's messages, joins and leaves (see the module docstring)."""
 
-    def publish(self, room: Room, payload: bytes) -> None:
-        """Delivers one encoded message to every member of `room`, on every node, in one order."""
+    def chat(self, room: Room, sender: Member, message: ChatMessage, chat_id: str | None) -> None:
+        """Places one chat (``message.seq`` still 0) in `room`'s order: sets its seq, encodes it
+        once and delivers it to every member of `room`, on every node, in one order. With a
+        `chat_id`, the sender gets an ``ack`` after its own copy, and a chat whose (username,
+        id) the room's history still holds is not posted again: the sender gets the same ack."""
 
-    def join(self, room: Room, member: Member) -> None:
-        """`member` (arriving, ``member.room is room``) joins: announce it and admit it."""
+    def join(self, room: Room, member: Member, replay: Replay) -> None:
+        """`member` (arriving, ``member.room is room``) joins: announce it and admit it; when
+        `replay` is not None its ``history`` message comes before its welcome, and the live
+        messages after the welcome start exactly where the replay ends."""
 
     def leave(self, room: Room, member: Member) -> None:
         """`member` has been taken out of `room` (it receives nothing more): announce it."""
@@ -82,6 +94,7 @@ class ChatCore:
         delivery = Delivery(self.counters, request_flush)
         # What brokers and the adapter call, bound once: no extra call per message.
         self.deliver = delivery.deliver
+        self.enqueue = delivery.enqueue
         self.admit = delivery.admit
         self.hold = delivery.hold
         self.release = delivery.release
@@ -89,7 +102,7 @@ class ChatCore:
         self.flush = delivery.flush
         self._delivery = delivery
         self.broker: Broker = _NO_BROKER
-        self._publish: Callable[[Room, bytes], None] = _NO_BROKER.publish
+        self._chat = _NO_BROKER.chat  # bound once: no extra lookup per message
         self._clock = clock
         self._wall_ms = wall_ms
         self._rate_limit = config.rate_limit
@@ -107,7 +120,7 @@ class ChatCore:
 
     def use_broker(self, broker: Broker) -> None:
         self.broker = broker
-        self._publish = broker.publish
+        self._chat = broker.chat
 
     # ---- inbound ------------------------------------------------------------------------------
 
@@ -123,10 +136,12 @@ class ChatCore:
             return None
         kind = type(message)
         if kind is Chat:
-            self.chat(member, message.text)  # type: ignore[union-attr]
+            self.chat(member, message.text, message.id)  # type: ignore[union-attr]
         elif kind is Join:
-            member.wants_typing = bool(message.typing)  # type: ignore[union-attr]
-            self.join(member, message.room, message.username)  # type: ignore[union-attr]
+            join: Join = message  # type: ignore[assignment]
+            member.wants_typing = bool(join.typing)
+            replay = join.since if join.since is not None else join.history
+            self.join(member, join.room, join.username, replay)
         elif kind is Typing:
             self.typing(member)
         elif member.room is not None and not self._join_refused(member):
@@ -139,7 +154,7 @@ class ChatCore:
             member, ErrorCode.BINARY_UNSUPPORTED, "Binary messages are not supported"
         )
 
-    def chat(self, member: Member, text: str) -> None:
+    def chat(self, member: Member, text: str, chat_id: str | None = None) -> None:
         room = member.room
         if room is None:
             self.send_error(member, ErrorCode.NOT_IN_ROOM, "Join a room first")
@@ -169,7 +184,7 @@ class ChatCore:
                 )
                 return
         self.counters.chats += 1
-        self._publish(room, encode(ChatMessage(member.name, text, self._wall_ms())))
+        self._chat(room, member, ChatMessage(member.name, text, self._wall_ms()), chat_id)
 
     def typing(self, member: Member) -> None:
         """Tells the room's members that asked for it that `member` is typing; at most one per
@@ -188,7 +203,13 @@ class ChatCore:
         """A typing event (from this node or another) to the members that asked for them."""
         self._delivery.send_to_typing_watchers(room, text_frame(payload), sender)
 
-    def join(self, member: Member, room_name: str | None, username: str | None) -> None:
+    def join(
+        self,
+        member: Member,
+        room_name: str | None,
+        username: str | None,
+        replay: Replay = None,
+    ) -> None:
         name = member.fixed_name
         if name is None:
             name = clean_name(username, DEFAULT_USERNAME, self.config.max_username_length)
@@ -226,7 +247,7 @@ class ChatCore:
         member.room = room
         member.slot = -1
         room.arriving += 1
-        self.broker.join(room, member)
+        self.broker.join(room, member, replay)
 
     def leave(self, member: Member) -> None:
         """An explicit leave: the member still gets what was queued for it before it left."""
@@ -293,10 +314,10 @@ class ChatCore:
 class _Unwired:
     """The broker of a core nobody wired yet: using it is a programming error."""
 
-    def publish(self, room: Room, payload: bytes) -> None:
+    def chat(self, room: Room, sender: Member, message: ChatMessage, chat_id: str | None) -> None:
         raise RuntimeError("ChatCore has no broker: call use_broker() first")
 
-    def join(self, room: Room, member: Member) -> None:
+    def join(self, room: Room, member: Member, replay: Replay) -> None:
         raise RuntimeError("ChatCore has no broker: call use_broker() first")
 
     def leave(self, room: Room, member: Member) -> None:

@@ -60,6 +60,17 @@ _COUNTERS = (
         "tokens_expired",
         "connections closed with 4001 because their token expired",
     ),
+    (
+        "roomcast_duplicate_chats",
+        "duplicate_chats",
+        "chats whose id the room's history already held: acked again, not posted",
+    ),
+    ("roomcast_resumes", "resumes", "joins that resumed a stream (`since`)"),
+    (
+        "roomcast_resumes_recovered",
+        "resumes_recovered",
+        "resumes answered with every missed message (`recovered: true`)",
+    ),
     ("roomcast_connections_accepted", "connections_accepted", "TCP connections accepted"),
     (
         "roomcast_accept_exhausted",
@@ -104,6 +115,21 @@ class _ServerCollector(Collector):
         yield GaugeMetricFamily(
             "roomcast_ready", "1 when /readyz answers 200", value=int(state.ready)
         )
+        history = state.history
+        if history is not None:
+            yield GaugeMetricFamily(
+                "roomcast_history_rooms",
+                "room history streams kept (rooms with members, or emptied within the TTL)",
+                value=len(history),
+            )
+            yield GaugeMetricFamily(
+                "roomcast_history_messages", "chat messages stored", value=history.messages()
+            )
+            yield GaugeMetricFamily(
+                "roomcast_history_bytes",
+                "memory the history counts against --history-max-bytes",
+                value=history.bytes,
+            )
         broker = state.broker
         if broker is not None:
             yield GaugeMetricFamily(

@@ -1,14 +1,17 @@
 """The wire protocol: message shapes, error and close codes, one encoder and one decoder.
 
-Inbound messages are a tagged union on ``type``, exactly the seed's three messages. Outbound
-messages keep the seed's fields and only add new ones (``code``, ``event``, ``room``, ``count``),
-so a client written for the seed works unchanged. See docs/protocol.md.
+Inbound messages are a tagged union on ``type``: the seed's three messages plus ``typing``.
+Outbound messages keep the seed's fields and only add new ones (``code``, ``event``, ``room``,
+``count``, ``seq``...), and the messages a seed client never asks for (``history``, ``ack``,
+``typing``) go only to clients that sent the field asking for them, so a client written for the
+seed works unchanged. See docs/protocol.md and docs/history.md.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
+from typing import Annotated
 
 import msgspec
 
@@ -62,15 +65,38 @@ class ErrorCode(enum.StrEnum):
 # ---- client -> server -------------------------------------------------------------------------
 
 
+MAX_ID_LENGTH = 64  # characters of a chat's client-chosen `id`
+MAX_EPOCH_LENGTH = 64  # characters of the `epoch` a resume names (the server's are 16)
+
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Position(msgspec.Struct, gc=False):
+    """A place in a room's stream: after message `seq` of history stream `epoch`."""
+
+    epoch: Annotated[str, msgspec.Meta(max_length=MAX_EPOCH_LENGTH)]
+    seq: NonNegative
+
+
 class Join(msgspec.Struct, tag_field="type", tag="join", gc=False):
     # Optional and nullable because the seed's server treats missing, null and "" alike.
     room: str | None = None
     username: str | None = None
     typing: bool | None = None  # true: this client wants `typing` events of its room
+    history: NonNegative | None = None  # the last K messages before the welcome
+    since: Position | None = None  # resume: every message after this position
+
+    def __post_init__(self) -> None:
+        # msgspec turns this into a ValidationError: `invalid_message`, like any bad field.
+        if self.history is not None and self.since is not None:
+            raise ValueError("`history` and `since` cannot be combined")
 
 
 class Chat(msgspec.Struct, tag_field="type", tag="chat", gc=False):
     text: str
+    # Client-chosen: acked with the message's seq, and a retry with the same id is not posted
+    # again while the room's history holds the first one (docs/history.md).
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)] | None = None
 
 
 class Leave(msgspec.Struct, tag_field="type", tag="leave", gc=False):
@@ -90,6 +116,15 @@ class ChatMessage(msgspec.Struct, tag_field="type", tag="chat", gc=False):
     username: str
     text: str
     timestamp: int
+    # The message's place in its room's stream. It must stay the LAST field: a broker that lets
+    # another process decide the order (Redis) encodes the message once with ``seq`` 0 and
+    # splices the real number into the bytes before ``}``, as redis/wire.py's split_count does
+    # for a notice's count. `,"seq":0}` cannot occur inside an encoded string (a quote there is
+    # escaped), so the last occurrence is the field itself.
+    seq: int = 0
+
+
+SEQ_MARK = b',"seq":0}'  # how every ChatMessage encoded with seq 0 ends (see ChatMessage.seq)
 
 
 class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_defaults=True, gc=False):
@@ -101,6 +136,10 @@ class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_default
     timestamp: int
     # Only the joiner's own copy carries the member list (capped); see docs/presence.md.
     users: list[str] | None = None
+    # Only the joiner's own copy: the room's history stream and its last seq at the join, the
+    # position a later `since` resumes from (docs/history.md).
+    epoch: str | None = None
+    seq: int | None = None
 
 
 class TypingMessage(msgspec.Struct, tag_field="type", tag="typing", gc=False):
@@ -118,6 +157,24 @@ class StatusMessage(msgspec.Struct, tag_field="type", tag="system", gc=False):
     event: str
     room: str
     timestamp: int
+
+
+class HistoryMessage(msgspec.Struct, tag_field="type", tag="history", omit_defaults=True, gc=False):
+    """Sent before the welcome to a joiner that asked with `history` or `since`."""
+
+    room: str
+    epoch: str
+    # The stored payloads as they were sent live: msgspec copies Raw bytes as they are.
+    messages: list[msgspec.Raw]
+    recovered: bool
+    reason: str | None = None  # why not recovered
+
+
+class AckMessage(msgspec.Struct, tag_field="type", tag="ack", gc=False):
+    """To the sender of a chat that carried an `id`: its place in the room's order."""
+
+    id: str
+    seq: int
 
 
 class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=True, gc=False):
@@ -222,3 +279,22 @@ def close_frame(code: int, reason: str = "") -> bytes:
 
 def error_frame(code: ErrorCode, text: str, retry_after_ms: int | None = None) -> bytes:
     return text_frame(encode(ErrorMessage(code, text, retry_after_ms)))
+
+
+def ack_frame(chat_id: str, seq: int) -> bytes:
+    return text_frame(encode(AckMessage(chat_id, seq)))
+
+
+def frame_payload(frame: bytes) -> memoryview:
+    """The payload of one unmasked frame made by ``text_frame`` (a view: nothing is copied)."""
+    size = frame[1]
+    return memoryview(frame)[2 if size < 126 else 4 if size == 126 else 10 :]
+
+
+def history_frame(
+    room: str, epoch: str, frames: list[bytes], recovered: bool, reason: str | None
+) -> bytes:
+    """The `history` message: the payloads of the stored frames copied as they are (msgspec
+    copies a Raw's bytes verbatim), never decoded or re-encoded."""
+    raw = [msgspec.Raw(frame_payload(f)) for f in frames]
+    return text_frame(encode(HistoryMessage(room, epoch, raw, recovered, reason)))

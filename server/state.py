@@ -25,6 +25,7 @@ class Counters:
         "coalesced_frames",
         "connections_accepted",
         "deliveries",
+        "duplicate_chats",
         "errors",
         "heartbeat_timeouts",
         "joins",
@@ -33,6 +34,8 @@ class Counters:
         "presence_rate_limited",
         "rate_limited",
         "refused",
+        "resumes",
+        "resumes_recovered",
         "slow_consumers_dropped",
         "tokens_expired",
         "writes",
@@ -52,6 +55,10 @@ class Counters:
         self.writes = 0  # socket writes issued by flushes
         self.coalesced_frames = 0  # frames that rode in another frame's write
         self.bytes_sent = 0
+        # room history (server/broker.py, server/history.py)
+        self.duplicate_chats = 0  # chats whose (username, id) the room had: acked, not posted
+        self.resumes = 0  # joins with `since`
+        self.resumes_recovered = 0  # ... answered with `recovered: true`
         # connections (server/connection.py, server/acceptor.py)
         self.connections_accepted = 0
         self.accept_exhausted = 0  # episodes of accept() failing for lack of descriptors
@@ -76,6 +83,16 @@ class BrokerHealth(Protocol):
     async def roundtrip(self) -> float | None: ...
 
 
+class HistoryFigures(Protocol):
+    """What the server reports about its room history (server/history.py)."""
+
+    bytes: int  # what the streams count against --history-max-bytes
+
+    def __len__(self) -> int: ...  # streams kept (rooms with members, or emptied < ttl ago)
+
+    def messages(self) -> int: ...
+
+
 class ServerState:
     """Owned by the server (server/app.py); read by metrics and /readyz."""
 
@@ -91,6 +108,7 @@ class ServerState:
         self.rooms = rooms  # room name -> its local members
         self.slow_consumers = slow_consumers  # connections over their write high-water mark
         self.broker: BrokerHealth | None = None  # set when --redis-url links nodes
+        self.history: HistoryFigures | None = None  # the single-node history
         self.accepting = False  # the listening socket is open
         self.draining = False  # shutting down
 

@@ -8,8 +8,9 @@ import pytest
 
 from server.broker import LocalBroker
 from server.config import Config
-from server.core import ChatCore, Member, Room
-from server.protocol import text_frame
+from server.core import ChatCore, Member, Replay, Room
+from server.protocol import ChatMessage, encode, text_frame
+from tests.frames import server_messages
 from tests.test_core import Client
 
 
@@ -21,11 +22,14 @@ class Deferred:
         self.published: list[tuple[Room, bytes]] = []
         self.arrivals: list[tuple[Room, Member]] = []
         self.leaves: list[tuple[Room, str]] = []
+        self.seq = 0
 
-    def publish(self, room: Room, payload: bytes) -> None:
-        self.published.append((room, payload))
+    def chat(self, room: Room, sender: Member, message: ChatMessage, chat_id: str | None) -> None:
+        self.seq += 1
+        message.seq = self.seq
+        self.published.append((room, encode(message)))
 
-    def join(self, room: Room, member: Member) -> None:
+    def join(self, room: Room, member: Member, replay: Replay) -> None:
         self.arrivals.append((room, member))
 
     def leave(self, room: Room, member: Member) -> None:
@@ -42,12 +46,23 @@ class Deferred:
         self.arrivals.clear()
 
 
-def test_the_local_broker_publishes_by_delivering() -> None:
+def test_the_local_broker_numbers_stores_and_delivers_the_same_bytes() -> None:
     core = ChatCore(Config(), lambda: None)
     broker = LocalBroker(core)
     core.use_broker(broker)
     assert core.broker is broker
-    assert broker.publish == core.deliver  # no extra call per message on a single node
+    alice = Client(core)
+    alice.join("alice")
+    alice.messages()
+    alice.chat("one")
+    alice.chat("two")
+    room = core.rooms["general"]
+    stream = broker.history.get("general")
+    assert stream is not None and stream.last == 2
+    # encoded and framed once: the room's queue and the history hold the same objects
+    assert len(room.pending) == 2
+    assert all(a is b for a, b in zip(room.pending, stream.entries, strict=True))
+    assert [m["seq"] for m in server_messages(b"".join(stream.entries))] == [1, 2]
 
 
 def test_a_core_without_a_broker_says_so() -> None:
@@ -56,7 +71,7 @@ def test_a_core_without_a_broker_says_so() -> None:
         core.join(Member([].append), "r", "alice")
 
 
-def test_the_core_hands_encoded_payloads_to_the_broker_and_delivers_nothing_itself() -> None:
+def test_the_core_hands_chats_to_the_broker_and_delivers_nothing_itself() -> None:
     core = ChatCore(Config(rate_limit=0), lambda: None)
     broker = Deferred(core)
     core.use_broker(broker)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from server.broker import LocalBroker
 from server.config import Config
 from server.core import ChatCore, Member
+from server.history import History
 from server.protocol import CloseCode
 from tests.frames import server_messages
 
@@ -50,17 +51,30 @@ class Client:
         return server_messages(data)
 
 
+class Epochs:
+    """Epochs e1, e2, ... in the order streams are made: tests can name them."""
+
+    def __init__(self) -> None:
+        self.made = 0
+
+    def __call__(self) -> str:
+        self.made += 1
+        return f"e{self.made}"
+
+
 class Harness:
     def __init__(self, **overrides: Any) -> None:
         self.scheduled: list[Callable[[], None]] = []
         self.clock = Clock()
+        config = Config(**overrides)
         self.core = ChatCore(
-            Config(**overrides),
+            config,
             lambda: self.scheduled.append(self.core.flush),
             clock=self.clock,
             wall_ms=lambda: 1_700_000_000_000,
         )
-        self.core.use_broker(LocalBroker(self.core))
+        self.history = History.from_config(config, clock=self.clock, epochs=Epochs())
+        self.core.use_broker(LocalBroker(self.core, self.history))
 
     def client(self) -> Client:
         return Client(self.core)
@@ -98,14 +112,19 @@ def test_join_gives_the_joiner_the_member_list_and_others_a_notice(hub: Harness)
             "count": 1,
             "timestamp": 1_700_000_000_000,
             "users": ["alice"],
+            "epoch": "e1",
+            "seq": 0,
         }
     ]
+    alice.chat("hi")
     bob.join("bob")
     hub.tick()
     welcome = bob.messages()
     assert welcome[0]["users"] == ["alice", "bob"] and welcome[0]["count"] == 2
-    [notice] = alice.messages()
-    assert notice == {k: v for k, v in welcome[0].items() if k != "users"}
+    assert (welcome[0]["epoch"], welcome[0]["seq"]) == ("e1", 1)  # the room's, at its join
+    [_, notice] = alice.messages()
+    own = ("users", "epoch", "seq")  # only the joiner's copy carries these
+    assert notice == {k: v for k, v in welcome[0].items() if k not in own}
 
 
 def test_defaults_match_the_seed(hub: Harness) -> None:
@@ -135,6 +154,7 @@ def test_chat_reaches_every_member_including_the_sender_and_no_other_room(hub: H
         "username": "alice",
         "text": "hello",
         "timestamp": 1_700_000_000_000,
+        "seq": 1,
     }
     assert alice.messages() == [expected]
     assert bob.messages() == [expected]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from server.config import Config
-from server.core import ChatCore, Member, Room
+from server.core import ChatCore, Member, Replay, Room
+from server.protocol import ChatMessage
 from server.redis.joins import Joins
 from tests.frames import server_messages
 
@@ -17,10 +18,10 @@ class Manual:
     def __init__(self) -> None:
         self.arrivals: list[tuple[Room, Member]] = []
 
-    def publish(self, room: Room, payload: bytes) -> None:
+    def chat(self, room: Room, sender: Member, message: ChatMessage, chat_id: str | None) -> None:
         raise AssertionError("not used here")
 
-    def join(self, room: Room, member: Member) -> None:
+    def join(self, room: Room, member: Member, replay: Replay) -> None:
         self.arrivals.append((room, member))
 
     def leave(self, room: Room, member: Member) -> None:

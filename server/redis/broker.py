@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import secrets
@@ -30,8 +31,8 @@ import time
 
 from ..broker import join_locally, leave_locally
 from ..config import Config
-from ..core import ChatCore, Member, Room
-from ..protocol import StatusMessage, SystemMessage, encode
+from ..core import ChatCore, Member, Replay, Room
+from ..protocol import ChatMessage, StatusMessage, SystemMessage, encode
 from ..state import Counters
 from .joins import Joins
 from .leases import Leases
@@ -93,6 +94,11 @@ class RedisBroker:
         self.down_since: float | None = None
         self.told_clients = False
         self.first_attempt = asyncio.Event()  # set once the first connection attempt ended
+        # PLACEHOLDER until Redis assigns seqs (issue 13, Redis side): a node-local counter, so
+        # every chat carries a `seq` (the same on every node, since the payload is encoded once
+        # here), but seqs from different nodes are not one increasing sequence per room, and
+        # there is no history, no resume, no ack and no id deduplication across nodes yet.
+        self._local_seq = itertools.count(1)
 
     # ---- what the server reports (state.BrokerHealth) -----------------------------------------
 
@@ -144,6 +150,10 @@ class RedisBroker:
     def field(self, member: Member) -> str:
         return member_field(self.node, id(member))
 
+    def chat(self, room: Room, sender: Member, message: ChatMessage, chat_id: str | None) -> None:
+        message.seq = next(self._local_seq)  # PLACEHOLDER: see __init__
+        self.publish(room, encode(message))
+
     def publish(self, room: Room, payload: bytes) -> None:
         if not self._up:
             self.core.deliver(room, payload)
@@ -151,7 +161,8 @@ class RedisBroker:
         args = (self.link.publish_command, channel_name(room.name), payload)
         self.pipeline.push(Op(PUBLISH, args, room=room.name, payload=payload))
 
-    def join(self, room: Room, member: Member) -> None:
+    def join(self, room: Room, member: Member, replay: Replay) -> None:
+        # PLACEHOLDER: `replay` (history, since) is not served across nodes yet (see __init__).
         self.interest.add(room.name)
         if not self._up:
             join_locally(self.core, room, member)

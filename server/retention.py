@@ -1,0 +1,135 @@
+"""The room history's life in the process: read back at start, swept by one timer, saved at exit.
+
+``--history-file PATH``: at a planned shutdown (SIGTERM/SIGINT), once the clients are gone, every
+stream (epoch, last seq, stored payloads and ids) is written to PATH atomically (a temporary file
+in the same directory, fsync, rename, fsync of the directory); at start it is read back and then
+deleted, so that a later crash (kill -9, no save) cannot bring back a stream that went on after
+the save: the streams start anew with new epochs and resuming clients are told ``recovered:
+false`` instead of being given a wrong replay. A missing, unreadable or corrupt file is logged
+and ignored (new epochs), never fatal; so is a file that cannot be deleted after reading.
+
+The format is msgpack (msgspec): ``SavedHistory`` below, with ``history.SavedStream`` entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+import msgspec
+
+from .history import History, SavedStream, sweep_interval
+
+log = logging.getLogger("roomcast.history")
+
+FORMAT = 1
+
+
+class SavedHistory(msgspec.Struct, gc=False):
+    format: int
+    streams: list[SavedStream]  # least recently active first
+
+
+_decoder = msgspec.msgpack.Decoder(SavedHistory)
+_encoder = msgspec.msgpack.Encoder()
+
+
+class Retention:
+    """Owns the sweep timer and the history file of one process's `History`."""
+
+    def __init__(self, history: History, path: str) -> None:
+        self.history = history
+        self.path = path  # "" without --history-file
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reads the saved history back (before any client is served) and starts sweeping."""
+        if self.path:
+            load(self.path, self.history)
+        self._loop = loop
+        self._schedule()
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def finish(self) -> None:
+        """At a planned shutdown, after the drain: stops sweeping and saves (with a file)."""
+        self.stop()
+        if self.path:
+            save(self.path, self.history)
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        self._timer = self._loop.call_later(sweep_interval(self.history.ttl), self._sweep)
+
+    def _sweep(self) -> None:
+        self._schedule()
+        self.history.sweep()
+
+
+def load(path: str, history: History) -> int:
+    """Restores what `path` holds into `history` and deletes it; returns the streams restored."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except FileNotFoundError:
+        log.info("no saved history at %s: every room starts a new stream", path)
+        return 0
+    except OSError as exc:
+        log.warning("cannot read history file %s (%s): every room starts a new stream", path, exc)
+        return 0
+    try:
+        saved = _decoder.decode(data)
+        if saved.format != FORMAT:
+            raise ValueError(f"format {saved.format}, expected {FORMAT}")
+    except (msgspec.DecodeError, ValueError) as exc:
+        log.warning("ignoring history file %s (%s): every room starts a new stream", path, exc)
+        return 0
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        # Kept, it would be read again after a crash and name messages that were never saved.
+        log.error(
+            "cannot delete history file %s after reading it (%s): ignoring it, every room "
+            "starts a new stream", path, exc,
+        )
+        return 0
+    kept = history.restore(saved.streams)
+    log.info(
+        "restored the history of %d rooms (%d messages) from %s",
+        kept, history.messages(), path,
+    )
+    return kept
+
+
+def save(path: str, history: History) -> bool:
+    """Writes every stream of `history` to `path` atomically; False (logged) when it failed."""
+    data = _encoder.encode(SavedHistory(FORMAT, history.snapshot()))
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # the rename itself survives a power cut
+        finally:
+            os.close(descriptor)
+    except OSError as exc:
+        log.error("cannot save the history to %s: %s", path, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        return False
+    log.info(
+        "saved the history of %d rooms (%d messages, %d bytes) to %s",
+        len(history), history.messages(), len(data), path,
+    )
+    return True
