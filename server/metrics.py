@@ -140,6 +140,11 @@ class _ServerCollector(Collector):
                 "times the link to Redis was lost",
                 value=counters.broker_outages,
             )
+            yield CounterMetricFamily(
+                "roomcast_broker_resubscribes",
+                "subscriber connections lost and remade without an outage (streams repaired)",
+                value=counters.broker_resubscribes,
+            )
             yield GaugeMetricFamily(
                 "roomcast_broker_backlog",
                 "commands queued for Redis or awaiting its reply",
