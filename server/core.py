@@ -157,16 +157,17 @@ class ChatCore:
     def chat(self, member: Member, text: str, chat_id: str | None = None) -> None:
         room = member.room
         if room is None:
-            self.send_error(member, ErrorCode.NOT_IN_ROOM, "Join a room first")
+            self.send_error(member, ErrorCode.NOT_IN_ROOM, "Join a room first", chat_id=chat_id)
             return
         if not text or text.isspace():
-            self.send_error(member, ErrorCode.EMPTY_TEXT, "Message text is empty")
+            self.send_error(member, ErrorCode.EMPTY_TEXT, "Message text is empty", chat_id=chat_id)
             return
         if len(text) > self.config.max_text_length:
             self.send_error(
                 member,
                 ErrorCode.TEXT_TOO_LONG,
                 f"Message text is longer than {self.config.max_text_length} characters",
+                chat_id=chat_id,
             )
             return
         if self._rate_limit:
@@ -181,6 +182,7 @@ class ChatCore:
                     ErrorCode.RATE_LIMITED,
                     self._slow_down,
                     retry_after_ms=max(1, int(retry_after * 1000)),
+                    chat_id=chat_id,
                 )
                 return
         self.counters.chats += 1
@@ -282,10 +284,17 @@ class ChatCore:
     # ---- outbound -----------------------------------------------------------------------------
 
     def send_error(
-        self, member: Member, code: ErrorCode, text: str, retry_after_ms: int | None = None
+        self,
+        member: Member,
+        code: ErrorCode,
+        text: str,
+        retry_after_ms: int | None = None,
+        *,
+        chat_id: str | None = None,
     ) -> None:
+        """An error to the member at fault; `chat_id` names the refused chat when it had one."""
         self.counters.errors += 1
-        self.send_direct(member, error_frame(code, text, retry_after_ms))
+        self.send_direct(member, error_frame(code, text, retry_after_ms, chat_id))
 
     # ---- internals ----------------------------------------------------------------------------
 

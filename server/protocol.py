@@ -186,6 +186,7 @@ class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=
     code: ErrorCode
     text: str
     retry_after_ms: int | None = None
+    id: str | None = None  # the refused chat's `id`, when it carried one
 
 
 decoder = msgspec.json.Decoder(ClientMessage)
@@ -282,8 +283,10 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return bytes((0x88, len(payload))) + payload
 
 
-def error_frame(code: ErrorCode, text: str, retry_after_ms: int | None = None) -> bytes:
-    return text_frame(encode(ErrorMessage(code, text, retry_after_ms)))
+def error_frame(
+    code: ErrorCode, text: str, retry_after_ms: int | None = None, chat_id: str | None = None
+) -> bytes:
+    return text_frame(encode(ErrorMessage(code, text, retry_after_ms, chat_id)))
 
 
 def ack_frame(chat_id: str, seq: int) -> bytes:

@@ -177,7 +177,8 @@ class RedisBroker:
         if not self._up:
             if chat_id is not None:  # it could not get its place: the client retries it later
                 self.core.send_direct(sender, error_frame(
-                    ErrorCode.UNAVAILABLE, "Cannot reach the other chat servers: not sent, retry"
+                    ErrorCode.UNAVAILABLE, "Cannot reach the other chat servers: not sent, retry",
+                    chat_id=chat_id,
                 ))
                 return
             self.core.deliver(room, payload)  # unnumbered (seq 0): not in the room's history
