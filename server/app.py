@@ -16,7 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import httpclient
 from .acceptor import Acceptor, listening_socket, websocket_protocol_factory
@@ -33,11 +33,12 @@ from .http1 import Request
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .protocol import CloseCode
-from .redis.broker import RedisBroker
-from .redis.broker import start as start_redis
 from .retention import Retention
 from .settings import Settings
 from .state import Counters, ServerState
+
+if TYPE_CHECKING:
+    from .redis.broker import RedisBroker
 
 log = logging.getLogger("roomcast")
 
@@ -305,6 +306,10 @@ async def serve(settings: Settings) -> int:
         print(f"roomcast metrics on http://{shown_host}:{shown_port}/metrics", flush=True)
     broker = None
     if config.redis_url:
+        # Imported only here: a single node never loads redis-py (about 7 MB per process).
+        from .redis.broker import RedisBroker  # noqa: PLC0415
+        from .redis.broker import start as start_redis  # noqa: PLC0415
+
         broker = RedisBroker(app.core, config, app.counters)
         app.linked(broker)  # not ready until the link is up
         await start_redis(broker)
