@@ -14,6 +14,7 @@ which frames, and when, is server/delivery.py's business.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -308,10 +309,17 @@ class ChatCore:
         off); else sends it `rate_limited` and returns True, and the caller changes nothing."""
         if not self._join_rate_limit:
             return False
+        now = self._clock()
         ring = member.join_rate
         if ring is None:
+            # Most connections join once: the first join's time is kept inline, and the ring
+            # (160 bytes) made only when a second one comes.
+            if math.isnan(member.first_join):  # no join yet
+                member.first_join = now
+                return False
             ring = member.join_rate = Ring(self._join_rate_limit)
-        retry_after = ring.spend(self._clock(), self._rate_window)
+            ring.spend(member.first_join, self._rate_window)
+        retry_after = ring.spend(now, self._rate_window)
         if not retry_after:
             return False
         self.counters.presence_rate_limited += 1
