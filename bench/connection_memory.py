@@ -83,14 +83,15 @@ async def measure(count: int) -> None:
     before = tracemalloc.take_snapshot()
     child = Process(target=_clients, args=(port, count, ready), daemon=True)
     child.start()
-    while not os.path.exists(ready) or len(app.connections) < count:
+    while len(app.connections) < count:  # noqa: ASYNC110 (a count to reach, not an event)
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)  # the last joins' welcomes flushed
     gc.collect()
     after = tracemalloc.take_snapshot()
     after_rss = rss()
     child.kill()
-    os.unlink(ready)
+    if os.path.exists(ready):
+        os.unlink(ready)
     by_line: dict[str, int] = defaultdict(int)
     for stat in after.compare_to(before, "lineno"):
         frame = stat.traceback[0]
