@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import json
 import os
@@ -90,7 +91,7 @@ async def measure(count: int) -> None:
     after = tracemalloc.take_snapshot()
     after_rss = rss()
     child.kill()
-    if os.path.exists(ready):
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(ready)
     by_line: dict[str, int] = defaultdict(int)
     for stat in after.compare_to(before, "lineno"):
