@@ -257,24 +257,20 @@ _HEADER_16 = struct.Struct("!BBH")
 _HEADER_64 = struct.Struct("!BBQ")
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked FIN+TEXT frame: server frames are unmasked, so one copy serves every member."""
+def text_frame(payload: bytes, first_byte: int = 0x81) -> bytes:
+    """One unmasked FIN+TEXT frame: server frames are unmasked, so one copy serves every member.
+    (`first_byte` 0x82: a FIN+BINARY frame.)"""
     size = len(payload)
     if size < 126:
-        return bytes((0x81, size)) + payload
+        return bytes((first_byte, size)) + payload
     if size < 65536:
-        return _HEADER_16.pack(0x81, 126, size) + payload
-    return _HEADER_64.pack(0x81, 127, size) + payload
+        return _HEADER_16.pack(first_byte, 126, size) + payload
+    return _HEADER_64.pack(first_byte, 127, size) + payload
 
 
 def binary_frame(payload: bytes) -> bytes:
     """One unmasked FIN+BINARY frame (the echo mode's)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((0x82, size)) + payload
-    if size < 65536:
-        return _HEADER_16.pack(0x82, 126, size) + payload
-    return _HEADER_64.pack(0x82, 127, size) + payload
+    return text_frame(payload, 0x82)
 
 
 def close_frame(code: int, reason: str = "") -> bytes:

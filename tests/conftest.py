@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 
 from tests.rawws import RawClient
+from tests.redis_support import RedisServer, start_redis
 from tests.support import ServerProcess, start_server
 
 Launch = Callable[..., ServerProcess]
@@ -40,3 +41,13 @@ async def raw_clients(launch: Launch) -> AsyncIterator[list[RawClient]]:
 def server(launch: Launch) -> ServerProcess:
     """A default server, with the rate limit out of the way of tests that are not about it."""
     return launch("--rate-limit", "0")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port, without persistence; removed after the test."""
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -114,3 +114,12 @@ def running_server(*args: str, **kwargs: object) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory, in KiB (from /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import Launch
 from tests.rawws import CLOSE, CONTINUATION, PING, TEXT, RawClient, encode_frame
-from tests.support import ServerProcess
+from tests.support import ServerProcess, rss_kib
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
 
@@ -36,14 +36,6 @@ def stalled_socket(client: RawClient, size: int = 65536) -> None:
     server itself holds anything, which is why these tests push several megabytes. (Much
     smaller windows make a client that reads again crawl at one window per delayed ACK.)"""
     client.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 async def dropped(server: ServerProcess, timeout: float = 15.0) -> bool:

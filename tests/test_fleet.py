@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.aggregate import Merger
 from tests.conftest import Launch
 from tests.rawws import RawClient
-from tests.redis_support import RedisServer, start_redis
+from tests.redis_support import RedisServer
 from tests.support import ServerProcess, free_port
 
 WORKER = """# HELP roomcast_deliveries_total messages delivered
@@ -83,15 +82,6 @@ def test_a_restarted_worker_never_makes_a_counter_go_back() -> None:
 
 
 # ---- a real --workers server ------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def scrape(host: str, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -8,7 +8,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,21 +16,12 @@ import redis.asyncio as aioredis
 
 from tests.conftest import Launch
 from tests.rawws import RawClient
-from tests.redis_support import RedisServer, start_cluster, start_redis
+from tests.redis_support import RedisServer, start_cluster
 from tests.support import ServerProcess, free_port
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
 
 TTL = "1"  # --node-ttl for these tests: a dead node's members go within ~2 s
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def node(launch: Launch, redis: RedisServer, *extra: str) -> ServerProcess:

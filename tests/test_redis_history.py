@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,15 +18,6 @@ from tests.redis_support import RedisServer, start_redis
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = start_redis()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def node(launch: Launch, redis: RedisServer, *extra: str) -> ServerProcess:

@@ -16,7 +16,7 @@ import websockets
 
 from tests.conftest import Launch
 from tests.rawws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawClient
-from tests.support import ServerProcess
+from tests.support import ServerProcess, rss_kib
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
 
@@ -241,14 +241,6 @@ async def test_idle_clients_are_pinged_and_silent_ones_dropped(launch: Launch) -
 
 
 # ---- slow consumers -----------------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 async def test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded(
