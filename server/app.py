@@ -67,7 +67,10 @@ class App:
         self.close_grace = config.ping_timeout
         self.connections: list[Connection] = []
         self.slow: set[Connection] = set()  # connections with unsent bytes waiting
-        self.core = ChatCore(config, self.request_flush, counters=counters)
+        self.core = ChatCore(
+            config, self.request_flush, counters=counters,
+            delayed=self._delayed,
+        )
         self.state = ServerState(counters, self.connections, self.core.rooms, self.slow)
         self.metrics = Metrics(self.state)
         self.heartbeat = Heartbeat(
@@ -169,6 +172,10 @@ class App:
     def request_flush(self) -> None:
         """The core queued frames: flush them once, at the end of this event-loop tick."""
         self.loop.call_soon(self._flush_tick)
+
+    def _delayed(self, recipients: int, seconds: float) -> None:
+        # The core exists before the metrics (they read its rooms): look them up per call.
+        self.metrics.delayed(recipients, seconds)
 
     def _flush_tick(self) -> None:
         started = time.perf_counter()

@@ -86,13 +86,14 @@ class ChatCore:
         counters: Counters | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = wall_clock_ms,
+        delayed: Callable[[int, float], object] | None = None,
     ) -> None:
         """`request_flush` is called (at most once per flush) when frames are queued: the owner
         then calls ``flush()`` at the end of the event-loop tick."""
         self.config = config
         self.rooms: dict[str, Room] = {}
         self.counters = Counters() if counters is None else counters
-        delivery = Delivery(self.counters, request_flush)
+        delivery = Delivery(self.counters, request_flush, delayed=delayed)
         # What brokers and the adapter call, bound once: no extra call per message.
         self.deliver = delivery.deliver
         self.enqueue = delivery.enqueue

@@ -18,6 +18,7 @@ until ``release`` writes its welcome first. No sockets, no asyncio: see docs/bac
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from itertools import chain, islice
 
@@ -29,7 +30,7 @@ __all__ = ["Delivery", "Member", "Room"]
 
 
 class Room:
-    __slots__ = ("arriving", "held", "late", "members", "name", "pending")
+    __slots__ = ("arriving", "held", "late", "members", "name", "pending", "queued_at")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -38,6 +39,7 @@ class Room:
         self.late: list[Member] = []  # get room.pending[member.cursor:] this tick
         self.held: list[Member] = []  # placed, welcome not written yet: frames kept for them
         self.pending: list[bytes] = []  # frames queued this tick, flushed once
+        self.queued_at = 0.0  # when its first frame of this tick was queued (Delivery.clock)
 
     def __len__(self) -> int:
         return len(self.members) + len(self.late) + len(self.held)
@@ -53,11 +55,22 @@ class Room:
 class Delivery:
     """The fan-out of every room of this node."""
 
-    def __init__(self, counters: Counters, request_flush: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        request_flush: Callable[[], object],
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+        delayed: Callable[[int, float], object] | None = None,
+    ) -> None:
         """`request_flush` is called (at most once per flush) when frames are queued: the owner
-        then calls ``flush()`` at the end of the event-loop tick."""
+        then calls ``flush()`` at the end of the event-loop tick. `delayed(recipients, seconds)`
+        is told, per room flush, how long its first frame waited from being queued to the last
+        member's write: the server-side latency a load driver cannot blur."""
         self.counters = counters
         self._request_flush = request_flush
+        self._clock = clock
+        self._delayed = delayed
         self._dirty: list[Room] = []
         self._flush_requested = False
 
@@ -67,6 +80,7 @@ class Delivery:
 
     def enqueue(self, room: Room, frame: bytes) -> None:
         if not room.pending:
+            room.queued_at = self._clock()
             self._dirty.append(room)
             if not self._flush_requested:
                 self._flush_requested = True
@@ -189,6 +203,8 @@ class Delivery:
             if room.held:
                 for member in room.held:
                     self._keep_for_held(room, member, pending)
+            if self._delayed is not None:
+                self._delayed(len(room), self._clock() - room.queued_at)
 
     def _settle_late(self, room: Room, pending: list[bytes]) -> None:
         counters = self.counters

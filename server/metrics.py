@@ -23,6 +23,7 @@ from .state import BrokerHealth, ServerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LAG_PROBE_INTERVAL = 0.25
+ROOM_SIZES = ("1-10", "11-100", "101-1000", "1001+")  # the room_size label of the delay
 BROKER_PROBE_INTERVAL = 1.0
 
 _COUNTERS = (
@@ -180,6 +181,16 @@ class Metrics:
             buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
             registry=self.registry,
         )
+        self.fanout_delay = Histogram(
+            "roomcast_fanout_delay_seconds",
+            "per room flush: from its first message of the tick being queued to the write to its "
+            "last member, by the room's size on this node (a latency the load driver cannot blur)",
+            labelnames=["room_size"],
+            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032,
+                     0.064, 0.128, 0.5),
+            registry=self.registry,
+        )
+        self._delay_by_size = [self.fanout_delay.labels(size) for size in ROOM_SIZES]
         self.broker_roundtrip = Histogram(
             "roomcast_broker_roundtrip_seconds",
             "round trip of a PING to Redis, probed every second (the broker's own latency)",
@@ -193,6 +204,16 @@ class Metrics:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.TimerHandle | None = None
         self._broker_probe: asyncio.Task[None] | None = None
+
+    def delayed(self, recipients: int, seconds: float) -> None:
+        """One room flush's delay (server/delivery.py), by room size class."""
+        if recipients <= 10:
+            index = 0
+        elif recipients <= 100:
+            index = 1
+        else:
+            index = 2 if recipients <= 1000 else 3
+        self._delay_by_size[index].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -652,3 +652,27 @@ def test_a_refused_chat_with_an_id_names_it_in_the_error(hub: Harness) -> None:
     assert [(e["code"], e.get("id")) for e in errors] == [
         ("empty_text", "c2"), ("rate_limited", "c4"), ("rate_limited", None)
     ]
+
+
+def test_each_room_flush_reports_its_size_and_the_wait_of_its_first_frame() -> None:
+    from server.delivery import Delivery, Room  # noqa: PLC0415
+    from server.state import Counters  # noqa: PLC0415
+
+    clock = Clock()
+    observed: list[tuple[int, float]] = []
+    delivery = Delivery(Counters(), lambda: None, clock=clock,
+                        delayed=lambda size, seconds: observed.append((size, seconds)))
+    small, large = Room("small"), Room("large")
+    for room, size in ((small, 3), (large, 150)):
+        for _ in range(size):
+            room.arriving += 1
+            delivery.admit(room, Member(bytearray().extend), None)
+    delivery.deliver(small, b"first")
+    clock.now += 0.004
+    delivery.deliver(small, b"second")  # the wait counts from the first frame of the tick
+    delivery.deliver(large, b"only")
+    clock.now += 0.001
+    delivery.flush()
+    assert observed == [(3, pytest.approx(0.005)), (150, pytest.approx(0.001))]
+    delivery.flush()  # nothing queued: nothing to report
+    assert len(observed) == 2

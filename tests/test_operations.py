@@ -64,6 +64,9 @@ async def test_metrics_count_connections_deliveries_and_errors(server: ServerPro
     assert after["roomcast_bytes_sent_total"] > 0
     assert after["roomcast_event_loop_lag_seconds_count"] >= 0
     assert after["roomcast_fanout_flush_seconds_count"] >= 1
+    # one per room flush: the 5 chats may share ticks, so at least one
+    assert after['roomcast_fanout_delay_seconds_count{room_size="1-10"}'] >= 1
+    assert after['roomcast_fanout_delay_seconds_count{room_size="1001+"}'] == 0
     assert after["roomcast_ready"] == 1
     assert after["process_resident_memory_bytes"] > 1e6 and after["process_open_fds"] >= 4
     for name in (
