@@ -1,9 +1,11 @@
-"""The server-side figure the driver cannot blur: roomcast's fan-out flush histogram.
+"""The server-side figure the driver cannot blur: roomcast's fan-out delay histogram.
 
-roomcast times each tick's fan-out flush (from the queued messages to the last member's write)
-into a Prometheus histogram. The bench scrapes ``/metrics`` before and after a measured window,
-subtracts the bucket counts and interpolates quantiles inside the buckets the way Prometheus's
-``histogram_quantile`` does, so the figure covers exactly the flushes of that window.
+roomcast times each room flush, from the first message of the tick being queued (on its arrival)
+to the write to the room's last member, into a Prometheus histogram labelled by room size; a
+bench configuration has one room size, so its series are summed. The bench scrapes ``/metrics``
+before and after a measured window, subtracts the bucket counts and interpolates quantiles inside
+the buckets the way Prometheus's ``histogram_quantile`` does, so the figure covers exactly the
+flushes of that window.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 # The histogram's name, in one place (server/metrics.py defines it).
-FLUSH_METRIC = "roomcast_fanout_flush_seconds"
+FLUSH_METRIC = "roomcast_fanout_delay_seconds"
 
 
 @dataclass(frozen=True)
@@ -57,21 +59,22 @@ class Histogram:
 
 
 def parse_histogram(text: str, name: str) -> Histogram | None:
-    """The histogram ``name`` from Prometheus text (None when the exposition has none)."""
+    """The histogram ``name`` from Prometheus text, its labelled series summed (None when the
+    exposition has none)."""
     for family in text_string_to_metric_families(text):
         if family.name != name or family.type != "histogram":
             continue
-        buckets: list[tuple[float, float]] = []
+        buckets: dict[float, float] = {}
         total_sum = total_count = 0.0
         for sample in family.samples:
             if sample.name == name + "_bucket":
-                buckets.append((float(sample.labels["le"]), float(sample.value)))
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + float(sample.value)
             elif sample.name == name + "_sum":
-                total_sum = float(sample.value)
+                total_sum += float(sample.value)
             elif sample.name == name + "_count":
-                total_count = float(sample.value)
-        buckets.sort()
-        return Histogram(tuple(buckets), total_sum, total_count)
+                total_count += float(sample.value)
+        return Histogram(tuple(sorted(buckets.items())), total_sum, total_count)
     return None
 
 
@@ -90,7 +93,7 @@ def flush_histogram(url: str, timeout: float = 5.0) -> Histogram | None:
 
 
 def window_figures(before: Histogram | None, after: Histogram | None) -> dict[str, float | None]:
-    """p50/p99/mean (µs) and the number of flushes between two scrapes."""
+    """p50/p99/mean (µs) and the number of room flushes between two scrapes."""
     if before is None or after is None:
         return {}
     window = after - before

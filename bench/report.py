@@ -26,8 +26,8 @@ COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
         ("max_ms", "max ms", "{:.2f}", True),
         ("cpu_per_delivery_us", "server CPU µs/delivery", "{:.2f}", True),
         ("server_cpu_util", "server CPU util", "{:.0%}", True),
-        ("flush_p50_us", "server flush p50 µs", "{:,.0f}", True),
-        ("flush_p99_us", "server flush p99 µs", "{:,.0f}", True),
+        ("flush_p50_us", "server delay p50 µs", "{:,.0f}", True),
+        ("flush_p99_us", "server delay p99 µs", "{:,.0f}", True),
         ("losses", "losses", "{:,}", True),
     ],
     "saturate": [
@@ -288,9 +288,9 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "is warm-up. Server CPU = user+sys of the server's process tree from `/proc/<pid>/stat` "
       "over the measured window, divided by deliveries. For roomcast the bench also scrapes "
       f"`/metrics` just before and after the window and reports `{FLUSH_METRIC}` over the "
-      "window (bucket counts subtracted, p50/p99 interpolated inside the buckets): the time "
-      "one event-loop tick spends writing the queued messages to every member, a server-side "
-      "figure the driver's reading cannot blur.")
+      "window (bucket counts subtracted, p50/p99 interpolated inside the buckets): per room "
+      "flush, the time from its first message of the tick arriving to the write to its last "
+      "member (*server delay*), a server-side figure the driver's reading cannot blur.")
     w("- **saturate**: closed loop; each room keeps D messages in flight, a message counting as "
       "done when every member of the room has it. Deliveries/s and CPU over a fixed window after "
       "one second of warm-up.")
@@ -448,7 +448,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
             "`send()` itself while a member's transport buffer is empty is the candidate.",
             "fanout-1x1000": "fanout into 1,000 members: the server's 1,000 sends and the "
             "driver's reading of 1,000 sockets both take milliseconds and overlap, so the "
-            "driver bounds p99 for every server; the server flush figures in the fanout table "
+            "driver bounds p99 for every server; the server delay figures in the fanout table "
             "show the server's own share.",
             "capacity": "capacity: picows keeps about 4.5 KB per connection that no option "
             "reaches (a 2 KiB read buffer that never shrinks, a 1 KiB write buffer, futures, "
@@ -665,10 +665,10 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
             for key, style in (("flush_p50_us", "-.x"), ("flush_p99_us", "-.+")):
                 if flush:
                     ax.plot([m for m, _ in flush], [f[key] / 1000 for _, f in flush], style,
-                            color="black", label=f"{server} server flush {key[6:9]}")
+                            color="black", label=f"{server} server delay {key[6:9]}")
         rate = sizes[0]["params"]["rate"]
         ax.set(xscale="log", yscale="log", xlabel="room size (members)",
-               ylabel="latency from scheduled send; server flush (ms)",
+               ylabel="latency from scheduled send; server delay (ms)",
                title=f"fanout: one room, one publisher at {rate:g} msg/s")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, ncol=3)

@@ -236,6 +236,21 @@ def test_flush_histogram_window_quantiles() -> None:
     assert parse_histogram("# nothing here\n", FLUSH_METRIC) is None
 
 
+def test_flush_histogram_sums_its_room_size_series() -> None:
+    from bench.promstats import FLUSH_METRIC, parse_histogram  # noqa: PLC0415
+
+    lines = [f"# HELP {FLUSH_METRIC} delay", f"# TYPE {FLUSH_METRIC} histogram"]
+    for size, (fast, total) in {"1-10": (3, 4), "11-100": (1, 6)}.items():
+        lines += [f'{FLUSH_METRIC}_bucket{{room_size="{size}",le="0.001"}} {fast}',
+                  f'{FLUSH_METRIC}_bucket{{room_size="{size}",le="+Inf"}} {total}',
+                  f'{FLUSH_METRIC}_sum{{room_size="{size}"}} 0.5',
+                  f'{FLUSH_METRIC}_count{{room_size="{size}"}} {total}']
+    histogram = parse_histogram("\n".join([*lines, ""]), FLUSH_METRIC)
+    assert histogram is not None
+    assert histogram.buckets == ((0.001, 4.0), (float("inf"), 10.0))
+    assert (histogram.sum, histogram.count) == (1.0, 10.0)
+
+
 # ---- targets: against the best peer of the same run, a named peer, or an absolute bound
 
 
