@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.promstats import FLUSH_METRIC
-from bench.servers import OURS, PEERS, SERVER_KINDS
+from bench.servers import NOHISTORY, OURS, PEERS, SERVER_KINDS, VARIANTS
 from bench.suite import BEST, OURS_IN, TARGETS, Check
 
 LOADTEST_START = "<!-- loadtest:start -->"
 LOADTEST_END = "<!-- loadtest:end -->"
-SERVER_ORDER = [OURS, *PEERS]
+SERVER_ORDER = [OURS, *VARIANTS, *PEERS]  # rows of the tables
+PLOT_ORDER = [OURS, *PEERS]  # lines of the plots (a variant runs in a few configurations only)
 COLORS = {"roomcast": "tab:blue", "node_ws": "tab:orange", "py_websockets": "tab:green",
           "uws": "tab:red"}
 
@@ -132,8 +133,9 @@ def best_peer(rec: dict[str, Any], figure: str) -> tuple[str | None, Any]:
 
 
 def evaluate_check(rec: dict[str, Any], check: Check,
-                   records: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    ours = rec.get("runs", {}).get(OURS, {})
+                   records: dict[str, dict[str, Any]] | None = None,
+                   run: str = OURS) -> dict[str, Any]:
+    ours = rec.get("runs", {}).get(run, {})
     a = ours.get(check.figure)
     row: dict[str, Any] = {"figure": check.figure, "ours": a, "op": check.op,
                            "bound": check.factor, "reference": check.reference, "met": None}
@@ -163,13 +165,14 @@ def evaluate_targets(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     out = []
     for t in TARGETS:
         rec = records.get(t.config)
-        row: dict[str, Any] = {"target": t.text, "config": t.config, "checks": []}
-        if rec is None:
+        row: dict[str, Any] = {"target": t.text, "config": t.config, "checks": [],
+                               "hint": t.hint}
+        if rec is None or (t.run != OURS and t.run not in rec.get("runs", {})):
             row["verdict"] = "not measured"
             out.append(row)
             continue
-        ours = rec["runs"].get(OURS, {})
-        row["checks"] = [evaluate_check(rec, c, records) for c in t.checks]
+        ours = rec["runs"].get(t.run, {})
+        row["checks"] = [evaluate_check(rec, c, records, t.run) for c in t.checks]
         verdicts = [c["met"] for c in row["checks"]]
         problems = ours.get("problems") or ([ours["error"]] if ours.get("error") else [])
         if problems:
@@ -232,7 +235,13 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "no scaleout; it writes to `results/quick/` (its own runs, README, plots and "
       "flamegraph, not committed) and prints its figures, leaving this page alone |")
     w("| `make bench SCENARIO=fanout` | one scenario (`fanout`, `saturate`, `capacity`, "
-      "`joinstorm`, `twonode`, `scaleout`) of the chosen suite |")
+      "`joinstorm`, `twonode`, `histmem`, `resume`, `scaleout`) of the chosen suite |")
+    w("| `make bench SCENARIO=resume` | the reconnect storm: 1,000 clients resume with `since` "
+      "at once after a restart with `--history-file`, after a mass disconnect, and on two "
+      "nodes + Redis (about 30 s) |")
+    w("| `make bench SCENARIO=histmem` | memory per stored history message: "
+      "`python -m bench.history_memory` in process, and the RSS slope of a running server "
+      "filled through its sockets, history on and off (about 40 s) |")
     w("| `make bench SCENARIO=twonode` | the scale-out cost: one roomcast node vs two nodes "
       "linked by Redis on the same workload (about 30 s) |")
     w("| `make bench SCENARIO=scaleout` | 200,000 idle joined connections on roomcast "
@@ -241,9 +250,11 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("| `make bench BENCH_ARGS=\"--only fanout-4x100-r50-s100\"` | one configuration; any id "
       "of the form `fanout-RxM-rRATE-sSIZE`, `saturate-RxM-dDEPTH-sSIZE`, `capacity-K`, "
       "`joinstorm-M`, `twonode-fanout-RxM-rRATE-sSIZE`, `twonode-saturate-RxM-dDEPTH-sSIZE`, "
-      "`scaleout-K` (`scaleout-K-wW` for W workers) works |")
+      "`scaleout-K` (`scaleout-K-wW` for W workers), `resume-RxM-rRATE`, `histmem-RxM` "
+      "works |")
     w("| `make bench BENCH_ARGS=\"--servers roomcast,uws\"` | a subset of servers (`roomcast`, "
-      "`uws`, `node_ws`, `py_websockets`) |")
+      "`uws`, `node_ws`, `py_websockets`); with `roomcast`, the configurations that compare "
+      f"history on and off also run `{NOHISTORY}` |")
     w("| `make bench BENCH_ARGS=\"--no-flamegraph\"` | skip the py-spy run |")
     w("")
     w("Every run writes `results/runs/<timestamp>.json` (machine, CPU model, versions, "
@@ -278,6 +289,12 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "package `uwebsockets`, the v20 binaries); **node_ws** behaves like the seed tutorial's "
       "Node.js `ws` server (every join and leave sends the full member list to every member); "
       "**py_websockets** is the seed's behaviour on Python `websockets`.")
+    w(f"- **History on vs off**: roomcast runs with room history on (the default, "
+      f"`--history-size 100`); `{NOHISTORY}` is the same command plus `--history-size 0`, run "
+      "right after it in the configurations the history targets name (the saturate and "
+      "steady-fanout targets), so that the two share the run's conditions. Its rows and the "
+      f"*ours/{NOHISTORY}* ratio rows are in the fanout and saturate tables, summed up in the "
+      "history section.")
     w("- The driver (`bench/driver.py`) is picows on uvloop in worker processes pinned to the "
       "other CPU(s), at most 15,000 connections per process, source addresses 127.0.0.2 and "
       "up (2,000 connections per address). Members are joined (confirmation received, presence "
@@ -325,6 +342,21 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "Redis memory from `INFO memory`. Then member 0 of every room sends one chat, the rooms "
       "spread at 1,000 per second, and every connection must receive its room's chat; latency "
       "from each chat's scheduled send to each receipt.")
+    w("- **histmem** (roomcast only): memory per stored history message. In process, "
+      "`python -m bench.history_memory` (tracemalloc and RSS of a History filled the way the "
+      "broker fills it, with and without ids). On a running server (history on, `--history-size"
+      " M`, and off): R connections each join a room of their own and send M chats of the "
+      "same 60-character text through their socket in 4 batches, one chat in flight per "
+      "connection (so that no read buffer grows); server RSS after the joins and after each "
+      "batch, bytes per stored message = the slope through the batches; with history off the "
+      "same traffic shows what it leaves behind without storing anything.")
+    w("- **resume** (roomcast only): the reconnect storm, see its section: R rooms of M "
+      "members and one publisher per room chatting throughout; the members lose their "
+      "connections (`restart`: SIGTERM and the same command on the same port with "
+      "`--history-file`; `disconnect`: an RST on every member's connection; `two_nodes`: two "
+      "nodes + Redis, an RST, and every member resumes on the other node), reconnect, and all "
+      "send `join` with `since` at one instant. Every chat a member got, live or replayed, is "
+      "checked against what its room's publisher saw placed in the room's order.")
     w("- Caveats: the driver has one CPU of its own on this machine, so latencies include the "
       "driver's time to read every member socket (roughly 5-10 µs per socket in Python), "
       "equally for every server: in a 1,000-member room the last member is read several "
@@ -369,7 +401,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
                     continue
                 cells = [fmt(run.get(k), spec) for k, _t, spec, _lb in cols]
                 w(f"| {rec['id']} | {server} | " + " | ".join(cells) + " |")
-            for peer in PEERS:
+            for peer in (*VARIANTS, *PEERS):
                 if OURS in rec["runs"] and peer in rec["runs"]:
                     cells = [ratio(_fig(rec, OURS, k), _fig(rec, peer, k)) for k, *_ in cols]
                     w(f"| {rec['id']} | *ours/{peer}* | " + " | ".join(cells) + " |")
@@ -385,6 +417,8 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
               f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs} |")
         w("")
     _twonode_section(w, records)
+    _history_section(w, records, targets)
+    _resume_section(w, records)
     _scaleout_section(w, records)
     if plots:
         w("## Plots")
@@ -397,6 +431,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("")
     if fg is None:
         w("No flamegraph recorded yet.")
+        w("")
     elif fg.get("error"):
         last = fg["error"].strip().splitlines()[-1] if fg["error"].strip() else "?"
         w(f"py-spy failed in run `{fg['_file']}`: {last}")
@@ -433,42 +468,106 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     elif not missed:
         w("Every measured target is met in the latest figures.")
     else:
-        w("Missed: " + "; ".join(f"`{t['config']}`" for t in missed) + ".")
+        w("Missed: " + "; ".join(
+            f"`{t['config']}`" + (f" ({t['hint']})" if t.get("hint") else "") for t in missed)
+          + ".")
         w("")
-        hints = {
-            "saturate": "saturate: CPU per delivery falls as messages queue up (one write "
-            "then carries several frames per member); on two cores the one-CPU driver bounds "
-            "how far any server is saturated (see the server CPU utilisation below 100%); the "
-            "rest is the per-member write in the fan-out loop (flamegraph).",
-            "fanout-4x100": "steady fanout: at chat rates every server makes one `send()` per "
-            "member per message, and the kernel's loopback TCP work under it is most of the "
-            "cost; uWS runs at about 2x the cost of a bare C `send()` loop, so what separates "
-            "us is the work between sends (uvloop's `write` path and the Python loop around "
-            "it: the flamegraph's hottest frames); a compiled fan-out loop that calls "
-            "`send()` itself while a member's transport buffer is empty is the candidate.",
-            "fanout-1x1000": "fanout into 1,000 members: the server's 1,000 sends and the "
-            "driver's reading of 1,000 sockets both take milliseconds and overlap, so the "
-            "driver bounds p99 for every server; the server flush figures in the fanout table "
-            "show the server's own share.",
-            "capacity": "capacity: picows keeps about 4.5 KB per connection that no option "
-            "reaches (a 2 KiB read buffer that never shrinks, a 1 KiB write buffer, futures, "
-            "a client key), uvloop about 1.4 KB, roomcast about 360 B; below Node needs picows "
-            "to share or shrink its buffers.",
-            "joinstorm": "joinstorm: send the member list only to the joiner (already done) "
-            "and coalesce presence notices per tick.",
-            "scaleout": "scaleout: see the scaleout section for which part failed (connect, "
-            "join or broadcast) and the server output in the run file.",
-        }
-        for t in missed:
-            for key, text in hints.items():
-                if t["config"].startswith(key):
-                    w(f"- {text}")
+        for line in gap_hints(missed, records, runs):
+            w(f"- {line}")
     w("")
     if loadtest:
         w(loadtest)
         w("")
     readme.write_text("\n".join(lines))
     return readme
+
+
+HINTS = {
+    "saturate": "saturate: CPU per delivery falls as messages queue up (one write "
+    "then carries several frames per member); on two cores the one-CPU driver bounds "
+    "how far any server is saturated (see the server CPU utilisation below 100%); the "
+    "rest is the per-member write in the fan-out loop.",
+    "fanout-4x100": "steady fanout: at chat rates every server makes one `send()` per "
+    "member per message, and the kernel's loopback TCP work under it is most of the "
+    "cost; uWS runs at about 2x the cost of a bare C `send()` loop, so what separates "
+    "us is the work between sends (the write path and the loop around it).",
+    "fanout-1x1000": "fanout into 1,000 members: the server's 1,000 sends and the "
+    "driver's reading of 1,000 sockets both take milliseconds and overlap, so the "
+    "driver bounds p99 for every server; the server flush figures in the fanout table "
+    "show the server's own share.",
+    "capacity": "capacity: picows keeps about 4.5 KB per connection that no option "
+    "reaches (a 2 KiB read buffer that never shrinks, a 1 KiB write buffer, futures, "
+    "a client key), uvloop about 1.4 KB, roomcast about 360 B; below Node needs picows "
+    "to share or shrink its buffers.",
+    "joinstorm": "joinstorm: send the member list only to the joiner (already done) "
+    "and coalesce presence notices per tick.",
+    "scaleout": "scaleout: see the scaleout section for which part failed (connect, "
+    "join or broadcast) and the server output in the run file.",
+    "history": "history on vs off: per chat the history numbers, stores and (once the ring "
+    "is full) evicts one frame, nothing per recipient, so at chat rates the difference should "
+    "be well under 10%; a miss is either noise (CPU in 10 ms ticks on a shared machine: "
+    "compare the on/off rows of several runs) or per-message work that grew (look for "
+    "`server/history.py` frames under `ChatCore.chat` in the flamegraph).",
+    "resume-restart": "reconnect storm after a restart: see the resume section for the "
+    "reasons of `recovered: false` (an `epoch changed` means the history file was not "
+    "written or not read back) and which chats went missing.",
+    "resume-disconnect": "reconnect storm after a mass disconnect: see the resume section for "
+    "the reasons (`too old`, `too many`: the outage outran `--history-size` or one replay's "
+    "byte cap) and which chats went missing.",
+    "resume-two_nodes": "reconnect storm on two nodes: a member resuming on the other node "
+    "needs the server to serve `since` across nodes (issue 13's Redis side: the room's seq and "
+    "its stream in Redis, a join whose script returns the history up to its own position); "
+    "the resume section says what this run's server did instead.",
+}
+# hints whose cost shows in a CPU profile: quoted with the run's flamegraph
+PROFILED = ("saturate", "fanout-4x100", "fanout-1x1000", "history")
+
+
+def _hint_key(t: dict[str, Any]) -> str | None:
+    if t.get("hint"):
+        return str(t["hint"])
+    return next((k for k in HINTS if t["config"].startswith(k)), None)
+
+
+def flamegraph_quote(fg: dict[str, Any] | None, own_run: str | None) -> str:
+    """The hottest frames of a flamegraph, in words, naming the run it was recorded in."""
+    if fg is None:
+        return "no flamegraph was recorded in these runs (run `make bench` without " \
+            "`--no-flamegraph` to get one)."
+    if fg.get("error") or not (fg.get("hot") or {}).get("self"):
+        return f"the flamegraph of run `{fg['_file']}` failed, so no frames can be quoted."
+    hot = fg["hot"]
+    top = "; ".join(f"`{h['frame']}` {h['pct']:.1f}%" for h in hot["self"][:3])
+    where = ("this run's flamegraph" if fg["_file"] == own_run
+             else f"the latest flamegraph (run `{fg['_file']}`)")
+    history = [h for h in hot["self"] if "history.py" in h["frame"]]
+    hist = ("; frames of `server/history.py`: " + ", ".join(
+        f"`{h['frame']}` {h['pct']:.1f}%" for h in history)) if history else \
+        "; no `server/history.py` frame among its hottest"
+    return (f"{where} (`{fg.get('config')}`, {hot['total_samples']:,} samples) has the most "
+            f"own samples in {top}{hist}.")
+
+
+def gap_hints(missed: list[dict[str, Any]], records: dict[str, dict[str, Any]],
+              runs: list[dict[str, Any]]) -> list[str]:
+    """One line per kind of missed target; CPU misses quote the hot frames of the flamegraph
+    recorded in the same run as the missed figure (else the latest one, named)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    latest = _latest_flamegraph(runs)
+    for t in missed:
+        key = _hint_key(t)
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        text = HINTS[key]
+        if key in PROFILED:
+            run = records.get(t["config"], {}).get("_run", {})
+            own = run.get("flamegraph")
+            fg = {**own, "_file": run.get("_file")} if own else latest
+            text += " Profile: " + flamegraph_quote(fg, run.get("_file"))
+        out.append(text)
+    return out
 
 
 TWONODE_SETUPS = (("one_node", "one node"), ("two_nodes", "two nodes + Redis"))
@@ -652,7 +751,7 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
     )
     if sizes:
         fig, ax = plt.subplots(figsize=(8, 5))
-        for server in SERVER_ORDER:
+        for server in PLOT_ORDER:
             pts = [(r["params"]["members"], r["runs"][server]) for r in sizes
                    if server in r["runs"] and r["runs"][server].get("p50_ms") is not None]
             if not pts:
@@ -682,7 +781,7 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
     sats = [r for r in records.values() if r["scenario"] == "saturate"]
     if loads or sats:
         fig, ax = plt.subplots(figsize=(8, 5))
-        for server in SERVER_ORDER:
+        for server in PLOT_ORDER:
             pts = sorted(
                 (r["runs"][server]["deliveries_per_s"], r["runs"][server]["cpu_per_delivery_us"])
                 for r in loads
@@ -713,7 +812,7 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
     if caps:
         cap = max(caps, key=lambda r: r["params"]["connections"])
         fig, ax = plt.subplots(figsize=(8, 5))
-        for server in SERVER_ORDER:
+        for server in PLOT_ORDER:
             run = cap["runs"].get(server)
             if not run or not run.get("rss_points"):
                 continue
@@ -735,3 +834,185 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
 
 def labels() -> dict[str, str]:
     return {k: v.label for k, v in SERVER_KINDS.items()}
+
+
+# --------------------------------------------------------------------------- history, resume
+
+
+def _reproduce_rows(w: Any, recs: list[dict[str, Any]]) -> None:
+    w("| configuration | why | reproduce | run | problems |")
+    w("|---|---|---|---|---|")
+    for rec in recs:
+        probs = "; ".join(
+            f"{s}: {', '.join(r.get('problems') or [])}"
+            for s, r in rec["runs"].items() if r.get("problems")
+        ) or "none"
+        w(f"| {rec['id']} | {rec.get('note') or ''} | `{rec['reproduce']}` | "
+          f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs.replace('|', '/')} |")
+    w("")
+
+
+def _history_section(w: Any, records: dict[str, dict[str, Any]],
+                     targets: list[dict[str, Any]]) -> None:
+    onoff = [r for r in records.values()
+             if r["scenario"] in ("fanout", "saturate") and NOHISTORY in r["runs"]]
+    mem = sorted((r for r in records.values() if r["scenario"] == "histmem"),
+                 key=lambda r: r["id"])
+    if not onoff and not mem:
+        return
+    w("## history (what room history costs)")
+    w("")
+    w("roomcast keeps every room's last `--history-size` chat messages (100 by default) for "
+      "`history` and `since` joins ([docs/history.md](../docs/history.md)). "
+      f"`{NOHISTORY}` is the same server with `--history-size 0`, run right after roomcast "
+      "in the same configurations of the same run.")
+    w("")
+    if onoff:
+        verdicts = {t["config"]: t for t in targets if t.get("hint") == "history"}
+        w("| configuration | CPU µs/delivery, history on | off | on/off | target | "
+          "deliveries/s on | off | p99 ms on | off |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for rec in sorted(onoff, key=lambda r: r["id"]):
+            on, off = rec["runs"].get(OURS, {}), rec["runs"][NOHISTORY]
+            t = verdicts.get(rec["id"])
+            verdict = f"≤ 1.1x: **{t['verdict']}**" if t else "—"
+            if on.get("error") or off.get("error"):
+                verdict = "failed (see the run file)"
+            w(f"| {rec['id']} | {fmt(on.get('cpu_per_delivery_us'), '{:.2f}')} | "
+              f"{fmt(off.get('cpu_per_delivery_us'), '{:.2f}')} | "
+              f"{ratio(on.get('cpu_per_delivery_us'), off.get('cpu_per_delivery_us'))} | "
+              f"{verdict} | {fmt(on.get('deliveries_per_s'), '{:,.0f}')} | "
+              f"{fmt(off.get('deliveries_per_s'), '{:,.0f}')} | "
+              f"{fmt(on.get('p99_ms'), '{:.2f}')} | {fmt(off.get('p99_ms'), '{:.2f}')} |")
+        w("")
+        w("CPU per delivery is measured in 10 ms ticks over one window per server, on a "
+          "machine shared with other work: a few percent either way is noise; compare runs.")
+        w("")
+    for rec in mem:
+        _history_memory_table(w, rec)
+    if mem:
+        _reproduce_rows(w, mem)
+
+
+def _b(value: Any) -> str:
+    return "—" if not _number(value) else f"{value:,.0f} B"
+
+
+def _history_memory_table(w: Any, rec: dict[str, Any]) -> None:
+    runs = rec["runs"]
+    p = rec["params"]
+    inproc = runs.get("in_process", {})
+    on, off = runs.get(OURS, {}), runs.get(NOHISTORY, {})
+    w(f"### Memory per stored message (`{rec['id']}`: {p['rooms']:,} rooms x "
+      f"{p['per_room']} messages of {p['text_length']}-character texts)")
+    w("")
+    if inproc:
+        w(f"In process: `{inproc.get('command', '?')}` (a History filled the way the broker "
+          "fills it; tracemalloc counts every Python allocation, RSS is a fresh process's):")
+        w("")
+        w("| per stored message | without `id` | with a 20-character `id` |")
+        w("|---|---|---|")
+        if inproc.get("error"):
+            err = inproc["error"].strip().splitlines()[-1][:160].replace("|", "/")
+            w(f"| failed: {err} | | |")
+        else:
+            a, b = inproc.get("without_ids", {}), inproc.get("with_ids", {})
+            for key, title in (("frame_bytes_per_message", "the frame (stored as sent)"),
+                               ("traced_bytes_per_message", "every Python allocation"),
+                               ("rss_bytes_per_message", "RSS growth"),
+                               ("accounted_bytes_per_message",
+                                "counted against `--history-max-bytes`")):
+                w(f"| {title} | {_b(a.get(key))} | "
+                  f"{_b(b.get(key))} |")
+            w(f"| (per room: an empty stream) | "
+              f"{_b(inproc.get('empty_stream_bytes_traced'))} | |")
+        w("")
+    if on or off:
+        w(f"On a running server: `{rec['reproduce']}` (one connection per room sends its "
+          f"{p['per_room']} chats through its socket, one in flight at a time; the server's "
+          "RSS after the joins and after each batch):")
+        w("")
+        w("| server | RSS per stored message (slope) | RSS growth / messages | frame | "
+          "counted (`roomcast_history_bytes` / messages, streams included) |")
+        w("|---|---|---|---|---|")
+        for name, fig in ((OURS, on), (NOHISTORY, off)):
+            if not fig:
+                continue
+            if fig.get("error"):
+                err = fig["error"].strip().splitlines()[-1][:160].replace("|", "/")
+                w(f"| {name} | failed: {err} | | | |")
+                continue
+            slope = fig.get("rss_per_message_bytes")
+            slope = 0.0 if isinstance(slope, float) and abs(slope) < 0.5 else slope
+            w(f"| {name} | {_b(slope)} | "
+              f"{_b(fig.get('rss_growth_per_message_bytes'))} | "
+              f"{_b(fig.get('frame_bytes'))} | "
+              f"{_b(fig.get('counted_per_message_bytes'))} |")
+        w("")
+
+
+def _resume_section(w: Any, records: dict[str, dict[str, Any]]) -> None:
+    from bench.resume import LABELS, SETUPS  # noqa: PLC0415
+
+    recs = sorted((r for r in records.values() if r["scenario"] == "resume"),
+                  key=lambda r: r["id"])
+    if not recs:
+        return
+    w("## resume (reconnect storm)")
+    w("")
+    p = recs[0]["params"]
+    w(f"R rooms x M members; one more client per room, its publisher, chats at {p['rate']:g} "
+      "msg/s throughout (the room's others). The members remember their position (the "
+      "welcome's `epoch`, the last `seq` they got), lose their connections, stay away "
+      f"{p['outage']:g} s while the publishers chat on, reconnect, and then all send their "
+      "`join` with `since` at the same instant. *All history* / *all live*: from that instant "
+      "until the last member has its `history` answer / its welcome. *Missing*, "
+      "*duplicates*, *mismatched*: each member's chats (live and replayed) against what its "
+      "room's publisher saw placed in the room's order, summed over the members. Server CPU "
+      "is on-CPU time (schedstat) of every server process during the storm.")
+    w("")
+    cols = [
+        ("clients", "clients", "{:,}"),
+        ("reconnect_elapsed_s", "reconnect (s)", "{:.2f}"),
+        ("all_history_ms", "all history (ms)", "{:,.0f}"),
+        ("all_live_ms", "all live (ms)", "{:,.0f}"),
+        ("live_p50_ms", "live p50 (ms)", "{:,.0f}"),
+        ("live_p99_ms", "live p99 (ms)", "{:,.0f}"),
+        ("recovered", "`recovered: true`", "{:,}"),
+        ("not_recovered", "`recovered: false`", "{:,}"),
+        ("no_history", "no `history`", "{:,}"),
+        ("missing", "missing", "{:,}"),
+        ("duplicates", "duplicates", "{:,}"),
+        ("mismatched", "mismatched", "{:,}"),
+        ("replayed_per_client", "replayed per client", "{:.1f}"),
+        ("server_cpu_storm_s", "server CPU (ms)", "ms"),
+        ("server_cpu_per_resume_us", "CPU per resume (µs)", "{:,.0f}"),
+        ("downtime_s", "downtime (s)", "{:.2f}"),
+    ]
+    w("| configuration | setup | " + " | ".join(c[1] for c in cols) + " |")
+    w("|---|---|" + "---|" * len(cols))
+    notes = []
+    for rec in recs:
+        for setup in SETUPS:
+            fig = rec["runs"].get(setup)
+            if fig is None:
+                continue
+            label = LABELS[setup]
+            if fig.get("error"):
+                err = fig["error"].strip().splitlines()[-1][:160].replace("|", "/")
+                w(f"| {rec['id']} | {label} | failed: {err} |" + " |" * (len(cols) - 1))
+                continue
+            cells = [f"{fig[k] * 1e3:,.0f}" if spec == "ms" and isinstance(fig.get(k), float)
+                     else fmt(fig.get(k), spec) for k, _t, spec in cols]
+            w(f"| {rec['id']} | {label} | " + " | ".join(cells) + " |")
+            if fig.get("unsupported"):
+                notes.append(f"- `{rec['id']}` {label}: {fig['unsupported']}; so these members "
+                             "missed what was said while they were away.")
+            elif fig.get("reasons"):
+                notes.append(f"- `{rec['id']}` {label}: not recovered because "
+                             + ", ".join(f"{k} ({v:,})" for k, v in fig["reasons"].items()))
+    w("")
+    if notes:
+        w("\n".join(notes))
+        w("")
+    _reproduce_rows(w, recs)
