@@ -76,6 +76,7 @@ def headline(prefix: str) -> dict[str, Any]:
     total = stat(rows, "", "Aggregated") or {}
     fanout = summary.get("fanout", {})
     server = summary.get("server", {})
+    resume = summary.get("resume") or {}
     return {
         "requests": int(total.get("Request Count", 0) or 0),
         "failures": int(total.get("Failure Count", 0) or 0),
@@ -95,6 +96,13 @@ def headline(prefix: str) -> dict[str, Any]:
         "last_member_p50_ms": fanout.get("last_member_p50_ms"),
         "last_member_p99_ms": fanout.get("last_member_p99_ms"),
         "lost_messages": fanout.get("lost_messages"),
+        "resumes": resume.get("resumes", 0),
+        "resumes_recovered": resume.get("recovered"),
+        "resume_gaps": resume.get("gaps"),
+        "resume_missing": resume.get("missing"),
+        "resume_duplicates": resume.get("duplicates"),
+        "resume_p50_ms": (stat(rows, "RESUME", "resume") or {}).get("50%"),
+        "resume_p99_ms": (stat(rows, "RESUME", "resume") or {}).get("99%"),
         "connect_p50_ms": (stat(rows, "WS", "connect") or {}).get("50%"),
         "join_p50_ms": (stat(rows, "WS", "join") or {}).get("50%"),
     }
@@ -130,6 +138,14 @@ def markdown(prefix: str, context: dict[str, str]) -> str:
         f"({_num(h['messages'])} messages, {_num(h['lost_messages'])} lost) |",
         f"| Connect / join, p50 | {_num(h['connect_p50_ms'], ' ms')} / "
         f"{_num(h['join_p50_ms'], ' ms')} |",
+    ]
+    if h["resumes"]:
+        lines.append(f"| Resumes with `since` (join to welcome p50 / p99) | {_num(h['resumes'])}: "
+                     f"{_num(h['resumes_recovered'])} recovered, {_num(h['resume_gaps'])} gaps "
+                     f"({_num(h['resume_missing'])} messages), {_num(h['resume_duplicates'])} "
+                     f"duplicates ({_num(h['resume_p50_ms'], ' ms')} / "
+                     f"{_num(h['resume_p99_ms'], ' ms')}) |")
+    lines += [
         f"| Failures | {_num(h['failures'])} of {_num(h['requests'])} requests |",
         "",
     ]
