@@ -283,10 +283,7 @@ def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[
             print(summary(cfg, setup, fig), flush=True)
         rec["elapsed_s"] = time.monotonic() - t0
         return rec
-    for name in with_variants(servers, cfg):
-        if name in skip:
-            rec["runs"][name] = {"error": skip[name]}
-            continue
+    def one(name: str, label: str = "") -> dict[str, Any]:
         fig: dict[str, Any]
         server = None
         t0 = time.monotonic()
@@ -305,9 +302,29 @@ def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[
                 if code not in (0, -15, None):
                     fig.setdefault("problems", []).append(f"server exit code {code}")
         fig["elapsed_s"] = time.monotonic() - t0
+        fig["started_monotonic"] = t0
         fig["loadavg_before"] = load0
-        rec["runs"][name] = fig
-        print(summary(cfg, name, fig), flush=True)
+        print(summary(cfg, name + label, fig), flush=True)
+        return fig
+
+    for name in with_variants(servers, cfg):
+        if name in skip:
+            rec["runs"][name] = {"error": skip[name]}
+            continue
+        rec["runs"][name] = one(name)
+    variants = [v for v in cfg.variants if v in rec["runs"] and OURS in rec["runs"]]
+    if variants and cfg.pairs > 1:
+        # more pairs of ours and each variant, in alternating order (B A, then A B, ...), so
+        # that a neighbour's load or a drift falls on both sides of the comparison
+        repeats: dict[str, list[dict[str, Any]]] = {}
+        for i in range(1, cfg.pairs):
+            for variant in variants:
+                order = [variant, OURS] if i % 2 else [OURS, variant]
+                for name in order:
+                    repeats.setdefault(name, []).append(one(name, f" (pair {i + 1})"))
+        rec["repeats"] = repeats
+    if variants:
+        rec["pairs"] = {v: report.pair_figures(rec, v) for v in variants}
     return rec
 
 

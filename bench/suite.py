@@ -16,10 +16,13 @@ class Config:
     note: str = ""
     # our server run other ways beside ours in this configuration (bench.servers.VARIANTS)
     variants: tuple[str, ...] = ()
+    # how many times ours and each variant run, in alternating order: the comparison is the
+    # median of the pairs' ratios (a shared machine's noise is larger than 10%)
+    pairs: int = 1
 
 
 def fanout(rooms: int, members: int, rate: float, size: int = 100, *, duration: float = 8.0,
-           note: str = "", variants: tuple[str, ...] = ()) -> Config:
+           note: str = "", variants: tuple[str, ...] = (), pairs: int = 1) -> Config:
     rate_s = f"{rate:g}"
     return Config(
         f"fanout-{rooms}x{members}-r{rate_s}-s{size}",
@@ -28,11 +31,13 @@ def fanout(rooms: int, members: int, rate: float, size: int = 100, *, duration: 
          "warmup": 1.0},
         note,
         variants,
+        pairs,
     )
 
 
 def saturate(rooms: int, members: int, depth: int, size: int = 100, *,
-             duration: float = 5.0, note: str = "", variants: tuple[str, ...] = ()) -> Config:
+             duration: float = 5.0, note: str = "", variants: tuple[str, ...] = (),
+             pairs: int = 1) -> Config:
     return Config(
         f"saturate-{rooms}x{members}-d{depth}-s{size}",
         "saturate",
@@ -40,6 +45,7 @@ def saturate(rooms: int, members: int, depth: int, size: int = 100, *,
          "warmup": 1.0},
         note,
         variants,
+        pairs,
     )
 
 
@@ -116,14 +122,15 @@ def scaleout(connections: int, workers: int = 12, *, room_size: int = 10, steps:
 
 
 H = (NOHISTORY,)  # also run with history off, for the history on/off comparison
+PAIRS = 3  # ...three times each, alternating: the target is the median of the three ratios
 
 STANDARD: list[Config] = [
-    saturate(4, 250, 8, note="target", variants=H),
-    fanout(4, 100, 50, note="target", variants=H),
+    saturate(4, 250, 8, note="target", variants=H, pairs=PAIRS),
+    fanout(4, 100, 50, note="target", variants=H, pairs=PAIRS),
     fanout(4, 100, 10, duration=5, note="CPU-vs-load sweep"),
     fanout(4, 100, 25, duration=5, note="CPU-vs-load sweep"),
     fanout(4, 100, 100, duration=5, note="CPU-vs-load sweep"),
-    fanout(1, 1000, 20, note="target", variants=H),
+    fanout(1, 1000, 20, note="target", variants=H, pairs=PAIRS),
     fanout(1, 30, 20, duration=5, note="latency-vs-room-size sweep"),
     fanout(1, 100, 20, duration=5, note="latency-vs-room-size sweep"),
     fanout(1, 300, 20, duration=5, note="latency-vs-room-size sweep"),
