@@ -1038,6 +1038,8 @@ def _resume_section(w: Any, records: dict[str, dict[str, Any]]) -> None:
         ("recovered", "`recovered: true`", "{:,}"),
         ("not_recovered", "`recovered: false`", "{:,}"),
         ("no_history", "no `history`", "{:,}"),
+        ("server_counted_resumes_recovered", "the server's count of recovered resumes",
+         "{:,.0f}"),
         ("missing", "missing", "{:,}"),
         ("duplicates", "duplicates", "{:,}"),
         ("mismatched", "mismatched", "{:,}"),

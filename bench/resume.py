@@ -34,7 +34,10 @@ from array import array
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from bench.driver import DriverPool
+from bench.promstats import scrape
 from bench.scenarios import MS, Conn, Context, _assign, _percentiles, _rooms, _sleep_until_ns
 from bench.servers import OURS, RunningRedis, RunningServer, start_redis, start_server
 
@@ -227,6 +230,7 @@ def _storm(  # noqa: PLR0917  (the setup's processes, then its parameters by nam
         ok, s = pool.wait_for(lambda s: s["r_live"] == 0, timeout=30, stall=10.0, key="r_live")
         fig["members_still_live_after_drop"] = s["r_live"]
         time.sleep(outage)
+        counted0 = _server_resumes(nodes, fig)
 
         # ---- the storm: reconnect (timed apart), then every join with `since` at one instant
         again = _connect(pool, [(n, [c for c in storm if node_of(c, swapped=two) is n])
@@ -259,6 +263,11 @@ def _storm(  # noqa: PLR0917  (the setup's processes, then its parameters by nam
                                    stall=3.0, key="r_have")
         fig["settled"] = settled
         fig |= _collect(pool.call("rcollect", timeout=60), len(storm))
+        counted1 = _server_resumes(nodes, fig)
+        # the server's own count of the storm (roomcast_resumes*_total), to set beside ours
+        for key in ("resumes", "resumes_recovered"):
+            if key in counted0 and key in counted1:
+                fig[f"server_counted_{key}"] = counted1[key] - counted0[key]
         stats = pool.stats()
         fig["errors"] = stats["errors"]
         fig["server_exited"] = "; ".join(
@@ -266,6 +275,26 @@ def _storm(  # noqa: PLR0917  (the setup's processes, then its parameters by nam
             if not p.alive())
     fig |= _verdict(fig, two)
     return fig
+
+
+def _server_resumes(nodes: list[RunningServer], fig: dict[str, Any]) -> dict[str, float]:
+    """``roomcast_resumes_total`` and ``roomcast_resumes_recovered_total`` summed over the
+    nodes (empty when a node has no such metric or cannot be scraped)."""
+    out: dict[str, float] = {}
+    for node in nodes:
+        if node.metrics_url is None:
+            return {}
+        try:
+            text = scrape(node.metrics_url)
+        except OSError as exc:
+            fig["metrics_scrape_error"] = f"{node.metrics_url}: {exc!r}"
+            return {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in ("roomcast_resumes_total", "roomcast_resumes_recovered_total"):
+                    key = sample.name[len("roomcast_"):-len("_total")]
+                    out[key] = out.get(key, 0.0) + float(sample.value)
+    return out
 
 
 def _restart(nodes: list[RunningServer], server_cpus: list[int], extra: tuple[str, ...],

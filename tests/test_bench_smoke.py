@@ -456,6 +456,9 @@ def test_resume_storm_smoke(ctx: Context) -> None:
         fig = out[setup]
         assert fig["supported"] is True and fig["problems"] == [], (setup, fig["problems"])
         assert fig["recovered"] == 10 and fig["missing"] == 0 and fig["lossless"] == 1.0
+        # the server's own counters agree (after a restart they start at 0 again: the
+        # publishers' own resumes came before the storm, so they are not in the difference)
+        assert fig["server_counted_resumes"] == fig["server_counted_resumes_recovered"] == 10
         # they missed something while away, and the replay carried it
         assert fig["replayed"] > 0 and fig["all_history_ms"] is not None
     restart = out["restart"]
@@ -485,6 +488,7 @@ def test_resume_storm_counts_what_a_server_without_history_loses(ctx: Context) -
     assert fig["storm_complete"] is True
     assert (fig["recovered"], fig["not_recovered"]) == (0, 4)
     assert fig["reasons"] == {"history disabled": 4}
+    assert (fig["server_counted_resumes"], fig["server_counted_resumes_recovered"]) == (4, 0)
     # what was said while they were away never reached them
     assert fig["missing"] >= 4 and fig["lossless"] == 0.0
     assert any("not recovered" in p for p in fig["problems"])
