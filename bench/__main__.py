@@ -12,6 +12,7 @@ flamegraph and plots stay as they are) and prints its figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -381,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(with roomcast, a configuration's variants of it run too, e.g. "
                         "roomcast-nohistory; name a variant alone to run only it)")
     parser.add_argument("--no-flamegraph", action="store_true")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="how many alternating pairs of roomcast and its variant the "
+                        "configurations that compare them run (default: the suite's, 3 in the "
+                        "standard suite)")
     parser.add_argument("--nice", type=int, default=NICE["value"],
                         help="scheduling priority of servers and driver (root only below 0)")
     parser.add_argument("--results", default=None,
@@ -397,6 +402,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown server {s!r}")
     only = [x for chunk in args.only for x in chunk.split(",") if x]
     configs = [] if args.scenario == "flamegraph" else select(args.scenario, args.quick, only)
+    if args.pairs is not None:
+        if args.pairs < 1:
+            parser.error("--pairs must be at least 1")
+        configs = [dataclasses.replace(c, pairs=args.pairs) if c.variants else c
+                   for c in configs]
     flame = (not args.no_flamegraph and OURS in servers and not only
              and args.scenario in (None, "fanout", "flamegraph"))
 

@@ -274,7 +274,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("")
     w("| command | what it runs |")
     w("|---|---|")
-    w("| `make bench` | the standard suite (about 15 minutes on 2 cores): every configuration "
+    w("| `make bench` | the standard suite (about 20 minutes on 2 cores): every configuration "
       "below against roomcast, the uWebSockets.js peer, the Node.js `ws` peer and the Python "
       "`websockets` peer, the 200,000-connection scaleout, the flamegraph, the plots, this "
       "README |")
@@ -303,6 +303,8 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "`uws`, `node_ws`, `py_websockets`); with `roomcast`, the configurations that compare "
       f"history on and off also run `{NOHISTORY}` |")
     w("| `make bench BENCH_ARGS=\"--no-flamegraph\"` | skip the py-spy run |")
+    w("| `make bench BENCH_ARGS=\"--only fanout-4x100-r50-s100 --servers roomcast --pairs 5\"` "
+      f"| history on vs off alone: roomcast and `{NOHISTORY}`, five alternating pairs |")
     w("")
     w("Every run writes `results/runs/<timestamp>.json` (machine, CPU model, versions, "
       "parameters, every figure, the exact command) and past runs are kept. The tables below "

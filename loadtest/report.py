@@ -108,6 +108,28 @@ def headline(prefix: str) -> dict[str, Any]:
     }
 
 
+def parameters(scenario: str, settings: dict[str, Any]) -> str:
+    """The parameters of the scenario's user classes, in one sentence."""
+    parts = []
+    if scenario in ("swarm", "all"):
+        parts.append(f"room sizes `{compact_sizes(settings.get('room_sizes', []))}` (chat "
+                     f"swarm), {settings.get('chat_fraction')} of swarm users chatting every "
+                     f"{settings.get('chat_interval')} s on average, sessions of "
+                     f"{settings.get('session_seconds')} s on average")
+    if scenario in ("fanout", "all"):
+        parts.append(f"fan-out rooms of {settings.get('fanout_room_size')} at "
+                     f"{settings.get('fanout_rate')} msg/s")
+    if scenario in ("capacity", "all"):
+        parts.append(f"idle rooms of {settings.get('capacity_room_size')}")
+    if scenario == "resume":
+        parts.append(f"resume rooms of {settings.get('resume_room_size')} whose first member "
+                     f"chats at {settings.get('resume_rate')} msg/s, the others dropping their "
+                     f"connection every {settings.get('resume_interval')} s on average and "
+                     f"resuming after {settings.get('resume_offline')} s on average")
+    parts.append(f"{settings.get('message_bytes')}-byte messages")
+    return "Parameters: " + ", ".join(parts) + "."
+
+
 def markdown(prefix: str, context: dict[str, str]) -> str:
     """The results/README.md section for the run whose files start with ``prefix``."""
     h = headline(prefix)
@@ -152,17 +174,7 @@ def markdown(prefix: str, context: dict[str, str]) -> str:
     if causes:
         lines += ["Failures by cause:", ""] + [f"- {c}" for c in causes] + [""]
     if settings:
-        lines += [
-            "Parameters: room sizes "
-            f"`{compact_sizes(settings.get('room_sizes', []))}` (chat swarm), "
-            f"fan-out rooms of {settings.get('fanout_room_size')} at "
-            f"{settings.get('fanout_rate')} msg/s, idle rooms of "
-            f"{settings.get('capacity_room_size')}, {settings.get('chat_fraction')} of swarm users "
-            f"chatting every {settings.get('chat_interval')} s on average, sessions of "
-            f"{settings.get('session_seconds')} s on average, {settings.get('message_bytes')}-byte "
-            "messages.",
-            "",
-        ]
+        lines += [parameters(summary.get("scenario", "all"), settings), ""]
     lines += [
         f"Reports: [`{rel}.html`]({rel}.html) (Locust's HTML report), `{rel}_stats.csv`, "
         f"`{rel}_stats_history.csv`, `{rel}_failures.csv`, `{rel}_exceptions.csv`, "

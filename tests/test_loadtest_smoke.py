@@ -311,6 +311,8 @@ def test_resume_swarm_recovers_every_resume_with_no_gap(tmp_path: Path) -> None:
     total = summary["resumes"]
     assert f"| Resumes with `since` (join to welcome p50 / p99) | {total:,}: {total:,} " \
         "recovered, 0 gaps (0 messages), 0 duplicates" in section
+    assert "Parameters: resume rooms of 5 whose first member chats at 5.0 msg/s" in section
+    assert "(chat swarm)" not in section
 
 
 @pytest.mark.timeout(90)
