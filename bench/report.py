@@ -556,7 +556,8 @@ HINTS = {
     "is full) evicts one frame, nothing per recipient, so at chat rates the difference should "
     "be well under 10%; a miss is either noise (CPU in 10 ms ticks on a shared machine: "
     "compare the on/off rows of several runs) or per-message work that grew (look for "
-    "`server/history.py` frames under `ChatCore.chat` in the flamegraph).",
+    "`server/history.py` frames under `ChatCore.chat` in the flamegraph; `History.add` is also "
+    "where every chat is encoded and framed, once, which happens with history off too).",
     "resume-restart": "reconnect storm after a restart: see the resume section for the "
     "reasons of `recovered: false` (an `epoch changed` means the history file was not "
     "written or not read back) and which chats went missing.",
