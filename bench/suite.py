@@ -160,7 +160,7 @@ QUICK: list[Config] = [
 # The flamegraph run: our server only, under the steady fanout target's load, while py-spy
 # samples it for the whole measured window (FLAMEGRAPH_LEAD_S less than ``duration``).
 FLAMEGRAPH_STANDARD = fanout(4, 100, 50, duration=24)
-FLAMEGRAPH_QUICK = fanout(2, 50, 50, duration=4)
+FLAMEGRAPH_QUICK = fanout(2, 50, 50, duration=8)  # 6 s sampled: a few hundred samples
 FLAMEGRAPH_LEAD_S = 2
 
 
