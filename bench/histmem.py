@@ -49,8 +49,11 @@ def histmem(
         server = None
         fig: dict[str, Any]
         try:
-            # the history server keeps every chat of the fill (its ring holds per_room)
-            extra = ("--history-size", str(per_room)) if kind == OURS else ()
+            # the history server keeps every chat of the fill: its ring holds per_room, and
+            # its memory cap is far above what they take (so nothing is evicted)
+            cap = rooms * (per_room * 4096 + 65536)
+            extra = (("--history-size", str(per_room), "--history-max-bytes", str(cap))
+                     if kind == OURS else ())
             server = start_server(kind, cpus=server_cpus, extra=extra)
             fig = fill(server, ctx, rooms=rooms, per_room=per_room, text=TEXT[:text_length],
                        steps=steps, settle=settle)
