@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import uvloop
 
 from . import settings as settings_module
-from .app import serve
 from .logs import configure as configure_logging
 
 log = logging.getLogger("roomcast")
@@ -36,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .supervisor import supervise  # noqa: PLC0415
 
         return supervise(config, sys.argv[1:] if argv is None else argv)
+    from .app import serve  # noqa: PLC0415  (the supervisor does not need the server itself)
+
     limit = raise_fd_limit()
     log.info("file-descriptor limit: %d", limit)
     try:

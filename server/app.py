@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
+from . import httpclient
 from .acceptor import Acceptor, listening_socket, websocket_protocol_factory
 from .broker import LocalBroker
 from .config import Config
@@ -31,11 +33,12 @@ from .http1 import Request
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .protocol import CloseCode
-from .redis.broker import RedisBroker
-from .redis.broker import start as start_redis
 from .retention import Retention
 from .settings import Settings
 from .state import Counters, ServerState
+
+if TYPE_CHECKING:
+    from .redis.broker import RedisBroker
 
 log = logging.getLogger("roomcast")
 
@@ -78,7 +81,10 @@ class App:
         self._websocket_protocol = websocket_protocol_factory(
             _quiet_picows(), max_frame_size=config.max_message_bytes
         )
-        if not config.metrics_listen:
+        supervisor = os.environ.get(WORKER_OF)
+        if supervisor:  # a --workers worker: the public /metrics is the whole server's
+            site.routes["/metrics"] = lambda request: merged_metrics(supervisor)
+        elif not config.metrics_listen:
             site.routes["/metrics"] = self.metrics_page
         site.routes["/readyz"] = self.readiness_page
         site.routes["/auth/check"] = self._auth_check
@@ -94,7 +100,7 @@ class App:
     def note(self, label: str, text: str) -> None:
         self.gate.note(label, text)
 
-    def respond(self, request: Request) -> Response:
+    def respond(self, request: Request) -> Response | Awaitable[Response]:
         """A plain HTTP request: the page, health, readiness, metrics, the token check."""
         return self.site.respond(request)
 
@@ -208,6 +214,18 @@ class App:
             self.retention.finish()  # after the drain: everything delivered is in the file
 
 
+WORKER_OF = "ROOMCAST_WORKER_OF"  # set by the supervisor: where its merged /metrics is
+
+
+async def merged_metrics(supervisor: str) -> Response:
+    try:
+        body = await httpclient.get(supervisor)
+    except httpclient.FetchError as exc:
+        log.warning("cannot get the merged metrics from the supervisor: %s", exc)
+        return Response(503, b"metrics unavailable\n")
+    return Response(200, body, {"Content-Type": METRICS_CONTENT_TYPE})
+
+
 class Admin:
     """``--metrics-listen``: /metrics, /readyz and /healthz on an address of their own (keep it
     private: the public port then answers /metrics with 404). No WebSocket here."""
@@ -231,7 +249,7 @@ class Admin:
     def note(self, label: str, text: str) -> None:
         self._app.note(label, text)
 
-    def respond(self, request: Request) -> Response:
+    def respond(self, request: Request) -> Response | Awaitable[Response]:
         route = self._routes.get(request.path)
         return route(request) if route is not None else NOT_FOUND
 
@@ -288,6 +306,10 @@ async def serve(settings: Settings) -> int:
         print(f"roomcast metrics on http://{shown_host}:{shown_port}/metrics", flush=True)
     broker = None
     if config.redis_url:
+        # Imported only here: a single node never loads redis-py (about 7 MB per process).
+        from .redis.broker import RedisBroker  # noqa: PLC0415
+        from .redis.broker import start as start_redis  # noqa: PLC0415
+
         broker = RedisBroker(app.core, config, app.counters)
         app.linked(broker)  # not ready until the link is up
         await start_redis(broker)

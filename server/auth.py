@@ -27,10 +27,9 @@ year 9999), else the token is refused (401) with a reason naming the claim.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
@@ -38,7 +37,10 @@ from urllib.parse import parse_qs, urlsplit
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from .identity import AuthError, Identity, RoomPatterns
 from .names import clean_name
+
+__all__ = ["AuthError", "Identity", "RoomPatterns", "Verifier"]
 
 SUBPROTOCOL = "roomcast.jwt"
 
@@ -55,14 +57,6 @@ _TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 
 class Headers(Protocol):
     def get(self, key: str, /) -> Any: ...
-
-
-class AuthError(Exception):
-    """The upgrade is refused with 401; ``reason`` is the short text sent to the client."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # ---- where the token is -----------------------------------------------------------------------
@@ -97,40 +91,6 @@ def extract_token(path: str, headers: Headers) -> Presented | None:
 
 
 # ---- what the token says ----------------------------------------------------------------------
-
-
-class RoomPatterns:
-    """The ``rooms`` claim: ``room in patterns`` is True when a name or glob pattern matches."""
-
-    __slots__ = ("exact", "globs")
-
-    def __init__(self, patterns: Iterable[str]) -> None:
-        exact: set[str] = set()
-        globs: list[str] = []
-        for pattern in patterns:
-            if any(ch in pattern for ch in "*?["):
-                globs.append(pattern)
-            else:
-                exact.add(pattern)
-        self.exact = frozenset(exact)
-        self.globs = tuple(globs)
-
-    def __contains__(self, room: object) -> bool:
-        if not isinstance(room, str):
-            return False
-        if room in self.exact:
-            return True
-        return any(fnmatch.fnmatchcase(room, glob) for glob in self.globs)
-
-    def __repr__(self) -> str:
-        return f"RoomPatterns({sorted(self.exact) + list(self.globs)!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    name: str
-    rooms: RoomPatterns | None  # None: every room
-    expires_at: float | None  # the token's exp (seconds since the epoch), if it has one
 
 
 MAX_ROOM_PATTERNS = 100

@@ -268,7 +268,8 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print the version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        parser.exit(0, version_line() + "\n")
+        print(version_line())  # on stdout, as --version does everywhere
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:

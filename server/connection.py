@@ -64,15 +64,12 @@ class Owner(Protocol):
 class Outbox:
     """What waits for a connection whose transport holds unsent bytes."""
 
-    __slots__ = ("frames", "size")
+    __slots__ = ("dropped", "frames", "size")
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.size = 0
-
-
-def _discard(data: bytes) -> None:
-    """The writer of a client being dropped: nothing more is queued for it."""
+        self.dropped = False  # a slow consumer being dropped: nothing more is queued
 
 
 def _direct_fd(raw: asyncio.BaseTransport) -> int:
@@ -120,12 +117,14 @@ class Connection(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         raw = transport.underlying_transport
-        self.member = Member(raw.write)
+        # The connection itself is the member's writer and picows's (its __call__): no bound
+        # method object per connection for either.
+        self.member = Member(self)
         identity = self.identity
         if identity is not None:
             self.member.fixed_name = identity.name
             self.member.allowed_rooms = identity.rooms
-        fastpath.adopt(transport, self._picows_wrote)
+        fastpath.adopt(transport, self)
         self.owner.attach(self)
         raw.set_write_buffer_limits(high=0)  # pause_writing as soon as anything waits
         if self.outbox is None:
@@ -221,7 +220,6 @@ class Connection(WSListener):
         if self.outbox is not None or self.closing:
             return
         self.outbox = Outbox()
-        self.member.write = self._enqueue
         self.member.fd = -1  # the fan-out must not send around what waits
         self.owner.paused(self)
 
@@ -235,14 +233,31 @@ class Connection(WSListener):
         raw = self.transport.underlying_transport
         if self.closing:
             return
-        self.member.write = raw.write
         self.member.fd = _direct_fd(raw)
         if outbox.frames:
             raw.write(b"".join(outbox.frames))  # may pause again at once
 
-    def _enqueue(self, data: bytes) -> None:
+    def __call__(self, data: bytes) -> None:
+        """Every byte for this client goes through here: the core's (``member.write`` is this
+        connection) and the frames picows writes itself (pongs, pings, its CLOSE)."""
         outbox = self.outbox
-        assert outbox is not None
+        if outbox is not None:
+            if not outbox.dropped:
+                self._enqueue(outbox, data)
+            return
+        if self.closing:
+            return  # our CLOSE is written: nothing may follow it
+        if data[0] == _CLOSE_FRAME:  # only picows writes one through here
+            # picows answers a protocol error it finds while parsing ahead with a CLOSE of its
+            # own, before the frames in front of it reached us: hold it for this tick, so that a
+            # peer's CLOSE in front of it (RFC 6455 7.1.2: two CLOSE frames) is answered first.
+            if self.picows_close is None:
+                self.picows_close = data
+                self.owner.loop.call_soon(self._send_picows_close)
+            return
+        self.transport.underlying_transport.write(data)
+
+    def _enqueue(self, outbox: Outbox, data: bytes) -> None:
         outbox.frames.append(data)
         outbox.size += len(data)
         if outbox.size > self.owner.max_buffered_bytes - self.unsent_bytes():
@@ -251,8 +266,8 @@ class Connection(WSListener):
     def _overflow(self, unsent: int) -> None:
         """Too much waits for this client: it is dropped, once this tick's flush is over (the
         core may be iterating over its room right now)."""
-        self.member.write = _discard
         if self.outbox is not None:
+            self.outbox.dropped = True
             self.outbox.frames = []
         owner = self.owner
         owner.counters.slow_consumers_dropped += 1
@@ -264,20 +279,6 @@ class Connection(WSListener):
             owner.max_buffered_bytes,
         )
         owner.loop.call_soon(self.close, CloseCode.SLOW_CONSUMER, "slow consumer")
-
-    def _picows_wrote(self, data: bytes) -> None:
-        """Every frame picows writes itself (pongs, pings, CLOSE) comes through here."""
-        if self.closing:
-            return  # our CLOSE is written: nothing may follow it
-        if data[0] == _CLOSE_FRAME:
-            # picows answers a protocol error it finds while parsing ahead with a CLOSE of its
-            # own, before the frames in front of it reached us: hold it for this tick, so that a
-            # peer's CLOSE in front of it (RFC 6455 7.1.2: two CLOSE frames) is answered first.
-            if self.picows_close is None:
-                self.picows_close = data
-                self.owner.loop.call_soon(self._send_picows_close)
-        else:
-            self.member.write(data)
 
     def _send_picows_close(self) -> None:
         data = self.picows_close
@@ -315,7 +316,7 @@ class Connection(WSListener):
             raw.write(b"".join(outbox.frames))  # what was queued goes before the CLOSE
             outbox.frames = []
         # Written by us, not picows: picows refuses to send once it has decided on a CLOSE of
-        # its own, and that one (held back in _picows_wrote) is not sent now.
+        # its own, and that one (held back in __call__) is not sent now.
         raw.write(close_frame(int(code), reason))
         if abort:
             transport.disconnect(graceful=False)

@@ -14,6 +14,7 @@ which frames, and when, is server/delivery.py's business.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -157,16 +158,17 @@ class ChatCore:
     def chat(self, member: Member, text: str, chat_id: str | None = None) -> None:
         room = member.room
         if room is None:
-            self.send_error(member, ErrorCode.NOT_IN_ROOM, "Join a room first")
+            self.send_error(member, ErrorCode.NOT_IN_ROOM, "Join a room first", chat_id=chat_id)
             return
         if not text or text.isspace():
-            self.send_error(member, ErrorCode.EMPTY_TEXT, "Message text is empty")
+            self.send_error(member, ErrorCode.EMPTY_TEXT, "Message text is empty", chat_id=chat_id)
             return
         if len(text) > self.config.max_text_length:
             self.send_error(
                 member,
                 ErrorCode.TEXT_TOO_LONG,
                 f"Message text is longer than {self.config.max_text_length} characters",
+                chat_id=chat_id,
             )
             return
         if self._rate_limit:
@@ -181,6 +183,7 @@ class ChatCore:
                     ErrorCode.RATE_LIMITED,
                     self._slow_down,
                     retry_after_ms=max(1, int(retry_after * 1000)),
+                    chat_id=chat_id,
                 )
                 return
         self.counters.chats += 1
@@ -282,10 +285,17 @@ class ChatCore:
     # ---- outbound -----------------------------------------------------------------------------
 
     def send_error(
-        self, member: Member, code: ErrorCode, text: str, retry_after_ms: int | None = None
+        self,
+        member: Member,
+        code: ErrorCode,
+        text: str,
+        retry_after_ms: int | None = None,
+        *,
+        chat_id: str | None = None,
     ) -> None:
+        """An error to the member at fault; `chat_id` names the refused chat when it had one."""
         self.counters.errors += 1
-        self.send_direct(member, error_frame(code, text, retry_after_ms))
+        self.send_direct(member, error_frame(code, text, retry_after_ms, chat_id))
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -299,10 +309,17 @@ class ChatCore:
         off); else sends it `rate_limited` and returns True, and the caller changes nothing."""
         if not self._join_rate_limit:
             return False
+        now = self._clock()
         ring = member.join_rate
         if ring is None:
+            # Most connections join once: the first join's time is kept inline, and the ring
+            # (160 bytes) made only when a second one comes.
+            if math.isnan(member.first_join):  # no join yet
+                member.first_join = now
+                return False
             ring = member.join_rate = Ring(self._join_rate_limit)
-        retry_after = ring.spend(self._clock(), self._rate_window)
+            ring.spend(member.first_join, self._rate_window)
+        retry_after = ring.spend(now, self._rate_window)
         if not retry_after:
             return False
         self.counters.presence_rate_limited += 1

@@ -22,6 +22,7 @@ class Member:
     cursor: int
     chat_rate: Ring | None
     join_rate: Ring | None
+    first_join: float
     wants_typing: bool
     typing_at: float
     def __init__(self, write: Write, name: str = ...) -> None: ...

@@ -54,6 +54,7 @@ cdef class Member:
     cdef public Py_ssize_t cursor
     cdef public object chat_rate
     cdef public object join_rate
+    cdef public double first_join
     cdef public bint wants_typing
     cdef public double typing_at
 
@@ -73,7 +74,8 @@ cdef class Member:
         self.held = None  # a list while in room.held: the frames kept for it
         self.cursor = 0  # late or held: first frame of room.pending it still has to get
         self.chat_rate = None  # ratelimit.Ring of its last chats
-        self.join_rate = None  # ratelimit.Ring of its last joins and leaves
+        self.join_rate = None  # ratelimit.Ring of its last joins and leaves, from the second
+        self.first_join = float("nan")  # when its first join or leave counted (NaN: none yet)
         self.wants_typing = False  # its join asked for `typing` events
         self.typing_at = float("-inf")  # when its last typing event went out
 

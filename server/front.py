@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
@@ -54,8 +54,8 @@ class FrontOwner(Protocol):
     def note(self, label: str, text: str) -> None:
         """Counts a refused request by reason."""
 
-    def respond(self, request: Request) -> Response:
-        """The answer to a plain HTTP request."""
+    def respond(self, request: Request) -> Response | Awaitable[Response]:
+        """The answer to a plain HTTP request (or what will be)."""
 
     def upgrade(self, request: Request, peer: str) -> Refused | Admitted:
         """The gate's decision on an upgrade request."""
@@ -105,13 +105,15 @@ class Front(asyncio.Protocol):
         rest = bytes(buffer[end:])
         self._buffer = bytearray()
         if not request.is_upgrade:
-            response = self._owner.respond(request)
-            self._answer(
-                render(
-                    response.status, response.body, response.headers,
-                    head_only=request.method == "HEAD",
+            answer = self._owner.respond(request)
+            if isinstance(answer, Response):
+                self._answer(_render(answer, request))
+            else:  # a route that has to ask someone first (a worker's merged /metrics)
+                self._timer = self._owner.loop.call_later(
+                    self._owner.handshake_timeout, self._too_slow
                 )
-            )
+                task = asyncio.ensure_future(answer)
+                task.add_done_callback(lambda done: self._answered(done, request))
             return
         outcome = self._owner.upgrade(request, self._peer)
         if isinstance(outcome, Refused):
@@ -124,6 +126,16 @@ class Front(asyncio.Protocol):
         self._release()
 
     # ---- endings ------------------------------------------------------------------------------
+
+    def _answered(self, done: asyncio.Future[Response], request: Request) -> None:
+        if self._transport.is_closing() or self._timer is None:
+            return
+        try:
+            response = done.result()
+        except Exception:
+            log.exception("internal error answering %s", request.path)
+            response = Response(500, b"internal error\n")
+        self._answer(_render(response, request))
 
     def _answer(self, response: bytes) -> None:
         """Writes the whole answer and closes, lingering a little: closing while the client
@@ -184,3 +196,9 @@ class Front(asyncio.Protocol):
         if self._slot:
             self._slot = False
             self._owner.end(self._peer)
+
+
+def _render(response: Response, request: Request) -> bytes:
+    return render(
+        response.status, response.body, response.headers, head_only=request.method == "HEAD"
+    )

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .admission import Limits, client_address, handshake_problem, is_trusted_proxy
-from .auth import AuthError, Identity
 from .config import Config
 from .deadlines import Deadlines
+from .identity import AuthError, Identity
 from .protocol import CloseCode
 from .security import Security
 from .state import Counters

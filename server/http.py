@@ -8,7 +8,7 @@ HTTP/1.1 and HTTP/1.0 alike, so load balancers' health checks get their 200 or 5
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -26,7 +26,7 @@ class Response:
 
 NOT_FOUND = Response(404, b"not found\n")
 
-Route = Callable[[Request], Response]
+Route = Callable[[Request], "Response | Awaitable[Response]"]
 
 
 class StaticSite:
@@ -42,7 +42,7 @@ class StaticSite:
                     self.files[entry.name] = (entry.read_bytes(), kind)
         self.routes: dict[str, Route] = {"/healthz": lambda request: Response(200, b"ok\n")}
 
-    def respond(self, request: Request) -> Response:
+    def respond(self, request: Request) -> Response | Awaitable[Response]:
         path = request.path
         route = self.routes.get(path)
         if route is not None:

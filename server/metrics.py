@@ -2,7 +2,8 @@
 
 Nothing here runs per message or per recipient: the counters are plain integers (server/state.py)
 bumped per message or per room flush, and a custom collector turns them into metric families only
-when /metrics is scraped. Reads the server's ``ServerState`` and imports nothing else of it. The
+when /metrics is scraped. Reads the server's ``ServerState`` (and what ``about`` says of the
+build) and imports nothing else of it. The
 histograms are observed once per event-loop tick (fan-out flush) and once per probe interval
 (loop lag, Redis round trip).
 """
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, ge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .about import HOT_PATH_LIBRARIES, VERSION, git_revision, library_versions
 from .state import BrokerHealth, ServerState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -89,6 +91,17 @@ class _ServerCollector(Collector):
         counters = state.counters
         for name, attribute, doc in _COUNTERS:
             yield CounterMetricFamily(name, doc, value=getattr(counters, attribute))
+        build = GaugeMetricFamily(
+            "roomcast_build_info",
+            "1, labelled with this build: roomcast's version and git revision, and the versions "
+            "of the libraries on its hot path",
+            labels=["version", "revision", *HOT_PATH_LIBRARIES],
+        )
+        libraries = library_versions()
+        build.add_metric(
+            [VERSION, git_revision(), *(libraries[name] for name in HOT_PATH_LIBRARIES)], 1
+        )
+        yield build
         refused = CounterMetricFamily(
             "roomcast_handshakes_refused",
             "upgrades refused before a WebSocket existed",
@@ -139,6 +152,11 @@ class _ServerCollector(Collector):
                 "roomcast_broker_outages",
                 "times the link to Redis was lost",
                 value=counters.broker_outages,
+            )
+            yield CounterMetricFamily(
+                "roomcast_broker_resubscribes",
+                "subscriber connections lost and remade without an outage (streams repaired)",
+                value=counters.broker_resubscribes,
             )
             yield GaugeMetricFamily(
                 "roomcast_broker_backlog",

@@ -60,6 +60,7 @@ class ErrorCode(enum.StrEnum):
     BINARY_UNSUPPORTED = "binary_unsupported"
     RATE_LIMITED = "rate_limited"
     FORBIDDEN_ROOM = "forbidden_room"  # the token's `rooms` claim does not allow this room
+    UNAVAILABLE = "unavailable"  # a chat with an id while the node cannot reach Redis: retry
 
 
 # ---- client -> server -------------------------------------------------------------------------
@@ -149,14 +150,18 @@ class TypingMessage(msgspec.Struct, tag_field="type", tag="typing", gc=False):
     username: str
 
 
-class StatusMessage(msgspec.Struct, tag_field="type", tag="system", gc=False):
-    """Tells a room's local members that the link to the other nodes is down (``outage``) or
-    back (``recovered``). No username or count: it changes nobody's presence."""
+class StatusMessage(msgspec.Struct, tag_field="type", tag="system", omit_defaults=True, gc=False):
+    """Tells a room's members about the link to the other nodes: down (``outage``), back
+    (``recovered``), messages that could not be recovered (``gap``), or the room's history
+    stream lost in Redis (``reset``, with the new ``epoch`` and ``seq`` to resume from). No
+    username or count: it changes nobody's presence."""
 
     text: str
     event: str
     room: str
     timestamp: int
+    epoch: str | None = None
+    seq: int | None = None
 
 
 class HistoryMessage(msgspec.Struct, tag_field="type", tag="history", omit_defaults=True, gc=False):
@@ -181,6 +186,7 @@ class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=
     code: ErrorCode
     text: str
     retry_after_ms: int | None = None
+    id: str | None = None  # the refused chat's `id`, when it carried one
 
 
 decoder = msgspec.json.Decoder(ClientMessage)
@@ -277,8 +283,10 @@ def close_frame(code: int, reason: str = "") -> bytes:
     return bytes((0x88, len(payload))) + payload
 
 
-def error_frame(code: ErrorCode, text: str, retry_after_ms: int | None = None) -> bytes:
-    return text_frame(encode(ErrorMessage(code, text, retry_after_ms)))
+def error_frame(
+    code: ErrorCode, text: str, retry_after_ms: int | None = None, chat_id: str | None = None
+) -> bytes:
+    return text_frame(encode(ErrorMessage(code, text, retry_after_ms, chat_id)))
 
 
 def ack_frame(chat_id: str, seq: int) -> bytes:
@@ -289,6 +297,14 @@ def frame_payload(frame: bytes) -> memoryview:
     """The payload of one unmasked frame made by ``text_frame`` (a view: nothing is copied)."""
     size = frame[1]
     return memoryview(frame)[2 if size < 126 else 4 if size == 126 else 10 :]
+
+
+def payload_history_frame(
+    room: str, epoch: str, payloads: list[bytes], recovered: bool, reason: str | None
+) -> bytes:
+    """The `history` message from payloads as they were sent live (a Redis broker's replay)."""
+    raw = [msgspec.Raw(payload) for payload in payloads]
+    return text_frame(encode(HistoryMessage(room, epoch, raw, recovered, reason)))
 
 
 def history_frame(

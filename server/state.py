@@ -20,6 +20,7 @@ class Counters:
         "accept_exhausted",
         "broadcasts",
         "broker_outages",
+        "broker_resubscribes",
         "bytes_sent",
         "chats",
         "coalesced_frames",
@@ -69,6 +70,7 @@ class Counters:
         self.refused: collections.Counter[str] = collections.Counter()  # by reason label
         # the Redis link (server/redis/)
         self.broker_outages = 0
+        self.broker_resubscribes = 0  # subscriber connections lost and remade (no outage)
 
 
 class BrokerHealth(Protocol):

@@ -4,7 +4,8 @@ The supervisor picks the port (binding, not listening, a SO_REUSEPORT socket, so
 works and the port stays reserved), starts N ``python -m server`` workers with ``--reuse-port``
 on it, prints the ready line once when every worker listens, restarts a worker that dies (at most
 once a second per worker), and on SIGTERM/SIGINT stops them all and exits 0. The kernel spreads
-new connections over the workers; they reach each other's clients through Redis.
+new connections over the workers; they reach each other's clients through Redis. Its metrics
+endpoint (server/fleet.py) merges the workers' metrics into one view.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import re
 import signal
 import socket
@@ -21,10 +23,13 @@ import time
 from collections.abc import Sequence
 
 from .config import Config
+from .fleet import Fleet
 
 log = logging.getLogger("roomcast.supervisor")
 
 READY = re.compile(rb"roomcast listening on https?://")
+METRICS_LINE = re.compile(rb"roomcast metrics on (http://[^ \s]+)")
+WORKER_OF = "ROOMCAST_WORKER_OF"  # tells a worker where the merged /metrics is (server/app.py)
 RESTART_INTERVAL = 1.0
 START_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
@@ -57,17 +62,31 @@ class Worker:
         self.ready = asyncio.Event()
         self.started = 0.0
         self.pump: asyncio.Task[None] | None = None
+        self.metrics_url: str | None = None  # its private metrics address, once it said it
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None or self.proc.returncode is not None else self.proc.pid
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready.is_set() and self.pid is not None
 
 
 class Supervisor:
     def __init__(self, config: Config, argv: Sequence[str], port: int) -> None:
         self.config = config
         self.port = port
+        # Each worker's metrics on a private port (the last --metrics-listen wins), for the
+        # supervisor's merged view.
         self.command = [
             sys.executable, "-m", "server", *argv,
             "--port", str(port), "--workers", "1", "--reuse-port", "true",
+            "--metrics-listen", "127.0.0.1:0",
         ]
+        self.environment = dict(os.environ)
         self.workers = [Worker(i) for i in range(config.workers)]
+        self.fleet = Fleet(self.workers, lambda: self.restarts)
         self.stopping = False
         self.restarts = 0
         self.ready_line = b""  # a worker's ready line (same scheme, host and port for all)
@@ -75,10 +94,12 @@ class Supervisor:
     async def spawn(self, worker: Worker) -> None:
         worker.ready = asyncio.Event()
         worker.started = time.monotonic()
+        worker.metrics_url = None
         worker.proc = await asyncio.create_subprocess_exec(
             *self.command,
             stdout=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
+            env=self.environment,
         )
         worker.pump = asyncio.get_running_loop().create_task(self._pump(worker, worker.proc))
         log.info("worker %d started (pid %d)", worker.index, worker.proc.pid)
@@ -91,6 +112,10 @@ class Supervisor:
                 self.ready_line = self.ready_line or line
                 worker.ready.set()
                 continue
+            metrics = METRICS_LINE.search(line)
+            if metrics is not None and worker.metrics_url is None:
+                worker.metrics_url = metrics.group(1).decode()
+                continue
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
 
@@ -99,6 +124,15 @@ class Supervisor:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        listen = self.config.metrics_listen
+        host, _, port = listen.rpartition(":") if listen else ("127.0.0.1", "", "0")
+        await self.fleet.start(host.strip("[]"), int(port))
+        assert self.fleet.address is not None
+        shown = f"http://{self.fleet.address[0]}:{self.fleet.address[1]}/metrics"
+        if listen:
+            print(f"roomcast metrics on {shown}", flush=True)
+        else:  # the public port's /metrics: each worker forwards it here
+            self.environment[WORKER_OF] = shown
         for worker in self.workers:
             await self.spawn(worker)
         started = await self._wait_started(stop)
@@ -111,6 +145,7 @@ class Supervisor:
             log.info("stopping %d workers", len(self.workers))
         self.stopping = True
         await self._stop_all()
+        await self.fleet.stop()
         if started:
             for task in watchers:
                 task.cancel()

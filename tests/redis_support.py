@@ -61,6 +61,7 @@ class RedisServer:
             [
                 server, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", self.workdir, "--logfile", "redis.log",
+                "--enable-debug-command", "local",  # DEBUG SLEEP: a stall, in the tests
                 *self.extra,
             ],
             stdout=subprocess.DEVNULL,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import subprocess
 import sys
 from dataclasses import fields
 
 import pytest
 
-from server.config import Config, parse_config
+from server.config import Config, ConfigError, load_config, parse_config
 
 REQUIRED = [
     "--host", "--port", "--rate-limit", "--rate-window", "--max-message-bytes",
@@ -67,3 +69,51 @@ def test_the_join_rate_limit_is_on_by_default_and_apart_from_the_chat_limit() ->
     assert (chats_off.rate_limit, chats_off.join_rate_limit) == (0, 10)
     joins_off = parse_config([], env={"ROOMCAST_JOIN_RATE_LIMIT": "0"})
     assert (joins_off.rate_limit, joins_off.join_rate_limit) == (10, 0)
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server", *args], capture_output=True, text=True, timeout=30,
+        env={**os.environ, **(env or {})}, check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (["--port", "99999"], {}, "--port 99999: must be an integer from 0 to 65535"),
+        (["--ping-interval", "nan"], {}, "--ping-interval nan: must be a number > 0"),
+        (["--max-buffered-bytes", "lots"], {}, "--max-buffered-bytes lots: must be an integer"),
+        (["--log-level", "loud"], {}, "--log-level loud: must be one of debug, info"),
+        ([], {"ROOMCAST_LOG_LEVEL": "loud"}, "ROOMCAST_LOG_LEVEL=loud: must be one of"),
+        ([], {"ROOMCAST_LOG_FORMAT": "xml"}, "ROOMCAST_LOG_FORMAT=xml: must be one of text, json"),
+        ([], {"ROOMCAST_REDIS_CLUSTER": "maybe"}, "ROOMCAST_REDIS_CLUSTER=maybe: must be true or"),
+        (["--certfile", "/no/such.pem", "--keyfile", "/no/such.pem"], {},
+         "--certfile /no/such.pem: no such file"),
+        (["--jwt-public-key", "/no/key.pem"], {}, "--jwt-public-key /no/key.pem: no such file"),
+        (["--certfile", "/etc/hostname"], {}, "--certfile /etc/hostname: needs --keyfile too"),
+        (["--metrics-listen", "9100"], {}, "--metrics-listen 9100: must be HOST:PORT"),
+        (["--no-such-option"], {}, "unrecognized arguments: --no-such-option"),
+        (["--port"], {}, "argument --port: expected one argument"),
+    ],
+)
+def test_a_bad_option_is_one_line_naming_it_and_exit_2(
+    args: list[str], env: dict[str, str], says: str
+) -> None:
+    done = run(*args, env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # not 27 lines of usage
+    assert lines[0].startswith("roomcast: error: ") and says in lines[0]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_an_unreadable_file_is_named(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("x")
+    # the tests run as root, who reads every file whatever its mode: make it unreadable here
+    monkeypatch.setattr(os, "access", lambda path, mode: path != str(key))
+    with pytest.raises(ConfigError, match=r"--jwt-public-key .*key.pem: file is not readable"):
+        load_config(["--jwt-public-key", str(key)], env={})

@@ -634,3 +634,21 @@ def test_typing_outside_a_room_is_an_error(hub: Harness) -> None:
     lone = hub.client()
     lone.send({"type": "typing"})
     assert [m["code"] for m in lone.messages()] == ["not_in_room"]
+
+
+def test_a_refused_chat_with_an_id_names_it_in_the_error(hub: Harness) -> None:
+    hub = Harness(rate_limit=1)
+    client = hub.client()
+    client.send({"type": "chat", "text": "x", "id": "c1"})
+    client.join("ann")
+    hub.tick()
+    client.messages()
+    client.send({"type": "chat", "text": "", "id": "c2"})
+    client.send({"type": "chat", "text": "ok", "id": "c3"})
+    client.send({"type": "chat", "text": "too fast", "id": "c4"})
+    client.send({"type": "chat", "text": "no id either"})
+    hub.tick()
+    errors = [m for m in client.messages() if m["type"] == "error"]
+    assert [(e["code"], e.get("id")) for e in errors] == [
+        ("empty_text", "c2"), ("rate_limited", "c4"), ("rate_limited", None)
+    ]

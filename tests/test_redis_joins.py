@@ -7,9 +7,15 @@ import json
 
 from server.config import Config
 from server.core import ChatCore, Member, Replay, Room
-from server.protocol import ChatMessage
-from server.redis.joins import Joins
+from server.protocol import ChatMessage, Position, encode
+from server.redis.joins import Joins, replayed
+from server.redis.scripts import JoinReply
 from tests.frames import server_messages
+
+
+def reply(count: int, names: list[bytes], epoch: bytes = b"e1", last: int = 0) -> JoinReply:
+    """A join script's reply with no replay asked for."""
+    return JoinReply([count, names, epoch, last, b""])
 
 
 class Manual:
@@ -33,7 +39,7 @@ class World:
         self.core = ChatCore(Config(rate_limit=0), lambda: None, wall_ms=lambda: 1)
         self.broker = Manual()
         self.core.use_broker(self.broker)
-        self.joins = Joins(self.core)
+        self.joins = Joins(self.core, 100, 1 << 20)
         self.out: dict[str, list[bytes]] = {}
 
     def member(self, name: str) -> Member:
@@ -42,7 +48,7 @@ class World:
         self.core.join(member, "r", name)
         room, arrived = self.broker.arrivals[-1]
         notice = self.core.notice(room, arrived, "join", 0)
-        self.joins.expect(name, arrived, room, notice)
+        self.joins.expect(name, arrived, room, notice, None)
         return member
 
     def received(self, name: str) -> list[dict[str, object]]:
@@ -58,7 +64,7 @@ def test_reply_first_then_notice_admits_with_the_welcome_at_once() -> None:
     world = World()
     world.member("ann")
     room = world.core.rooms["r"]
-    world.joins.replied("ann", [1, [b"ann"]])
+    world.joins.replied("ann", reply(1, [b"ann"]))
     assert world.received("ann") == []  # not placed yet: nothing, not even the welcome
     world.chat("before")  # published before ann's notice: not hers
     world.joins.positioned("ann", room)
@@ -79,7 +85,7 @@ def test_notice_first_holds_what_arrives_until_the_reply() -> None:
     world.core.flush()
     world.chat("two")  # queued in the next tick, not flushed yet
     assert world.received("ann") == []  # held until its welcome is known
-    world.joins.replied("ann", [2, [b"bob", b"ann"]])
+    world.joins.replied("ann", reply(2, [b"bob", b"ann"]))
     world.chat("three")
     world.core.flush()
     messages = world.received("ann")
@@ -96,7 +102,7 @@ def test_a_direct_message_to_a_held_member_keeps_its_place() -> None:
     world.chat("one")
     world.core.send_direct(ann, b"\x81\x0f" + b'{"type":"err"} ')
     world.chat("two")
-    world.joins.replied("ann", [1, [b"ann"]])
+    world.joins.replied("ann", reply(1, [b"ann"]))
     world.core.flush()
     kinds = [m.get("text") or m.get("type") for m in world.received("ann")]
     assert kinds == ["ann joined #r", "one", "err", "two"]
@@ -110,7 +116,7 @@ def test_a_held_member_that_leaves_gets_nothing_more_and_leaves_no_trace() -> No
     world.chat("one")
     world.core.disconnect(ann)
     world.joins.cancel("ann")
-    world.joins.replied("ann", [1, [b"ann"]])  # a late reply changes nothing
+    world.joins.replied("ann", reply(1, [b"ann"]))  # a late reply changes nothing
     world.core.flush()
     assert world.received("ann") == [] and not room.held and len(room) == 0
 
@@ -130,3 +136,36 @@ def test_fail_over_completes_every_join_on_this_node() -> None:
     bob = world.received("bob")
     assert bob[0]["text"] == "bob joined #r" and sorted(bob[0]["users"]) == ["ann", "bob"]
     assert not world.joins.pending and room.arriving == 0 and len(room) == 2
+
+
+def test_a_resume_across_nodes_writes_history_then_welcome_then_what_was_held() -> None:
+    world = World()
+    member = Member(world.out.setdefault("ann", []).append)
+    world.core.join(member, "r", "ann", Position("e1", 3))
+    room, arrived = world.broker.arrivals[-1]
+    world.joins.expect("ann", arrived, room, world.core.notice(room, arrived, "join", 0),
+                       Position("e1", 3))
+    world.joins.positioned("ann", room)  # placed before the reply: what follows is held
+    world.chat("live")
+    world.core.flush()
+    chats = [encode(ChatMessage("bob", f"m{n}", 1, n)) for n in (4, 5)]
+    world.joins.replied("ann", JoinReply([1, [b"ann"], b"e1", 5, b"ok", *chats]))
+    world.core.flush()
+    history, welcome, live = world.received("ann")
+    assert history["type"] == "history" and history["recovered"] is True
+    assert [m["seq"] for m in history["messages"]] == [4, 5]
+    assert (welcome["epoch"], welcome["seq"], welcome["users"]) == ("e1", 5, ["ann"])
+    assert live["text"] == "live"
+
+
+def test_an_incomplete_replay_is_never_called_recovered() -> None:
+    ok = JoinReply([1, [b"a"], b"e1", 9, b"ok", b"x" * 10, b"y" * 10])
+    assert replayed(Position("e1", 7), ok, 100, 1 << 20) == ([b"x" * 10, b"y" * 10], True, None)
+    # more than one replay may carry: the newest that fit, flagged
+    assert replayed(Position("e1", 7), ok, 100, 15) == ([b"y" * 10], False, "too many")
+    old = JoinReply([1, [b"a"], b"e1", 9, b"too old", b"y" * 10])
+    assert replayed(Position("e1", 1), old, 100, 1 << 20) == ([b"y" * 10], False, "too old")
+    last = JoinReply([1, [b"a"], b"e1", 9, b"ok", b"y" * 10])
+    assert replayed(5, last, 100, 1 << 20)[1:] == (False, "too old")  # 5 asked, 1 stored
+    assert replayed(200, last, 100, 1 << 20)[1:] == (False, "too many")  # > --history-size
+    assert replayed(5, last, 0, 1 << 20) == ([], False, "history disabled")

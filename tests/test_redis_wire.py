@@ -1,37 +1,35 @@
-"""The Redis wire format (server/redis/wire.py): the envelope, the count split, and the scripts
-run in a real redis-server."""
+"""The Redis wire format (server/redis/wire.py): keys, the envelope, the count and seq splits.
+The scripts themselves run in a real redis-server in tests/test_redis_scripts.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.protocol import SystemMessage, encode
+from server.protocol import ChatMessage, SystemMessage, encode
 from server.redis.wire import (
     ANNOUNCED,
+    CHAT,
     JOIN,
+    MARK,
     PLAIN,
     UnknownEnvelope,
     announced_head,
     channel_name,
+    chat_position,
     fill_count,
-    join_command,
     join_head,
-    leave_command,
+    mark_head,
     member_field,
     members_key,
     node_of,
     open_envelope,
-    parse_join_reply,
     split_count,
+    split_seq,
 )
-from tests.redis_support import start_redis
 
 
 def test_envelopes_round_trip() -> None:
@@ -74,79 +72,18 @@ def test_split_count_with_a_name_that_looks_like_the_count_field() -> None:
     assert message["count"] == 42 and message["username"] == name
 
 
+def test_a_chat_splits_around_its_seq_and_a_position_parses() -> None:
+    payload = encode(ChatMessage("ann", 'tricky ,"seq":0} text', 5, 0))
+    prefix, suffix = split_seq(payload)
+    assert json.loads(prefix + b"42" + suffix)["seq"] == 42
+    assert json.loads(prefix + b"42" + suffix)["text"] == 'tricky ,"seq":0} text'
+    with pytest.raises(ValueError, match="seq 0"):
+        split_seq(encode(ChatMessage("ann", "x", 5, 7)))
+    assert chat_position("0123abcd:17") == ("0123abcd", 17)
+    assert open_envelope(b"Sabcd:3\n{}") == (CHAT, "abcd:3", b"{}")
+    assert open_envelope(mark_head("n1") + b"abcd:3\n{}") == (MARK, "n1/abcd:3", b"{}")
+
+
 def test_fill_count_is_what_the_scripts_do() -> None:
     notice = encode(SystemMessage("a left #r", "leave", "r", "a", 0, 1))
     assert json.loads(fill_count(notice, 7))["count"] == 7
-
-
-# ---- the scripts, in a real redis-server ------------------------------------------------------
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aioredis.Redis]:
-    server = await asyncio.to_thread(start_redis)
-    redis = aioredis.Redis(port=server.port)
-    try:
-        yield redis
-    finally:
-        await redis.aclose()
-        await asyncio.to_thread(server.close)
-
-
-async def _published(pubsub: aioredis.client.PubSub) -> bytes:
-    while True:
-        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
-        if message is not None:
-            return bytes(message["data"])
-
-
-async def test_the_join_script_registers_counts_publishes_and_lists(client: aioredis.Redis) -> None:
-    pubsub = client.pubsub()
-    await pubsub.subscribe(channel_name("r"))
-    await _published_subscribed(pubsub)
-    await client.hset(members_key("r"), "n1:1", "bob")
-    notice = encode(SystemMessage("alice joined #r", "join", "r", "alice", 0, 5))
-    field = member_field("n2", 2)
-    reply = await asyncio.wait_for(
-        client.execute_command(
-            *join_command("PUBLISH", "r", field, "alice", notice, head=join_head(field), limit=1)
-        ),
-        5,
-    )
-    count, names = parse_join_reply(reply)
-    assert count == 2 and len(names) == 1 and names[0] in ("alice", "bob")  # capped at 1
-    kind, sender, payload = open_envelope(await asyncio.wait_for(_published(pubsub), 5))
-    assert (kind, sender) == (JOIN, field)
-    assert json.loads(payload)["count"] == 2 and json.loads(payload)["username"] == "alice"
-    await pubsub.aclose()
-
-
-async def test_the_leave_script_announces_only_what_it_removed(client: aioredis.Redis) -> None:
-    pubsub = client.pubsub()
-    await pubsub.subscribe(channel_name("r"))
-    await _published_subscribed(pubsub)
-    await client.hset(members_key("r"), mapping={"n1:1": "bob", "n1:2": "carol"})
-    notice = encode(SystemMessage("bob left #r", "leave", "r", "bob", 0, 5))
-    left = await client.execute_command(
-        *leave_command("PUBLISH", "r", "n1:1", notice, b"", force=False)
-    )
-    assert left == 1
-    assert json.loads(await asyncio.wait_for(_published(pubsub), 5))["count"] == 1
-    # gone already: no second notice, unless forced (a node announcing after an outage)
-    assert await client.execute_command(
-        *leave_command("PUBLISH", "r", "n1:1", notice, b"", force=False)
-    ) == 1
-    await client.execute_command(
-        *leave_command("PUBLISH", "r", "n1:1", notice, announced_head("n1"), force=True)
-    )
-    kind, sender, payload = open_envelope(await asyncio.wait_for(_published(pubsub), 5))
-    assert (kind, sender, json.loads(payload)["count"]) == (ANNOUNCED, "n1", 1)
-    await pubsub.aclose()
-
-
-async def _published_subscribed(pubsub: aioredis.client.PubSub) -> None:
-    """Waits for the subscription's confirmation."""
-    while True:
-        message = await pubsub.get_message(timeout=5)
-        if message is not None and message["type"] == "subscribe":
-            return

@@ -1,29 +1,32 @@
-"""The broker that links roomcast nodes through Redis Pub/Sub (``--redis-url``).
+"""The broker that links roomcast nodes through Redis (``--redis-url``).
 
-Design (docs/scaling.md has the long version):
+Design (docs/scaling.md and docs/history.md have the long version):
 
 * **Interest-based** (subscriptions.py): a node subscribes to ``room:{NAME}`` only while it
   serves the room; with ``--redis-cluster``, sharded Pub/Sub.
-* **Encode once, at the origin.** What goes through Redis is the final JSON payload; each node
-  frames it once and queues it on the room's coalesced flush, like a local message.
-* **One order per room.** Every node, the origin included, delivers a room's messages in the order
-  its subscription receives them from Redis; joins are placed in that order too (joins.py).
-* **Presence is a hash per room**, node leases and a sweeper clean up after dead nodes
+* **Redis decides a room's order.** A chat is one script (scripts.py): the room's next seq, the
+  payload (encoded once, at the origin, with seq 0) with the seq spliced in, stored in the
+  room's capped history stream and published. Every node, the origin included, delivers a room's
+  messages in the order its subscription receives them; joins are placed in that order too, and
+  a joiner's replay is read at its join's very position (joins.py).
+* **Nothing lost silently.** Each node checks the seqs it delivers per room (positions.py): a
+  jump (Pub/Sub dropped messages, a reconnect) is repaired from the room's stream before what
+  follows; a lost stream (new epoch) is told to the room's members.
+* **Presence is a hash per room**; node leases and a sweeper clean up after dead nodes
   (leases.py).
 * **Redis trouble never takes the node down.** While Redis is unreachable the node works as a
-  single node (local delivery, local member lists), tells its clients once, reconnects with
-  backoff, then resubscribes, re-registers its members and announces what changed meanwhile.
+  single node (local delivery of unnumbered chats, local member lists), tells its clients once,
+  reconnects with backoff, then resubscribes, re-registers its members (registry.py), repairs
+  every room's stream and announces what changed meanwhile.
 
-This module is the broker interface the core calls (synchronous), the handling of what arrives
-from the room channels, and the link's lifecycle (outage, recovery, resync); the byte layout is in
-wire.py, the command queue in pipeline.py.
+This module: the broker interface the core calls (synchronous), what arrives from the room
+channels, the link's lifecycle. Bytes: wire.py, scripts.py; the command queue: pipeline.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import random
 import secrets
@@ -32,30 +35,46 @@ import time
 from ..broker import join_locally, leave_locally
 from ..config import Config
 from ..core import ChatCore, Member, Replay, Room
-from ..protocol import ChatMessage, StatusMessage, SystemMessage, encode
+from ..protocol import (
+    ChatMessage,
+    ErrorCode,
+    Position,
+    SystemMessage,
+    ack_frame,
+    encode,
+    error_frame,
+)
 from ..state import Counters
-from .joins import Joins
+from . import scripts
+from .joins import Joins, unavailable
 from .leases import Leases
 from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link
 from .pipeline import JOIN, LEAVE, OTHER, PUBLISH, Op, Pipeline
+from .positions import DELIVER, GAP, RESET, Positions
+from .registry import changes
+from .repairs import Repairs, tell, tell_reset
 from .subscriptions import Interest
 from .wire import (
     ANNOUNCED,
+    CHAT,
+    MARK,
     PLAIN,
     TYPING,
     UnknownEnvelope,
     announced_head,
     channel_name,
+    chat_position,
     fill_count,
-    join_command,
     join_head,
-    leave_command,
     member_field,
     members_key,
     node_of,
     open_envelope,
     swept_key,
     typing_head,
+)
+from .wire import (
+    JOIN as JOIN_NOTICE,
 )
 
 log = logging.getLogger("roomcast.redis")
@@ -73,11 +92,16 @@ class RedisBroker:
             config.redis_url,
             cluster=config.redis_cluster,
             on_message=self._on_message,
-            on_lost=self._lost,
+            on_lost=self._subscriber_lost,
+            name=f"roomcast:{self.node}",
         )
         self.pipeline = Pipeline()
         self.interest = Interest(self.node)
-        self.joins = Joins(core)
+        self.history_size = config.history_size
+        self.positions = Positions()
+        self.joins = Joins(
+            core, config.history_size, 2 * config.max_buffered_bytes, self.positions.placed
+        )
         self.leases = Leases(
             self.link,
             self.node,
@@ -85,6 +109,10 @@ class RedisBroker:
             is_up=lambda: self._up,
             on_expired=self._lease_expired,
             on_lost=self._lost,
+        )
+        self.repairs = Repairs(
+            core, self.positions, self.pipeline, node=self.node,
+            publish_command=lambda: self.link.publish_command, replay=self._on_message,
         )
         self._up = False
         self.closing = False
@@ -94,11 +122,6 @@ class RedisBroker:
         self.down_since: float | None = None
         self.told_clients = False
         self.first_attempt = asyncio.Event()  # set once the first connection attempt ended
-        # PLACEHOLDER until Redis assigns seqs (issue 13, Redis side): a node-local counter, so
-        # every chat carries a `seq` (the same on every node, since the payload is encoded once
-        # here), but seqs from different nodes are not one increasing sequence per room, and
-        # there is no history, no resume, no ack and no id deduplication across nodes yet.
-        self._local_seq = itertools.count(1)
 
     # ---- what the server reports (state.BrokerHealth) -----------------------------------------
 
@@ -120,9 +143,8 @@ class RedisBroker:
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self._pump()))
         self.tasks.append(loop.create_task(self.leases.renew_forever()))
-        self.tasks.append(
-            loop.create_task(self.leases.sweep_forever(self.link.publish_command))
-        )
+        sweeping = self.leases.sweep_forever(self.link.publish_command, self.config.history_ttl)
+        self.tasks.append(loop.create_task(sweeping))
         self.recovering = loop.create_task(self._recover(first=True))
 
     async def close(self) -> None:
@@ -151,32 +173,53 @@ class RedisBroker:
         return member_field(self.node, id(member))
 
     def chat(self, room: Room, sender: Member, message: ChatMessage, chat_id: str | None) -> None:
-        message.seq = next(self._local_seq)  # PLACEHOLDER: see __init__
-        self.publish(room, encode(message))
-
-    def publish(self, room: Room, payload: bytes) -> None:
+        payload = encode(message)  # seq 0: Redis splices the real one in
         if not self._up:
-            self.core.deliver(room, payload)
+            if chat_id is not None:  # it could not get its place: the client retries it later
+                self.core.send_direct(sender, error_frame(
+                    ErrorCode.UNAVAILABLE, "Cannot reach the other chat servers: not sent, retry",
+                    chat_id=chat_id,
+                ))
+                return
+            self.core.deliver(room, payload)  # unnumbered (seq 0): not in the room's history
             return
-        args = (self.link.publish_command, channel_name(room.name), payload)
-        self.pipeline.push(Op(PUBLISH, args, room=room.name, payload=payload))
+        key = "" if chat_id is None else f"{message.username}\x00{chat_id}"
+        args = scripts.chat_command(
+            self.link.publish_command, room.name, payload, epoch=secrets.token_hex(8),
+            size=self.history_size, key=key,
+        )
+
+        def placed(reply: object) -> None:
+            posted, seq, _ = scripts.parse_chat_reply(reply)
+            if not posted:
+                self.counters.duplicate_chats += 1
+            if chat_id is not None and sender.room is room:
+                self.core.send_direct(sender, ack_frame(chat_id, seq))
+
+        # Lost with the link, a chat without an id is delivered here (unnumbered); one with an
+        # id is not: its sender has no ack and retries (deduplicated if it did get through).
+        local = payload if chat_id is None else None
+        self.pipeline.push(Op(PUBLISH, args, room=room.name, payload=local, on_reply=placed))
 
     def join(self, room: Room, member: Member, replay: Replay) -> None:
-        # PLACEHOLDER: `replay` (history, since) is not served across nodes yet (see __init__).
         self.interest.add(room.name)
         if not self._up:
-            join_locally(self.core, room, member)
+            join_locally(
+                self.core, room, member,
+                before=b"" if replay is None else unavailable(room.name),
+            )
             return
         notice = self.core.notice(room, member, "join", 0)
         field = self.field(member)
-        self.joins.expect(field, member, room, notice)
+        self.joins.expect(field, member, room, notice, replay)
         self.registered[field] = (room.name, member.name)
-        self.pipeline.push(
-            self._join_op(room.name, field, member.name, notice, head=join_head(field))
-        )
+        self.pipeline.push(self._join_op(room.name, field, member.name, notice,
+                                         head=join_head(field), replay=replay))
 
     def leave(self, room: Room, member: Member) -> None:
         self.interest.remove(room.name)
+        if room.name not in self.interest.refs:
+            self.positions.forget(room.name)
         field = self.field(member)
         self.joins.cancel(field)
         if not self._up:
@@ -198,27 +241,30 @@ class RedisBroker:
             self.pipeline.push(Op(OTHER, args, room=room.name))
 
     def _join_op(
-        self,
-        room: str,
-        field: str,
-        username: str,
-        notice: SystemMessage,
-        *,
-        head: bytes,
-        limit: int | None = None,
-        reply_expected: bool = True,
+        self, room: str, field: str, username: str, notice: SystemMessage, *, head: bytes,
+        limit: int | None = None, replay: Replay = None, reply_expected: bool = True,
     ) -> Op:
-        limit = self.config.max_users_list if limit is None else limit
-        args = join_command(
-            self.link.publish_command, room, field, username, encode(notice), head=head, limit=limit
+        asked: tuple[str, int, str] = ("", 0, "")
+        if isinstance(replay, Position):
+            asked = ("since", replay.seq, replay.epoch)
+        elif replay is not None:
+            asked = ("last", int(replay), "")
+        args = scripts.join_command(
+            self.link.publish_command, room, field, username, encode(notice), head=head,
+            limit=self.config.max_users_list if limit is None else limit,
+            epoch=secrets.token_hex(8), replay=asked, size=self.history_size,
         )
-        on_reply = (lambda reply: self.joins.replied(field, reply)) if reply_expected else None
+        on_reply = (
+            (lambda reply: self.joins.replied(field, scripts.JoinReply(reply)))
+            if reply_expected else None
+        )
         return Op(JOIN, args, room=room, on_reply=on_reply)
 
-    def _leave_op(
-        self, room: str, field: str, notice: bytes, head: bytes, *, force: bool
-    ) -> Op:
-        args = leave_command(self.link.publish_command, room, field, notice, head, force=force)
+    def _leave_op(self, room: str, field: str, notice: bytes, head: bytes, *, force: bool) -> Op:
+        ttl = self.config.history_ttl
+        args = scripts.leave_command(
+            self.link.publish_command, room, field, notice, head, force=force, ttl=ttl
+        )
         return Op(LEAVE, args, room=room, payload=notice)
 
     # ---- messages from Redis ------------------------------------------------------------------
@@ -226,14 +272,31 @@ class RedisBroker:
     def _on_message(self, channel: bytes, data: bytes) -> None:
         name = self.interest.room_of(channel)
         room = self.core.rooms.get(name) if name is not None else None
-        if room is None:
+        if room is None or name is None:
             return
         try:
             kind, sender, payload = open_envelope(data)
         except UnknownEnvelope as exc:
             log.warning("unknown message envelope on %r: %s", channel, exc)
             return
-        if kind == PLAIN:
+        positions = self.positions
+        if positions.repairing(name):  # what the repair brings comes first
+            if kind == MARK and sender.partition("/")[0] == self.node:
+                self.repairs.marker(name)
+            else:
+                positions.keep(name, (channel, data))
+            return
+        if kind == CHAT:
+            epoch, seq = chat_position(sender)
+            verdict = positions.judge(name, epoch, seq)
+            if verdict == DELIVER:
+                self.core.deliver(room, payload)
+            elif verdict == GAP:
+                self.repairs.start(name, (channel, data))
+            elif verdict == RESET:
+                tell_reset(self.core, room, epoch, seq - 1)
+                self.core.deliver(room, payload)
+        elif kind == PLAIN:
             self.core.deliver(room, payload)
         elif kind == ANNOUNCED:  # that node told its own members already
             if sender != self.node:
@@ -241,7 +304,7 @@ class RedisBroker:
         elif kind == TYPING:
             if sender != self.node:
                 self.core.deliver_typing(room, payload, None)
-        else:
+        elif kind == JOIN_NOTICE:
             if len(room):  # the joiner's own stream starts after its notice
                 self.core.deliver(room, payload)
             if node_of(sender) == self.node:
@@ -273,6 +336,20 @@ class RedisBroker:
 
     # ---- outage and recovery ------------------------------------------------------------------
 
+    def _subscriber_lost(self, exc: BaseException) -> None:
+        """A subscriber connection dropped (Redis killed it, a network blip) while commands may
+        still work: not an outage. Every room is resubscribed and repaired from where this node's
+        delivery stopped; only if that fails is Redis lost."""
+        if not self._up or self.closing:
+            return
+        log.warning("lost the Redis subscription (%s); resubscribing and repairing", exc)
+        self.counters.broker_resubscribes += 1
+        self.interest.want_all()
+        for name in [n for n in self.interest.refs if n in self.core.rooms]:
+            self.positions.restart(name)
+            self.repairs.start(name)
+        self.pipeline.wake.set()
+
     def _lost(self, exc: BaseException) -> None:
         """Redis went away: serve locally from now on, tell the clients once, start reconnecting."""
         if not self._up or self.closing:
@@ -295,22 +372,23 @@ class RedisBroker:
             elif op.kind == LEAVE and len(room):
                 core.deliver(room, fill_count(op.payload, len(room)))
         self.joins.fail_over(self.config.max_users_list)
+        for name, held in self.positions.abandon().items():  # held goes out now, in order
+            room = core.rooms.get(name)
+            for _, data in held if room is not None else ():
+                with contextlib.suppress(UnknownEnvelope):
+                    kind, _, payload = open_envelope(data)
+                    if kind in (CHAT, PLAIN) and room is not None:
+                        core.deliver(room, payload)
         self.told_clients = bool(core.rooms)
-        self._tell_rooms(
-            "outage",
-            "Lost contact with the other chat servers: for now only people on this server "
-            "see your messages",
-        )
+        for room in list(core.rooms.values()):
+            if len(room):
+                tell(self.core,
+                    room, "outage", "Lost contact with the other chat servers: for now only "
+                    "people on this server see your messages",
+                )
         self.interest.forget()
         if self.recovering is None or self.recovering.done():
             self.recovering = asyncio.get_running_loop().create_task(self._recover(first=False))
-
-    def _tell_rooms(self, event: str, text: str) -> None:
-        core = self.core
-        now = int(time.time() * 1000)
-        for room in list(core.rooms.values()):
-            if len(room):
-                core.deliver(room, encode(StatusMessage(text, event, room.name, now)))
 
     def _lease_expired(self) -> None:
         self._up = False
@@ -330,6 +408,7 @@ class RedisBroker:
         while True:
             try:
                 await self.link.connect()
+                await scripts.load(self.link.client)
                 break
             except asyncio.CancelledError:
                 raise
@@ -340,9 +419,7 @@ class RedisBroker:
                     if first:
                         log.error(
                             "cannot reach Redis at %s: %s; serving local rooms only, "
-                            "retrying with backoff",
-                            self.link.url,
-                            exc,
+                            "retrying with backoff", self.link.url, exc,
                         )
                     else:
                         log.info("Redis still unreachable (%s); retrying with backoff", exc)
@@ -365,20 +442,20 @@ class RedisBroker:
         else:
             down = time.monotonic() - (self.down_since or time.monotonic())
             log.warning(
-                "Redis at %s is back%s; rooms resubscribed, members re-registered",
-                self.link.url,
-                f" after {down:.1f}s" if self.down_since else "",
+                "Redis at %s is back%s; rooms resubscribed, members re-registered, streams "
+                "repaired", self.link.url, f" after {down:.1f}s" if self.down_since else "",
             )
         self.down_since = None
 
     async def _resync(self) -> None:
-        """Resubscribes every room served here and makes Redis's member lists match this node."""
+        """Resubscribes every room served here, makes Redis's member lists match this node and
+        repairs every room's stream from where this node's delivery stopped."""
         swept = await self.leases.take()
+        served = [name for name in self.interest.refs if name in self.core.rooms]
         # Subscriptions first, so the notices published below come back to this node's rooms.
         self.interest.want_all()
         await self.pipeline.send(self.link.client, await self.interest.reconcile(self.link))
         # From here to `self._up = True` nothing awaits: the snapshot is exact.
-        known = {} if swept else self.registered
         current: dict[str, tuple[str, str]] = {}
         for room in self.core.rooms.values():
             for member in room.all_members():
@@ -387,31 +464,28 @@ class RedisBroker:
         if swept:
             ops.append(Op(OTHER, ("DEL", swept_key(self.node))))
         head = announced_head(self.node)
-        now = int(time.time() * 1000)
-        for field, (room_name, name) in known.items():
-            if field not in current:  # left while Redis was away
-                notice = SystemMessage(
-                    f"{name} left #{room_name}", "leave", room_name, name, 0, now
-                )
-                ops.append(self._leave_op(room_name, field, encode(notice), head, force=True))
-        for field, (room_name, name) in current.items():
-            if known.get(field) == (room_name, name):
-                ops.append(Op(OTHER, ("HSET", members_key(room_name), field, name)))
-            else:  # joined while Redis was away (or this node was swept meanwhile)
-                notice = SystemMessage(
-                    f"{name} joined #{room_name}", "join", room_name, name, 0, now
-                )
-                ops.append(
-                    self._join_op(
-                        room_name, field, name, notice, head=head, limit=0, reply_expected=False
-                    )
-                )
+        for change in changes({} if swept else self.registered, current, int(time.time() * 1e3)):
+            if change.kind == "leave":
+                ops.append(self._leave_op(change.room, change.field, change.notice, head,
+                                          force=True))
+            elif change.kind == "keep":
+                ops.append(Op(OTHER, ("HSET", members_key(change.room), change.field,
+                                      change.name)))
+            else:
+                notice = SystemMessage(f"{change.name} joined #{change.room}", "join",
+                                       change.room, change.name, 0, int(time.time() * 1e3))
+                ops.append(self._join_op(change.room, change.field, change.name, notice,
+                                         head=head, limit=0, reply_expected=False))
         self.registered = current
         self._up = True
         if self.told_clients:
             self.told_clients = False
-            self._tell_rooms("recovered", "Reconnected to the other chat servers")
+            for room in list(self.core.rooms.values()):
+                if len(room):
+                    tell(self.core, room, "recovered", "Reconnected to the other chat servers")
         self.pipeline.push_first(ops)
+        for name in served:  # what other nodes said meanwhile, before what follows
+            self.repairs.start(name)
 
 
 async def start(broker: RedisBroker) -> None:

@@ -1,48 +1,103 @@
 """The cross-node join protocol: a local member from its join request to its welcome.
 
-A join is one script in Redis (register, count, publish the notice, list up to
---max-users-list names). Two things then arrive, in either order, on different connections: the
-notice, back through the room's subscription (its position in the channel is where the joiner's
-stream starts), and the script's reply (the count and names for the welcome). When the notice
-comes first the member is placed at once and ``hold``-ed by the core; the reply ``release``-s it
-with its welcome written before everything kept for it.
+A join is one script in Redis (server/redis/scripts.py: register, count, publish the notice,
+list up to --max-users-list names, and read the stream's position and the replay the joiner
+asked for at that very point). Two things then arrive, in either order, on different
+connections: the notice, back through the room's subscription (its position in the channel is
+where the joiner's stream starts), and the script's reply (count, names, epoch, last seq,
+replay). When the notice comes first the member is placed at once and ``hold``-ed by the core;
+the reply ``release``-s it with its ``history`` message and welcome written before everything
+kept for it. So the replay ends exactly where live delivery begins, on whichever node.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..broker import join_locally
-from ..core import ChatCore, Member, Room
-from ..protocol import SystemMessage, encode, text_frame
-from .wire import parse_join_reply
+from ..core import ChatCore, Member, Replay, Room
+from ..history import DISABLED, TOO_MANY, TOO_OLD
+from ..protocol import Position, SystemMessage, encode, payload_history_frame, text_frame
+from .scripts import JoinReply
+
+UNAVAILABLE = "history unavailable"  # the reason a resume gets while Redis is unreachable
 
 
 class Joining:
     """A local member between its join request and its welcome."""
 
-    __slots__ = ("count", "member", "notice", "positioned", "room", "users")
+    __slots__ = ("before", "count", "member", "notice", "positioned", "replay", "room", "users")
 
-    def __init__(self, member: Member, room: Room, notice: SystemMessage) -> None:
+    def __init__(
+        self, member: Member, room: Room, notice: SystemMessage, replay: Replay
+    ) -> None:
         self.member = member
         self.room = room
         self.notice = notice
+        self.replay = replay
         self.count = 0
         self.users: list[str] | None = None  # from the script's reply
+        self.before = b""  # the `history` frame, when the joiner asked for one
         self.positioned = False  # its notice came back through the subscription
 
     def welcome(self) -> bytes:
         notice = self.notice
         notice.count = self.count
         notice.users = self.users
-        return text_frame(encode(notice))
+        return self.before + text_frame(encode(notice))
+
+
+def replayed(
+    replay: Replay, reply: JoinReply, size: int, max_bytes: int
+) -> tuple[list[bytes], bool, str | None]:
+    """What a joiner is replayed, from the script's reply: (payloads oldest first, recovered,
+    reason), with the same rules and reasons as on one node (server/history.py): complete or
+    flagged, never a partial replay called recovered."""
+    payloads = reply.payloads
+    if not size:
+        return [], False, DISABLED
+    if isinstance(replay, Position):
+        recovered = reply.status == "ok"
+        reason = None if recovered else reply.status
+    else:
+        count = int(replay or 0)
+        recovered, reason = True, None
+        if count > size:
+            recovered, reason = False, TOO_MANY
+        elif len(payloads) < min(count, reply.last):
+            recovered, reason = False, TOO_OLD
+    if sum(map(len, payloads)) > max_bytes:  # one replay's limit: the newest that fit
+        kept: list[bytes] = []
+        budget = max_bytes
+        for payload in reversed(payloads):
+            budget -= len(payload)
+            if budget < 0:
+                break
+            kept.append(payload)
+        kept.reverse()
+        return kept, False, TOO_MANY
+    return payloads, recovered, reason
 
 
 class Joins:
-    def __init__(self, core: ChatCore) -> None:
+    def __init__(
+        self,
+        core: ChatCore,
+        history_size: int,
+        replay_bytes: int,
+        placed: Callable[[str, str, int], None] = lambda room, epoch, seq: None,
+    ) -> None:
+        """`placed(room, epoch, seq)` is told each welcome's position in the room's stream."""
         self._core = core
+        self._placed = placed
+        self._size = history_size
+        self._replay_bytes = replay_bytes
         self.pending: dict[str, Joining] = {}  # member field -> its join in progress
 
-    def expect(self, field: str, member: Member, room: Room, notice: SystemMessage) -> None:
-        self.pending[field] = Joining(member, room, notice)
+    def expect(
+        self, field: str, member: Member, room: Room, notice: SystemMessage, replay: Replay
+    ) -> None:
+        self.pending[field] = Joining(member, room, notice, replay)
 
     def cancel(self, field: str) -> None:
         """The member left (or went) before its welcome; the core has already let it go."""
@@ -56,22 +111,37 @@ class Joins:
         joining.positioned = True
         if joining.users is not None:
             del self.pending[field]
+            self._placed(room.name, joining.notice.epoch or "", joining.notice.seq or 0)
             self._core.admit(room, joining.member, joining.welcome())
         else:
             self._core.hold(room, joining.member)
 
-    def replied(self, field: str, reply: object) -> None:
-        """The join script's reply: the room's count and names at the notice's position."""
+    def replied(self, field: str, reply: JoinReply) -> None:
+        """The join script's reply: the room at the notice's position."""
         joining = self.pending.get(field)
         if joining is None:
             return
-        joining.count, joining.users = parse_join_reply(reply)
+        joining.count, joining.users = reply.count, reply.names
+        joining.notice.epoch, joining.notice.seq = reply.epoch, reply.last
+        if joining.replay is not None:
+            payloads, recovered, reason = replayed(
+                joining.replay, reply, self._size, self._replay_bytes
+            )
+            joining.before = payload_history_frame(
+                joining.room.name, reply.epoch, payloads, recovered, reason
+            )
+            self._core.counters.resumes += isinstance(joining.replay, Position)
+            self._core.counters.resumes_recovered += recovered and isinstance(
+                joining.replay, Position
+            )
         if joining.positioned:
             del self.pending[field]
+            self._placed(joining.room.name, reply.epoch, reply.last)
             self._core.release(joining.member, joining.welcome())
 
     def fail_over(self, max_users: int) -> None:
-        """Redis is gone: every join in progress completes on this node alone."""
+        """Redis is gone: every join in progress completes on this node alone (a resume is told
+        the history is unavailable)."""
         pending, self.pending = self.pending, {}
         core = self._core
         for joining in pending.values():
@@ -82,6 +152,14 @@ class Joins:
             if joining.positioned:  # held: its welcome describes the room as this node sees it
                 joining.users = room.names(max_users)
                 joining.count = len(room)
+                if joining.replay is not None and not joining.before:
+                    joining.before = unavailable(room.name)
                 core.release(member, joining.welcome())
             else:
-                join_locally(core, room, member)
+                before = unavailable(room.name) if joining.replay is not None else b""
+                join_locally(core, room, member, before=before)
+
+
+def unavailable(room: str) -> bytes:
+    """The `history` answer while Redis cannot be reached: nothing recovered, and why."""
+    return payload_history_frame(room, "", [], False, UNAVAILABLE)

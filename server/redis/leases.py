@@ -16,12 +16,12 @@ from collections.abc import Callable
 
 from ..protocol import SystemMessage, encode
 from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link
+from .scripts import leave_command
 from .wire import (
     NODES_KEY,
     SWEEP_LOCK_KEY,
     SWEPT_TOMBSTONE_TTL,
     lease_key,
-    leave_command,
     members_key,
     node_rooms_key,
     swept_key,
@@ -86,20 +86,20 @@ class Leases:
                 log.warning("this node's lease had expired in Redis; re-registering members")
                 self._on_expired()
 
-    async def sweep_forever(self, publish_command: str) -> None:
+    async def sweep_forever(self, publish_command: str, history_ttl: float) -> None:
         period = max(0.05, self.ttl / 2)
         while True:
             await asyncio.sleep(period * (0.75 + random.random() / 2))
             if not self._is_up():
                 continue
             try:
-                await self.sweep(period, publish_command)
+                await self.sweep(period, publish_command, history_ttl)
             except asyncio.CancelledError:
                 raise
             except REDIS_ERRORS as exc:
                 log.info("sweep skipped: %s", exc)
 
-    async def sweep(self, lock_seconds: float, publish_command: str) -> int:
+    async def sweep(self, lock_seconds: float, publish_command: str, history_ttl: float) -> int:
         """Removes the members of nodes whose lease expired (one sweeper at a time)."""
         client = self._link.client
         got = await client.set(SWEEP_LOCK_KEY, self.node, nx=True, px=int(lock_seconds * 1000))
@@ -110,10 +110,10 @@ class Leases:
             node = raw.decode()
             if node == self.node or await client.exists(lease_key(node)):
                 continue
-            swept += await self._sweep_node(node, publish_command)
+            swept += await self._sweep_node(node, publish_command, history_ttl)
         return swept
 
-    async def _sweep_node(self, node: str, publish_command: str) -> int:
+    async def _sweep_node(self, node: str, publish_command: str, history_ttl: float) -> int:
         client = self._link.client
         removed = 0
         now = int(time.time() * 1000)
@@ -130,7 +130,9 @@ class Leases:
             for field, name in entries:
                 notice = encode(SystemMessage(f"{name} left #{room}", "leave", room, name, 0, now))
                 pipe.execute_command(
-                    *leave_command(publish_command, room, field, notice, b"", force=False)
+                    *leave_command(
+                        publish_command, room, field, notice, b"", force=False, ttl=history_ttl
+                    )
                 )
             await pipe.execute()
             removed += len(entries)

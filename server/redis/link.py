@@ -106,9 +106,12 @@ class Link:
     """A command client and the subscriber connections, (re)made together by ``connect``."""
 
     def __init__(
-        self, url: str, *, cluster: bool, on_message: OnMessage, on_lost: OnLost
+        self, url: str, *, cluster: bool, on_message: OnMessage, on_lost: OnLost, name: str = ""
     ) -> None:
+        """`on_lost` is told when a subscriber connection drops; `name` is what CLIENT LIST
+        shows for this node's connections."""
         self.url = url
+        self.name = name
         self.cluster = cluster
         self.publish_command = "SPUBLISH" if cluster else "PUBLISH"
         self.subscribe_command = "SSUBSCRIBE" if cluster else "SUBSCRIBE"
@@ -119,17 +122,19 @@ class Link:
         self.subscribers: dict[tuple[str, int], Subscriber] = {}
 
     async def connect(self) -> None:
-        common = {
+        common: dict[str, Any] = {
             "socket_timeout": COMMAND_TIMEOUT,
             "socket_connect_timeout": CONNECT_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
         }
+        if self.name:
+            common["client_name"] = self.name
         client: Any
         if self.cluster:
             client = RedisCluster.from_url(self.url, **common)
             await asyncio.wait_for(client.initialize(), COMMAND_TIMEOUT)
         else:
-            client = Redis.from_url(self.url, **common)  # type: ignore[arg-type]
+            client = Redis.from_url(self.url, **common)
         self.client = client
         await asyncio.wait_for(client.ping(), COMMAND_TIMEOUT)
         if not self.cluster:
@@ -149,6 +154,8 @@ class Link:
                 kwargs.pop("db", None)
                 kwargs["host"], kwargs["port"] = address
             kwargs.update(socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=None)
+            if self.name:
+                kwargs["client_name"] = self.name + ":sub"
             sub = Subscriber(kwargs, self._on_message, self._on_lost)
             self.subscribers[address] = sub
             await asyncio.wait_for(sub.connect(), COMMAND_TIMEOUT)

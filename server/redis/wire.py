@@ -12,12 +12,13 @@ A message on a room's channel is one of:
 * ``X<node>\\n{...}``: a notice that node ``<node>`` has already delivered to its own members
   (announcements made while resynchronising after an outage);
 * ``T<node>\\n{...}``: a typing event, for the members that asked for them; node ``<node>``
-  told its own already.
+  told its own already;
+* ``S<epoch>:<seq>\\n{...}``: a chat, numbered by Redis (server/redis/scripts.py): its place in
+  the room's history stream, which each node checks for gaps;
+* ``M<node>/<epoch>:<seq>\\n{}``: node ``<node>``'s repair marker (server/redis/positions.py).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 NODES_KEY = "roomcast:nodes"
 SWEEP_LOCK_KEY = "roomcast:sweeper"
@@ -27,6 +28,22 @@ SWEPT_TOMBSTONE_TTL = 3600  # seconds a swept node remembers it was swept
 def members_key(room: str) -> str:
     """Hash of a room's members: field ``NODE:CONN``, value the username."""
     return f"room:{{{room}}}:members"
+
+
+def meta_key(room: str) -> str:
+    """Hash of a room's history stream: ``epoch`` and ``seq`` (the last one given)."""
+    return f"room:{{{room}}}:meta"
+
+
+def history_key(room: str) -> str:
+    """The room's newest messages: a Redis stream capped at --history-size, entry id ``0-SEQ``,
+    field ``p`` the payload as it was published."""
+    return f"room:{{{room}}}:history"
+
+
+def ids_key(room: str) -> str:
+    """Sorted set of the client ids of the stored messages (``username NUL id``, score seq)."""
+    return f"room:{{{room}}}:ids"
 
 
 def channel_name(room: str) -> bytes:
@@ -56,7 +73,7 @@ def node_of(field: str) -> str:
 
 # ---- the envelope -----------------------------------------------------------------------------
 
-PLAIN, JOIN, ANNOUNCED, TYPING = 0, 1, 2, 3
+PLAIN, JOIN, ANNOUNCED, TYPING, CHAT, MARK = 0, 1, 2, 3, 4, 5
 
 
 def join_head(field: str) -> bytes:
@@ -69,6 +86,11 @@ def announced_head(node: str) -> bytes:
 
 def typing_head(node: str) -> bytes:
     return b"T%s\n" % node.encode()
+
+
+def mark_head(node: str) -> bytes:
+    """A repair marker's head; the script appends ``<epoch>:<seq>``."""
+    return b"M%s/" % node.encode()
 
 
 # (kind, sender, payload): sender is the joiner's field for JOIN, the node for ANNOUNCED, "" for
@@ -90,8 +112,25 @@ def open_envelope(data: bytes) -> Envelope:
     return kind, head[1:].decode("utf-8", "replace"), payload
 
 
-_HEADS = {b"J": JOIN, b"X": ANNOUNCED, b"T": TYPING}
+_HEADS = {b"J": JOIN, b"X": ANNOUNCED, b"T": TYPING, b"S": CHAT, b"M": MARK}
 _COUNT_MARK = b',"count":0,'
+
+
+def chat_position(sender: str) -> tuple[str, int]:
+    """(epoch, seq) of a CHAT envelope's sender part."""
+    epoch, _, seq = sender.rpartition(":")
+    return epoch, int(seq)
+
+
+_SEQ_MARK = b',"seq":0}'
+
+
+def split_seq(payload: bytes) -> tuple[bytes, bytes]:
+    """Splits a chat encoded with seq 0 around the seq, for Redis to fill in (the seq is the
+    chat's last field: server/protocol.py ChatMessage)."""
+    if not payload.endswith(_SEQ_MARK):
+        raise ValueError("not a chat encoded with seq 0")
+    return payload[:-2], payload[-1:]
 
 
 def split_count(payload: bytes) -> tuple[bytes, bytes]:
@@ -104,74 +143,7 @@ def split_count(payload: bytes) -> tuple[bytes, bytes]:
     return payload[: at + len(_COUNT_MARK) - 2], payload[at + len(_COUNT_MARK) - 1 :]
 
 
-# ---- scripts ----------------------------------------------------------------------------------
-
-# KEYS[1] members hash. ARGV: field, username, publish command, channel, envelope head, notice
-# prefix (up to `"count":`), notice suffix, most names to return. Returns {count, names}.
-JOIN_SCRIPT = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local n = redis.call('HLEN', KEYS[1])
-redis.call(ARGV[3], ARGV[4], ARGV[5] .. ARGV[6] .. n .. ARGV[7])
-local limit = tonumber(ARGV[8])
-local names = {}
-if limit > 0 then
-  local cursor = '0'
-  repeat
-    local page = redis.call('HSCAN', KEYS[1], cursor, 'COUNT', limit)
-    cursor = page[1]
-    local kv = page[2]
-    for i = 2, #kv, 2 do
-      if #names >= limit then break end
-      names[#names + 1] = kv[i]
-    end
-  until cursor == '0' or #names >= limit
-end
-return {n, names}
-"""
-
-# KEYS[1] members hash. ARGV: field, publish command, channel, envelope head, notice prefix,
-# notice suffix, force ("1": announce even when the field was not there). Returns the count left.
-LEAVE_SCRIPT = """
-local removed = redis.call('HDEL', KEYS[1], ARGV[1])
-local n = redis.call('HLEN', KEYS[1])
-if (removed == 1 or ARGV[7] == '1') and n > 0 then
-  redis.call(ARGV[2], ARGV[3], ARGV[4] .. ARGV[5] .. n .. ARGV[6])
-end
-return n
-"""
-
-
-def join_command(
-    publish: str, room: str, field: str, username: str, notice: bytes, *, head: bytes, limit: int
-) -> tuple[object, ...]:
-    """The EVAL that registers a member, publishes its notice (count filled in by Redis) and
-    returns ``[count, names]``; `notice` is the encoded notice with count 0."""
-    prefix, suffix = split_count(notice)
-    return (
-        "EVAL", JOIN_SCRIPT, 1, members_key(room), field, username, publish,
-        channel_name(room), head, prefix, suffix, limit,
-    )
-
-
-def leave_command(
-    publish: str, room: str, field: str, notice: bytes, head: bytes, *, force: bool
-) -> tuple[object, ...]:
-    """The EVAL that unregisters a member and, if it was there (or `force`), publishes its leave
-    notice with the count of those left."""
-    prefix, suffix = split_count(notice)
-    return (
-        "EVAL", LEAVE_SCRIPT, 1, members_key(room), field, publish, channel_name(room), head,
-        prefix, suffix, "1" if force else "0",
-    )
-
-
 def fill_count(notice: bytes, count: int) -> bytes:
     """The notice (encoded with count 0) with its count set, as the scripts do in Redis."""
     prefix, suffix = split_count(notice)
     return b"%s%d%s" % (prefix, count, suffix)
-
-
-def parse_join_reply(reply: Any) -> tuple[int, list[str]]:
-    """The join script's ``[count, names]``."""
-    count, names = reply
-    return int(count), [n.decode("utf-8", "replace") for n in names]

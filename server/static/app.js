@@ -4,8 +4,9 @@
 //
 // Layout of this file, so that later work has one place to go:
 //   wire        - the only code that knows the wire format: frames out, dispatch in
-//   outbox      - the chat this tab sent and is waiting for the server to settle
+//   outbox      - the chat this tab sent and is waiting for the server to settle (id and ack)
 //   connection  - open, retry with backoff, give up when a retry cannot succeed
+//   positions   - where this tab is in each room's stream (sessionStorage), history and resume
 //   room state  - join, leave, members, typing, unread count
 //   rendering   - message lines, links, members, controls
 //   user actions and start-up
@@ -29,6 +30,10 @@
   const TYPING_SEND_EVERY_MS = 2000; // at most one `typing` frame per this interval
   const TYPING_SHOW_MS = 4000; // "U is typing…" lasts this long after U's last typing event
   const NAME_KEY = "roomcast.username";
+  const HISTORY_ON_JOIN = 50; // a join shows the room's last messages before the join itself
+  const POSITIONS_KEY = "roomcast.positions";
+  const MAX_POSITIONS = 50; // rooms whose position a tab remembers (the least recent go first)
+  const MAX_EPOCH_LENGTH = 64; // the server refuses a `since` with a longer epoch
   // Errors that refuse a chat message (the message stays in the composer with the reason).
   const CHAT_REFUSALS = new Set([
     "rate_limited", "text_too_long", "empty_text", "not_in_room", "invalid_message",
@@ -57,6 +62,7 @@
     counter: $("counter"),
     send: $("send"),
     composerError: $("composer-error"),
+    composerNote: $("composer-note"),
   };
 
   const params = new URLSearchParams(location.search);
@@ -69,10 +75,14 @@
   let everConnected = false;
   let stopped = false; // the page gave up: a retry could not succeed (token refused or expired)
   let wanted = null; // {room, username} we asked for; re-sent after every reconnect
-  let current = null; // {room, username} the server confirmed
+  let current = null; // {room, username, epoch} the server confirmed (epoch: null without history)
   const members = new Map(); // username -> how many connections use it
   let memberTotal = 0; // the server's true count (the users list may be capped)
-  let pending = null; // {text}: the chat sent and not yet accepted or refused
+  // The chat in the composer on its way: {id, text, room, sent, tries}. `sent`: on the wire of
+  // the current connection and not yet acked or refused; `tries`: how often it went on the wire.
+  let pending = null;
+  let acks = false; // the server acks chats that carry an id (its last welcome had an epoch)
+  let lastJoin = null; // {room, resume}: the join this page sent last, and whether with `since`
   let lastTypingSent = -Infinity;
   const typers = new Map(); // username -> time (Date.now()) their indicator ends
   let typingTimer = null;
@@ -81,11 +91,12 @@
   // ---------- wire: the one place that speaks the protocol (docs/protocol.md) ----------
 
   // Outgoing frames. A join asks for typing events (additive: older servers ignore the field).
+  // `replay` is {history: K} or {since: {epoch, seq}} (docs/history.md).
   const wire = {
-    join: (target) => sendFrame({
-      type: "join", room: target.room, username: target.username, typing: true,
+    join: (target, replay) => sendFrame({
+      type: "join", room: target.room, username: target.username, typing: true, ...replay,
     }),
-    chat: (text) => sendFrame({ type: "chat", text }),
+    chat: (text, id) => sendFrame({ type: "chat", text, id }),
     leave: () => sendFrame({ type: "leave" }),
     typing: () => sendFrame({ type: "typing" }),
   };
@@ -113,6 +124,9 @@
       case "system":
         onSystem(msg);
         break;
+      case "history":
+        onHistory(msg);
+        break;
       case "typing":
         onTyping(msg);
         break;
@@ -121,26 +135,69 @@
         else onError(msg);
         break;
       default:
-        break; // unknown types from a newer server are ignored
+        break; // `ack` was settled above; unknown types from a newer server are ignored
     }
   }
 
   // ---------- outbox ----------
 
+  // Every chat carries an id of its own; the server answers it with an `ack` naming that id
+  // once the chat has its place in the room (after the chat itself), or with an error to the
+  // sender alone. A chat the room already holds under that id is not posted again: the server
+  // acks it once more. So a chat whose answer never came (the connection dropped, the server
+  // was killed) is sent again with the same id after the rejoin, and is posted exactly once.
+  function newId() {
+    // crypto.randomUUID exists only in secure contexts; getRandomValues everywhere.
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   // Whether an incoming message settles the chat this tab is waiting on: "accepted", "refused"
-  // or null. The server answers every chat with an error (to the sender only) or with the chat
-  // itself (to the room, sender included); only one chat is in flight at a time, so an error of
-  // a chat-refusing kind is about it, and its echo is our name with exactly our text. Another tab
-  // with the same name sending the same text at the same moment can pass for our echo: when the
-  // protocol gains acks with message ids, match the id here and nowhere else.
+  // or null. Only one chat is in flight at a time, so an error of a chat-refusing kind is about
+  // it. A server that does not ack ids (no epoch in its welcome: Redis mode today) is matched on
+  // the echo instead, our name with exactly our text, as before ids existed.
   function settlement(msg) {
-    if (pending === null) return null;
-    if (msg.type === "chat") {
+    if (pending === null || !pending.sent) return null;
+    if (msg.type === "ack") return msg.id === pending.id ? "accepted" : null;
+    if (msg.type === "chat" && !acks) {
       return current !== null && msg.username === current.username && msg.text === pending.text
         ? "accepted" : null;
     }
     if (msg.type === "error" && CHAT_REFUSALS.has(msg.code)) return "refused";
     return null;
+  }
+
+  // Puts the waiting chat on the wire when the page is in the chat's room.
+  function flushOutbox() {
+    if (pending === null || pending.sent || !ready()) return;
+    // A join for another room is on its way: the chat waits for it (then it is let go).
+    if (current.room !== pending.room || wanted === null || wanted.room !== pending.room) return;
+    if (wire.chat(pending.text, pending.id)) {
+      pending.sent = true;
+      pending.tries += 1;
+    }
+  }
+
+  // The page is (back) in `room`: send the waiting chat, or let it go if it belongs elsewhere.
+  function outboxAfterJoin(room) {
+    if (pending === null) return;
+    // A chat answered by neither ack nor error before this welcome can only be sent again where
+    // ids are acked (a retry is then harmless); else its fate is unknown and the text is kept.
+    if (pending.room !== room || (pending.sent && !acks)) {
+      releasePending();
+      return;
+    }
+    pending.sent = false;
+    flushOutbox();
+    refreshControls();
+  }
+
+  // The connection dropped: a chat on the wire is sent again after the rejoin (same id), unless
+  // the server does not ack ids; then its text is left in the composer, editable, as before.
+  function outboxInterrupted() {
+    if (pending === null || !pending.sent) return;
+    if (acks) pending.sent = false;
+    else releasePending();
   }
 
   function acceptPending() {
@@ -162,8 +219,8 @@
     ui.input.focus();
   }
 
-  // The connection dropped or the room was left before the server answered: the text stays in
-  // the composer (it may or may not have been delivered), editable again.
+  // The room was left (or the page gave up) before the server answered: the text stays in the
+  // composer (it may or may not have been delivered), editable again.
   function releasePending() {
     pending = null;
     refreshControls();
@@ -207,7 +264,7 @@
       if (everConnected) addLine("system", "Reconnected.");
       everConnected = true;
       setStatus("online", "Online");
-      if (wanted) wire.join(wanted);
+      if (wanted) requestJoin(wanted, true);
     };
     sock.onmessage = (event) => {
       if (ws === sock) receive(event.data);
@@ -218,6 +275,7 @@
       const wasOnline = online;
       online = false;
       forgetRoomState();
+      outboxInterrupted();
       if (event.code === TOKEN_EXPIRED) {
         // Reconnecting with the same token would only be refused: stop and say what to do.
         giveUp("expired", "Signed out",
@@ -271,6 +329,7 @@
 
   function giveUp(state, label, text) {
     stopped = true;
+    if (pending) releasePending(); // it can never be sent now
     setStatus(state, label);
     addLine("error", text);
   }
@@ -289,6 +348,123 @@
     }, delay);
   }
 
+  // ---------- positions, history and resume ----------
+
+  // room -> {epoch, seq}: the last chat this tab displayed in the room's stream (or the join's
+  // position, when that is later). In sessionStorage: per tab, kept across a reload, never shared
+  // with another tab (which has seen other messages).
+  const positions = loadPositions();
+  // The rooms whose messages this document shows (a reload starts with none).
+  const shownRooms = new Set();
+
+  function validPosition(epoch, seq) {
+    return typeof epoch === "string" && epoch !== "" && epoch.length <= MAX_EPOCH_LENGTH
+      && Number.isSafeInteger(seq) && seq >= 0;
+  }
+
+  function loadPositions() {
+    const map = new Map();
+    try {
+      // [[room, epoch, seq], ...], least recently used first (a list: no room name is special)
+      const saved = JSON.parse(sessionStorage.getItem(POSITIONS_KEY) || "[]");
+      if (Array.isArray(saved)) {
+        for (const entry of saved) {
+          if (!Array.isArray(entry)) continue;
+          const [room, epoch, seq] = entry;
+          if (typeof room === "string" && validPosition(epoch, seq)) map.set(room, { epoch, seq });
+        }
+      }
+    } catch {
+      // no storage or garbage in it: start without positions
+    }
+    return map;
+  }
+
+  function setPosition(room, epoch, seq) {
+    if (!validPosition(epoch, seq)) return;
+    positions.delete(room); // re-inserted last: the most recently used
+    positions.set(room, { epoch, seq });
+    while (positions.size > MAX_POSITIONS) positions.delete(positions.keys().next().value);
+    try {
+      const list = [...positions].map(([name, pos]) => [name, pos.epoch, pos.seq]);
+      sessionStorage.setItem(POSITIONS_KEY, JSON.stringify(list));
+    } catch {
+      // storage full or unavailable: the position still holds for this document
+    }
+  }
+
+  // Whether chat `seq` of `room`'s stream `epoch` is already on screen (never show one twice).
+  function alreadyShown(room, epoch, seq) {
+    const pos = positions.get(room);
+    return shownRooms.has(room) && pos !== undefined && pos.epoch === epoch && seq <= pos.seq;
+  }
+
+  // Shows a chat of `room`'s stream `epoch` unless it is on screen already; true if shown.
+  function showChat(room, epoch, msg) {
+    if (epoch !== null && Number.isSafeInteger(msg.seq)) {
+      if (alreadyShown(room, epoch, msg.seq)) return false;
+      const pos = positions.get(room);
+      if (!pos || pos.epoch !== epoch || msg.seq > pos.seq) setPosition(room, epoch, msg.seq);
+    }
+    addChat(msg, typeof msg.username === "string" ? msg.username : "?");
+    return true;
+  }
+
+  // A reconnect resumes where this document left the room: `since` its position, so the server
+  // replays exactly what was missed or says it cannot. Any other join (the Join button, a
+  // reload) asks for the room's last messages so that the room does not open empty; those
+  // already on screen are not shown again.
+  function requestJoin(target, reconnecting) {
+    const pos = positions.get(target.room);
+    const resume = reconnecting && pos !== undefined && shownRooms.has(target.room);
+    lastJoin = { room: target.room, resume };
+    const replay = resume ? { since: { epoch: pos.epoch, seq: pos.seq } }
+      : { history: HISTORY_ON_JOIN };
+    return wire.join(target, replay);
+  }
+
+  // Whether messages this tab owed its user are missing from a `history` answer. `before` is
+  // the tab's position in the room, if it has been there (in this document or before a reload).
+  function missedSomething(before, msg, resumed) {
+    if (before === undefined) return false; // a first visit: nothing was missed
+    if (resumed) return msg.recovered !== true; // the server knows, and says
+    // The last messages of the room: complete if they reach back to the one after `before`.
+    if (before.epoch !== msg.epoch) return true;
+    const next = msg.messages.find((m) => m && Number.isSafeInteger(m.seq) && m.seq > before.seq);
+    if (next !== undefined) return next.seq !== before.seq + 1;
+    // Nothing after `before` among them: nothing new, unless the server sent none at all and
+    // cannot vouch for that (history disabled).
+    return msg.messages.length === 0 && msg.recovered !== true;
+  }
+
+  const MISSED_BECAUSE = {
+    "epoch changed": "the server lost the room's history (a crash, or it sat empty too long)",
+    "too old": "more were sent than the server keeps",
+    "too many": "more than the server replays at once",
+    "history disabled": "this server keeps no history",
+  };
+
+  function missedDetail(before, msg, resumed) {
+    if (before.epoch !== msg.epoch) return MISSED_BECAUSE["epoch changed"];
+    if (resumed && Object.hasOwn(MISSED_BECAUSE, msg.reason)) return MISSED_BECAUSE[msg.reason];
+    return "more were sent while you were away than are shown here";
+  }
+
+  // The room's messages the server sends just before our welcome: a resume's missed ones, or a
+  // join's last ones. A divider says so when some this tab should have shown are not there.
+  function onHistory(msg) {
+    if (wanted === null) return; // we left before the answer (its welcome is ignored too)
+    if (typeof msg.room !== "string" || typeof msg.epoch !== "string") return;
+    if (!Array.isArray(msg.messages)) return;
+    const room = msg.room;
+    const before = positions.get(room);
+    const resumed = lastJoin !== null && lastJoin.resume && lastJoin.room === room;
+    if (missedSomething(before, msg, resumed)) addDivider(missedDetail(before, msg, resumed));
+    for (const m of msg.messages) {
+      if (m && typeof m === "object" && m.type === "chat") showChat(room, msg.epoch, m);
+    }
+  }
+
   // ---------- room state ----------
 
   // After a disconnect or a leave: nothing the server told us about a room still holds. The
@@ -299,7 +475,6 @@
     memberTotal = 0;
     typers.clear();
     renderTyping();
-    if (pending) releasePending();
     renderMembers();
     showRoom();
   }
@@ -312,7 +487,7 @@
     if (!current) return; // a straggler from the room we just left
     const sender = typeof msg.username === "string" ? msg.username : "?";
     if (typers.delete(sender)) renderTyping();
-    addChat(msg, sender);
+    if (!showChat(current.room, current.epoch, msg)) return;
     if (document.visibilityState === "hidden" && sender !== current.username) {
       unread += 1;
       renderTitle();
@@ -328,11 +503,16 @@
         typers.clear();
         renderTyping();
       }
-      // The server answers a chat before it handles our next join, so the answer to a chat still
-      // in flight came before this (the single-node server always does). Should a broker ever
-      // deliver them the other way round, free the composer rather than lock it for good.
-      if (pending) releasePending();
-      current = { room, username: typeof msg.username === "string" ? msg.username : "" };
+      // `epoch` and `seq`: the stream live chats belong to and where it stands (docs/history.md);
+      // a server without history sends neither, and acks no ids either.
+      const epoch = typeof msg.epoch === "string" ? msg.epoch : null;
+      current = { room, username: typeof msg.username === "string" ? msg.username : "", epoch };
+      acks = epoch !== null;
+      if (epoch !== null && room !== null) {
+        setPosition(room, epoch, Number.isSafeInteger(msg.seq) ? msg.seq : 0);
+        shownRooms.add(room);
+      }
+      outboxAfterJoin(room);
       members.clear();
       for (const name of msg.users) {
         if (typeof name === "string") members.set(name, (members.get(name) || 0) + 1);
@@ -371,7 +551,13 @@
     // predates it answers with unknown_type: nothing the user did, nothing to show.
     if (code === "unknown_type") return;
     const text = typeof msg.text === "string" && msg.text ? msg.text : code;
-    if (JOIN_REFUSALS.has(code)) wanted = current;
+    if (JOIN_REFUSALS.has(code)) {
+      wanted = current;
+      // a chat waiting for the refused join can no longer go where it was written for
+      if (pending && !pending.sent && (wanted === null || wanted.room !== pending.room)) {
+        releasePending();
+      }
+    }
     const line = addLine("error", text);
     line.dataset.code = code;
     showRoom();
@@ -467,7 +653,10 @@
   function addChat(msg, sender) {
     const li = document.createElement("li");
     li.className = "line chat";
-    if (current && sender === current.username) li.classList.add("own");
+    // A join's history comes before its welcome: until then we are who we asked to be.
+    const me = current || wanted;
+    if (me && sender === me.username) li.classList.add("own");
+    if (Number.isSafeInteger(msg.seq)) li.dataset.seq = String(msg.seq);
     const who = document.createElement("span");
     who.className = "sender";
     who.textContent = sender;
@@ -487,6 +676,20 @@
     li.append(timeElement(timestamp), body);
     append(li);
     return li;
+  }
+
+  // "You may have missed messages": where a resume or a join could not bring back everything.
+  function addDivider(detail) {
+    const li = document.createElement("li");
+    li.className = "line divider";
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = "You may have missed messages";
+    const why = document.createElement("span");
+    why.className = "detail";
+    why.textContent = detail;
+    li.append(text, why);
+    append(li);
   }
 
   function renderMembers() {
@@ -571,6 +774,7 @@
     ui.input.disabled = wanted === null && current === null;
     ui.input.readOnly = pending !== null;
     ui.composer.setAttribute("aria-busy", String(pending !== null));
+    renderOutbox();
     ui.input.placeholder = ready() ? `Message #${current.room}` : (
       wanted ? "Waiting for the connection…" : "Join a room to chat");
     updateCounter();
@@ -590,7 +794,30 @@
     ui.counter.textContent = `${used} / ${MAX_TEXT_LENGTH}`;
     ui.counter.dataset.level = used >= MAX_TEXT_LENGTH ? "full"
       : used >= MAX_TEXT_LENGTH * 0.9 ? "near" : "ok";
-    ui.send.disabled = !ready() || pending !== null || ui.input.value.trim() === "";
+    ui.send.disabled = !canSend(ui.input.value);
+  }
+
+  // A chat can be written whenever the page is in a room or on its way back to one: offline it
+  // waits in the outbox and goes out after the rejoin.
+  function canSend(text) {
+    return pending === null && !stopped && wanted !== null && text.trim() !== ""
+      && text.length <= MAX_TEXT_LENGTH;
+  }
+
+  // The composer says where its message is: on its way ("sending": no note, the text is only
+  // read-only), or waiting to be (re)sent once the page is back in the room.
+  function renderOutbox() {
+    const state = pending === null ? "idle" : pending.sent ? "sending" : "waiting";
+    ui.composer.dataset.outbox = state;
+    let note = "";
+    if (state === "waiting") {
+      note = pending.tries === 0
+        ? `Not sent yet: it goes out once you are back in #${pending.room}.`
+        : `Not confirmed yet: it is sent again once you are back in #${pending.room}, `
+          + "and posted only once.";
+    }
+    ui.composerNote.hidden = note === "";
+    ui.composerNote.textContent = note;
   }
 
   function setComposerError(code, text) {
@@ -623,7 +850,7 @@
     const url = new URL(location.href);
     url.searchParams.set("room", room);
     history.replaceState(null, "", url);
-    wire.join(wanted);
+    requestJoin(wanted, false);
     showRoom();
     ui.input.focus();
   }
@@ -635,6 +862,7 @@
     wire.leave();
     wanted = null;
     forgetRoomState();
+    if (pending) releasePending();
     setComposerError(null);
     addLine("system", `You left #${shown.room}.`);
     ui.room.focus();
@@ -643,13 +871,11 @@
   function sendMessage(event) {
     if (event) event.preventDefault();
     const text = ui.input.value;
-    if (pending !== null || text.trim() === "" || !ready()) return;
-    if (text.length > MAX_TEXT_LENGTH) return;
-    if (wire.chat(text)) {
-      pending = { text };
-      setComposerError(null);
-      refreshControls();
-    }
+    if (!canSend(text)) return;
+    pending = { id: newId(), text, room: wanted.room, sent: false, tries: 0 };
+    setComposerError(null);
+    flushOutbox();
+    refreshControls();
   }
 
   function onInput() {

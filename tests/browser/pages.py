@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from playwright.sync_api import Locator, Page, WebSocket, expect
 
-from tests.support import ServerProcess
+
+class Site(Protocol):
+    """Where the page is served from: a server, or a proxy in front of one (netfault)."""
+
+    @property
+    def http_url(self) -> str: ...
 
 
-def open_page(page: Page, server: ServerProcess, query: str = "") -> Page:
+def open_page(page: Page, server: Site, query: str = "") -> Page:
     """Loads the page and waits until it is online."""
     page.goto(f"{server.http_url}/{query}")
     expect(page.locator("#status")).to_have_attribute("data-state", "online")
@@ -20,7 +25,7 @@ def open_page(page: Page, server: ServerProcess, query: str = "") -> Page:
 
 
 def join(
-    page: Page, server: ServerProcess, username: str, room: str = "general", query: str = ""
+    page: Page, server: Site, username: str, room: str = "general", query: str = ""
 ) -> Page:
     """Opens the page, joins `room` as `username` and waits for the server's confirmation."""
     open_page(page, server, query)
@@ -40,6 +45,25 @@ def say(page: Page, text: str) -> None:
 
 def chat_texts(page: Page) -> Locator:
     return page.locator("#messages .chat .text")
+
+
+def dividers(page: Page) -> Locator:
+    """The "you may have missed messages" lines."""
+    return page.locator("#messages .divider")
+
+
+def seqs(page: Page) -> list[int]:
+    """The seq of every chat line shown, in order."""
+    return [int(s) for s in page.locator("#messages .chat").evaluate_all(
+        "lines => lines.map(l => l.dataset.seq)"
+    )]
+
+
+def log(page: Page) -> list[str]:
+    """The chat lines' texts and the dividers ("--"), in order: where a divider stands."""
+    return list(page.locator("#messages .chat .text, #messages .divider").evaluate_all(
+        "ls => ls.map(l => l.classList.contains('divider') ? '--' : l.textContent)"
+    ))
 
 
 def member(page: Page, name: str) -> Locator:

@@ -343,6 +343,7 @@ def test_the_page_asks_for_typing_events_and_sends_at_most_one_every_two_seconds
         "room": "general",
         "username": "alice",
         "typing": True,
+        "history": 50,
     }
     pause_clock(page)
     box = page.locator("#input")

@@ -1,0 +1,117 @@
+"""Repairing a room's stream on this node: asking Redis, and delivering what it answers.
+
+The decisions are server/redis/positions.py's (pure); this module does the asking (a marker
+script and a read of the room's stream, queued on the command pipeline right after each other)
+and the telling: the missed messages delivered, the members told when the stream was lost
+(``reset``) or messages could not be recovered (``gap``), then what was held replayed through
+the broker's normal path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from ..core import ChatCore, Room
+from ..protocol import StatusMessage, encode
+from . import scripts
+from .pipeline import OTHER, Op, Pipeline
+from .positions import Held, Positions
+from .wire import CHAT, UnknownEnvelope, chat_position, open_envelope
+
+log = logging.getLogger("roomcast.redis")
+
+
+class Repairs:
+    def __init__(
+        self,
+        core: ChatCore,
+        positions: Positions,
+        pipeline: Pipeline,
+        *,
+        node: str,
+        publish_command: Callable[[], str],
+        replay: Callable[[bytes, bytes], None],
+    ) -> None:
+        """`replay(channel, data)` is the broker's handling of a message from a room channel."""
+        self._core = core
+        self._positions = positions
+        self._pipeline = pipeline
+        self._node = node
+        self._publish_command = publish_command
+        self._replay = replay
+
+    def start(self, name: str, held: Held | None = None) -> None:
+        """Holds what arrives for the room and asks Redis for a marker and what this node
+        missed; the repair finishes when both are in (``marker`` and the read's reply)."""
+        positions = self._positions
+        if not positions.start(name, held):
+            return
+        known = positions.last(name)
+        mark: list[tuple[str, int]] = []  # the marker's reply comes just before the read's
+
+        def marked(reply: object) -> None:
+            mark.append(scripts.parse_mark_reply(reply))
+
+        def fetched(reply: object) -> None:
+            epoch, bound = mark[0]
+            positions.read(name, epoch, bound, scripts.parse_fetch_reply(reply))
+            self.finish(name)
+
+        command = scripts.mark_command(self._publish_command(), name, self._node)
+        self._pipeline.push(Op(OTHER, command, room=name, on_reply=marked))
+        after = known[1] if known is not None else 0
+        self._pipeline.push(
+            Op(OTHER, scripts.fetch_command(name, after), room=name, on_reply=fetched)
+        )
+
+    def marker(self, name: str) -> None:
+        """This node's marker came back through the room's subscription."""
+        self._positions.marker(name)
+        self.finish(name)
+
+    def finish(self, name: str) -> None:
+        positions = self._positions
+        repair = positions.repairs.get(name)
+        if repair is None:
+            return
+        seqs: list[int | None] = []
+        for _, data in repair.held:
+            seq = None
+            with contextlib.suppress(UnknownEnvelope, ValueError):
+                kind, sender, _ = open_envelope(data)
+                if kind == CHAT:
+                    epoch, number = chat_position(sender)
+                    seq = number if epoch == repair.stream_epoch else None
+            seqs.append(seq)
+        outcome = positions.finish(name, seqs)
+        if outcome is None:
+            return
+        room = self._core.rooms.get(name)
+        if room is not None:
+            if outcome.reset:
+                tell_reset(self._core, room, outcome.epoch, outcome.seq - len(outcome.deliver))
+            for payload in outcome.deliver:
+                self._core.deliver(room, payload)
+            if outcome.missing:
+                tell(self._core, room, "gap", f"{outcome.missing} messages could not be "
+                     "recovered: they are no longer in the room's history")
+        for channel, data in outcome.held:
+            self._replay(channel, data)
+
+
+def tell_reset(core: ChatCore, room: Room, epoch: str, seq: int) -> None:
+    """The room's stream was lost in Redis: its members learn the new position."""
+    log.warning("the history of #%s was lost in Redis: new epoch %s", room.name, epoch)
+    status = StatusMessage(
+        "The message history was lost: some messages may be missing", "reset", room.name,
+        int(time.time() * 1000), epoch, seq,
+    )
+    core.deliver(room, encode(status))
+
+
+def tell(core: ChatCore, room: Room, event: str, text: str) -> None:
+    """A status notice for the room's members (no username, no count: nobody's presence)."""
+    core.deliver(room, encode(StatusMessage(text, event, room.name, int(time.time() * 1000))))
