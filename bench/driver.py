@@ -205,7 +205,7 @@ class Track:
     placed in the room's order, as their echoes (and its own replays) told it."""
 
     __slots__ = ("cid", "client", "close_codes", "dups", "epoch", "got", "history_ns", "jumps",
-                 "live", "no_history", "publisher", "reason", "recovered", "replayed",
+                 "live", "no_history", "node", "publisher", "reason", "recovered", "replayed",
                  "resume_sent_ns", "resumes", "room", "sent", "seq", "welcome_ns",
                  "welcome_seq")
 
@@ -214,6 +214,7 @@ class Track:
         self.room = room
         self.publisher = publisher
         self.client: Any = None
+        self.node = ""  # the tag of the node its latest connection went to
         self.epoch: str | None = None
         self.seq = 0  # the position: the last seq received (or the welcome's)
         self.got: dict[int, int] = {}
@@ -390,6 +391,7 @@ class Worker:
                 if resume:
                     client.track = self.tracks[cid]
                     client.track.client = client
+                    client.track.node = tag
                 try:
                     # a loaded server (200,000 connections on one CPU) can take seconds to
                     # answer: time out later than picows's 5 s default handshake timeout
@@ -553,6 +555,8 @@ class Worker:
         return {
             "r_live": sum(1 for t in members if t.live),
             "r_pub_live": sum(1 for t in self.tracks.values() if t.publisher and t.live),
+            "r_pub_sent": sum(t.sent for t in self.tracks.values() if t.publisher),
+            "r_pub_placed": sum(len(t.got) for t in self.tracks.values() if t.publisher),
             "r_no_epoch": sum(1 for t in members if t.live and t.epoch is None),
             "r_resumed": len(resumed),
             "r_history": sum(1 for t in resumed if t.history_ns),
@@ -571,6 +575,10 @@ class Worker:
                                "members": 0, "expected_per_member": [], "missed_at_drop": 0}
         history_waits, welcome_waits = array("q"), array("q")
         last_history = last_welcome = 0
+        # where the missing chats were: which node the member resumed on, which room, and
+        # whether they lay inside the replay's range (seq <= the welcome's) or after it (live)
+        lost: dict[str, Any] = {"members": 0, "by_node": {}, "by_room": {}, "in_replay_range": 0,
+                                "live": 0, "examples": []}
         for t in self.tracks.values():
             if t.publisher:
                 continue
@@ -578,7 +586,20 @@ class Worker:
             ref = refs.get(t.room, {})
             got = t.got
             out["expected_per_member"].append(len(ref))
-            out["missing"] += sum(1 for k in ref if k not in got)
+            gone = sorted(ref[k] for k in ref if k not in got)
+            out["missing"] += len(gone)
+            if gone:
+                lost["members"] += 1
+                lost["by_node"][t.node] = lost["by_node"].get(t.node, 0) + len(gone)
+                lost["by_room"][t.room] = lost["by_room"].get(t.room, 0) + len(gone)
+                edge = t.welcome_seq if t.welcome_seq is not None else -1
+                inside = sum(1 for q in gone if q <= edge)
+                lost["in_replay_range"] += inside
+                lost["live"] += len(gone) - inside
+                if len(lost["examples"]) < 5:
+                    lost["examples"].append({"cid": t.cid, "room": t.room, "node": t.node,
+                                             "welcome_seq": t.welcome_seq,
+                                             "recovered": t.recovered, "missing_seqs": gone[:12]})
             out["unexpected"] += sum(1 for k in got if k not in ref)
             out["mismatched"] += sum(1 for k, s in got.items() if k in ref and ref[k] != s)
             out["duplicates"] += t.dups
@@ -616,6 +637,7 @@ class Worker:
             "publisher_placed": sum(len(t.got) for t in pubs),
             "publisher_recovered": [t.recovered for t in pubs if t.resume_sent_ns],
             "close_codes": sorted({c for t in self.tracks.values() for c in t.close_codes}),
+            "lost": lost,
         }
         return out
 

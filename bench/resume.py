@@ -109,6 +109,8 @@ def _setup(setup: str, ctx: Context, server_cpus: list[int], server_args: tuple[
             code = n.stop()
             if code not in (0, -15, None):
                 fig.setdefault("problems", []).append(f"node {'AB'[i]} exit code {code}")
+            if fig.get("lost"):  # what the nodes logged (warnings and up) while chats went missing
+                fig[f"node_{'ab'[i]}_output_tail"] = n.text()[-2000:]
         if redis is not None:
             code = redis.stop()
             if code not in (0, -15, None):
@@ -117,16 +119,19 @@ def _setup(setup: str, ctx: Context, server_cpus: list[int], server_args: tuple[
     return fig
 
 
-def _connect(pool: DriverPool, plan: list[tuple[RunningServer, list[Conn]]]) -> dict[str, Any]:
-    """Opens storm connections (tracks kept across connections), node by node."""
+def _connect(pool: DriverPool, plan: list[tuple[RunningServer, list[Conn]]],
+             nodes: list[RunningServer]) -> dict[str, Any]:
+    """Opens storm connections (tracks kept across connections), node by node; each track
+    remembers the node (A, B) of its latest connection."""
     out: dict[str, Any] = {"connected": 0, "connect_failed": 0}
     t0 = time.monotonic()
     for server, conns in plan:
         per: list[list[tuple[int, str, str, str]]] = [[] for _ in range(len(pool))]
         for c in conns:
             per[c.worker].append((c.cid, c.room, c.username, c.src))
-        replies = pool.call("connect", [{"url": server.ws_url, "conns": p, "resume": True}
-                                        for p in per], timeout=120)
+        tag = "AB"[nodes.index(server)] if server in nodes else "?"
+        replies = pool.call("connect", [{"url": server.ws_url, "conns": p, "resume": True,
+                                         "tag": tag} for p in per], timeout=120)
         out["connected"] += sum(r["connected"] for r in replies)
         out["connect_failed"] += sum(r["failed"] for r in replies)
         if out["connect_failed"]:
@@ -188,7 +193,8 @@ def _storm(  # noqa: PLR0917  (the setup's processes, then its parameters by nam
     with _assign(conns, ctx, groups) as pool:
         pool.call("rtracks", [{"tracks": [(c.cid, c.room, c is g[0]) for g in groups for c in g
                                           if c.worker == w]} for w in range(len(pool))])
-        first = _connect(pool, [(n, [c for c in conns if node_of(c) is n]) for n in nodes])
+        first = _connect(pool, [(n, [c for c in conns if node_of(c) is n]) for n in nodes],
+                         nodes)
         fig["first_connect"] = first
         # one room at a time, all its members at once (twonode does the same: it keeps the
         # join race of two new rooms on one Redis node out of this measurement)
@@ -218,7 +224,7 @@ def _storm(  # noqa: PLR0917  (the setup's processes, then its parameters by nam
             fig |= _restart(nodes, server_cpus, extra)
             # the publishers come back first: they resume too, then chat on while the
             # members are still away
-            back = _connect(pool, [(nodes[0], pubs)])
+            back = _connect(pool, [(nodes[0], pubs)], nodes)
             fig["publishers_reconnected"] = back["connected"]
             pool.call("rresume", [{"start_ns": time.monotonic_ns(), "cids": p}
                                   for p in _per_worker(pool, pubs)])
@@ -234,7 +240,7 @@ def _storm(  # noqa: PLR0917  (the setup's processes, then its parameters by nam
 
         # ---- the storm: reconnect (timed apart), then every join with `since` at one instant
         again = _connect(pool, [(n, [c for c in storm if node_of(c, swapped=two) is n])
-                                for n in nodes])
+                                for n in nodes], nodes)
         fig |= {"reconnected": again["connected"], "reconnect_failed": again["connect_failed"],
                 "reconnect_elapsed_s": again["connect_elapsed_s"]}
         if again.get("connect_failures"):
@@ -259,6 +265,11 @@ def _storm(  # noqa: PLR0917  (the setup's processes, then its parameters by nam
         time.sleep(tail)
         stop = pool.call("rpublish_stop")
         fig["publisher_sent"] = sum(r["sent"] for r in stop)
+        # the reference first: every publisher has the echo of its last chat (a chat sent
+        # into a SIGTERM may never be placed: then its count stops moving), and only then
+        # every member has all that its publisher saw placed
+        pool.wait_for(lambda s: s["r_pub_placed"] >= s["r_pub_sent"], timeout=30, stall=2.0,
+                      key="r_pub_placed")
         settled, s = pool.wait_for(lambda s: s["r_have"] >= s["r_expected"], timeout=30,
                                    stall=3.0, key="r_have")
         fig["settled"] = settled
@@ -326,6 +337,18 @@ def _collect(replies: list[dict[str, Any]], clients: int) -> dict[str, Any]:
     out["epochs"] = sorted({e for r in replies for e in r["epochs"]})
     out["publisher_recovered"] = [x for r in replies for x in r["publisher_recovered"]]
     out["close_codes"] = sorted({c for r in replies for c in r["close_codes"]})
+    lost: dict[str, Any] = {"members": 0, "by_node": {}, "by_room": {}, "in_replay_range": 0,
+                            "live": 0, "examples": []}
+    for r in replies:
+        part = r["lost"]
+        for key in ("members", "in_replay_range", "live"):
+            lost[key] += part[key]
+        for key in ("by_node", "by_room"):
+            for k, v in part[key].items():
+                lost[key][k] = lost[key].get(k, 0) + v
+        lost["examples"] += part["examples"][: max(0, 5 - len(lost["examples"]))]
+    if lost["members"]:
+        out["lost"] = lost
     hist, welcome = array("q"), array("q")
     for r in replies:
         hist.frombytes(r["history_waits_ns"])
@@ -377,6 +400,12 @@ def _verdict(fig: dict[str, Any], two: bool) -> dict[str, Any]:
     for key in ("missing", "duplicates", "mismatched", "unexpected"):
         if fig.get(key):
             problems.append(f"{fig[key]} chats {key} over all members")
+    lost = fig.get("lost")
+    if lost:
+        problems.append(f"the missing chats: {lost['members']} members, by node "
+                        f"{lost['by_node']}, by room {lost['by_room']}, "
+                        f"{lost['in_replay_range']} within the replays' range, "
+                        f"{lost['live']} after the welcome")
     if fig.get("errors"):
         problems.append(f"{fig['errors']} error messages received")
     if fig.get("server_exited"):
