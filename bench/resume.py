@@ -15,9 +15,9 @@ Setups, each on fresh processes:
   command again on the same port; the publishers come back first (resuming too) and chat on.
 * ``disconnect``: one node; every member's connection dies at once (RST).
 * ``two_nodes``: two nodes on Redis (as in twonode; each room's members split, the publisher on
-  node A); every member's connection dies at once and it resumes on the *other* node. While the
-  server does not serve ``since`` across nodes (no ``epoch`` in the welcome, no ``history``
-  answer), this setup says so in ``unsupported`` instead of failing.
+  node A); every member's connection dies at once and it resumes on the *other* node. A server
+  that does not serve ``since`` across nodes (no ``epoch`` in the welcome, no ``history``
+  answer: Redis mode before its history) is reported in ``unsupported``, not as an error.
 
 Nothing here asserts; the figures and ``problems`` say what happened.
 """
