@@ -12,6 +12,7 @@ flamegraph and plots stay as they are) and prints its figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
@@ -27,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.histmem import histmem
 from bench.profile import Recorder, hot_frames
+from bench.resume import resume
 from bench.scaleout import scaleout
 from bench.scenarios import MULTI_SCENARIOS, SCENARIOS, Context
 from bench.servers import (
@@ -37,6 +40,7 @@ from bench.servers import (
     PEERS,
     ROOT,
     SERVER_KINDS,
+    VARIANTS,
     cpu_split,
     start_server,
 )
@@ -47,7 +51,8 @@ PEERS_DIR = ROOT / "bench" / "peers"
 
 # scenarios that start their own processes: fn(ctx, server_cpus, **params) -> {setup: figures}
 MULTI: dict[str, Callable[..., dict[str, dict[str, Any]]]] = {
-    **MULTI_SCENARIOS, "scaleout": scaleout}
+    **MULTI_SCENARIOS, "scaleout": scaleout, "resume": resume,
+    "histmem": histmem}
 
 
 def _read(path: str) -> str:
@@ -175,6 +180,12 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
         "joinstorm": ("storm_ms", "bytes_sent", "frames", "server_cpu_s"),
         "twonode": ("deliveries_per_s", "p50_ms", "p99_ms", "origin_p99_ms", "other_p99_ms",
                     "cpu_per_delivery_us", "losses"),
+        "resume": ("clients", "reconnected", "all_history_ms", "all_live_ms", "live_p99_ms",
+                   "recovered", "server_counted_resumes_recovered", "not_recovered",
+                   "no_history", "missing", "duplicates",
+                   "mismatched", "server_cpu_storm_s", "downtime_s", "supported"),
+        "histmem": ("chats", "frame_bytes", "rss_per_message_bytes",
+                    "counted_per_message_bytes", "losses"),
         "scaleout": ("connected", "confirmed", "received_broadcast", "fill_elapsed_s",
                      "rss_per_conn_bytes", "worker_base_rss_median_bytes",
                      "redis_used_memory_per_conn_bytes", "broadcast_p99_ms", "held"),
@@ -185,6 +196,11 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
             continue
         v = fig.get(k)
         parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    if server == "in_process" and "without_ids" in fig:  # histmem's bench.history_memory run
+        parts = [f"{k}={fig[ids].get(f):.4g}" for ids, k, f in (
+            ("without_ids", "traced_per_message", "traced_bytes_per_message"),
+            ("without_ids", "rss_per_message", "rss_bytes_per_message"),
+            ("with_ids", "traced_per_message_with_id", "traced_bytes_per_message"))]
     probs = f"  PROBLEMS: {'; '.join(fig['problems'])}" if fig.get("problems") else ""
     return f"  {server:14s} " + " ".join(parts) + probs
 
@@ -211,7 +227,7 @@ def terminal_summary(run: dict[str, Any]) -> str:
         lines.append(f"  {rec['id']}")
         for key in keys:
             cells = []
-            for server in (OURS, *PEERS):
+            for server in (OURS, *VARIANTS, *PEERS):
                 fig = rec["runs"].get(server)
                 if fig is None:
                     continue
@@ -222,15 +238,32 @@ def terminal_summary(run: dict[str, Any]) -> str:
             ours = rec["runs"].get(OURS, {}).get(key)
             vs = (f"  ours/best ({peer}) {ours / best:.2f}x"
                   if isinstance(ours, int | float) and best else "")
+            for variant in VARIANTS:
+                other = rec["runs"].get(variant, {}).get(key)
+                if isinstance(ours, int | float) and isinstance(other, int | float) and other:
+                    vs += f"  ours/{variant} {ours / other:.2f}x"
             lines.append(f"    {key:22s} " + "; ".join(cells) + vs)
     for t in report.evaluate_targets(records):
         if t["verdict"] == "not measured" and t["config"] not in records:
             continue
-        lines.append(f"  target {t['config']}: {t['verdict']}")
+        label = f"{t['config']} ({t['hint']})" if t.get("hint") else t["config"]
+        lines.append(f"  target {label}: {t['verdict']}")
         lines.extend(f"    {report.check_text(c)}" for c in t["checks"])
         if t.get("why"):
             lines.append(f"    {t['why'][:300]}")
     return "\n".join(lines)
+
+
+def with_variants(servers: list[str], cfg: Config) -> list[str]:
+    """The servers of one configuration: the chosen ones, and right after ours the variants of
+    ours that the configuration names (run back to back, so that they share conditions)."""
+    out: list[str] = []
+    for name in servers:
+        if name not in out:
+            out.append(name)
+        if name == OURS:
+            out += [v for v in cfg.variants if v not in servers and v not in out]
+    return out
 
 
 def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[int],
@@ -252,10 +285,7 @@ def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[
             print(summary(cfg, setup, fig), flush=True)
         rec["elapsed_s"] = time.monotonic() - t0
         return rec
-    for name in servers:
-        if name in skip:
-            rec["runs"][name] = {"error": skip[name]}
-            continue
+    def one(name: str, label: str = "") -> dict[str, Any]:
         fig: dict[str, Any]
         server = None
         t0 = time.monotonic()
@@ -274,9 +304,29 @@ def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[
                 if code not in (0, -15, None):
                     fig.setdefault("problems", []).append(f"server exit code {code}")
         fig["elapsed_s"] = time.monotonic() - t0
+        fig["started_monotonic"] = t0
         fig["loadavg_before"] = load0
-        rec["runs"][name] = fig
-        print(summary(cfg, name, fig), flush=True)
+        print(summary(cfg, name + label, fig), flush=True)
+        return fig
+
+    for name in with_variants(servers, cfg):
+        if name in skip:
+            rec["runs"][name] = {"error": skip[name]}
+            continue
+        rec["runs"][name] = one(name)
+    variants = [v for v in cfg.variants if v in rec["runs"] and OURS in rec["runs"]]
+    if variants and cfg.pairs > 1:
+        # more pairs of ours and each variant, in alternating order (B A, then A B, ...), so
+        # that a neighbour's load or a drift falls on both sides of the comparison
+        repeats: dict[str, list[dict[str, Any]]] = {}
+        for i in range(1, cfg.pairs):
+            for variant in variants:
+                order = [variant, OURS] if i % 2 else [OURS, variant]
+                for name in order:
+                    repeats.setdefault(name, []).append(one(name, f" (pair {i + 1})"))
+        rec["repeats"] = repeats
+    if variants:
+        rec["pairs"] = {v: report.pair_figures(rec, v) for v in variants}
     return rec
 
 
@@ -322,13 +372,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario",
-                        help="fanout, saturate, capacity, joinstorm, twonode or flamegraph")
+                        help="fanout, saturate, capacity, joinstorm, twonode, histmem, resume, "
+                        "scaleout or flamegraph")
     parser.add_argument("--quick", action="store_true", help="the quick suite (~1 minute)")
     parser.add_argument("--only", action="append", default=[],
                         help="configuration id(s), comma-separated, e.g. fanout-4x100-r50-s100")
     parser.add_argument("--servers", default=",".join([OURS, *PEERS]),
-                        help="comma-separated subset of roomcast,node_ws,py_websockets")
+                        help="comma-separated subset of roomcast,uws,node_ws,py_websockets "
+                        "(with roomcast, a configuration's variants of it run too, e.g. "
+                        "roomcast-nohistory; name a variant alone to run only it)")
     parser.add_argument("--no-flamegraph", action="store_true")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="how many alternating pairs of roomcast and its variant the "
+                        "configurations that compare them run (default: the suite's, 3 in the "
+                        "standard suite)")
     parser.add_argument("--nice", type=int, default=NICE["value"],
                         help="scheduling priority of servers and driver (root only below 0)")
     parser.add_argument("--results", default=None,
@@ -341,10 +398,15 @@ def main(argv: list[str] | None = None) -> int:
     NICE["value"] = args.nice
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     for s in servers:
-        if s not in (OURS, *PEERS):
+        if s not in (OURS, *VARIANTS, *PEERS):
             parser.error(f"unknown server {s!r}")
     only = [x for chunk in args.only for x in chunk.split(",") if x]
     configs = [] if args.scenario == "flamegraph" else select(args.scenario, args.quick, only)
+    if args.pairs is not None:
+        if args.pairs < 1:
+            parser.error("--pairs must be at least 1")
+        configs = [dataclasses.replace(c, pairs=args.pairs) if c.variants else c
+                   for c in configs]
     flame = (not args.no_flamegraph and OURS in servers and not only
              and args.scenario in (None, "fanout", "flamegraph"))
 
@@ -372,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "scenario": args.scenario,
         "only": only,
-        "servers": {s: report.labels()[s] for s in servers},
+        "servers": {s: report.labels()[s] for s in dict.fromkeys(
+            [*servers, *(n for c in configs for n in with_variants(servers, c))])},
         "machine": machine(server_cpus, driver_cpus),
         "versions": versions(),
         "results": [],

@@ -25,6 +25,8 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import socket
+import struct
 import time
 import traceback
 from array import array
@@ -39,6 +41,7 @@ CONNECT_TIMEOUT_S = 60.0
 USE_AIOFASTNET = os.environ.get("BENCH_AIOFASTNET", "1") != "0"
 CONNS_PER_SOURCE_ADDRESS = 2_000
 
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends an RST
 CHAT_MARK = b'"type":"chat"'
 ERROR_MARK = b'"type":"error"'
 TEXT_MARK = b'"text":"'
@@ -162,6 +165,154 @@ def _client_class() -> type:
     return Client
 
 
+# --------------------------------------------------------------------------- resume (storm)
+
+HISTORY_PREFIX = b'{"type":"history"'
+SEQ_KEY = b'"seq":'
+
+
+class _Replayed(msgspec.Struct):
+    text: str = ""
+    seq: int = 0
+
+
+class _History(msgspec.Struct):
+    epoch: str = ""
+    messages: list[_Replayed] = msgspec.field(default_factory=list)
+    recovered: bool = False
+    reason: str | None = None
+
+
+class _Welcome(msgspec.Struct):
+    text: str = ""
+    epoch: str | None = None
+    seq: int | None = None
+
+
+_decode_history = msgspec.json.Decoder(_History).decode
+_decode_welcome = msgspec.json.Decoder(_Welcome).decode
+
+
+def message_id(text: str) -> int:
+    """The publisher's message id from a chat text ``id:send_ns:padding``."""
+    return int(text.split(":", 1)[0])
+
+
+class Track:
+    """What one simulated user of a reconnect storm remembers across its connections: its
+    position (epoch, last seq), every chat it got (message id -> seq, live or replayed) and how
+    its latest resume went. A publisher's track is the room's reference: the chats the server
+    placed in the room's order, as their echoes (and its own replays) told it."""
+
+    __slots__ = ("cid", "client", "close_codes", "dups", "epoch", "got", "history_ns", "jumps",
+                 "live", "no_history", "node", "publisher", "reason", "recovered", "replayed",
+                 "resume_sent_ns", "resumes", "room", "sent", "seq", "welcome_ns",
+                 "welcome_seq")
+
+    def __init__(self, cid: int, room: str, publisher: bool) -> None:
+        self.cid = cid
+        self.room = room
+        self.publisher = publisher
+        self.client: Any = None
+        self.node = ""  # the tag of the node its latest connection went to
+        self.epoch: str | None = None
+        self.seq = 0  # the position: the last seq received (or the welcome's)
+        self.got: dict[int, int] = {}
+        self.dups = 0  # chats received again (same message id), live or replayed
+        self.jumps = 0  # chats whose seq was not position + 1 (diagnostic)
+        self.live = False
+        self.sent = 0  # a publisher's next message id
+        self.resumes = 0
+        self.close_codes: list[int] = []
+        self.reset_resume(0)
+
+    def reset_resume(self, sent_ns: int) -> None:
+        self.resume_sent_ns = sent_ns
+        self.history_ns = 0
+        self.welcome_ns = 0
+        self.recovered: bool | None = None
+        self.reason: str | None = None
+        self.replayed = 0
+        self.no_history = False
+        self.welcome_seq: int | None = None
+
+    def chat(self, msg_id: int, seq: int) -> None:
+        if msg_id in self.got:
+            self.dups += 1
+        else:
+            self.got[msg_id] = seq
+        if seq != self.seq + 1:
+            self.jumps += 1
+        self.seq = max(self.seq, seq)
+
+    def history(self, data: bytes, now: int) -> None:
+        message = _decode_history(data)
+        self.history_ns = now
+        self.recovered = message.recovered
+        self.reason = message.reason
+        self.replayed = len(message.messages)
+        for m in message.messages:
+            self.chat(message_id(m.text), m.seq)
+
+    def welcome(self, message: _Welcome, now: int) -> None:
+        self.welcome_ns = now
+        self.live = True
+        if self.resume_sent_ns and not self.history_ns:
+            self.no_history = True
+        if message.epoch is not None:
+            self.epoch = message.epoch
+        if message.seq is not None:
+            self.welcome_seq = message.seq
+            self.seq = message.seq
+
+
+def _resume_client_class(base: type) -> type:
+    from picows import WSMsgType  # noqa: PLC0415  (imported in the worker only)
+
+    text_type = WSMsgType.TEXT
+    close_type = WSMsgType.CLOSE
+
+    class ResumeClient(base):  # type: ignore[misc, valid-type]
+        """A storm client: every frame goes to its track (history, chats, the welcome)."""
+
+        track: Track
+
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            mtype = frame.msg_type
+            if mtype != text_type:
+                if mtype == close_type:
+                    self.close_code = int(frame.get_close_code())
+                    self.track.close_codes.append(self.close_code)
+                    transport.disconnect(graceful=False)
+                return
+            data = frame.get_payload_as_bytes()
+            n = len(data)
+            self.frames += 1
+            self.nbytes += n + (2 if n < 126 else 4 if n < 65536 else 10)
+            track = self.track
+            if data.startswith(HISTORY_PREFIX):
+                track.history(data, time.monotonic_ns())
+            elif CHAT_MARK in data:
+                self.chats += 1
+                i = data.rindex(SEQ_KEY) + len(SEQ_KEY)
+                track.chat(parse_chat(data)[0], int(data[i:-1]))
+            elif ERROR_MARK in data:
+                self.errors += 1
+            elif not self.confirmed_ns:
+                message = _decode_welcome(data)
+                if message.text == self.expect:
+                    self.confirmed_ns = time.monotonic_ns()
+                    self.worker.confirmed += 1
+                    track.welcome(message, self.confirmed_ns)
+
+        def on_ws_disconnected(self, transport: Any) -> None:
+            # dropping is what a storm does: counted per track, not as a server problem
+            self.alive = False
+            self.track.live = False
+
+    return ResumeClient
+
+
 class _SatRoom:
     __slots__ = ("completed", "depth", "members", "pending", "publisher", "receipts", "running",
                  "sent", "size", "text_type")
@@ -191,7 +342,10 @@ class Worker:
     def __init__(self, index: int) -> None:
         self.index = index
         self.client_cls = _client_class()
+        self.resume_cls = _resume_client_class(self.client_cls)
         self.clients: list[Any] = []
+        self.tracks: dict[int, Track] = {}  # resume storm: per cid, across connections
+        self._pub_timer: asyncio.TimerHandle | None = None
         self.on_chat: Callable[[Any, bytes], None] | None = None
         self.count_only = False
         self.confirmed = 0
@@ -216,19 +370,28 @@ class Worker:
 
     async def op_connect(
         self, url: str, conns: list[tuple[int, str, str, str]], concurrency: int = 64,
-        tag: str = "", headers: dict[str, str] | None = None,
+        tag: str = "", headers: dict[str, str] | None = None, *, resume: bool = False,
     ) -> dict[str, Any]:
+        """Opens the connections; with ``resume`` they are storm clients of their tracks
+        (``rtracks``), and a cid connecting again replaces its earlier (closed) client."""
         from picows import ws_connect  # noqa: PLC0415
 
         sem = asyncio.Semaphore(concurrency)
         durations = array("d")
-        cls = self.client_cls
+        cls = self.resume_cls if resume else self.client_cls
+        if resume:
+            again = {c[0] for c in conns}
+            self.clients = [c for c in self.clients if c.cid not in again]
 
         async def one(cid: int, room: str, username: str, src: str) -> None:
             async with sem:
                 t0 = time.monotonic()
                 client = cls(self, cid, room, username)
                 client.tag = tag
+                if resume:
+                    client.track = self.tracks[cid]
+                    client.track.client = client
+                    client.track.node = tag
                 try:
                     # a loaded server (200,000 connections on one CPU) can take seconds to
                     # answer: time out later than picows's 5 s default handshake timeout
@@ -306,7 +469,177 @@ class Worker:
             "sat_receipts": sum(r.receipts for r in self.sat_rooms),
             "sat_sent": sum(r.sent for r in self.sat_rooms),
             "sat_completed": sum(r.completed for r in self.sat_rooms),
+            **(self._resume_stats() if self.tracks else {}),
         }
+
+    # ---- resume (reconnect storm)
+
+    def op_rtracks(self, tracks: list[tuple[int, str, bool]]) -> dict[str, Any]:
+        """One track per (cid, room, is publisher)."""
+        for cid, room, publisher in tracks:
+            self.tracks[cid] = Track(cid, room, publisher)
+        return {"tracks": len(self.tracks)}
+
+    def op_rdrop(self, cids: list[int]) -> dict[str, Any]:
+        """The connections die at once: an RST, as when the network goes away."""
+        wanted = set(cids)
+        n = 0
+        for client in self.clients:
+            if client.cid in wanted and client.alive:
+                with contextlib.suppress(OSError, AttributeError):
+                    sock = client.transport.underlying_transport.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+                client.transport.disconnect(graceful=False)
+                n += 1
+        return {"dropped": n}
+
+    async def op_rresume(self, start_ns: int, cids: list[int]) -> dict[str, Any]:
+        """At ``start_ns`` every client in ``cids`` sends its join with ``since`` its position
+        (an epoch of "" when its server never gave one)."""
+        from picows import WSMsgType  # noqa: PLC0415
+
+        wanted = set(cids)
+        clients = [c for c in self.clients if c.cid in wanted and c.alive]
+        frames = [msgspec.json.encode(
+            {"type": "join", "room": c.room, "username": c.username,
+             "since": {"epoch": c.track.epoch or "", "seq": c.track.seq}}) for c in clients]
+        delay = (start_ns - time.monotonic_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        text = WSMsgType.TEXT
+        for client, frame in zip(clients, frames, strict=True):
+            track = client.track
+            track.reset_resume(time.monotonic_ns())
+            track.resumes += 1
+            client.transport.send(text, frame)
+        return {"sent": len(clients), "missing": len(wanted) - len(clients)}
+
+    def op_rpublish_start(self, rate: float, size: int) -> dict[str, Any]:
+        """Every publisher that is joined sends one chat per 1/rate s (open loop, like the
+        room's other members chatting on); one that is down sends nothing meanwhile."""
+        from picows import WSMsgType  # noqa: PLC0415
+
+        text = WSMsgType.TEXT
+        pubs = [t for t in self.tracks.values() if t.publisher]
+        loop = asyncio.get_running_loop()
+        period = 1.0 / rate
+        state = {"next": loop.time()}
+
+        def tick() -> None:
+            now = time.monotonic_ns()
+            for track in pubs:
+                client = track.client
+                if track.live and client is not None and client.alive:
+                    client.transport.send(text, chat_frame(chat_text(track.sent, now, size)))
+                    track.sent += 1
+            # open loop, but a stall of the driver's loop is not made up for in one burst
+            state["next"] = max(state["next"] + period, loop.time() - period)
+            self._pub_timer = loop.call_at(max(state["next"], loop.time()), tick)
+
+        self._pub_timer = loop.call_soon(tick)
+        return {"publishers": len(pubs)}
+
+    def op_rpublish_stop(self) -> dict[str, Any]:
+        if self._pub_timer is not None:
+            self._pub_timer.cancel()
+            self._pub_timer = None
+        return {"sent": sum(t.sent for t in self.tracks.values() if t.publisher)}
+
+    def _room_refs(self) -> dict[str, dict[int, int]]:
+        return {t.room: t.got for t in self.tracks.values() if t.publisher}
+
+    def _resume_stats(self) -> dict[str, Any]:
+        refs = self._room_refs()
+        members = [t for t in self.tracks.values() if not t.publisher]
+        resumed = [t for t in members if t.resume_sent_ns]
+        return {
+            "r_live": sum(1 for t in members if t.live),
+            "r_pub_live": sum(1 for t in self.tracks.values() if t.publisher and t.live),
+            "r_pub_sent": sum(t.sent for t in self.tracks.values() if t.publisher),
+            "r_pub_placed": sum(len(t.got) for t in self.tracks.values() if t.publisher),
+            "r_no_epoch": sum(1 for t in members if t.live and t.epoch is None),
+            "r_resumed": len(resumed),
+            "r_history": sum(1 for t in resumed if t.history_ns),
+            "r_welcomed": sum(1 for t in resumed if t.welcome_ns),
+            "r_have": sum(len(t.got) for t in members),
+            "r_expected": sum(len(refs.get(t.room, ())) for t in members),
+        }
+
+    def op_rcollect(self) -> dict[str, Any]:
+        """Per resuming member, against its room's publisher: the chats it never got, got
+        twice, got with another seq, or got without the room having them; and its resume."""
+        refs = self._room_refs()
+        out: dict[str, Any] = {"missing": 0, "duplicates": 0, "mismatched": 0, "unexpected": 0,
+                               "jumps": 0, "recovered": 0, "not_recovered": 0, "no_history": 0,
+                               "no_welcome": 0, "replayed": 0, "reasons": {}, "epochs": [],
+                               "members": 0, "expected_per_member": [], "missed_at_drop": 0}
+        history_waits, welcome_waits = array("q"), array("q")
+        last_history = last_welcome = 0
+        # where the missing chats were: which node the member resumed on, which room, and
+        # whether they lay inside the replay's range (seq <= the welcome's) or after it (live)
+        lost: dict[str, Any] = {"members": 0, "by_node": {}, "by_room": {}, "in_replay_range": 0,
+                                "live": 0, "examples": []}
+        for t in self.tracks.values():
+            if t.publisher:
+                continue
+            out["members"] += 1
+            ref = refs.get(t.room, {})
+            got = t.got
+            out["expected_per_member"].append(len(ref))
+            gone = sorted(ref[k] for k in ref if k not in got)
+            out["missing"] += len(gone)
+            if gone:
+                lost["members"] += 1
+                lost["by_node"][t.node] = lost["by_node"].get(t.node, 0) + len(gone)
+                lost["by_room"][t.room] = lost["by_room"].get(t.room, 0) + len(gone)
+                edge = t.welcome_seq if t.welcome_seq is not None else -1
+                inside = sum(1 for q in gone if q <= edge)
+                lost["in_replay_range"] += inside
+                lost["live"] += len(gone) - inside
+                if len(lost["examples"]) < 5:
+                    lost["examples"].append({"cid": t.cid, "room": t.room, "node": t.node,
+                                             "welcome_seq": t.welcome_seq,
+                                             "recovered": t.recovered, "missing_seqs": gone[:12]})
+            out["unexpected"] += sum(1 for k in got if k not in ref)
+            out["mismatched"] += sum(1 for k, s in got.items() if k in ref and ref[k] != s)
+            out["duplicates"] += t.dups
+            out["jumps"] += t.jumps
+            out["replayed"] += t.replayed
+            if t.epoch is not None and t.epoch not in out["epochs"]:
+                out["epochs"].append(t.epoch)
+            if not t.resume_sent_ns:
+                continue
+            if t.history_ns:
+                history_waits.append(t.history_ns - t.resume_sent_ns)
+                last_history = max(last_history, t.history_ns)
+                if t.recovered:
+                    out["recovered"] += 1
+                else:
+                    out["not_recovered"] += 1
+                    key = t.reason or "?"
+                    out["reasons"][key] = out["reasons"].get(key, 0) + 1
+            if t.no_history:
+                out["no_history"] += 1
+            if t.welcome_ns:
+                welcome_waits.append(t.welcome_ns - t.resume_sent_ns)
+                last_welcome = max(last_welcome, t.welcome_ns)
+            else:
+                out["no_welcome"] += 1
+        pubs = [t for t in self.tracks.values() if t.publisher]
+        out |= {
+            "history_waits_ns": history_waits.tobytes(),
+            "welcome_waits_ns": welcome_waits.tobytes(),
+            "last_history_ns": last_history,
+            "last_welcome_ns": last_welcome,
+            "first_resume_ns": min((t.resume_sent_ns for t in self.tracks.values()
+                                    if t.resume_sent_ns and not t.publisher), default=0),
+            "publisher_sent": sum(t.sent for t in pubs),
+            "publisher_placed": sum(len(t.got) for t in pubs),
+            "publisher_recovered": [t.recovered for t in pubs if t.resume_sent_ns],
+            "close_codes": sorted({c for t in self.tracks.values() for c in t.close_codes}),
+            "lost": lost,
+        }
+        return out
 
     def op_clients(self) -> list[tuple[int, str, str, bool, int, int]]:
         """Per connection: (cid, room, tag, confirmed, frames, chats) — for diagnosing losses."""
@@ -336,6 +669,29 @@ class Worker:
                 client.transport.send(WSMsgType.TEXT, chat_frame(text))
                 n += 1
         return {"sent": n}
+
+    async def op_fill(self, cids: list[int], count: int, text: str,
+                      patience: float = 60.0) -> dict[str, Any]:
+        """``count`` chats from every client in ``cids``, one per client per round, the next
+        round once every echo of this one is back: at most one chat in flight per connection,
+        so that the server's per-connection read buffers never grow (they never shrink, and
+        would count as the history's memory)."""
+        from picows import WSMsgType  # noqa: PLC0415
+
+        wanted = set(cids)
+        clients = [c for c in self.clients if c.cid in wanted and c.alive]
+        frame = chat_frame(text)
+        text_type = WSMsgType.TEXT
+        deadline = time.monotonic() + patience
+        for _ in range(count):
+            target = [c.chats + 1 for c in clients]
+            for client in clients:
+                client.transport.send(text_type, frame)
+            while any(c.chats < t for c, t in zip(clients, target, strict=True)):
+                if time.monotonic() > deadline:
+                    return {"sent_rounds": _, "stalled": True}
+                await asyncio.sleep(0.001)
+        return {"sent_rounds": count, "stalled": False}
 
     def op_reset_counters(self) -> dict[str, Any]:
         for c in self.clients:
@@ -645,9 +1001,17 @@ class DriverPool:
         self, op: str, args: list[dict[str, Any]] | dict[str, Any] | None = None,
         timeout: float = 120.0,
     ) -> list[Any]:
+        self.send(op, args)
+        return self.gather(op, timeout)
+
+    def send(self, op: str, args: list[dict[str, Any]] | dict[str, Any] | None = None) -> None:
+        """The first half of ``call``: the command goes out, the answers wait for ``gather``
+        (so that the coordinator can do something while the workers work)."""
         per = args if isinstance(args, list) else [args or {}] * len(self.conns)
         for conn, a in zip(self.conns, per, strict=True):
             conn.send({"op": op, "args": a})
+
+    def gather(self, op: str, timeout: float = 120.0) -> list[Any]:
         out = []
         deadline = time.monotonic() + timeout
         for i, conn in enumerate(self.conns):

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.promstats import FLUSH_METRIC
-from bench.servers import OURS, PEERS, SERVER_KINDS
+from bench.servers import NOHISTORY, OURS, PEERS, SERVER_KINDS, VARIANTS
 from bench.suite import BEST, OURS_IN, TARGETS, Check
 
 LOADTEST_START = "<!-- loadtest:start -->"
 LOADTEST_END = "<!-- loadtest:end -->"
-SERVER_ORDER = [OURS, *PEERS]
+SERVER_ORDER = [OURS, *VARIANTS, *PEERS]  # rows of the tables
+PLOT_ORDER = [OURS, *PEERS]  # lines of the plots (a variant runs in a few configurations only)
 COLORS = {"roomcast": "tab:blue", "node_ws": "tab:orange", "py_websockets": "tab:green",
           "uws": "tab:red"}
 
@@ -131,9 +132,44 @@ def best_peer(rec: dict[str, Any], figure: str) -> tuple[str | None, Any]:
     return peer, value
 
 
+PAIRED_FIGURES = ("cpu_per_delivery_us",)
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+def pair_figures(rec: dict[str, Any], variant: str) -> dict[str, dict[str, Any]]:
+    """Ours vs ``variant`` over every pair the record ran (the first runs, then ``repeats``,
+    pair i being the i-th run of each): per figure, both sides' values, the pairs' ratios and
+    their median. A run with an error or problems leaves its pair out."""
+    repeats = rec.get("repeats", {})
+    ours = [rec["runs"].get(OURS, {}), *repeats.get(OURS, [])]
+    other = [rec["runs"].get(variant, {}), *repeats.get(variant, [])]
+    out: dict[str, dict[str, Any]] = {}
+    for key in PAIRED_FIGURES:
+        a, b, ratios = [], [], []
+        for x, y in zip(ours, other, strict=False):
+            if any(r.get("error") or r.get("problems") for r in (x, y)):
+                continue
+            va, vb = x.get(key), y.get(key)
+            if _number(va) and _number(vb) and vb:
+                a.append(va)
+                b.append(vb)
+                ratios.append(va / vb)
+        out[key] = {"ours": a, "other": b, "ratios": ratios, "median_ours": _median(a),
+                    "median_other": _median(b), "median_ratio": _median(ratios)}
+    return out
+
+
 def evaluate_check(rec: dict[str, Any], check: Check,
-                   records: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    ours = rec.get("runs", {}).get(OURS, {})
+                   records: dict[str, dict[str, Any]] | None = None,
+                   run: str = OURS) -> dict[str, Any]:
+    ours = rec.get("runs", {}).get(run, {})
     a = ours.get(check.figure)
     row: dict[str, Any] = {"figure": check.figure, "ours": a, "op": check.op,
                            "bound": check.factor, "reference": check.reference, "met": None}
@@ -151,6 +187,14 @@ def evaluate_check(rec: dict[str, Any], check: Check,
         else:
             row["peer"], b = check.reference, _fig(rec, check.reference, check.figure)
         limit = b * check.factor if _number(b) else None
+    paired = (rec.get("pairs", {}).get(check.reference or "", {}).get(check.figure)
+              if run == OURS else None)
+    if paired and paired["median_ratio"] is not None:
+        # ours and the variant ran in pairs: the verdict is on the median of their ratios
+        row |= {"ours": paired["median_ours"], "peer_value": paired["median_other"],
+                "ratio": paired["median_ratio"], "pairs": paired["ratios"]}
+        row["met"] = bool(_OPS[check.op](paired["median_ratio"], check.factor))
+        return row
     row["peer_value"] = b
     if not _number(a) or limit is None:
         return row
@@ -163,13 +207,14 @@ def evaluate_targets(records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     out = []
     for t in TARGETS:
         rec = records.get(t.config)
-        row: dict[str, Any] = {"target": t.text, "config": t.config, "checks": []}
-        if rec is None:
+        row: dict[str, Any] = {"target": t.text, "config": t.config, "checks": [],
+                               "hint": t.hint}
+        if rec is None or (t.run != OURS and t.run not in rec.get("runs", {})):
             row["verdict"] = "not measured"
             out.append(row)
             continue
-        ours = rec["runs"].get(OURS, {})
-        row["checks"] = [evaluate_check(rec, c, records) for c in t.checks]
+        ours = rec["runs"].get(t.run, {})
+        row["checks"] = [evaluate_check(rec, c, records, t.run) for c in t.checks]
         verdicts = [c["met"] for c in row["checks"]]
         problems = ours.get("problems") or ([ours["error"]] if ours.get("error") else [])
         if problems:
@@ -201,6 +246,11 @@ def check_text(c: dict[str, Any]) -> str:
            f"ours in {ref[len(OURS_IN):]}" if ref.startswith(OURS_IN) else c["peer"])
     missing = (f" (peers not in this run: {', '.join(c['peers_missing'])})"
                if c.get("peers_missing") else "")
+    if c.get("pairs"):
+        pairs = ", ".join(f"{r:.2f}x" for r in c["pairs"])
+        return (f"{c['figure']}: median of {len(c['pairs'])} pairs {c['ratio']:.3g}x ({pairs}; "
+                f"medians ours {c['ours']:.4g} vs {who} {c['peer_value']:.4g}) (needs {rel} "
+                f"{b}x) — {verdict}")
     return (f"{c['figure']}: ours {c['ours']:.4g} vs {who} {c['peer_value']:.4g} = "
             f"{c['ratio']:.3g}x (needs {rel} {b}x) — {verdict}{missing}")
 
@@ -224,7 +274,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("")
     w("| command | what it runs |")
     w("|---|---|")
-    w("| `make bench` | the standard suite (about 15 minutes on 2 cores): every configuration "
+    w("| `make bench` | the standard suite (about 20 minutes on 2 cores): every configuration "
       "below against roomcast, the uWebSockets.js peer, the Node.js `ws` peer and the Python "
       "`websockets` peer, the 200,000-connection scaleout, the flamegraph, the plots, this "
       "README |")
@@ -232,7 +282,13 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "no scaleout; it writes to `results/quick/` (its own runs, README, plots and "
       "flamegraph, not committed) and prints its figures, leaving this page alone |")
     w("| `make bench SCENARIO=fanout` | one scenario (`fanout`, `saturate`, `capacity`, "
-      "`joinstorm`, `twonode`, `scaleout`) of the chosen suite |")
+      "`joinstorm`, `twonode`, `histmem`, `resume`, `scaleout`) of the chosen suite |")
+    w("| `make bench SCENARIO=resume` | the reconnect storm: 1,000 clients resume with `since` "
+      "at once after a restart with `--history-file`, after a mass disconnect, and on two "
+      "nodes + Redis (about 30 s) |")
+    w("| `make bench SCENARIO=histmem` | memory per stored history message: "
+      "`python -m bench.history_memory` in process, and the RSS slope of a running server "
+      "filled through its sockets, history on and off (about 40 s) |")
     w("| `make bench SCENARIO=twonode` | the scale-out cost: one roomcast node vs two nodes "
       "linked by Redis on the same workload (about 30 s) |")
     w("| `make bench SCENARIO=scaleout` | 200,000 idle joined connections on roomcast "
@@ -241,10 +297,14 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("| `make bench BENCH_ARGS=\"--only fanout-4x100-r50-s100\"` | one configuration; any id "
       "of the form `fanout-RxM-rRATE-sSIZE`, `saturate-RxM-dDEPTH-sSIZE`, `capacity-K`, "
       "`joinstorm-M`, `twonode-fanout-RxM-rRATE-sSIZE`, `twonode-saturate-RxM-dDEPTH-sSIZE`, "
-      "`scaleout-K` (`scaleout-K-wW` for W workers) works |")
+      "`scaleout-K` (`scaleout-K-wW` for W workers), `resume-RxM-rRATE`, `histmem-RxM` "
+      "works |")
     w("| `make bench BENCH_ARGS=\"--servers roomcast,uws\"` | a subset of servers (`roomcast`, "
-      "`uws`, `node_ws`, `py_websockets`) |")
+      "`uws`, `node_ws`, `py_websockets`); with `roomcast`, the configurations that compare "
+      f"history on and off also run `{NOHISTORY}` |")
     w("| `make bench BENCH_ARGS=\"--no-flamegraph\"` | skip the py-spy run |")
+    w("| `make bench BENCH_ARGS=\"--only fanout-4x100-r50-s100 --servers roomcast --pairs 5\"` "
+      f"| history on vs off alone: roomcast and `{NOHISTORY}`, five alternating pairs |")
     w("")
     w("Every run writes `results/runs/<timestamp>.json` (machine, CPU model, versions, "
       "parameters, every figure, the exact command) and past runs are kept. The tables below "
@@ -278,6 +338,12 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "package `uwebsockets`, the v20 binaries); **node_ws** behaves like the seed tutorial's "
       "Node.js `ws` server (every join and leave sends the full member list to every member); "
       "**py_websockets** is the seed's behaviour on Python `websockets`.")
+    w(f"- **History on vs off**: roomcast runs with room history on (the default, "
+      f"`--history-size 100`); `{NOHISTORY}` is the same command plus `--history-size 0`, run "
+      "right after it in the configurations the history targets name (the saturate and "
+      "steady-fanout targets), so that the two share the run's conditions. Its rows and the "
+      f"*ours/{NOHISTORY}* ratio rows are in the fanout and saturate tables, summed up in the "
+      "history section.")
     w("- The driver (`bench/driver.py`) is picows on uvloop in worker processes pinned to the "
       "other CPU(s), at most 15,000 connections per process, source addresses 127.0.0.2 and "
       "up (2,000 connections per address). Members are joined (confirmation received, presence "
@@ -325,6 +391,21 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "Redis memory from `INFO memory`. Then member 0 of every room sends one chat, the rooms "
       "spread at 1,000 per second, and every connection must receive its room's chat; latency "
       "from each chat's scheduled send to each receipt.")
+    w("- **histmem** (roomcast only): memory per stored history message. In process, "
+      "`python -m bench.history_memory` (tracemalloc and RSS of a History filled the way the "
+      "broker fills it, with and without ids). On a running server (history on, `--history-size"
+      " M`, and off): R connections each join a room of their own and send M chats of the "
+      "same 60-character text through their socket in 4 batches, one chat in flight per "
+      "connection (so that no read buffer grows); server RSS after the joins and after each "
+      "batch, bytes per stored message = the slope through the batches; with history off the "
+      "same traffic shows what it leaves behind without storing anything.")
+    w("- **resume** (roomcast only): the reconnect storm, see its section: R rooms of M "
+      "members and one publisher per room chatting throughout; the members lose their "
+      "connections (`restart`: SIGTERM and the same command on the same port with "
+      "`--history-file`; `disconnect`: an RST on every member's connection; `two_nodes`: two "
+      "nodes + Redis, an RST, and every member resumes on the other node), reconnect, and all "
+      "send `join` with `since` at one instant. Every chat a member got, live or replayed, is "
+      "checked against what its room's publisher saw placed in the room's order.")
     w("- Caveats: the driver has one CPU of its own on this machine, so latencies include the "
       "driver's time to read every member socket (roughly 5-10 µs per socket in Python), "
       "equally for every server: in a 1,000-member room the last member is read several "
@@ -369,7 +450,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
                     continue
                 cells = [fmt(run.get(k), spec) for k, _t, spec, _lb in cols]
                 w(f"| {rec['id']} | {server} | " + " | ".join(cells) + " |")
-            for peer in PEERS:
+            for peer in (*VARIANTS, *PEERS):
                 if OURS in rec["runs"] and peer in rec["runs"]:
                     cells = [ratio(_fig(rec, OURS, k), _fig(rec, peer, k)) for k, *_ in cols]
                     w(f"| {rec['id']} | *ours/{peer}* | " + " | ".join(cells) + " |")
@@ -385,6 +466,8 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
               f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs} |")
         w("")
     _twonode_section(w, records)
+    _history_section(w, records, targets)
+    _resume_section(w, records)
     _scaleout_section(w, records)
     if plots:
         w("## Plots")
@@ -397,6 +480,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("")
     if fg is None:
         w("No flamegraph recorded yet.")
+        w("")
     elif fg.get("error"):
         last = fg["error"].strip().splitlines()[-1] if fg["error"].strip() else "?"
         w(f"py-spy failed in run `{fg['_file']}`: {last}")
@@ -433,42 +517,109 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     elif not missed:
         w("Every measured target is met in the latest figures.")
     else:
-        w("Missed: " + "; ".join(f"`{t['config']}`" for t in missed) + ".")
+        w("Missed: " + "; ".join(
+            f"`{t['config']}`" + (f" ({t['hint']})" if t.get("hint") else "") for t in missed)
+          + ".")
         w("")
-        hints = {
-            "saturate": "saturate: CPU per delivery falls as messages queue up (one write "
-            "then carries several frames per member); on two cores the one-CPU driver bounds "
-            "how far any server is saturated (see the server CPU utilisation below 100%); the "
-            "rest is the per-member write in the fan-out loop (flamegraph).",
-            "fanout-4x100": "steady fanout: at chat rates every server makes one `send()` per "
-            "member per message, and the kernel's loopback TCP work under it is most of the "
-            "cost; uWS runs at about 2x the cost of a bare C `send()` loop, so what separates "
-            "us is the work between sends (uvloop's `write` path and the Python loop around "
-            "it: the flamegraph's hottest frames); a compiled fan-out loop that calls "
-            "`send()` itself while a member's transport buffer is empty is the candidate.",
-            "fanout-1x1000": "fanout into 1,000 members: the server's 1,000 sends and the "
-            "driver's reading of 1,000 sockets both take milliseconds and overlap, so the "
-            "driver bounds p99 for every server; the server delay figures in the fanout table "
-            "show the server's own share.",
-            "capacity": "capacity: picows keeps about 4.5 KB per connection that no option "
-            "reaches (a 2 KiB read buffer that never shrinks, a 1 KiB write buffer, futures, "
-            "a client key), uvloop about 1.4 KB, roomcast about 360 B; below Node needs picows "
-            "to share or shrink its buffers.",
-            "joinstorm": "joinstorm: send the member list only to the joiner (already done) "
-            "and coalesce presence notices per tick.",
-            "scaleout": "scaleout: see the scaleout section for which part failed (connect, "
-            "join or broadcast) and the server output in the run file.",
-        }
-        for t in missed:
-            for key, text in hints.items():
-                if t["config"].startswith(key):
-                    w(f"- {text}")
+        for line in gap_hints(missed, records, runs):
+            w(f"- {line}")
     w("")
     if loadtest:
         w(loadtest)
         w("")
     readme.write_text("\n".join(lines))
     return readme
+
+
+HINTS = {
+    "saturate": "saturate: CPU per delivery falls as messages queue up (one write "
+    "then carries several frames per member); on two cores the one-CPU driver bounds "
+    "how far any server is saturated (see the server CPU utilisation below 100%); the "
+    "rest is the per-member write in the fan-out loop.",
+    "fanout-4x100": "steady fanout: at chat rates every server makes one `send()` per "
+    "member per message, and the kernel's loopback TCP work under it is most of the "
+    "cost; uWS runs at about 2x the cost of a bare C `send()` loop, so what separates "
+    "us is the work between sends: the compiled fan-out loop (`server/fastpath.pyx`) already "
+    "calls `send()` itself, so what remains is the Python work per message before it "
+    "(decode, validate, encode once) and the kernel's own wake-ups of the reader.",
+    "fanout-1x1000": "fanout into 1,000 members: the server's 1,000 sends and the "
+    "driver's reading of 1,000 sockets both take milliseconds and overlap, so the "
+    "driver bounds p99 for every server; the server delay figures in the fanout table "
+    "show the server's own share.",
+    "capacity": "capacity: picows keeps about 4.5 KB per connection that no option "
+    "reaches (a 2 KiB read buffer that never shrinks, a 1 KiB write buffer, futures, "
+    "a client key), uvloop about 1.4 KB, roomcast about 360 B; below Node needs picows "
+    "to share or shrink its buffers.",
+    "joinstorm": "joinstorm: send the member list only to the joiner (already done) "
+    "and coalesce presence notices per tick.",
+    "scaleout": "scaleout: see the scaleout section for which part failed (connect, "
+    "join or broadcast) and the server output in the run file.",
+    "history": "history on vs off: per chat the history numbers, stores and (once the ring "
+    "is full) evicts one frame, nothing per recipient, so at chat rates the difference should "
+    "be well under 10%; a miss is either noise (CPU in 10 ms ticks on a shared machine: "
+    "compare the on/off rows of several runs) or per-message work that grew (look for "
+    "`server/history.py` frames under `ChatCore.chat` in the flamegraph; `History.add` is also "
+    "where every chat is encoded and framed, once, which happens with history off too).",
+    "resume-restart": "reconnect storm after a restart: see the resume section for the "
+    "reasons of `recovered: false` (an `epoch changed` means the history file was not "
+    "written or not read back) and which chats went missing.",
+    "resume-disconnect": "reconnect storm after a mass disconnect: see the resume section for "
+    "the reasons (`too old`, `too many`: the outage outran `--history-size` or one replay's "
+    "byte cap) and which chats went missing.",
+    "resume-two_nodes": "reconnect storm on two nodes: a member resuming on the other node "
+    "needs the server to serve `since` across nodes (issue 13's Redis side: the room's seq and "
+    "its stream in Redis, a join whose script returns the history up to its own position); "
+    "the resume section says what this run's server did instead.",
+}
+# hints whose cost shows in a CPU profile: quoted with the run's flamegraph
+PROFILED = ("saturate", "fanout-4x100", "fanout-1x1000", "history")
+
+
+def _hint_key(t: dict[str, Any]) -> str | None:
+    if t.get("hint"):
+        return str(t["hint"])
+    return next((k for k in HINTS if t["config"].startswith(k)), None)
+
+
+def flamegraph_quote(fg: dict[str, Any] | None, own_run: str | None) -> str:
+    """The hottest frames of a flamegraph, in words, naming the run it was recorded in."""
+    if fg is None:
+        return "no flamegraph was recorded in these runs (run `make bench` without " \
+            "`--no-flamegraph` to get one)."
+    if fg.get("error") or not (fg.get("hot") or {}).get("self"):
+        return f"the flamegraph of run `{fg['_file']}` failed, so no frames can be quoted."
+    hot = fg["hot"]
+    top = "; ".join(f"`{h['frame']}` {h['pct']:.1f}%" for h in hot["self"][:3])
+    where = ("this run's flamegraph" if fg["_file"] == own_run
+             else f"the latest flamegraph (run `{fg['_file']}`)")
+    history = [h for h in hot["self"] if "history.py" in h["frame"]]
+    hist = ("; frames of `server/history.py`: " + ", ".join(
+        f"`{h['frame']}` {h['pct']:.1f}%" for h in history)) if history else \
+        "; no `server/history.py` frame among its hottest"
+    return (f"{where} (`{fg.get('config')}`, {hot['total_samples']:,} samples) has the most "
+            f"own samples in {top}{hist}.")
+
+
+def gap_hints(missed: list[dict[str, Any]], records: dict[str, dict[str, Any]],
+              runs: list[dict[str, Any]]) -> list[str]:
+    """One line per kind of missed target; CPU misses quote the hot frames of the flamegraph
+    recorded in the same run as the missed figure (else the latest one, named)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    latest = _latest_flamegraph(runs)
+    for t in missed:
+        key = _hint_key(t)
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        text = HINTS[key]
+        if key in PROFILED:
+            run = records.get(t["config"], {}).get("_run", {})
+            own = run.get("flamegraph")
+            fg = {**own, "_file": run.get("_file")} if own else latest
+            text += " Profile: " + flamegraph_quote(fg, run.get("_file"))
+        out.append(text)
+    return out
 
 
 TWONODE_SETUPS = (("one_node", "one node"), ("two_nodes", "two nodes + Redis"))
@@ -652,7 +803,7 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
     )
     if sizes:
         fig, ax = plt.subplots(figsize=(8, 5))
-        for server in SERVER_ORDER:
+        for server in PLOT_ORDER:
             pts = [(r["params"]["members"], r["runs"][server]) for r in sizes
                    if server in r["runs"] and r["runs"][server].get("p50_ms") is not None]
             if not pts:
@@ -682,7 +833,7 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
     sats = [r for r in records.values() if r["scenario"] == "saturate"]
     if loads or sats:
         fig, ax = plt.subplots(figsize=(8, 5))
-        for server in SERVER_ORDER:
+        for server in PLOT_ORDER:
             pts = sorted(
                 (r["runs"][server]["deliveries_per_s"], r["runs"][server]["cpu_per_delivery_us"])
                 for r in loads
@@ -713,7 +864,7 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
     if caps:
         cap = max(caps, key=lambda r: r["params"]["connections"])
         fig, ax = plt.subplots(figsize=(8, 5))
-        for server in SERVER_ORDER:
+        for server in PLOT_ORDER:
             run = cap["runs"].get(server)
             if not run or not run.get("rss_points"):
                 continue
@@ -735,3 +886,197 @@ def make_plots(results: Path, runs: list[dict[str, Any]]) -> list[str]:
 
 def labels() -> dict[str, str]:
     return {k: v.label for k, v in SERVER_KINDS.items()}
+
+
+# --------------------------------------------------------------------------- history, resume
+
+
+def _reproduce_rows(w: Any, recs: list[dict[str, Any]]) -> None:
+    w("| configuration | why | reproduce | run | problems |")
+    w("|---|---|---|---|---|")
+    for rec in recs:
+        probs = "; ".join(
+            f"{s}: {', '.join(r.get('problems') or [])}"
+            for s, r in rec["runs"].items() if r.get("problems")
+        ) or "none"
+        w(f"| {rec['id']} | {rec.get('note') or ''} | `{rec['reproduce']}` | "
+          f"[{rec['_run']['_file']}](runs/{rec['_run']['_file']}) | {probs.replace('|', '/')} |")
+    w("")
+
+
+def _history_section(w: Any, records: dict[str, dict[str, Any]],
+                     targets: list[dict[str, Any]]) -> None:
+    onoff = [r for r in records.values()
+             if r["scenario"] in ("fanout", "saturate") and NOHISTORY in r["runs"]]
+    mem = sorted((r for r in records.values() if r["scenario"] == "histmem"),
+                 key=lambda r: r["id"])
+    if not onoff and not mem:
+        return
+    w("## history (what room history costs)")
+    w("")
+    w("roomcast keeps every room's last `--history-size` chat messages (100 by default) for "
+      "`history` and `since` joins ([docs/history.md](../docs/history.md)). "
+      f"`{NOHISTORY}` is the same server with `--history-size 0`, run right after roomcast "
+      "in the same configurations of the same run.")
+    w("")
+    if onoff:
+        verdicts = {t["config"]: t for t in targets if t.get("hint") == "history"}
+        w("| configuration | CPU µs/delivery, history on | off | on/off | each pair's on/off "
+          "| target | deliveries/s on | off | p99 ms on | off |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
+        for rec in sorted(onoff, key=lambda r: r["id"]):
+            on, off = rec["runs"].get(OURS, {}), rec["runs"][NOHISTORY]
+            t = verdicts.get(rec["id"])
+            verdict = f"≤ 1.1x: **{t['verdict']}**" if t else "—"
+            if on.get("error") or off.get("error"):
+                verdict = "failed (see the run file)"
+            paired = rec.get("pairs", {}).get(NOHISTORY, {}).get("cpu_per_delivery_us") or {}
+            if paired.get("median_ratio") is not None:
+                cpu_on, cpu_off = paired["median_ours"], paired["median_other"]
+                onoff_ratio = f"{paired['median_ratio']:.2f}x"
+                each = ", ".join(f"{r:.2f}x" for r in paired["ratios"])
+            else:
+                cpu_on, cpu_off = on.get("cpu_per_delivery_us"), off.get("cpu_per_delivery_us")
+                onoff_ratio, each = ratio(cpu_on, cpu_off), "—"
+            w(f"| {rec['id']} | {fmt(cpu_on, '{:.2f}')} | {fmt(cpu_off, '{:.2f}')} | "
+              f"{onoff_ratio} | {each} | {verdict} | "
+              f"{fmt(on.get('deliveries_per_s'), '{:,.0f}')} | "
+              f"{fmt(off.get('deliveries_per_s'), '{:,.0f}')} | "
+              f"{fmt(on.get('p99_ms'), '{:.2f}')} | {fmt(off.get('p99_ms'), '{:.2f}')} |")
+        w("")
+        w("With several pairs, the CPU columns are each side's median and *on/off* is the median "
+          "of the pairs' ratios (pairs run in alternating order: off then on, on then off); the "
+          "other columns are the first pair's, as in the fanout and saturate tables. CPU time "
+          "comes in 10 ms ticks, and this machine is shared with other work: single pairs "
+          "differ by up to 20% here, which is why the target is judged on the median.")
+        w("")
+    for rec in mem:
+        _history_memory_table(w, rec)
+    if mem:
+        _reproduce_rows(w, mem)
+
+
+def _b(value: Any) -> str:
+    return "—" if not _number(value) else f"{value:,.0f} B"
+
+
+def _history_memory_table(w: Any, rec: dict[str, Any]) -> None:
+    runs = rec["runs"]
+    p = rec["params"]
+    inproc = runs.get("in_process", {})
+    on, off = runs.get(OURS, {}), runs.get(NOHISTORY, {})
+    w(f"### Memory per stored message (`{rec['id']}`: {p['rooms']:,} rooms x "
+      f"{p['per_room']} messages of {p['text_length']}-character texts)")
+    w("")
+    if inproc:
+        w(f"In process: `{inproc.get('command', '?')}` (a History filled the way the broker "
+          "fills it; tracemalloc counts every Python allocation, RSS is a fresh process's):")
+        w("")
+        w("| per stored message | without `id` | with a 20-character `id` |")
+        w("|---|---|---|")
+        if inproc.get("error"):
+            err = inproc["error"].strip().splitlines()[-1][:160].replace("|", "/")
+            w(f"| failed: {err} | | |")
+        else:
+            a, b = inproc.get("without_ids", {}), inproc.get("with_ids", {})
+            for key, title in (("frame_bytes_per_message", "the frame (stored as sent)"),
+                               ("traced_bytes_per_message", "every Python allocation"),
+                               ("rss_bytes_per_message", "RSS growth"),
+                               ("accounted_bytes_per_message",
+                                "counted against `--history-max-bytes`")):
+                w(f"| {title} | {_b(a.get(key))} | "
+                  f"{_b(b.get(key))} |")
+            w(f"| (per room: an empty stream) | "
+              f"{_b(inproc.get('empty_stream_bytes_traced'))} | |")
+        w("")
+    if on or off:
+        w(f"On a running server: `{rec['reproduce']}` (one connection per room sends its "
+          f"{p['per_room']} chats through its socket, one in flight at a time; the server's "
+          "RSS after the joins and after each batch):")
+        w("")
+        w("| server | RSS per stored message (slope) | RSS growth / messages | frame | "
+          "counted (`roomcast_history_bytes` / messages, streams included) |")
+        w("|---|---|---|---|---|")
+        for name, fig in ((OURS, on), (NOHISTORY, off)):
+            if not fig:
+                continue
+            if fig.get("error"):
+                err = fig["error"].strip().splitlines()[-1][:160].replace("|", "/")
+                w(f"| {name} | failed: {err} | | | |")
+                continue
+            slope = fig.get("rss_per_message_bytes")
+            slope = 0.0 if isinstance(slope, float) and abs(slope) < 0.5 else slope
+            w(f"| {name} | {_b(slope)} | "
+              f"{_b(fig.get('rss_growth_per_message_bytes'))} | "
+              f"{_b(fig.get('frame_bytes'))} | "
+              f"{_b(fig.get('counted_per_message_bytes'))} |")
+        w("")
+
+
+def _resume_section(w: Any, records: dict[str, dict[str, Any]]) -> None:
+    from bench.resume import LABELS, SETUPS  # noqa: PLC0415
+
+    recs = sorted((r for r in records.values() if r["scenario"] == "resume"),
+                  key=lambda r: r["id"])
+    if not recs:
+        return
+    w("## resume (reconnect storm)")
+    w("")
+    p = recs[0]["params"]
+    w(f"R rooms x M members; one more client per room, its publisher, chats at {p['rate']:g} "
+      "msg/s throughout (the room's others). The members remember their position (the "
+      "welcome's `epoch`, the last `seq` they got), lose their connections, stay away "
+      f"{p['outage']:g} s while the publishers chat on, reconnect, and then all send their "
+      "`join` with `since` at the same instant. *All history* / *all live*: from that instant "
+      "until the last member has its `history` answer / its welcome. *Missing*, "
+      "*duplicates*, *mismatched*: each member's chats (live and replayed) against what its "
+      "room's publisher saw placed in the room's order, summed over the members. Server CPU "
+      "is on-CPU time (schedstat) of every server process during the storm.")
+    w("")
+    cols = [
+        ("clients", "clients", "{:,}"),
+        ("reconnect_elapsed_s", "reconnect (s)", "{:.2f}"),
+        ("all_history_ms", "all history (ms)", "{:,.0f}"),
+        ("all_live_ms", "all live (ms)", "{:,.0f}"),
+        ("live_p50_ms", "live p50 (ms)", "{:,.0f}"),
+        ("live_p99_ms", "live p99 (ms)", "{:,.0f}"),
+        ("recovered", "`recovered: true`", "{:,}"),
+        ("not_recovered", "`recovered: false`", "{:,}"),
+        ("no_history", "no `history`", "{:,}"),
+        ("server_counted_resumes_recovered", "the server's count of recovered resumes",
+         "{:,.0f}"),
+        ("missing", "missing", "{:,}"),
+        ("duplicates", "duplicates", "{:,}"),
+        ("mismatched", "mismatched", "{:,}"),
+        ("replayed_per_client", "replayed per client", "{:.1f}"),
+        ("server_cpu_storm_s", "server CPU (ms)", "ms"),
+        ("server_cpu_per_resume_us", "CPU per resume (µs)", "{:,.0f}"),
+        ("downtime_s", "downtime (s)", "{:.2f}"),
+    ]
+    w("| configuration | setup | " + " | ".join(c[1] for c in cols) + " |")
+    w("|---|---|" + "---|" * len(cols))
+    notes = []
+    for rec in recs:
+        for setup in SETUPS:
+            fig = rec["runs"].get(setup)
+            if fig is None:
+                continue
+            label = LABELS[setup]
+            if fig.get("error"):
+                err = fig["error"].strip().splitlines()[-1][:160].replace("|", "/")
+                w(f"| {rec['id']} | {label} | failed: {err} |" + " |" * (len(cols) - 1))
+                continue
+            cells = [f"{fig[k] * 1e3:,.0f}" if spec == "ms" and isinstance(fig.get(k), float)
+                     else fmt(fig.get(k), spec) for k, _t, spec in cols]
+            w(f"| {rec['id']} | {label} | " + " | ".join(cells) + " |")
+            if fig.get("unsupported"):
+                notes.append(f"- `{rec['id']}` {label}: {fig['unsupported']}; so these members "
+                             "missed what was said while they were away.")
+            elif fig.get("reasons"):
+                notes.append(f"- `{rec['id']}` {label}: not recovered because "
+                             + ", ".join(f"{k} ({v:,})" for k, v in fig["reasons"].items()))
+    w("")
+    if notes:
+        w("\n".join(notes))
+        w("")
+    _reproduce_rows(w, recs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.servers import NOHISTORY, OURS
+
 
 @dataclass(frozen=True)
 class Config:
@@ -12,10 +14,15 @@ class Config:
     scenario: str
     params: dict[str, Any] = field(hash=False)
     note: str = ""
+    # our server run other ways beside ours in this configuration (bench.servers.VARIANTS)
+    variants: tuple[str, ...] = ()
+    # how many times ours and each variant run, in alternating order: the comparison is the
+    # median of the pairs' ratios (a shared machine's noise is larger than 10%)
+    pairs: int = 1
 
 
 def fanout(rooms: int, members: int, rate: float, size: int = 100, *, duration: float = 8.0,
-           note: str = "") -> Config:
+           note: str = "", variants: tuple[str, ...] = (), pairs: int = 1) -> Config:
     rate_s = f"{rate:g}"
     return Config(
         f"fanout-{rooms}x{members}-r{rate_s}-s{size}",
@@ -23,17 +30,22 @@ def fanout(rooms: int, members: int, rate: float, size: int = 100, *, duration: 
         {"rooms": rooms, "members": members, "rate": rate, "size": size, "duration": duration,
          "warmup": 1.0},
         note,
+        variants,
+        pairs,
     )
 
 
 def saturate(rooms: int, members: int, depth: int, size: int = 100, *,
-             duration: float = 5.0, note: str = "") -> Config:
+             duration: float = 5.0, note: str = "", variants: tuple[str, ...] = (),
+             pairs: int = 1) -> Config:
     return Config(
         f"saturate-{rooms}x{members}-d{depth}-s{size}",
         "saturate",
         {"rooms": rooms, "members": members, "depth": depth, "size": size, "duration": duration,
          "warmup": 1.0},
         note,
+        variants,
+        pairs,
     )
 
 
@@ -67,6 +79,33 @@ def twonode(rooms: int, members: int, rate: float = 50.0, size: int = 100, *,
     return Config(cid, "twonode", params, note)
 
 
+def resume(rooms: int, members: int, rate: float = 20.0, *, outage: float = 2.0,
+           note: str = "") -> Config:
+    """The reconnect storm (bench/resume.py): R rooms of M members resume with ``since`` at
+    one instant, after a restart, a mass disconnect, and on two nodes; publishers chat at
+    ``rate`` msg/s per room throughout."""
+    return Config(
+        f"resume-{rooms}x{members}-r{rate:g}",
+        "resume",
+        {"rooms": rooms, "members": members, "rate": rate, "size": 100, "lead": 1.0,
+         "outage": outage, "tail": 1.0},
+        note,
+    )
+
+
+def histmem(rooms: int, per_room: int, *, text_length: int = 60, steps: int = 4,
+            note: str = "") -> Config:
+    """Memory per stored message (bench/histmem.py): the in-process measurement
+    (``python -m bench.history_memory``) and the RSS slope of a running server whose R rooms
+    are filled with M chats each through real sockets, with history on and off."""
+    return Config(
+        f"histmem-{rooms}x{per_room}",
+        "histmem",
+        {"rooms": rooms, "per_room": per_room, "text_length": text_length, "steps": steps},
+        note,
+    )
+
+
 def scaleout(connections: int, workers: int = 12, *, room_size: int = 10, steps: int = 5,
              per_source: int = 10_000, broadcast_rate: float = 1_000.0, note: str = "",
              ) -> Config:
@@ -82,13 +121,16 @@ def scaleout(connections: int, workers: int = 12, *, room_size: int = 10, steps:
     )
 
 
+H = (NOHISTORY,)  # also run with history off, for the history on/off comparison
+PAIRS = 3  # ...three times each, alternating: the target is the median of the three ratios
+
 STANDARD: list[Config] = [
-    saturate(4, 250, 8, note="target"),
-    fanout(4, 100, 50, note="target"),
+    saturate(4, 250, 8, note="target", variants=H, pairs=PAIRS),
+    fanout(4, 100, 50, note="target", variants=H, pairs=PAIRS),
     fanout(4, 100, 10, duration=5, note="CPU-vs-load sweep"),
     fanout(4, 100, 25, duration=5, note="CPU-vs-load sweep"),
     fanout(4, 100, 100, duration=5, note="CPU-vs-load sweep"),
-    fanout(1, 1000, 20, note="target"),
+    fanout(1, 1000, 20, note="target", variants=H, pairs=PAIRS),
     fanout(1, 30, 20, duration=5, note="latency-vs-room-size sweep"),
     fanout(1, 100, 20, duration=5, note="latency-vs-room-size sweep"),
     fanout(1, 300, 20, duration=5, note="latency-vs-room-size sweep"),
@@ -99,23 +141,26 @@ STANDARD: list[Config] = [
     twonode(4, 100, 50, note="scale-out cost: Redis between two nodes vs one node"),
     twonode(4, 100, mode="saturate", depth=8,
             note="scale-out cost under saturation: two nodes + Redis vs one node"),
+    histmem(1000, 100, note="memory per stored message (history on vs off)"),
+    resume(10, 100, note="target: 1,000 clients resume at once and lose nothing"),
     # last: it loads the whole machine for a few minutes (never in the quick suite)
     scaleout(200_000, note="target: 200,000 connections on one machine"),
 ]
 
 QUICK: list[Config] = [
-    saturate(2, 100, 8, duration=2),
-    fanout(2, 50, 50, duration=2),
+    saturate(2, 100, 8, duration=2, variants=H),
+    fanout(2, 50, 50, duration=2, variants=H),
     fanout(1, 200, 20, duration=2),
     capacity(2000, steps=4),
     joinstorm(200),
     twonode(2, 50, 50, duration=2),
+    histmem(200, 50, steps=3),
 ]
 
 # The flamegraph run: our server only, under the steady fanout target's load, while py-spy
 # samples it for the whole measured window (FLAMEGRAPH_LEAD_S less than ``duration``).
 FLAMEGRAPH_STANDARD = fanout(4, 100, 50, duration=24)
-FLAMEGRAPH_QUICK = fanout(2, 50, 50, duration=4)
+FLAMEGRAPH_QUICK = fanout(2, 50, 50, duration=8)  # 6 s sampled: a few hundred samples
 FLAMEGRAPH_LEAD_S = 2
 
 
@@ -140,6 +185,11 @@ class Target:
     config: str
     text: str
     checks: tuple[Check, ...]
+    # which run of the record is ours (a setup's name for scenarios that run setups)
+    run: str = OURS
+    # which hint of results/README.md's "What would close the gaps" applies when missed
+    # (default: the one whose key starts the configuration id)
+    hint: str = ""
 
 
 TARGETS: list[Target] = [
@@ -175,6 +225,18 @@ TARGETS: list[Target] = [
         "joinstorm 1,000 members: time <= 1/10 of Node `ws`'s (the seed's O(N^2) presence)",
         (Check("storm_ms", "le", 0.1, "node_ws"),),
     ),
+    *(Target(cid, f"history on vs off, {what}: CPU per delivery with history (the default, "
+             "`--history-size 100`) within 10% of without (`--history-size 0`)",
+             (Check("cpu_per_delivery_us", "le", 1.1, NOHISTORY),), hint="history")
+      for cid, what in (("saturate-4x250-d8-s100", "saturate 4x250"),
+                        ("fanout-4x100-r50-s100", "fanout 4x100 at 50 msg/s"),
+                        ("fanout-1x1000-r20-s100", "fanout 1x1000 at 20 msg/s"))),
+    *(Target("resume-10x100-r20", f"reconnect storm, {what}: all 1,000 clients resume at once "
+             "with `recovered: true`, no chat missing or duplicated, all live again",
+             (Check("lossless", "eq", 1.0, None),), run=setup, hint=f"resume-{setup}")
+      for setup, what in (("restart", "one node restarted with --history-file"),
+                          ("disconnect", "one node, connections dropped"),
+                          ("two_nodes", "two nodes on Redis, resumed on the other node"))),
     Target(
         "scaleout-200000",
         "scaleout: 200,000 connections held over --workers 12 and Redis (all connected, "
@@ -218,6 +280,12 @@ def parse_id(cid: str) -> Config:
         if parts[0] == "scaleout":
             workers = int(parts[2][1:]) if len(parts) > 2 and parts[2][0] == "w" else 12
             return scaleout(int(parts[1]), workers)
+        if parts[0] == "resume":
+            rooms, members = map(int, parts[1].split("x"))
+            return resume(rooms, members, float(parts[2][1:]))
+        if parts[0] == "histmem":
+            rooms, per_room = map(int, parts[1].split("x"))
+            return histmem(rooms, per_room)
         if parts[0] == "twonode" and parts[1] == "fanout":
             rooms, members = map(int, parts[2].split("x"))
             return twonode(rooms, members, float(parts[3][1:]), int(parts[4][1:]))
@@ -230,5 +298,6 @@ def parse_id(cid: str) -> Config:
     raise SystemExit(
         f"unknown configuration {cid!r}: use e.g. fanout-4x100-r50-s100, "
         "saturate-4x250-d8-s100, capacity-18000, joinstorm-1000, scaleout-20000, "
-        "twonode-fanout-4x100-r50-s100, twonode-saturate-4x100-d8-s100"
+        "twonode-fanout-4x100-r50-s100, twonode-saturate-4x100-d8-s100, resume-10x100-r20, "
+        "histmem-1000x100"
     )

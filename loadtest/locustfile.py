@@ -13,9 +13,16 @@ User classes (scenarios):
 * ``ChatUser`` (``swarm``): rooms of ``--room-sizes``; most users only listen, a share
   (``--chat-fraction``) chats every ``--chat-interval`` seconds on average, and every user leaves
   its room after about ``--session-seconds`` to join another one or to reconnect later.
+* ``ResumeUser`` (``resume``): rooms of ``--resume-room-size``; the first member chats at
+  ``--resume-rate`` and stays; every other member's connection drops (an RST) after about
+  ``--resume-interval`` seconds, and after about ``--resume-offline`` seconds it reconnects and
+  joins with ``since`` its position. Every chat's ``seq`` is checked (loadtest/resume.py).
 
-Request types in the reports: ``WS`` (connect, join, send, and failures: closed, receive) and
-``FANOUT`` (per-receipt latency, a bounded sample; last member latency, one per message).
+Request types in the reports: ``WS`` (connect, join, send, and failures: closed, receive),
+``FANOUT`` (per-receipt latency, a bounded sample; last member latency, one per message) and
+``RESUME`` (``resume``: join with ``since`` to welcome, failed when not ``recovered`` or
+without a ``history`` answer; ``gap`` and ``duplicate``: always failures, one per chat sequence
+that skipped or repeated seqs).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest import serverstats
 from loadtest.fanout import FanoutTotals, FanoutTracker, stamp
+from loadtest.resume import ResumeTotals, SeqTracker
 from loadtest.rooms import RoomDirectory, Seat, SeatPlan
 from loadtest.settings import SCENARIOS, Settings, add_arguments, parse_source_addresses
 from loadtest.wsconn import ChatConnection, Target
@@ -49,6 +57,9 @@ SCENARIO_CLASSES = {
     "capacity": {"HoldUser"},
     "fanout": {"FanoutUser"},
     "swarm": {"ChatUser"},
+    "resume": {"ResumeUser"},
+    # the default mix; `resume` runs on its own (SCENARIO=resume), so that the reference
+    # runs of the other scenarios keep their shape
     "all": {"HoldUser", "FanoutUser", "ChatUser"},
 }
 FLUSH_INTERVAL = 1.0
@@ -77,7 +88,9 @@ class ProcessState:
             "swarm": SeatPlan(f"{prefix}-chat", settings.room_sizes),
             "fanout": SeatPlan(f"{prefix}-fan", (settings.fanout_room_size,)),
             "capacity": SeatPlan(f"{prefix}-idle", (settings.capacity_room_size,)),
+            "resume": SeatPlan(f"{prefix}-resume", (settings.resume_room_size,)),
         }
+        self.resumes = ResumeTotals()
         self._members = itertools.count(1)
         self._messages = itertools.count(1)
         self.held = 0
@@ -101,14 +114,27 @@ class ProcessState:
         self.held += change
         self.held_peak = max(self.held_peak, self.held)
 
-    def new_connection(self) -> ChatConnection:
+    def fire_resume(self, name: str, response_time: float, exc: Exception | None) -> None:
+        self.environment.events.request.fire(
+            request_type="RESUME", name=name, response_time=response_time,
+            response_length=0, exception=exc, context={},
+        )
+
+    def sequence_problem(self, kind: str, messages: int, detail: str) -> None:
+        """A gap or a duplicate in a resume user's chats: counted, and a failed request."""
+        self.resumes.problem(kind, messages)
+        cls = SequenceGap if kind == "gap" else DuplicateChat
+        self.fire_resume(kind, 0.0, cls(f"{messages} message(s)" if kind == "gap" else "seq"))
+        log.debug("roomcast resume %s: %s", kind, detail)
+
+    def new_connection(self, seq_tracker: SeqTracker | None = None) -> ChatConnection:
         member = next(self._members)
         source = self.sources[member % len(self.sources)] if self.sources else None
         return ChatConnection(
             member=member, username=f"{self.token}-{member}", target=self.target,
             source_address=source, fire=self.fire_ws, tracker=self.tracker,
             directory=self.directory, timeout=self.settings.connect_timeout,
-            on_held=self.on_held,
+            on_held=self.on_held, seq_tracker=seq_tracker,
         )
 
     def next_message_id(self) -> str:
@@ -287,6 +313,93 @@ class ChatUser(RoomcastUser):
             self.next_chat = now + random.expovariate(1.0 / self.state.settings.chat_interval)
 
 
+class ResumeFailed(Exception):
+    """A join with ``since`` whose answer was not ``recovered: true`` (the text says why)."""
+
+
+class SequenceGap(Exception):
+    pass
+
+
+class DuplicateChat(Exception):
+    pass
+
+
+class ResumeUser(RoomcastUser):
+    """Lossless resume: users whose connection drops now and then, and who come back with
+    ``since`` their position; the first member of each room chats on and stays."""
+
+    weight = 1
+    plan = "resume"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.seqs = SeqTracker(self.state.sequence_problem)
+        self.drop_at = math.inf
+        self.next_chat = 0.0
+        self.offline_until = 0.0
+
+    def is_publisher(self) -> bool:
+        return self.seat is not None and self.seat.position == 1
+
+    def ensure_joined(self) -> bool:
+        if self.conn is None:
+            self.conn = self.state.new_connection(self.seqs)
+        if not self.conn.alive:
+            self.conn.close()
+            if not self.conn.connect():
+                return False
+        if self.conn.joined:
+            return True
+        if self.seat is None:
+            self.seat = self.state.plans[self.plan].take()
+        since = self.seqs.since()
+        if since is None:
+            self.seqs.plain_join()
+            return self.conn.join(self.seat.room)
+        start = time.perf_counter()
+        if not self.conn.join(self.seat.room, since=since):
+            return False  # reported as a failed join
+        outcome = self.seqs.resume
+        assert outcome is not None
+        self.state.resumes.outcome(outcome)
+        exc = None
+        if not outcome.history:
+            exc = ResumeFailed("no history answer")
+        elif not outcome.recovered:
+            exc = ResumeFailed(f"not recovered: {outcome.reason}")
+        self.state.fire_resume("resume", (time.perf_counter() - start) * 1000.0, exc)
+        return True
+
+    def wait_time(self) -> float:
+        now = time.monotonic()
+        if not self.healthy:
+            return max(self.offline_until - now, 0.2)
+        if self.is_publisher():
+            return max(0.0, self.next_chat - now)
+        return min(max(self.drop_at - now, 0.0), 30.0)
+
+    @tag("resume")
+    @task
+    def step(self) -> None:
+        now = time.monotonic()
+        conn = self.conn
+        settings = self.state.settings
+        if not (self.healthy and conn is not None and conn.alive and conn.joined):
+            self.healthy = self.ensure_joined()
+            if self.healthy:
+                self.drop_at = now + random.expovariate(1.0 / settings.resume_interval)
+                self.next_chat = now
+            return
+        if self.is_publisher():
+            self.next_chat = max(self.next_chat + 1.0 / settings.resume_rate, now - 1.0)
+            conn.chat(f"resume {self.seat.room if self.seat else '?'} {now:.3f}")
+        elif now >= self.drop_at:
+            conn.abort()  # keeps its seat: it comes back to the same room
+            self.healthy = False
+            self.offline_until = now + settings.resume_offline * random.uniform(0.5, 1.5)
+
+
 # ---- run-wide bookkeeping (master or local runner) ---------------------------------------------
 
 
@@ -298,6 +411,7 @@ class RunMonitor:
         self.settings = settings
         self.scenario = scenario
         self.totals = FanoutTotals()
+        self.resumes = ResumeTotals()
         self.worker_held: dict[str, int] = {}
         self.timeline: list[dict[str, Any]] = []
         self.started = time.time()
@@ -324,10 +438,14 @@ class RunMonitor:
             fanout = report.get("fanout")
             if isinstance(fanout, dict):
                 self.totals.add_delta(fanout)
+            resumes = report.get("resume")
+            if isinstance(resumes, dict):
+                self.resumes.add(resumes)
 
     def collect_local(self) -> None:
         if _state is not None and not isinstance(self.environment.runner, MasterRunner):
             self.totals.add_delta(_state.tracker.take_delta())
+            self.resumes.add(_state.resumes.take())
 
     def sample(self) -> dict[str, Any]:
         runner = self.environment.runner
@@ -382,6 +500,7 @@ class RunMonitor:
                 "cpu_s": self.cpu_used(),
             },
             "fanout": self.totals.summary(),
+            "resume": self.resumes.to_dict(),
             "settings": {k: v for k, v in vars(self.settings).items() if k != "server_pid"},
         }
 
@@ -467,7 +586,8 @@ def _on_quitting(environment: Environment, **_kwargs: Any) -> None:
 @events.report_to_master.add_listener
 def _on_report_to_master(client_id: str, data: dict[str, Any]) -> None:
     if _state is not None:
-        data["roomcast"] = {"held": _state.held, "fanout": _state.tracker.take_delta()}
+        data["roomcast"] = {"held": _state.held, "fanout": _state.tracker.take_delta(),
+                            "resume": _state.resumes.take()}
 
 
 @events.worker_report.add_listener

@@ -76,6 +76,7 @@ def headline(prefix: str) -> dict[str, Any]:
     total = stat(rows, "", "Aggregated") or {}
     fanout = summary.get("fanout", {})
     server = summary.get("server", {})
+    resume = summary.get("resume") or {}
     return {
         "requests": int(total.get("Request Count", 0) or 0),
         "failures": int(total.get("Failure Count", 0) or 0),
@@ -95,9 +96,38 @@ def headline(prefix: str) -> dict[str, Any]:
         "last_member_p50_ms": fanout.get("last_member_p50_ms"),
         "last_member_p99_ms": fanout.get("last_member_p99_ms"),
         "lost_messages": fanout.get("lost_messages"),
+        "resumes": resume.get("resumes", 0),
+        "resumes_recovered": resume.get("recovered"),
+        "resume_gaps": resume.get("gaps"),
+        "resume_missing": resume.get("missing"),
+        "resume_duplicates": resume.get("duplicates"),
+        "resume_p50_ms": (stat(rows, "RESUME", "resume") or {}).get("50%"),
+        "resume_p99_ms": (stat(rows, "RESUME", "resume") or {}).get("99%"),
         "connect_p50_ms": (stat(rows, "WS", "connect") or {}).get("50%"),
         "join_p50_ms": (stat(rows, "WS", "join") or {}).get("50%"),
     }
+
+
+def parameters(scenario: str, settings: dict[str, Any]) -> str:
+    """The parameters of the scenario's user classes, in one sentence."""
+    parts = []
+    if scenario in ("swarm", "all"):
+        parts.append(f"room sizes `{compact_sizes(settings.get('room_sizes', []))}` (chat "
+                     f"swarm), {settings.get('chat_fraction')} of swarm users chatting every "
+                     f"{settings.get('chat_interval')} s on average, sessions of "
+                     f"{settings.get('session_seconds')} s on average")
+    if scenario in ("fanout", "all"):
+        parts.append(f"fan-out rooms of {settings.get('fanout_room_size')} at "
+                     f"{settings.get('fanout_rate')} msg/s")
+    if scenario in ("capacity", "all"):
+        parts.append(f"idle rooms of {settings.get('capacity_room_size')}")
+    if scenario == "resume":
+        parts.append(f"resume rooms of {settings.get('resume_room_size')} whose first member "
+                     f"chats at {settings.get('resume_rate')} msg/s, the others dropping their "
+                     f"connection every {settings.get('resume_interval')} s on average and "
+                     f"resuming after {settings.get('resume_offline')} s on average")
+    parts.append(f"{settings.get('message_bytes')}-byte messages")
+    return "Parameters: " + ", ".join(parts) + "."
 
 
 def markdown(prefix: str, context: dict[str, str]) -> str:
@@ -130,23 +160,21 @@ def markdown(prefix: str, context: dict[str, str]) -> str:
         f"({_num(h['messages'])} messages, {_num(h['lost_messages'])} lost) |",
         f"| Connect / join, p50 | {_num(h['connect_p50_ms'], ' ms')} / "
         f"{_num(h['join_p50_ms'], ' ms')} |",
+    ]
+    if h["resumes"]:
+        lines.append(f"| Resumes with `since` (join to welcome p50 / p99) | {_num(h['resumes'])}: "
+                     f"{_num(h['resumes_recovered'])} recovered, {_num(h['resume_gaps'])} gaps "
+                     f"({_num(h['resume_missing'])} messages), {_num(h['resume_duplicates'])} "
+                     f"duplicates ({_num(h['resume_p50_ms'], ' ms')} / "
+                     f"{_num(h['resume_p99_ms'], ' ms')}) |")
+    lines += [
         f"| Failures | {_num(h['failures'])} of {_num(h['requests'])} requests |",
         "",
     ]
     if causes:
         lines += ["Failures by cause:", ""] + [f"- {c}" for c in causes] + [""]
     if settings:
-        lines += [
-            "Parameters: room sizes "
-            f"`{compact_sizes(settings.get('room_sizes', []))}` (chat swarm), "
-            f"fan-out rooms of {settings.get('fanout_room_size')} at "
-            f"{settings.get('fanout_rate')} msg/s, idle rooms of "
-            f"{settings.get('capacity_room_size')}, {settings.get('chat_fraction')} of swarm users "
-            f"chatting every {settings.get('chat_interval')} s on average, sessions of "
-            f"{settings.get('session_seconds')} s on average, {settings.get('message_bytes')}-byte "
-            "messages.",
-            "",
-        ]
+        lines += [parameters(summary.get("scenario", "all"), settings), ""]
     lines += [
         f"Reports: [`{rel}.html`]({rel}.html) (Locust's HTML report), `{rel}_stats.csv`, "
         f"`{rel}_stats_history.csv`, `{rel}_failures.csv`, `{rel}_exceptions.csv`, "

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-SCENARIOS = ("capacity", "fanout", "swarm", "all")
+SCENARIOS = ("capacity", "fanout", "swarm", "resume", "all")
 SERVER_STATS = ("auto", "proc", "metrics")
 
 # (option, env var, default, help). Kept as data so docs/loadtest.md and --help cannot drift apart.
@@ -33,6 +33,15 @@ OPTIONS: list[tuple[str, str, str, str]] = [
      "messages per second that the publisher of each fan-out room sends"),
     ("--capacity-room-size", "LOADTEST_CAPACITY_ROOM_SIZE", "20",
      "members of each room that the idle capacity users join"),
+    ("--resume-room-size", "LOADTEST_RESUME_ROOM_SIZE", "20",
+     "members of each resume room (its first member chats and stays; the others drop their "
+     "connection now and then and resume with `since`)"),
+    ("--resume-rate", "LOADTEST_RESUME_RATE", "1",
+     "messages per second that the first member of each resume room sends"),
+    ("--resume-interval", "LOADTEST_RESUME_INTERVAL", "30",
+     "mean seconds a resume user stays connected before its connection drops (exponential)"),
+    ("--resume-offline", "LOADTEST_RESUME_OFFLINE", "3",
+     "mean seconds a dropped resume user stays away before it resumes (uniform, 0.5x-1.5x)"),
     ("--receipt-events", "LOADTEST_RECEIPT_EVENTS", "200",
      "per-receipt latency events fired per second per Locust process at most (a uniform "
      "sample beyond that; exact figures go to the summary)"),
@@ -73,6 +82,10 @@ class Settings:
     fanout_room_size: int
     fanout_rate: float
     capacity_room_size: int
+    resume_room_size: int
+    resume_rate: float
+    resume_interval: float
+    resume_offline: float
     receipt_events: int
     fanout_timeout: float
     connect_timeout: float
@@ -99,6 +112,10 @@ class Settings:
             fanout_room_size=int(get("--fanout-room-size")),
             fanout_rate=float(get("--fanout-rate")),
             capacity_room_size=int(get("--capacity-room-size")),
+            resume_room_size=int(get("--resume-room-size")),
+            resume_rate=float(get("--resume-rate")),
+            resume_interval=float(get("--resume-interval")),
+            resume_offline=float(get("--resume-offline")),
             receipt_events=int(get("--receipt-events")),
             fanout_timeout=float(get("--fanout-timeout")),
             connect_timeout=float(get("--connect-timeout")),
@@ -117,10 +134,11 @@ class Settings:
         if not 0.0 <= self.chat_fraction <= 1.0:
             raise ValueError("--chat-fraction must be between 0 and 1")
         for name in ("chat_interval", "session_seconds", "fanout_rate", "fanout_timeout",
-                     "connect_timeout"):
+                     "connect_timeout", "resume_rate", "resume_interval", "resume_offline"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("message_bytes", "fanout_room_size", "capacity_room_size"):
+        for name in ("message_bytes", "fanout_room_size", "capacity_room_size",
+                     "resume_room_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
 

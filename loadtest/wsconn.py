@@ -14,6 +14,7 @@ import errno
 import json
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +26,14 @@ import websocket
 from websocket import ABNF
 
 from loadtest.fanout import FanoutTracker, parse_stamp
+from loadtest.resume import SeqTracker
 from loadtest.rooms import RoomDirectory
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+CHAT_PREFIX = b'{"type":"chat"'
+HISTORY_PREFIX = b'{"type":"history"'
+SEQ_KEY = b'"seq":'
+LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends an RST
 
 # fire(name, response_time_ms, response_length, exception_or_None)
 Fire = Callable[[str, float, int, Exception | None], None]
@@ -90,8 +96,11 @@ class ChatConnection:
         directory: RoomDirectory,
         timeout: float,
         on_held: Callable[[int], None],
+        seq_tracker: SeqTracker | None = None,
     ) -> None:
         self.member = member
+        # resume users: every chat's seq, the history answers and the welcome's position
+        self.seq_tracker = seq_tracker
         self.username = username
         self.target = target
         self.source_address = source_address
@@ -172,6 +181,21 @@ class ChatConnection:
         ws.shutdown()
         self.ws = None
 
+    def abort(self) -> None:
+        """The connection dies (an RST, no CLOSE), as when a network goes away: not a failure."""
+        ws, receiver = self.ws, self._receiver
+        if ws is None:
+            return
+        self.closing = True
+        self._forget_room()
+        with contextlib.suppress(OSError):
+            ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        with contextlib.suppress(OSError):
+            ws.sock.close()
+        if receiver is not None and not receiver.dead:
+            receiver.kill(block=False)
+        self.ws = None
+
     # -- protocol --------------------------------------------------------------------------------
     def _send_json(self, payload: dict[str, Any]) -> int:
         assert self.ws is not None
@@ -179,7 +203,9 @@ class ChatConnection:
         self.ws.send(data)
         return len(data)
 
-    def join(self, room: str) -> bool:
+    def join(self, room: str, since: dict[str, Any] | None = None) -> bool:
+        """Joins ``room`` (with ``since``: resumes from that position) and waits for the
+        welcome; reported as ``join``."""
         if self.ws is None:
             return False
         if self.room is not None:
@@ -188,8 +214,11 @@ class ChatConnection:
         self.room = room
         start = time.perf_counter()
         exc: Exception | None = None
+        payload: dict[str, Any] = {"type": "join", "room": room, "username": self.username}
+        if since is not None:
+            payload["since"] = since
         try:
-            length = self._send_json({"type": "join", "room": room, "username": self.username})
+            length = self._send_json(payload)
             self._join_ack.wait(self._timeout)
             if not (self.joined and self.room == room):
                 exc = JoinFailed("timeout" if self.alive else "connection closed")
@@ -307,6 +336,19 @@ class ChatConnection:
 
     def _handle(self, data: bytes) -> None:
         now = time.time()
+        seqs = self.seq_tracker
+        if seqs is not None:
+            if data.startswith(HISTORY_PREFIX):
+                try:
+                    seqs.history(json.loads(data))
+                except ValueError:
+                    self._fire("receive", 0.0, len(data), ServerError("invalid JSON from server"))
+                return
+            if data.startswith(CHAT_PREFIX):
+                i = data.rfind(SEQ_KEY)
+                if i != -1:
+                    with contextlib.suppress(ValueError):
+                        seqs.chat(int(data[i + len(SEQ_KEY):-1]))
         if b'"users"' not in data and b'"lt1 ' not in data and b'"error"' not in data:
             return  # somebody else's join or leave notice, or an unstamped chat: nothing to do
         try:
@@ -329,6 +371,10 @@ class ChatConnection:
                 and self._join_ack is not None
                 and not self._join_ack.is_set()
             ):
+                if seqs is not None:
+                    epoch, seq = message.get("epoch"), message.get("seq")
+                    seqs.welcome(epoch if isinstance(epoch, str) else None,
+                                 seq if isinstance(seq, int) else None)
                 self.joined = True
                 self._on_held(1)
                 self._directory.joined(self.room, self.member, now)

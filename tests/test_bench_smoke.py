@@ -2,8 +2,9 @@
 
 Asserts that messages are delivered and none are lost; never asserts on timings (benchmarks are
 not timed tests). Keeps `make bench` from rotting. Also the uWebSockets.js peer's wire
-behaviour, the flush-histogram arithmetic, target verdicts against the best peer, and where
-quick runs write.
+behaviour, the flush-histogram arithmetic, target verdicts against the best peer, where
+quick runs write, what history costs (on vs off, memory per stored message), the reconnect
+storm, and the report's history and resume sections.
 """
 
 from __future__ import annotations
@@ -282,7 +283,8 @@ def test_targets_use_the_best_peer_of_the_run() -> None:
         "scaleout-200000": rec("scaleout-200000", "scaleout",
                                roomcast={"held": 0.0, "problems": []}),
     }
-    rows = {t["config"]: t for t in evaluate_targets(records)}
+    # the peer targets (each configuration's history and resume targets are tested below)
+    rows = {t["config"]: t for t in evaluate_targets(records) if not t["hint"]}
     fan = rows["fanout-4x100-r50-s100"]
     assert fan["verdict"] == "MISSED"
     assert fan["checks"][0]["peer"] == "uws"
@@ -295,7 +297,7 @@ def test_targets_use_the_best_peer_of_the_run() -> None:
     assert rows["fanout-1x1000-r20-s100"]["verdict"] == "not measured"
     # our own problems make a target missed whatever the figures say
     records["saturate-4x250-d8-s100"]["runs"]["roomcast"]["problems"] = ["3 deliveries lost"]
-    rows = {t["config"]: t for t in evaluate_targets(records)}
+    rows = {t["config"]: t for t in evaluate_targets(records) if not t["hint"]}
     assert rows["saturate-4x250-d8-s100"]["verdict"] == "MISSED"
 
 
@@ -382,3 +384,326 @@ async def test_driver_sends_the_browser_cookie_header() -> None:
     assert len(cookie) == 1500
     assert f"Cookie: {cookie}\r\n".encode() in requests[0]
     assert parse_id("capacity-18000-c1500").params["cookie_bytes"] == 1500
+
+
+# ---- what history costs: the history-off variant, memory per stored message
+
+
+def test_the_history_off_variant_runs_beside_ours_and_really_has_no_history() -> None:
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from websockets.asyncio.client import connect  # noqa: PLC0415
+
+    from bench.__main__ import with_variants  # noqa: PLC0415
+    from bench.servers import NOHISTORY  # noqa: PLC0415
+    from bench.suite import STANDARD  # noqa: PLC0415
+
+    by_id = {c.id: c for c in STANDARD}
+    for cid in ("saturate-4x250-d8-s100", "fanout-4x100-r50-s100", "fanout-1x1000-r20-s100"):
+        assert by_id[cid].variants == (NOHISTORY,)
+        # right after ours (same conditions), and not without ours
+        assert with_variants(["roomcast", "uws", "node_ws"], by_id[cid]) == [
+            "roomcast", NOHISTORY, "uws", "node_ws"]
+        assert with_variants(["uws"], by_id[cid]) == ["uws"]
+    assert with_variants(["roomcast"], by_id["capacity-18000"]) == ["roomcast"]
+
+    async def history_reason(url: str) -> object:
+        async with connect(url, open_timeout=5) as ws:
+            await ws.send('{"type":"join","room":"r","username":"u","history":5}')
+            first = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            return (first["type"], first["recovered"], first.get("reason"))
+
+    for kind, reason in ((NOHISTORY, "history disabled"), ("roomcast", None)):
+        srv = start_server(kind, timeout=20)
+        try:
+            assert asyncio.run(history_reason(srv.ws_url)) == ("history", reason is None, reason)
+        finally:
+            assert srv.stop() in (0, -15)
+
+
+def test_histmem_smoke(ctx: Context) -> None:
+    from bench.histmem import histmem  # noqa: PLC0415
+    from bench.servers import NOHISTORY  # noqa: PLC0415
+
+    out = histmem(ctx, cpu_split()[0], rooms=20, per_room=10, steps=2, settle=0.1)
+    inproc = out["in_process"]
+    assert "error" not in inproc, inproc.get("error")
+    assert "bench.history_memory --rooms 20 --per-room 10" in inproc["command"]
+    assert inproc["without_ids"]["messages"] == 200
+    assert inproc["with_ids"]["traced_bytes_per_message"] > (
+        inproc["without_ids"]["traced_bytes_per_message"])
+    on, off = out["roomcast"], out[NOHISTORY]
+    for fig in (on, off):
+        assert "error" not in fig, (fig.get("error"), fig.get("server_output_tail"))
+        assert fig["problems"] == [], fig["problems"]
+        assert fig["chats"] == fig["echoes"] == 200 and fig["losses"] == 0
+        assert [p[0] for p in fig["rss_points"]] == [0, 100, 200]
+        assert isinstance(fig["rss_per_message_bytes"], float)
+        assert fig["frame_bytes"] > 60  # a 60-character text plus the chat's other fields
+    # the server stored every chat of the fill, and counts more than their frames' bytes
+    assert on["history_messages"] == 200
+    assert on["counted_per_message_bytes"] > on["frame_bytes"]
+    assert off["history_messages"] == 0
+    assert "--history-size 10" in on["server_command"]
+    assert "--history-size 0" in off["server_command"]
+
+
+# ---- the reconnect storm
+
+
+def test_resume_storm_smoke(ctx: Context) -> None:
+    """One node (restart with --history-file, mass disconnect) and two nodes on Redis (every
+    member resuming on the other node) lose nothing."""
+    from bench.resume import resume  # noqa: PLC0415
+
+    out = resume(ctx, cpu_split()[0], rooms=2, members=5, rate=20, lead=0.3, outage=0.5,
+                 tail=0.3)
+    assert set(out) == {"restart", "disconnect", "two_nodes"}
+    for setup, fig in out.items():
+        assert "error" not in fig, (setup, fig.get("error"))
+        assert fig["clients"] == fig["resumes_sent"] == fig["live_again"] == 10
+        assert fig["storm_complete"] is True
+        assert fig["publisher_placed"] > 0
+        assert fig["duplicates"] == fig["mismatched"] == fig["unexpected"] == 0
+        assert fig["server_cpu_storm_s"] > 0
+    for setup in ("restart", "disconnect", "two_nodes"):
+        fig = out[setup]
+        assert fig["supported"] is True and fig["problems"] == [], (setup, fig["problems"])
+        assert fig["recovered"] == 10 and fig["missing"] == 0 and fig["lossless"] == 1.0
+        # the server's own counters agree (after a restart they start at 0 again: the
+        # publishers' own resumes came before the storm, so they are not in the difference)
+        assert fig["server_counted_resumes"] == fig["server_counted_resumes_recovered"] == 10
+        # they missed something while away, and the replay carried it
+        assert fig["replayed"] > 0 and fig["all_history_ms"] is not None
+    restart = out["restart"]
+    assert restart["old_exit_code"] == 0 and restart["close_codes"] == [1012]
+    assert restart["publisher_recovered"] == [True, True]
+    assert "--history-file" in restart["server_commands"][0]
+    assert out["disconnect"]["dropped"] == 10
+    two = out["two_nodes"]
+    assert "--redis-url" in two["server_commands"][1]
+    assert set(two["server_cpu_storm_by_process_s"]) == {"node_a", "node_b", "redis"}
+    # half of each room resumed on node A, the other half on node B
+    assert sum(1 for c in two["server_commands"] if "--redis-url" in c) == 2
+
+
+def test_a_storm_against_a_server_that_ignores_since_says_so() -> None:
+    """What the two-node storm reported before Redis mode served `since`: the welcomes carry
+    no epoch and no resume gets a `history` answer; said in words, and the target missed."""
+    from bench.resume import _verdict  # noqa: PLC0415
+
+    fig = {"clients": 10, "publishers": 2, "join_ok": True, "storm_complete": True,
+           "welcomes_without_epoch": 10, "no_history": 10, "resumes_sent": 10, "recovered": 0,
+           "missing": 120, "live_again": 10}
+    out = _verdict(fig, two=True)
+    assert out["supported"] is False and out["lossless"] == 0.0
+    assert out["unsupported"] == (
+        "the server does not serve `since` across nodes (Redis mode): 10 of 10 members' "
+        "welcomes carried no epoch; 10 of 10 resumes got no `history` answer before their "
+        "welcome")
+    assert out["problems"][0] == out["unsupported"]
+    assert "120 chats missing over all members" in out["problems"]
+
+
+def test_resume_storm_counts_what_a_server_without_history_loses(ctx: Context) -> None:
+    from bench.resume import resume  # noqa: PLC0415
+
+    out = resume(ctx, cpu_split()[0], rooms=1, members=4, rate=20, lead=0.3, outage=0.5,
+                 tail=0.3, setups=("disconnect",), server_args=("--history-size", "0"))
+    fig = out["disconnect"]
+    assert "error" not in fig, fig.get("error")
+    assert fig["storm_complete"] is True
+    assert (fig["recovered"], fig["not_recovered"]) == (0, 4)
+    assert fig["reasons"] == {"history disabled": 4}
+    assert (fig["server_counted_resumes"], fig["server_counted_resumes_recovered"]) == (4, 0)
+    # what was said while they were away never reached them
+    assert fig["missing"] >= 4 and fig["lossless"] == 0.0
+    assert any("not recovered" in p for p in fig["problems"])
+
+
+def test_a_track_counts_duplicates_jumps_and_replays() -> None:
+    from bench.driver import Track, _decode_welcome  # noqa: PLC0415
+
+    track = Track(1, "r", publisher=False)
+    track.welcome(_decode_welcome(b'{"type":"system","text":"u joined #r","epoch":"e1",'
+                                  b'"seq":0}'), 1)
+    assert (track.epoch, track.seq, track.no_history) == ("e1", 0, False)
+    track.chat(10, 1)
+    track.chat(11, 2)
+    track.reset_resume(100)
+    # a replay of one missed chat and one already seen: the position moves, one duplicate
+    track.history(b'{"type":"history","room":"r","epoch":"e1","messages":['
+                  b'{"type":"chat","username":"p","text":"11:0:x","timestamp":0,"seq":2},'
+                  b'{"type":"chat","username":"p","text":"12:0:x","timestamp":0,"seq":3}],'
+                  b'"recovered":true}', 150)
+    assert (track.recovered, track.replayed, track.dups, track.seq) == (True, 2, 1, 3)
+    track.chat(14, 5)  # a gap: seq 4 never came
+    assert track.jumps == 2 and track.got == {10: 1, 11: 2, 12: 3, 14: 5}
+    track.reset_resume(200)
+    track.welcome(_decode_welcome(b'{"type":"system","text":"u joined #r"}'), 250)
+    assert track.no_history is True and track.epoch == "e1"  # no epoch given: the old kept
+
+
+def test_resume_and_histmem_ids_round_trip() -> None:
+    for cid, scenario in (("resume-10x100-r20", "resume"), ("histmem-1000x100", "histmem")):
+        cfg = parse_id(cid)
+        assert (cfg.id, cfg.scenario) == (cid, scenario)
+    assert parse_id("resume-3x7-r5").params | {} == {
+        "rooms": 3, "members": 7, "rate": 5.0, "size": 100, "lead": 1.0, "outage": 2.0,
+        "tail": 1.0}
+
+
+# ---- the report: history on/off, memory, the storm, and hints that quote the profile
+
+
+def _run_file(tmp: Path, name: str, started: str, results: list[dict[str, object]],
+              flamegraph: dict[str, object] | None = None) -> None:
+    import json  # noqa: PLC0415
+
+    run: dict[str, object] = {"started": started, "command": "python -m bench", "quick": False,
+                              "results": results, "complete": True, "machine": {},
+                              "versions": {}}
+    if flamegraph is not None:
+        run["flamegraph"] = flamegraph
+    (tmp / "runs").mkdir(exist_ok=True)
+    (tmp / "runs" / name).write_text(json.dumps(run))
+
+
+HOT = {"total_samples": 1000, "self": [
+    {"frame": "ChatCore.flush (server/core.py:380)", "samples": 700, "pct": 70.0},
+    {"frame": "Runner.run (asyncio/runners.py:118)", "samples": 200, "pct": 20.0},
+    {"frame": "History.add (server/history.py:210)", "samples": 30, "pct": 3.0}],
+    "total": []}
+
+
+def test_the_readme_shows_history_costs_the_storm_and_quotes_the_runs_flamegraph(
+    tmp_path: Path,
+) -> None:
+    from bench.report import load_runs, pair_figures, write_readme  # noqa: PLC0415
+    from bench.servers import NOHISTORY  # noqa: PLC0415
+
+    fan = {"id": "fanout-4x100-r50-s100", "scenario": "fanout", "note": "target",
+           "params": {"rooms": 4, "members": 100, "rate": 50},
+           "reproduce": 'make bench BENCH_ARGS="--only fanout-4x100-r50-s100"',
+           "runs": {"roomcast": {"cpu_per_delivery_us": 3.0, "p99_ms": 5.0, "problems": []},
+                    NOHISTORY: {"cpu_per_delivery_us": 2.5, "p99_ms": 4.0, "problems": []},
+                    "uws": {"cpu_per_delivery_us": 2.2, "p99_ms": 4.0, "problems": []}},
+           "repeats": {"roomcast": [{"cpu_per_delivery_us": 2.875}, {"cpu_per_delivery_us": 2.6}],
+                       NOHISTORY: [{"cpu_per_delivery_us": 2.5}, {"cpu_per_delivery_us": 2.5}]}}
+    fan["pairs"] = {NOHISTORY: pair_figures(fan, NOHISTORY)}
+    mem = {"id": "histmem-1000x100", "scenario": "histmem", "note": "",
+           "params": {"rooms": 1000, "per_room": 100, "text_length": 60, "steps": 4},
+           "reproduce": 'make bench BENCH_ARGS="--only histmem-1000x100"',
+           "runs": {"in_process": {"command": ".venv/bin/python -m bench.history_memory",
+                                   "without_ids": {"traced_bytes_per_message": 201.4},
+                                   "with_ids": {"traced_bytes_per_message": 325.0}},
+                    "roomcast": {"rss_per_message_bytes": 204.6, "frame_bytes": 143.8,
+                                 "counted_per_message_bytes": 203.8, "problems": []},
+                    NOHISTORY: {"rss_per_message_bytes": 1e-12, "problems": []}}}
+    storm = {"id": "resume-10x100-r20", "scenario": "resume", "note": "target",
+             "params": {"rooms": 10, "members": 100, "rate": 20.0, "outage": 2.0},
+             "reproduce": 'make bench BENCH_ARGS="--only resume-10x100-r20"',
+             "runs": {"restart": {"clients": 1000, "recovered": 1000, "lossless": 1.0,
+                                  "server_cpu_storm_s": 0.0731, "problems": []},
+                      "two_nodes": {"clients": 1000, "recovered": 0, "no_history": 1000,
+                                    "lossless": 0.0, "unsupported": "the server does not "
+                                    "serve `since` across nodes (Redis mode): no epoch",
+                                    "problems": ["the server does not serve `since`"]}}}
+    _run_file(tmp_path, "a.json", "2026-12-01T10:00:00", [fan, mem, storm],
+              {"config": "fanout-4x100-r50-s100", "hot": HOT, "svg": "f.svg",
+               "command": "py-spy", "duration_s": 22, "rate_hz": 250})
+    readme = write_readme(tmp_path, load_runs(tmp_path / "runs"), []).read_text()
+
+    # three pairs: 1.20x, 1.15x, 1.04x; the medians are shown and judged
+    assert ("| fanout-4x100-r50-s100 | 2.88 | 2.50 | 1.15x | 1.20x, 1.15x, 1.04x | "
+            "≤ 1.1x: **MISSED** |") in readme
+    assert "median of 3 pairs 1.15x (1.20x, 1.15x, 1.04x; medians ours 2.875 vs " \
+        f"{NOHISTORY} 2.5) (needs <= 1.1x) — missed" in readme
+    assert f"| fanout-4x100-r50-s100 | *ours/{NOHISTORY}* |" in readme
+    assert "| every Python allocation | 201 B | 325 B |" in readme
+    assert "| roomcast | 205 B |" in readme and f"| {NOHISTORY} | 0 B |" in readme
+    assert "| resume-10x100-r20 | one node, SIGTERM + restart with --history-file | 1,000 |" \
+        in readme
+    assert "| 73 |" in readme  # the storm's server CPU in ms
+    assert "two nodes + Redis, dropped, resumed on the other node: the server does not " \
+        "serve `since` across nodes" in readme
+    gaps = readme[readme.index("## What would close the gaps"):]
+    assert "`fanout-4x100-r50-s100`; `fanout-4x100-r50-s100` (history)" in gaps
+    assert "`resume-10x100-r20` (resume-two_nodes)" in gaps
+    assert "`resume-10x100-r20` (resume-restart)" not in gaps  # met
+    # the CPU hints quote the flamegraph of the run that measured the miss, by frame
+    assert gaps.count("this run's flamegraph (`fanout-4x100-r50-s100`, 1,000 samples) has the "
+                      "most own samples in `ChatCore.flush (server/core.py:380)` 70.0%") == 2
+    assert "frames of `server/history.py`: `History.add (server/history.py:210)` 3.0%" in gaps
+
+
+def test_a_hint_names_the_run_of_a_flamegraph_from_another_run() -> None:
+    from bench.report import flamegraph_quote  # noqa: PLC0415
+
+    fg = {"config": "fanout-4x100-r50-s100", "hot": HOT, "_file": "old.json"}
+    assert flamegraph_quote(fg, "new.json").startswith(
+        "the latest flamegraph (run `old.json`) (`fanout-4x100-r50-s100`, 1,000 samples)")
+    assert flamegraph_quote(None, "new.json").startswith("no flamegraph was recorded")
+    assert "failed" in flamegraph_quote({"error": "py-spy", "_file": "x.json"}, "x.json")
+    cold = {**fg, "hot": {**HOT, "self": HOT["self"][:2]}}
+    assert "no `server/history.py` frame among its hottest" in flamegraph_quote(cold, "old.json")
+
+
+def test_history_on_off_is_judged_on_the_median_of_the_pairs() -> None:
+    from bench.report import evaluate_targets, pair_figures  # noqa: PLC0415
+    from bench.servers import NOHISTORY  # noqa: PLC0415
+
+    def fig(cpu: float, problems: list[str] | None = None) -> dict[str, object]:
+        return {"cpu_per_delivery_us": cpu, "problems": problems or []}
+
+    rec: dict[str, object] = {
+        "id": "saturate-4x250-d8-s100", "scenario": "saturate",
+        # the first pair misses (1.3x): a noisy neighbour; the other two meet it
+        "runs": {"roomcast": fig(1.3), NOHISTORY: fig(1.0)},
+        "repeats": {"roomcast": [fig(1.05), fig(0.9), fig(5.0, ["server exit code 1"])],
+                    NOHISTORY: [fig(1.0), fig(1.0), fig(1.0)]}}
+    paired = pair_figures(rec, NOHISTORY)["cpu_per_delivery_us"]
+    assert paired["ratios"] == pytest.approx([1.3, 1.05, 0.9])  # the run with problems is out
+    assert paired["median_ratio"] == pytest.approx(1.05)
+    rec["pairs"] = {NOHISTORY: pair_figures(rec, NOHISTORY)}
+    [row] = [t for t in evaluate_targets({rec["id"]: rec}) if t["hint"] == "history"
+             and t["config"] == rec["id"]]
+    assert row["verdict"] == "met"
+    assert row["checks"][0]["pairs"] == pytest.approx([1.3, 1.05, 0.9])
+    del rec["pairs"]  # one pair only: judged on it
+    [row] = [t for t in evaluate_targets({rec["id"]: rec}) if t["hint"] == "history"
+             and t["config"] == rec["id"]]
+    assert row["verdict"] == "MISSED"
+
+
+def test_the_standard_history_comparisons_run_in_pairs() -> None:
+    from bench.suite import STANDARD  # noqa: PLC0415
+
+    paired = {c.id: c.pairs for c in STANDARD if c.variants}
+    assert paired == {"saturate-4x250-d8-s100": 3, "fanout-4x100-r50-s100": 3,
+                      "fanout-1x1000-r20-s100": 3}
+
+
+def test_run_config_runs_ours_and_the_variant_in_alternating_pairs(ctx: Context) -> None:
+    from bench.__main__ import run_config  # noqa: PLC0415
+    from bench.servers import NOHISTORY  # noqa: PLC0415
+    from bench.suite import fanout as fanout_config  # noqa: PLC0415
+
+    # enough deliveries (5,000 a second) for the CPU figures to be more than zero ticks
+    cfg = fanout_config(2, 50, 50, size=64, duration=1.0, variants=(NOHISTORY,), pairs=2)
+    rec = run_config(cfg, ["roomcast"], ctx, cpu_split()[0], {})
+    assert list(rec["runs"]) == ["roomcast", NOHISTORY]
+    repeats = rec["repeats"]
+    assert len(repeats["roomcast"]) == len(repeats[NOHISTORY]) == 1
+    # pair 1: ours first; pair 2: the variant first
+    assert rec["runs"]["roomcast"]["started_monotonic"] < rec["runs"][NOHISTORY][
+        "started_monotonic"]
+    assert repeats[NOHISTORY][0]["started_monotonic"] < repeats["roomcast"][0][
+        "started_monotonic"]
+    for fig in (*rec["runs"].values(), *repeats["roomcast"], *repeats[NOHISTORY]):
+        _clean(fig)
+        assert fig["deliveries"] == fig["deliveries_expected"] > 0
+    assert "--history-size 0" in repeats[NOHISTORY][0]["server_command"]
+    paired = rec["pairs"][NOHISTORY]["cpu_per_delivery_us"]
+    assert len(paired["ratios"]) == 2 and paired["median_ratio"] is not None

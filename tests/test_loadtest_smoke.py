@@ -18,6 +18,7 @@ import websocket
 
 from loadtest import report, serverstats
 from loadtest.fanout import FanoutTotals, FanoutTracker, Histogram, parse_stamp, stamp
+from loadtest.resume import ResumeTotals, SeqTracker
 from loadtest.rooms import RoomDirectory, SeatPlan
 from loadtest.settings import parse_room_sizes, parse_source_addresses
 from tests.support import running_server
@@ -268,3 +269,106 @@ def test_locust_run_reads_server_stats_from_metrics(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert any(row["server_connections"] == "4" for row in rows)
     assert "open WebSocket connections (/metrics)" in report.markdown(str(prefix), {})
+
+
+# ---- resume: users whose connection drops, back with `since`; gaps and duplicates fail
+
+
+def _resume_swarm(server_url: str, prefix: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
+        "--headless", "--users", "10", "--spawn-rate", "10", "--run-time", "8s",
+        "--stop-timeout", "3", "--host", server_url, "--csv", str(prefix), "--only-summary",
+        # rooms of 5: one publisher at 5 msg/s, four members that drop every ~1.5 s and stay
+        # away ~0.8 s, so that each resume has a few messages to recover
+        "--resume-room-size", "5", "--resume-rate", "5", "--resume-interval", "1.5",
+        "--resume-offline", "0.8",
+    ]
+    env = {**os.environ, "SCENARIO": "resume", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)
+
+
+@pytest.mark.timeout(90)
+def test_resume_swarm_recovers_every_resume_with_no_gap(tmp_path: Path) -> None:
+    prefix = tmp_path / "resume"
+    with running_server("--rate-limit", "0", "--log-level", "warning") as server:
+        done = _resume_swarm(server.ws_url, prefix)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    stats = _stats(prefix)
+    assert int(stats[("", "Aggregated")]["Failure Count"]) == 0, output[-4000:]
+    resumes = int(stats[("RESUME", "resume")]["Request Count"])
+    assert resumes > 0
+    assert ("RESUME", "gap") not in stats and ("RESUME", "duplicate") not in stats
+    summary = json.loads(Path(f"{prefix}_summary.json").read_text())["resume"]
+    # (a resume that completes while Locust stops its users reaches the summary but may miss
+    # Locust's own stats)
+    assert summary["resumes"] == summary["recovered"] >= resumes
+    assert summary["gaps"] == summary["duplicates"] == summary["no_history"] == 0
+    assert summary["replayed"] > 0  # they did miss messages while away, and got them back
+    section = report.markdown(str(prefix), {})
+    total = summary["resumes"]
+    assert f"| Resumes with `since` (join to welcome p50 / p99) | {total:,}: {total:,} " \
+        "recovered, 0 gaps (0 messages), 0 duplicates" in section
+    assert "Parameters: resume rooms of 5 whose first member chats at 5.0 msg/s" in section
+    assert "(chat swarm)" not in section
+
+
+@pytest.mark.timeout(90)
+def test_resume_swarm_fails_when_the_server_cannot_resume(tmp_path: Path) -> None:
+    prefix = tmp_path / "nohistory"
+    with running_server("--rate-limit", "0", "--log-level", "warning",
+                        "--history-size", "0") as server:
+        done = _resume_swarm(server.ws_url, prefix)
+    assert done.returncode == 1, (done.stdout + done.stderr)[-4000:]
+    row = _stats(prefix)[("RESUME", "resume")]
+    assert int(row["Request Count"]) == int(row["Failure Count"]) > 0
+    failures = report.read_failures(str(prefix))
+    assert {f["Error"] for f in failures} == {
+        "ResumeFailed('not recovered: history disabled')"}
+    summary = json.loads(Path(f"{prefix}_summary.json").read_text())["resume"]
+    assert summary["recovered"] == 0
+    assert summary["reasons"] == {"history disabled": summary["resumes"]}
+
+
+def test_seq_tracker_counts_gaps_duplicates_and_checks_the_resume_seam() -> None:
+    problems: list[tuple[str, int]] = []
+    totals = ResumeTotals()
+
+    def report_problem(kind: str, messages: int, _detail: str) -> None:
+        problems.append((kind, messages))
+        totals.problem(kind, messages)
+
+    seqs = SeqTracker(report_problem)
+    assert seqs.since() is None  # no position before the first welcome
+    seqs.plain_join()
+    seqs.welcome("e1", 4)
+    for seq in (5, 6, 6, 9):  # a duplicate, then 7 and 8 skipped
+        seqs.chat(seq)
+    assert problems == [("duplicate", 1), ("gap", 2)]
+    assert seqs.since() == {"epoch": "e1", "seq": 9}
+    seqs.history({"recovered": True, "messages": [{"seq": 10}, {"seq": 11}]})
+    seqs.welcome("e1", 13)  # live would start past the replay's end: 12, 13 lost
+    assert problems[-1] == ("gap", 2) and seqs.seq == 13
+    assert seqs.resume is not None and (seqs.resume.recovered, seqs.resume.replayed) == (True, 2)
+    totals.outcome(seqs.resume)
+    # a resume that is not recovered: its hole is the resume's failure, not a gap
+    seqs.since()
+    seqs.history({"recovered": False, "reason": "epoch changed", "messages": [{"seq": 1}]})
+    seqs.welcome("e2", 1)
+    seqs.chat(2)
+    assert len(problems) == 3 and seqs.seq == 2
+    assert seqs.resume is not None
+    totals.outcome(seqs.resume)
+    # no history answer at all (a server that ignores `since`)
+    seqs.since()
+    seqs.welcome(None, None)
+    assert seqs.resume is not None and seqs.resume.history is False and seqs.seq is None
+    totals.outcome(seqs.resume)
+    seqs.chat(40)  # no position: nothing to check
+    assert len(problems) == 3
+    assert totals.take() == {"resumes": 3, "recovered": 1, "not_recovered": 1, "no_history": 1,
+                             "replayed": 3, "gaps": 2, "missing": 4, "duplicates": 1,
+                             "reasons": {"epoch changed": 1}}
+    assert totals.to_dict()["resumes"] == 0  # taken: counting starts again
