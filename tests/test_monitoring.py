@@ -558,7 +558,14 @@ def test_prometheus_scrapes_a_server_and_evaluates_the_rules(stack: Stack) -> No
     def recorded(name: str) -> list[float]:
         return values(poll(f"{name} to have data", lambda: prometheus.query(name + selector)))
 
-    assert recorded("roomcast:deliveries:rate5m")[0] > 0
+    # The first evaluations may see only scrapes from before the chatter started (a rate of 0):
+    # wait for the deliveries to show, which they must within the poll's timeout.
+    deliveries = "roomcast:deliveries:rate5m" + selector
+    delivering = poll(
+        "roomcast:deliveries:rate5m above 0",
+        lambda: [v for v in values(prometheus.query(deliveries)) if v > 0],
+    )
+    assert len(delivering) == 1
     cpu = recorded("roomcast:cpu_seconds_per_delivery:rate5m")
     # (0 is possible on a busy machine: CPU time moves in 10 ms ticks between two scrapes)
     assert len(cpu) == 1 and 0 <= cpu[0] < 1 and math.isfinite(cpu[0])
