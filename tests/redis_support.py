@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -141,3 +143,117 @@ def start_cluster(shards: int = 3) -> list[RedisServer]:
             node.close()
         raise
     return nodes
+
+
+class LosingProxy:
+    """A TCP proxy in front of a redis-server that can lose an answer, for the one outage a
+    stopped or killed Redis cannot produce on demand: a command that ran in Redis whose reply
+    never reaches the node.
+
+    ``arm(marker)``: the first command carrying `marker` is passed on to Redis; from then on
+    nothing Redis sends on that connection (with ``mute_all``: on any connection) reaches the
+    node, and `cut_after` seconds later every connection is closed and new ones are refused for
+    `down` seconds. ``cut`` is set once that has happened."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.sockets: list[socket.socket] = []
+        self.marker: bytes | None = None
+        self.mute_all = False
+        self.losing: socket.socket | None = None  # the connection whose answers are lost
+        self.refusing_until = 0.0
+        self.cut = threading.Event()
+        self.cut_after = 0.3
+        self.down = 1.0
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def arm(self, marker: bytes, *, mute_all: bool) -> None:
+        with self.lock:
+            self.marker, self.mute_all = marker, mute_all
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+        self._close_all()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                node, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.closed or time.monotonic() < self.refusing_until:
+                node.close()
+                continue
+            try:
+                redis = socket.create_connection(("127.0.0.1", self.redis_port))
+            except OSError:
+                node.close()
+                continue
+            with self.lock:
+                self.sockets += [node, redis]
+            if self.closed:
+                self._close_all()
+            threading.Thread(target=self._to_redis, args=(node, redis), daemon=True).start()
+            threading.Thread(target=self._to_node, args=(redis, node), daemon=True).start()
+
+    def _to_redis(self, node: socket.socket, redis: socket.socket) -> None:
+        tail = b""
+        while data := self._recv(node):
+            with self.lock:
+                marker = self.marker
+                tripped = marker is not None and marker in tail + data
+                if tripped:
+                    self.marker, self.losing = None, node
+            tail = data[-64:]
+            self._send(redis, data)
+            if tripped:
+                threading.Timer(self.cut_after, self._cut).start()
+        self._close(node, redis)
+
+    def _to_node(self, redis: socket.socket, node: socket.socket) -> None:
+        while data := self._recv(redis):
+            with self.lock:
+                lost = self.losing is not None and (self.mute_all or self.losing is node)
+            if not lost:
+                self._send(node, data)
+        self._close(node, redis)
+
+    def _cut(self) -> None:
+        self.refusing_until = time.monotonic() + self.down
+        self._close_all()
+        with self.lock:
+            self.losing = None
+        self.cut.set()
+
+    def _close_all(self) -> None:
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        self._close(*sockets)
+
+    @staticmethod
+    def _close(*sockets: socket.socket) -> None:
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+    @staticmethod
+    def _send(sock: socket.socket, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(data)

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import Launch
 from tests.rawws import RawClient
-from tests.redis_support import RedisServer, start_redis
+from tests.redis_support import LosingProxy, RedisServer, start_redis
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
@@ -248,6 +248,59 @@ async def test_an_outage_repairs_what_the_other_nodes_said_meanwhile(
         await client.aclose()
     assert [m["text"] for m in seen if m["seq"]] == [f"m{n}" for n in range(1, 11)] + ["last"]
     assert [m["seq"] for m in seen if m["seq"]] == list(range(2, 13))
+
+
+async def received_until(client: RawClient, predicate: Any) -> list[dict[str, Any]]:
+    """Every message `client` gets, up to and including the first that matches."""
+    seen = []
+    while True:
+        message = await client.recv_json(timeout=15)
+        seen.append(message)
+        if predicate(message):
+            return seen
+
+
+@pytest.mark.parametrize("copy_first", [False, True], ids=["nothing-back", "copy-back"])
+async def test_a_chat_in_flight_when_the_link_drops_reaches_every_member_once(
+    launch: Launch, redis_server: RedisServer, copy_first: bool
+) -> None:
+    """Node A's chat runs in Redis (placed, numbered, published) but Redis's answer never
+    reaches A: the link drops right then. A cannot know; its members get the chat at once,
+    unnumbered (and, with `copy_first`, its numbered copy had come back through A's subscription
+    already: that one, then). Either way A's members see it once, also after A is back and has
+    repaired the room from Redis, and B's members once, numbered."""
+    proxy = LosingProxy(redis_server.port)
+    try:
+        a = launch("--rate-limit", "0", "--redis-url", proxy.url, "--node-ttl", "5")
+        b = node(launch, redis_server)
+        ann, _, _ = await join(a, "ann")
+        lis, _, _ = await join(a, "lis")
+        bob, _, _ = await join(b, "bob")
+        ann.send_json({"type": "chat", "text": "m0"})
+        for client in (ann, lis, bob):
+            await chats_until(client, "m0")
+        proxy.arm(b"in flight", mute_all=not copy_first)
+        ann.send_json({"type": "chat", "text": "in flight"})
+        seen = {
+            "ann": await received_until(ann, lambda m: m.get("event") == "recovered"),
+            "lis": await received_until(lis, lambda m: m.get("event") == "recovered"),
+        }
+        assert proxy.cut.is_set()
+        ann.send_json({"type": "chat", "text": "after"})
+        seen["ann"] += await chats_until(ann, "after")
+        seen["lis"] += await chats_until(lis, "after")
+        seen["bob"] = await chats_until(bob, "after")
+    finally:
+        proxy.close()
+    for name, messages in seen.items():
+        copies = [m for m in messages if m.get("text") == "in flight"]
+        assert len(copies) == 1, (name, copies)
+    (on_b,) = [m for m in seen["bob"] if m.get("text") == "in flight"]
+    assert on_b["seq"] == 2
+    (on_a,) = [m for m in seen["lis"] if m.get("text") == "in flight"]
+    assert on_a["seq"] == (2 if copy_first else 0)
+    assert any(m.get("event") == "outage" for m in seen["lis"])
+    assert "lost Redis" in a.text()
 
 
 def a_node(server: ServerProcess) -> str:

@@ -19,6 +19,7 @@ from server.redis.wire import (
     UnknownEnvelope,
     announced_head,
     channel_name,
+    chat_identity,
     chat_position,
     fill_count,
     join_head,
@@ -87,3 +88,20 @@ def test_a_chat_splits_around_its_seq_and_a_position_parses() -> None:
 def test_fill_count_is_what_the_scripts_do() -> None:
     notice = encode(SystemMessage("a left #r", "leave", "r", "a", 0, 1))
     assert json.loads(fill_count(notice, 7))["count"] == 7
+
+
+@given(st.text(max_size=20), st.text(max_size=40), st.integers(0, 2**53), st.integers(1, 2**40))
+def test_a_chat_is_the_same_chat_before_and_after_redis_numbers_it(
+    name: str, text: str, sent_at: int, seq: int
+) -> None:
+    unnumbered = encode(ChatMessage(name, text, sent_at, 0))
+    prefix, suffix = split_seq(unnumbered)
+    numbered = b"%s%d%s" % (prefix, seq, suffix)
+    assert chat_identity(numbered) == chat_identity(unnumbered)
+    # what it names: the sender, the text and the origin's timestamp
+    assert chat_identity(encode(ChatMessage(name, text + "!", sent_at, 0))) != chat_identity(
+        unnumbered
+    )
+    assert chat_identity(encode(ChatMessage(name, text, sent_at + 1, seq))) != chat_identity(
+        numbered
+    )

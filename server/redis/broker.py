@@ -49,6 +49,7 @@ from . import scripts
 from .joins import Joins, unavailable
 from .leases import Leases
 from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link
+from .outage import deliver_held, deliver_unanswered
 from .pipeline import JOIN, LEAVE, OTHER, PUBLISH, Op, Pipeline
 from .positions import DELIVER, GAP, RESET, Positions
 from .registry import changes
@@ -64,7 +65,6 @@ from .wire import (
     announced_head,
     channel_name,
     chat_position,
-    fill_count,
     join_head,
     member_field,
     members_key,
@@ -296,6 +296,8 @@ class RedisBroker:
             elif verdict == RESET:
                 tell_reset(self.core, room, epoch, seq - 1)
                 self.core.deliver(room, payload)
+            if verdict != GAP:
+                self.pipeline.came_back(name, payload)
         elif kind == PLAIN:
             self.core.deliver(room, payload)
         elif kind == ANNOUNCED:  # that node told its own members already
@@ -363,22 +365,10 @@ class RedisBroker:
             exc or type(exc).__name__,
         )
         core = self.core
-        for op in self.pipeline.abandon():  # deliver here what may never have reached anyone
-            room = core.rooms.get(op.room) if op.room is not None else None
-            if room is None or op.payload is None:
-                continue
-            if op.kind == PUBLISH:
-                core.deliver(room, op.payload)
-            elif op.kind == LEAVE and len(room):
-                core.deliver(room, fill_count(op.payload, len(room)))
+        held = self.positions.abandon()
+        deliver_unanswered(core, self.pipeline, self.positions, held)
         self.joins.fail_over(self.config.max_users_list)
-        for name, held in self.positions.abandon().items():  # held goes out now, in order
-            room = core.rooms.get(name)
-            for _, data in held if room is not None else ():
-                with contextlib.suppress(UnknownEnvelope):
-                    kind, _, payload = open_envelope(data)
-                    if kind in (CHAT, PLAIN) and room is not None:
-                        core.deliver(room, payload)
+        deliver_held(core, held)
         self.told_clients = bool(core.rooms)
         for room in list(core.rooms.values()):
             if len(room):

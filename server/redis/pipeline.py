@@ -3,7 +3,9 @@
 The core's calls (publish, join, leave) are synchronous; each becomes an ``Op`` appended here, and
 one task sends everything queued as one pipeline (one round trip per event-loop tick under load).
 One queue keeps each room's joins, messages and leaves from this node in order. An op remembers
-enough (room, payload) for the broker to deliver it locally if Redis fails under it.
+enough (room, payload) for the broker to deliver it locally if Redis fails under it; a chat
+whose numbered copy came back through the subscription before Redis's answer forgets its
+payload, so that losing the link then does not deliver it here twice.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Callable, Container
 from typing import Any
 
 from .link import COMMAND_TIMEOUT, is_connection_error
+from .wire import chat_identity
 
 log = logging.getLogger("roomcast.redis")
 
@@ -44,6 +47,8 @@ class Pipeline:
         self.queued: list[Op] = []
         self.inflight: list[Op] = []
         self.wake = asyncio.Event()
+        # chats with a local payload not answered yet, by chat_identity
+        self.unanswered: dict[bytes, Op] = {}
 
     @property
     def backlog(self) -> int:
@@ -51,8 +56,18 @@ class Pipeline:
         return len(self.queued) + len(self.inflight)
 
     def push(self, op: Op) -> None:
+        if op.kind == PUBLISH and op.payload is not None:
+            self.unanswered[chat_identity(op.payload)] = op
         self.queued.append(op)
         self.wake.set()
+
+    def came_back(self, room: str, payload: bytes) -> None:
+        """Chat `payload` of `room` came back from Redis numbered: if it is one of ours that
+        Redis has not answered yet, it has its place, and is no longer ours to deliver."""
+        if self.unanswered:
+            op = self.unanswered.pop(chat_identity(payload), None)
+            if op is not None and op.room == room:
+                op.payload = None
 
     def push_first(self, ops: list[Op]) -> None:
         self.queued[:0] = ops
@@ -73,12 +88,17 @@ class Pipeline:
         self.inflight = ops
         await execute(client, ops)
         self.inflight = []
+        if self.unanswered:  # answered now: placed, or refused with an error that was logged
+            for op in ops:
+                if op.kind == PUBLISH and op.payload is not None:
+                    self.unanswered.pop(chat_identity(op.payload), None)
 
     def abandon(self) -> list[Op]:
         """The link is lost: returns what was in flight or queued (possibly never applied)."""
         ops = self.inflight + self.queued
         self.inflight = []
         self.queued = []
+        self.unanswered.clear()
         return ops
 
 

@@ -13,10 +13,17 @@ through the subscription, in channel order) and the read are in, the node delive
 messages that precede everything held (those published before its subscription saw them; what
 came after is all in the held part, in order), then the held part up to the marker, through
 the normal path. A repair that cannot get a message back (trimmed from the stream) tells the
-room how many are missing: never a silent gap. Pure: the broker does the I/O.
+room how many are missing: never a silent gap.
+
+A chat of this node's that was in flight when the link dropped was delivered here unnumbered
+(its sender's room must not lose it), though Redis may have placed it: the node remembers it,
+and the repair after the outage does not deliver its numbered copy here a second time (the
+other nodes get that copy once, as any chat). Pure: the broker does the I/O.
 """
 
 from __future__ import annotations
+
+from .wire import chat_identity
 
 DELIVER, DUPLICATE, GAP, RESET = 0, 1, 2, 3
 
@@ -54,6 +61,8 @@ class Positions:
         self.epochs: dict[str, str] = {}  # room -> epoch of what was delivered
         self.seqs: dict[str, int] = {}  # room -> last seq delivered
         self.repairs: dict[str, Repair] = {}
+        # room -> chats delivered here unnumbered that Redis may also have placed (chat_identity)
+        self.unnumbered: dict[str, set[bytes]] = {}
 
     def judge(self, room: str, epoch: str, seq: int) -> int:
         """What to do with chat `seq` of `epoch` arriving for `room` (DELIVER and RESET also
@@ -70,6 +79,11 @@ class Positions:
             self.seqs[room] = seq
             return DELIVER
         return GAP
+
+    def delivered_unnumbered(self, room: str, payload: bytes) -> None:
+        """This node's chat `payload` (seq 0) was delivered here without its place in the room's
+        order, which Redis may have given it anyway: its numbered copy is not to come again."""
+        self.unnumbered.setdefault(room, set()).add(chat_identity(payload))
 
     def placed(self, room: str, epoch: str, seq: int) -> None:
         """A local joiner's welcome is at (epoch, seq) in the room's stream: where this node's
@@ -131,6 +145,8 @@ class Positions:
         if repair is None or not repair.marked or repair.fetched is None:
             return None
         del self.repairs[room]
+        # The stream can bring back a chat delivered here unnumbered only in this repair.
+        unnumbered = self.unnumbered.pop(room, ())
         outcome = Outcome()
         outcome.held = repair.held
         known = self.last(room)
@@ -149,11 +165,15 @@ class Positions:
         # Everything published after the subscription is held, in order: the read adds only
         # what came before the first of those (and never past the marker's bound).
         upto = min([repair.bound, *(seq - 1 for seq in held_chats)])
+        had = 0  # delivered here already, unnumbered
         for seq, payload in repair.fetched:
             if after < seq <= upto:
-                outcome.deliver.append(payload)
+                if unnumbered and chat_identity(payload) in unnumbered:
+                    had += 1
+                else:
+                    outcome.deliver.append(payload)
         if not outcome.reset:
-            outcome.missing = max(0, upto - after - len(outcome.deliver))
+            outcome.missing = max(0, upto - after - len(outcome.deliver) - had)
         outcome.epoch = epoch
         outcome.seq = max(after, upto)
         self.epochs[room], self.seqs[room] = epoch, outcome.seq
@@ -164,6 +184,7 @@ class Positions:
         self.epochs.pop(room, None)
         self.seqs.pop(room, None)
         self.repairs.pop(room, None)
+        self.unnumbered.pop(room, None)
 
     def abandon(self) -> dict[str, list[Held]]:
         """The link is lost mid-repair: what was held, per room, to deliver as it is."""

@@ -133,6 +133,13 @@ def split_seq(payload: bytes) -> tuple[bytes, bytes]:
     return payload[:-2], payload[-1:]
 
 
+def chat_identity(payload: bytes) -> bytes:
+    """What names a chat whatever its seq: its encoding up to the seq field (sender, text and
+    the origin's millisecond timestamp), the same before Redis numbers it and after. A quote
+    inside an encoded string is escaped, so the last `,"seq":` is the field itself."""
+    return payload[: payload.rindex(b',"seq":')]
+
+
 def split_count(payload: bytes) -> tuple[bytes, bytes]:
     """Splits an encoded notice whose count is 0 around the count, for Redis to fill in.
 

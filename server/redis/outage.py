@@ -1,0 +1,55 @@
+"""What a node delivers itself when its link to Redis drops: the start of an outage.
+
+Until then, this node's members get everything, its own chats included, back through Redis.
+When the link drops, the chats this node sent that Redis has not answered may never have reached
+anyone: they are delivered here, unnumbered (``"seq":0``), so that their senders' rooms on this
+node do not lose them. Redis may have placed one anyway: its numbered copy then comes back in
+the repair after the outage, which does not deliver it here a second time
+(server/redis/positions.py), and one whose copy came back before the link dropped is not
+delivered again at all (server/redis/pipeline.py). What a repair under way was holding goes out
+as it is, in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from ..core import ChatCore
+from .pipeline import LEAVE, PUBLISH, Pipeline
+from .positions import Held, Positions
+from .wire import CHAT, PLAIN, UnknownEnvelope, fill_count, open_envelope
+
+
+def deliver_unanswered(
+    core: ChatCore, pipeline: Pipeline, positions: Positions, held: dict[str, list[Held]]
+) -> None:
+    """Delivers what this node asked of Redis and may never have reached anyone (its chats and
+    leave notices); `held` is what the abandoned repairs were holding."""
+    for name, messages in held.items():  # our chats among them are placed: not ours to give
+        for _, data in messages:
+            with contextlib.suppress(UnknownEnvelope, ValueError):
+                kind, _, payload = open_envelope(data)
+                if kind == CHAT:
+                    pipeline.came_back(name, payload)
+    for op in pipeline.abandon():
+        room = core.rooms.get(op.room) if op.room is not None else None
+        if room is None or op.payload is None:
+            continue
+        if op.kind == PUBLISH:
+            core.deliver(room, op.payload)
+            positions.delivered_unnumbered(room.name, op.payload)
+        elif op.kind == LEAVE and len(room):
+            core.deliver(room, fill_count(op.payload, len(room)))
+
+
+def deliver_held(core: ChatCore, held: dict[str, list[Held]]) -> None:
+    """What the abandoned repairs were holding goes out now, in order."""
+    for name, messages in held.items():
+        room = core.rooms.get(name)
+        if room is None:
+            continue
+        for _, data in messages:
+            with contextlib.suppress(UnknownEnvelope):
+                kind, _, payload = open_envelope(data)
+                if kind in (CHAT, PLAIN):
+                    core.deliver(room, payload)
