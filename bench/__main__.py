@@ -314,19 +314,20 @@ def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[
             rec["runs"][name] = {"error": skip[name]}
             continue
         rec["runs"][name] = one(name)
-    variants = [v for v in cfg.variants if v in rec["runs"] and OURS in rec["runs"]]
-    if variants and cfg.pairs > 1:
-        # more pairs of ours and each variant, in alternating order (B A, then A B, ...), so
-        # that a neighbour's load or a drift falls on both sides of the comparison
+    partners = [v for v in (*cfg.variants, *cfg.paired_peers)
+                if v in rec["runs"] and OURS in rec["runs"]]
+    if partners and cfg.pairs > 1:
+        # more pairs: ours once and each variant or paired peer once, in alternating order
+        # (them then ours, then ours then them, ...), so that a neighbour's load or a drift
+        # falls on both sides of every comparison; pair i is the i-th run of each
         repeats: dict[str, list[dict[str, Any]]] = {}
         for i in range(1, cfg.pairs):
-            for variant in variants:
-                order = [variant, OURS] if i % 2 else [OURS, variant]
-                for name in order:
-                    repeats.setdefault(name, []).append(one(name, f" (pair {i + 1})"))
+            order = [*partners, OURS] if i % 2 else [OURS, *partners]
+            for name in order:
+                repeats.setdefault(name, []).append(one(name, f" (pair {i + 1})"))
         rec["repeats"] = repeats
-    if variants:
-        rec["pairs"] = {v: report.pair_figures(rec, v) for v in variants}
+    if partners:
+        rec["pairs"] = {v: report.pair_figures(rec, v) for v in partners}
     return rec
 
 
@@ -383,9 +384,9 @@ def main(argv: list[str] | None = None) -> int:
                         "roomcast-nohistory; name a variant alone to run only it)")
     parser.add_argument("--no-flamegraph", action="store_true")
     parser.add_argument("--pairs", type=int, default=None,
-                        help="how many alternating pairs of roomcast and its variant the "
-                        "configurations that compare them run (default: the suite's, 3 in the "
-                        "standard suite)")
+                        help="how many alternating pairs of roomcast and its variant (and "
+                        "paired peer, uws) the configurations that compare them run (default: "
+                        "the suite's, 3 in the standard suite)")
     parser.add_argument("--nice", type=int, default=NICE["value"],
                         help="scheduling priority of servers and driver (root only below 0)")
     parser.add_argument("--results", default=None,
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pairs is not None:
         if args.pairs < 1:
             parser.error("--pairs must be at least 1")
-        configs = [dataclasses.replace(c, pairs=args.pairs) if c.variants else c
+        configs = [dataclasses.replace(c, pairs=args.pairs) if c.variants or c.paired_peers else c
                    for c in configs]
     flame = (not args.no_flamegraph and OURS in servers and not only
              and args.scenario in (None, "fanout", "flamegraph"))

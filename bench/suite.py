@@ -19,10 +19,14 @@ class Config:
     # how many times ours and each variant run, in alternating order: the comparison is the
     # median of the pairs' ratios (a shared machine's noise is larger than 10%)
     pairs: int = 1
+    # peers that run in those alternating pairs with ours too: a target against one of them is
+    # judged on the median of the pairs' ratios as well
+    paired_peers: tuple[str, ...] = ()
 
 
 def fanout(rooms: int, members: int, rate: float, size: int = 100, *, duration: float = 8.0,
-           note: str = "", variants: tuple[str, ...] = (), pairs: int = 1) -> Config:
+           note: str = "", variants: tuple[str, ...] = (), pairs: int = 1,
+           paired_peers: tuple[str, ...] = ()) -> Config:
     rate_s = f"{rate:g}"
     return Config(
         f"fanout-{rooms}x{members}-r{rate_s}-s{size}",
@@ -32,12 +36,13 @@ def fanout(rooms: int, members: int, rate: float, size: int = 100, *, duration: 
         note,
         variants,
         pairs,
+        paired_peers,
     )
 
 
 def saturate(rooms: int, members: int, depth: int, size: int = 100, *,
              duration: float = 5.0, note: str = "", variants: tuple[str, ...] = (),
-             pairs: int = 1) -> Config:
+             pairs: int = 1, paired_peers: tuple[str, ...] = ()) -> Config:
     return Config(
         f"saturate-{rooms}x{members}-d{depth}-s{size}",
         "saturate",
@@ -46,6 +51,7 @@ def saturate(rooms: int, members: int, depth: int, size: int = 100, *,
         note,
         variants,
         pairs,
+        paired_peers,
     )
 
 
@@ -123,14 +129,15 @@ def scaleout(connections: int, workers: int = 12, *, room_size: int = 10, steps:
 
 H = (NOHISTORY,)  # also run with history off, for the history on/off comparison
 PAIRS = 3  # ...three times each, alternating: the target is the median of the three ratios
+U = ("uws",)  # the CPU targets' anchor, run in the same alternating pairs
 
 STANDARD: list[Config] = [
-    saturate(4, 250, 8, note="target", variants=H, pairs=PAIRS),
-    fanout(4, 100, 50, note="target", variants=H, pairs=PAIRS),
+    saturate(4, 250, 8, note="target", variants=H, pairs=PAIRS, paired_peers=U),
+    fanout(4, 100, 50, note="target", variants=H, pairs=PAIRS, paired_peers=U),
     fanout(4, 100, 10, duration=5, note="CPU-vs-load sweep"),
     fanout(4, 100, 25, duration=5, note="CPU-vs-load sweep"),
     fanout(4, 100, 100, duration=5, note="CPU-vs-load sweep"),
-    fanout(1, 1000, 20, note="target", variants=H, pairs=PAIRS),
+    fanout(1, 1000, 20, note="target", variants=H, pairs=PAIRS, paired_peers=U),
     fanout(1, 30, 20, duration=5, note="latency-vs-room-size sweep"),
     fanout(1, 100, 20, duration=5, note="latency-vs-room-size sweep"),
     fanout(1, 300, 20, duration=5, note="latency-vs-room-size sweep"),

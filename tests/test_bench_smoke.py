@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -680,30 +681,73 @@ def test_history_on_off_is_judged_on_the_median_of_the_pairs() -> None:
 def test_the_standard_history_comparisons_run_in_pairs() -> None:
     from bench.suite import STANDARD  # noqa: PLC0415
 
-    paired = {c.id: c.pairs for c in STANDARD if c.variants}
-    assert paired == {"saturate-4x250-d8-s100": 3, "fanout-4x100-r50-s100": 3,
-                      "fanout-1x1000-r20-s100": 3}
+    paired = {c.id: (c.pairs, c.paired_peers) for c in STANDARD if c.variants}
+    assert paired == {"saturate-4x250-d8-s100": (3, ("uws",)),
+                      "fanout-4x100-r50-s100": (3, ("uws",)),
+                      "fanout-1x1000-r20-s100": (3, ("uws",))}
 
 
-def test_run_config_runs_ours_and_the_variant_in_alternating_pairs(ctx: Context) -> None:
+@needs_uws
+def test_run_config_runs_ours_the_variant_and_the_paired_peer_in_alternating_pairs(
+    ctx: Context,
+) -> None:
     from bench.__main__ import run_config  # noqa: PLC0415
     from bench.servers import NOHISTORY  # noqa: PLC0415
     from bench.suite import fanout as fanout_config  # noqa: PLC0415
 
     # enough deliveries (5,000 a second) for the CPU figures to be more than zero ticks
-    cfg = fanout_config(2, 50, 50, size=64, duration=1.0, variants=(NOHISTORY,), pairs=2)
-    rec = run_config(cfg, ["roomcast"], ctx, cpu_split()[0], {})
-    assert list(rec["runs"]) == ["roomcast", NOHISTORY]
+    cfg = fanout_config(2, 50, 50, size=64, duration=1.0, variants=(NOHISTORY,), pairs=3,
+                        paired_peers=("uws",))
+    rec = run_config(cfg, ["roomcast", "uws"], ctx, cpu_split()[0], {})
+    assert list(rec["runs"]) == ["roomcast", NOHISTORY, "uws"]
     repeats = rec["repeats"]
-    assert len(repeats["roomcast"]) == len(repeats[NOHISTORY]) == 1
-    # pair 1: ours first; pair 2: the variant first
-    assert rec["runs"]["roomcast"]["started_monotonic"] < rec["runs"][NOHISTORY][
-        "started_monotonic"]
-    assert repeats[NOHISTORY][0]["started_monotonic"] < repeats["roomcast"][0][
-        "started_monotonic"]
-    for fig in (*rec["runs"].values(), *repeats["roomcast"], *repeats[NOHISTORY]):
+    assert len(repeats["roomcast"]) == len(repeats[NOHISTORY]) == len(repeats["uws"]) == 2
+
+    def start(fig: dict[str, Any]) -> float:
+        return float(fig["started_monotonic"])
+
+    # pair 1: ours first; pair 2: the others first; pair 3: ours first again
+    first = rec["runs"]
+    assert start(first["roomcast"]) < start(first[NOHISTORY]) < start(first["uws"])
+    assert start(repeats[NOHISTORY][0]) < start(repeats["uws"][0]) < start(
+        repeats["roomcast"][0])
+    assert start(repeats["roomcast"][1]) < start(repeats[NOHISTORY][1]) < start(
+        repeats["uws"][1])
+    for fig in (*first.values(), *(f for runs in repeats.values() for f in runs)):
         _clean(fig)
         assert fig["deliveries"] == fig["deliveries_expected"] > 0
     assert "--history-size 0" in repeats[NOHISTORY][0]["server_command"]
-    paired = rec["pairs"][NOHISTORY]["cpu_per_delivery_us"]
-    assert len(paired["ratios"]) == 2 and paired["median_ratio"] is not None
+    for partner in (NOHISTORY, "uws"):
+        paired = rec["pairs"][partner]["cpu_per_delivery_us"]
+        assert len(paired["ratios"]) == 3 and paired["median_ratio"] is not None
+        assert paired["ours"] == [
+            f["cpu_per_delivery_us"] for f in (first["roomcast"], *repeats["roomcast"])]
+
+
+def test_a_target_against_the_best_peer_is_judged_on_its_pairs_when_it_ran_in_pairs() -> None:
+    from bench.report import evaluate_targets, pair_figures  # noqa: PLC0415
+
+    def fig(cpu: float) -> dict[str, object]:
+        return {"cpu_per_delivery_us": cpu, "problems": []}
+
+    rec: dict[str, Any] = {
+        "id": "saturate-4x250-d8-s100", "scenario": "saturate",
+        # the first pair misses (1.2x), the other two meet it: a tie judged on the median
+        "runs": {"roomcast": fig(1.8), "uws": fig(1.5), "node_ws": fig(7.0)},
+        "repeats": {"roomcast": [fig(1.5), fig(1.4)], "uws": [fig(1.6), fig(1.5)]}}
+
+    def verdict() -> dict[str, Any]:
+        [row] = [t for t in evaluate_targets({rec["id"]: rec})
+                 if t["config"] == rec["id"] and t["hint"] != "history"]
+        return row
+
+    assert verdict()["verdict"] == "MISSED"  # no pairs: the first runs, 1.2x
+    rec["pairs"] = {"uws": pair_figures(rec, "uws")}
+    row = verdict()
+    assert row["verdict"] == "met"
+    check = row["checks"][0]
+    assert check["peer"] == "uws" and check["pairs"] == pytest.approx([1.2, 1.5 / 1.6, 1.4 / 1.5])
+    assert check["ratio"] == pytest.approx(1.5 / 1.6)  # the median of the three
+    rec["repeats"] = {"roomcast": [fig(1.9), fig(1.7)], "uws": [fig(1.6), fig(1.5)]}
+    rec["pairs"] = {"uws": pair_figures(rec, "uws")}
+    assert verdict()["verdict"] == "MISSED"  # 1.2x, 1.19x, 1.13x: the median misses
