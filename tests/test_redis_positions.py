@@ -130,3 +130,21 @@ def test_answered_chats_are_no_longer_tracked_and_a_lost_link_keeps_them_unanswe
         asyncio.run(pipeline.send(Replies(fail=True), pipeline.take(held_back=())))
     assert [op.payload for op in pipeline.unanswered.values()] == [chat("b")]
     assert [op.payload for op in pipeline.abandon()] == [chat("b")]
+
+
+def test_a_round_trip_carries_at_most_a_batch_and_the_rest_keeps_its_order() -> None:
+    pipeline = Pipeline()
+    ops = [Op(OTHER, ("HSET", str(n)), room="held" if n % 3 == 0 else "r") for n in range(10)]
+    for op in ops:
+        pipeline.push(op)
+    pipeline.wake.clear()
+    first = pipeline.take(held_back={"held"}, limit=4)
+    assert first == [ops[1], ops[2], ops[4], ops[5]]
+    assert pipeline.queued == [ops[0], ops[3], ops[6], ops[7], ops[8], ops[9]]
+    assert pipeline.wake.is_set()  # the pump comes back for the rest
+    pipeline.wake.clear()
+    assert pipeline.take(held_back=(), limit=4) == [ops[0], ops[3], ops[6], ops[7]]
+    assert pipeline.take(held_back=(), limit=4) == [ops[8], ops[9]]
+    assert not pipeline.queued
+    pipeline.wake.clear()
+    assert pipeline.take(held_back=()) == [] and not pipeline.wake.is_set()
