@@ -43,6 +43,7 @@ from bench.servers import (
     VARIANTS,
     cpu_split,
     start_server,
+    stop_noting,
 )
 from bench.suite import FLAMEGRAPH_LEAD_S, FLAMEGRAPH_QUICK, FLAMEGRAPH_STANDARD, Config, select
 
@@ -300,9 +301,7 @@ def run_config(cfg: Config, servers: list[str], ctx: Context, server_cpus: list[
                 fig["server_output_tail"] = server.text()[-1000:]
         finally:
             if server is not None:
-                code = server.stop()
-                if code not in (0, -15, None):
-                    fig.setdefault("problems", []).append(f"server exit code {code}")
+                stop_noting(fig, "server", server)
         fig["elapsed_s"] = time.monotonic() - t0
         fig["started_monotonic"] = t0
         fig["loadavg_before"] = load0

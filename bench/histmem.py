@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.promstats import scrape
 from bench.scenarios import Context, _assign, _connect, _join, _rooms
-from bench.servers import NOHISTORY, OURS, ROOT, RunningServer, _pinned, start_server
+from bench.servers import NOHISTORY, OURS, ROOT, RunningServer, _pinned, start_server, stop_noting
 
 # the same text as bench.history_memory's, so that both measure the same frames
 TEXT = "lorem ipsum dolor sit amet " * 200
@@ -64,9 +64,7 @@ def histmem(
                 fig["server_output_tail"] = server.text()[-1000:]
         finally:
             if server is not None:
-                code = server.stop()
-                if code not in (0, -15, None):
-                    fig.setdefault("problems", []).append(f"server exit code {code}")
+                stop_noting(fig, "server", server)
         fig["elapsed_s"] = time.monotonic() - t0
         out[kind] = fig
     return out

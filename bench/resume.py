@@ -39,7 +39,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.driver import DriverPool
 from bench.promstats import scrape
 from bench.scenarios import MS, Conn, Context, _assign, _percentiles, _rooms, _sleep_until_ns
-from bench.servers import OURS, RunningRedis, RunningServer, start_redis, start_server
+from bench.servers import OURS, RunningRedis, RunningServer, start_redis, start_server, stop_noting
 
 SETUPS = ("restart", "disconnect", "two_nodes")
 LABELS = {
@@ -106,15 +106,11 @@ def _setup(setup: str, ctx: Context, server_cpus: list[int], server_args: tuple[
             fig["redis_log_tail"] = redis.log_tail()
     finally:
         for i, n in enumerate(nodes):
-            code = n.stop()
-            if code not in (0, -15, None):
-                fig.setdefault("problems", []).append(f"node {'AB'[i]} exit code {code}")
+            stop_noting(fig, f"node {'AB'[i]}", n)
             if fig.get("lost"):  # what the nodes logged (warnings and up) while chats went missing
                 fig[f"node_{'ab'[i]}_output_tail"] = n.text()[-2000:]
         if redis is not None:
-            code = redis.stop()
-            if code not in (0, -15, None):
-                fig.setdefault("problems", []).append(f"redis-server exit code {code}")
+            stop_noting(fig, "redis-server", redis)
         shutil.rmtree(workdir, ignore_errors=True)
     return fig
 

@@ -51,6 +51,7 @@ from bench.servers import (
     rss_of,
     start_redis,
     start_server,
+    stop_noting,
 )
 
 REDIS_INFO_KEYS = ("used_memory", "used_memory_rss", "used_memory_peak", "connected_clients",
@@ -186,13 +187,9 @@ def scaleout(
             fig["redis_log_tail"] = redis.log_tail()
     finally:
         if server is not None:
-            code = server.stop(timeout=60)
-            if code not in (0, -15, None):
-                fig.setdefault("problems", []).append(f"server exit code {code}")
+            stop_noting(fig, "server", server, timeout=60)
         if redis is not None:
-            code = redis.stop()
-            if code not in (0, -15, None):
-                fig.setdefault("problems", []).append(f"redis-server exit code {code}")
+            stop_noting(fig, "redis-server", redis)
     fig["elapsed_s"] = time.monotonic() - t_start
     return {OURS: fig}
 

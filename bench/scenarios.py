@@ -25,7 +25,15 @@ from bench.driver import (
     workers_for,
 )
 from bench.promstats import FLUSH_METRIC, Histogram, flush_histogram, window_figures
-from bench.servers import NICE, OURS, RunningRedis, RunningServer, start_redis, start_server
+from bench.servers import (
+    NICE,
+    OURS,
+    RunningRedis,
+    RunningServer,
+    start_redis,
+    start_server,
+    stop_noting,
+)
 
 MS = 1e6  # ns per ms
 
@@ -549,13 +557,9 @@ def _twonode_setup(setup: str, ctx: Context, server_cpus: list[int], **params: A
             fig["redis_log_tail"] = redis.log_tail()
     finally:
         for i, n in enumerate(nodes):
-            code = n.stop()
-            if code not in (0, -15, None):
-                fig.setdefault("problems", []).append(f"node {'AB'[i]} exit code {code}")
+            stop_noting(fig, f"node {'AB'[i]}", n)
         if redis is not None:
-            code = redis.stop()
-            if code not in (0, -15, None):
-                fig.setdefault("problems", []).append(f"redis-server exit code {code}")
+            stop_noting(fig, "redis-server", redis)
     return fig
 
 

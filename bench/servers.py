@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_LINE = re.compile(r"roomcast listening on http://(?P<host>[^:/]+):(?P<port>\d+)/")
@@ -43,40 +44,23 @@ class ServerKind:
         return [*self.argv, "--host", host, "--port", str(port)]
 
 
+ROOMCAST_ARGV = (
+    sys.executable, "-m", "server", "--rate-limit", "0", "--log-level", "warning",
+    "--ping-interval", "600",
+)
+
 SERVER_KINDS: dict[str, ServerKind] = {
     "roomcast": ServerKind(
         "roomcast",
         "roomcast (uvloop + picows + msgspec)",
-        (
-            sys.executable,
-            "-m",
-            "server",
-            "--rate-limit",
-            "0",
-            "--log-level",
-            "warning",
-            "--ping-interval",
-            "600",
-        ),
+        ROOMCAST_ARGV,
         metrics=True,
     ),
     # the same server with room history off: what history costs, measured beside it
     "roomcast-nohistory": ServerKind(
         "roomcast-nohistory",
         "roomcast with room history off (--history-size 0)",
-        (
-            sys.executable,
-            "-m",
-            "server",
-            "--rate-limit",
-            "0",
-            "--log-level",
-            "warning",
-            "--ping-interval",
-            "600",
-            "--history-size",
-            "0",
-        ),
+        (*ROOMCAST_ARGV, "--history-size", "0"),
         metrics=True,
     ),
     "node_ws": ServerKind(
@@ -254,6 +238,14 @@ class RunningServer:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+def stop_noting(fig: dict[str, Any], label: str, process: RunningServer | RunningRedis,
+                **stop: float) -> None:
+    """Stops `process`; an exit other than a clean one or SIGTERM's is a problem of the run."""
+    code = process.stop(**stop)
+    if code not in (0, -15, None):
+        fig.setdefault("problems", []).append(f"{label} exit code {code}")
 
 
 def _pinned(cmd: list[str], cpus: list[int] | None) -> list[str]:

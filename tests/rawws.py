@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,3 +128,15 @@ class RawClient:
         self.writer.close()
         with contextlib.suppress(ConnectionError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), TIMEOUT)
+
+
+async def until(client: RawClient, predicate: Callable[[Any], bool], timeout: float = 10.0) -> Any:
+    """The next message that satisfies `predicate`, skipping others, within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no matching message")
+        message = await client.recv_json(timeout=left)
+        if predicate(message):
+            return message

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Launch
+from tests.frames import server_frames
 from tests.rawws import CLOSE, TEXT, RawClient
 from tests.support import ServerProcess
 from tests.test_connection import stalled_socket
@@ -233,23 +234,12 @@ async def messages_until_close(client: RawClient) -> tuple[list[Any], int]:
             break
         data += chunk
     messages: list[Any] = []
-    pos = 0
+    frames = server_frames(bytes(data))
     code = 0
-    while pos < len(data):
-        opcode, size = data[pos] & 0x0F, data[pos + 1] & 0x7F
-        pos += 2
-        if size == 126:
-            size = int.from_bytes(data[pos : pos + 2], "big")
-            pos += 2
-        elif size == 127:
-            size = int.from_bytes(data[pos : pos + 8], "big")
-            pos += 8
-        payload = bytes(data[pos : pos + size])
-        assert len(payload) == size, "the stream ends inside a frame"
-        pos += size
-        if opcode == 0x8:
+    for index, (_, opcode, payload) in enumerate(frames):
+        if opcode == CLOSE:
             code = int.from_bytes(payload[:2], "big")
-            assert pos == len(data), "nothing after the CLOSE"
+            assert index == len(frames) - 1, "nothing after the CLOSE"
         elif opcode == TEXT:
             messages.append(json.loads(payload))
     assert code, "the last frame is a CLOSE"

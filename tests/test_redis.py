@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import Launch
-from tests.rawws import RawClient
+from tests.rawws import RawClient, until
 from tests.redis_support import RedisServer, start_cluster
 from tests.support import ServerProcess, free_port
 
@@ -34,18 +34,6 @@ async def joined(server: ServerProcess, name: str, room: str = "general") -> tup
     welcome = await client.recv_json()
     assert welcome["text"] == f"{name} joined #{room}", welcome
     return client, welcome
-
-
-async def until(client: RawClient, predicate: Callable[[Any], bool], timeout: float = 10.0) -> Any:
-    """The next message that satisfies `predicate`, skipping others, within `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("no matching message")
-        message = await client.recv_json(timeout=left)
-        if predicate(message):
-            return message
 
 
 def chat_text(text: str) -> Callable[[Any], bool]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import Launch
-from tests.rawws import RawClient
+from tests.rawws import RawClient, until
 from tests.redis_support import LosingProxy, RedisServer, start_redis
 from tests.support import ServerProcess
 
@@ -22,17 +21,6 @@ pytestmark = pytest.mark.usefixtures("raw_clients")
 
 def node(launch: Launch, redis: RedisServer, *extra: str) -> ServerProcess:
     return launch("--rate-limit", "0", "--redis-url", redis.url, "--node-ttl", "1", *extra)
-
-
-async def until(client: RawClient, predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("no matching message")
-        message = await client.recv_json(timeout=left)
-        if predicate(message):
-            return message
 
 
 async def join(

@@ -57,6 +57,19 @@ def link() -> Iterator[Link]:
         proxy.close()
 
 
+def alice_behind_and_bob(
+    new_page: NewPage, device: Device, net: FaultyLink, server: ServerProcess
+) -> tuple[Frames, Page, Page]:
+    """alice joins #lobby through `net` (the test decides when her network fails), bob
+    straight to `server`; returns alice's frames and both pages once she sees him."""
+    alice_page = new_page(**device)
+    frames = Frames(alice_page)
+    alice = join(alice_page, net, "alice", "lobby")
+    bob = join(new_page(), server, "bob", "lobby")
+    expect(member(alice, "bob")).to_have_count(1)
+    return frames, alice, bob
+
+
 def switch(page: Page, room: str) -> None:
     """Joins `room` with the page's form and waits for the welcome."""
     page.fill("#room", room)
@@ -170,11 +183,7 @@ def test_a_planned_restart_resumes_with_no_divider_no_gap_and_no_duplicate(
     args = ("--rate-limit", "0", "--history-file", str(tmp_path / "history.bin"))
     first = launch(*args, port=port)
     net = link(port)  # alice's way to the server, so the test decides when she is back
-    alice_page = new_page(**device)
-    frames = Frames(alice_page)
-    alice = join(alice_page, net, "alice", "lobby")
-    bob = join(new_page(), first, "bob", "lobby")
-    expect(member(alice, "bob")).to_have_count(1)
+    frames, alice, bob = alice_behind_and_bob(new_page, device, net, first)
     says(bob, ["b1", "b2"])
     expect(chat_texts(alice)).to_have_text(["b1", "b2"])
 
@@ -277,11 +286,7 @@ def test_a_chat_whose_ack_was_lost_is_retried_with_its_id_and_posted_once(
     server: ServerProcess, link: Link, new_page: NewPage, device: Device
 ) -> None:
     net = link(server)
-    alice_page = new_page(**device)
-    frames = Frames(alice_page)
-    alice = join(alice_page, net, "alice", "lobby")
-    bob = join(new_page(), server, "bob", "lobby")
-    expect(member(alice, "bob")).to_have_count(1)
+    frames, alice, bob = alice_behind_and_bob(new_page, device, net, server)
 
     net.swallow(True)  # the server's answers to alice are lost on the way
     say(alice, "posted, answer lost")
@@ -312,11 +317,7 @@ def test_a_chat_written_while_the_network_is_down_goes_out_once_it_is_back(
     server: ServerProcess, link: Link, new_page: NewPage, device: Device
 ) -> None:
     net = link(server)
-    alice_page = new_page(**device)
-    frames = Frames(alice_page)
-    alice = join(alice_page, net, "alice", "lobby")
-    bob = join(new_page(), server, "bob", "lobby")
-    expect(member(alice, "bob")).to_have_count(1)
+    frames, alice, bob = alice_behind_and_bob(new_page, device, net, server)
     says(bob, ["before"])
     expect(chat_texts(alice)).to_have_text(["before"])
 
