@@ -338,6 +338,9 @@ class Connection(WSListener):
 
     def ping(self) -> None:
         if not self.closing:
+            # Silent for a whole heartbeat interval: whatever a big message grew picows's read
+            # buffer to is not needed now.
+            fastpath.trim_read_buffer(self.transport.underlying_transport.get_protocol())
             self.transport.send_ping()
 
     def ping_timed_out(self) -> None:

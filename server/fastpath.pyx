@@ -14,15 +14,22 @@ One implementation, used by the server and by every test (no pure-Python twin):
   it out before returning), every frame picows writes itself routed to ``write`` (so those bytes
   are counted and queued like ours), and the stored upgrade request, 101 response and listener
   proxy (used only by picows's own auto-ping) released, and one finished future shared for the
-  one picows keeps per transport for ``wait_disconnected()`` (which a server never calls).
+  one picows keeps per transport for ``wait_disconnected()`` (which a server never calls);
+* ``trim_read_buffer(protocol)`` gives a picows protocol's read buffer back down to
+  ``READ_BUFFER_BYTES`` while it holds no unfinished frame: picows allocates at least 2 KiB per
+  connection and only ever grows it (doubling when 90% full), but an idle connection needs a few
+  hundred bytes, and a connection that once sent a big message needs none of the rest.
 
 docs/performance.md has the measurements behind each of these.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.mem cimport PyMem_Realloc
 from libc.errno cimport EAGAIN, EINTR, errno
 from picows.picows cimport MemoryBuffer, WSTransport
+
+import gc
 
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -133,3 +140,62 @@ def adopt(WSTransport transport, object write):
         _finished = transport._loop.create_future()
         _finished.set_result(None)
     transport.disconnected_future = _finished
+
+
+
+# picows keeps 256 bytes past the readable part of its read buffer for its SIMD code, and its
+# growth rule (double the readable part when 90% full, reallocating only past the capacity) keeps
+# that margin only while the readable part is over half the capacity: 384 of 640 keeps both.
+READ_BUFFER_BYTES = 640
+cdef Py_ssize_t _SMALL = 640
+cdef Py_ssize_t _SIMD_MARGIN = 256
+
+
+cdef MemoryBuffer _read_buffer_of(protocol):
+    # The protocol's fields are not in picows's .pxd, but the buffer is the one MemoryBuffer (a
+    # class that is) among the objects the protocol holds; anything else: None, touch nothing.
+    cdef MemoryBuffer found = None
+    for held in gc.get_referents(protocol):
+        if type(held) is MemoryBuffer:
+            if found is not None:
+                return None
+            found = <MemoryBuffer>held
+    return found
+
+
+cdef Py_ssize_t _waiting(protocol, MemoryBuffer buffer):
+    # picows hands readers the free part of its window: the rest is an unfinished frame.
+    window = protocol.get_buffer(-1)
+    cdef Py_ssize_t free = len(window)
+    window.release()
+    return buffer.size - free
+
+
+def read_buffer(protocol):
+    """``(capacity, bytes of an unfinished frame)`` of a picows protocol's read buffer, or None."""
+    cdef MemoryBuffer buffer = _read_buffer_of(protocol)
+    if buffer is None:
+        return None
+    return buffer.capacity, _waiting(protocol, buffer)
+
+
+def trim_read_buffer(protocol):
+    """Shrinks the read buffer of a picows ``WSProtocol`` to ``READ_BUFFER_BYTES``; whether it did.
+
+    Only between reads (never from inside one of picows's callbacks) and only while nothing waits
+    in the buffer: picows parses every complete frame as soon as it is read and moves what is left
+    of an unfinished one to the start, so an empty window means no frame in progress.
+    """
+    cdef MemoryBuffer buffer = _read_buffer_of(protocol)
+    cdef char* data
+    if buffer is None or buffer.capacity <= _SMALL:
+        return False
+    if buffer.size + _SIMD_MARGIN > buffer.capacity or _waiting(protocol, buffer) != 0:
+        return False
+    data = <char*>PyMem_Realloc(buffer.data, _SMALL)
+    if data == NULL:
+        return False  # the old buffer is still there, untouched
+    buffer.data = data
+    buffer.capacity = _SMALL
+    buffer.size = _SMALL - _SIMD_MARGIN
+    return True

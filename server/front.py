@@ -8,7 +8,8 @@ descriptors than the limit), has ``--handshake-timeout`` to send its request hea
 * an upgrade goes through the gate (server/gate.py); a refusal is its HTTP answer;
 * an admitted upgrade is handed to picows: the transport switches to a picows protocol, which is
   fed a minimal copy of the request (server/http1.py), so picows's per-connection read buffer
-  never holds (or grows for) a browser's cookies.
+  never holds (or grows for) a browser's cookies, and the buffer is then cut from picows's 2 KiB
+  to what an idle connection needs (``fastpath.trim_read_buffer``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 
+from . import fastpath
 from .gate import Admitted, Refused
 from .http import Response
 from .http1 import (
@@ -179,6 +181,7 @@ class Front(asyncio.Protocol):
             buffer[:size] = data[:size]
             protocol.buffer_updated(size)
             data = data[size:]
+        fastpath.trim_read_buffer(protocol)
         if getattr(listener, "transport", None) is None:
             # picows refused our copy of a request the gate checked: a bug, not the peer's
             log.error("picows did not complete the handshake of %s", self._peer)
