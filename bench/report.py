@@ -555,10 +555,12 @@ HINTS = {
     "driver's reading of 1,000 sockets both take milliseconds and overlap, so the "
     "driver bounds p99 for every server; the server delay figures in the fanout table "
     "show the server's own share.",
-    "capacity": "capacity: picows keeps about 4.5 KB per connection that no option "
-    "reaches (a 2 KiB read buffer that never shrinks, a 1 KiB write buffer, futures, "
-    "a client key), uvloop about 1.4 KB, roomcast about 360 B; below Node needs picows "
-    "to share or shrink its buffers.",
+    "capacity": "capacity: roomcast already shares picows's write buffer and trims its read "
+    "buffer to 640 B; what remains is picows's protocol and transport objects, futures and "
+    "a client key (about 1 KB), uvloop's transport (about 1.1 KB), the socket and weak "
+    "references (about 200 B) and roomcast's own objects (about 500 B): lower needs picows "
+    "to read into one loop-wide buffer and drop client-side state on server connections "
+    "(docs/performance.md).",
     "joinstorm": "joinstorm: send the member list only to the joiner (already done) "
     "and coalesce presence notices per tick.",
     "scaleout": "scaleout: see the scaleout section for which part failed (connect, "
