@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from server.protocol import ChatMessage, encode
+from server.redis.outage import deliver_held
 from server.redis.pipeline import OTHER, PUBLISH, Op, Pipeline
 from server.redis.positions import DELIVER, DUPLICATE, GAP, RESET, Positions
 from server.redis.wire import split_seq
@@ -84,6 +85,43 @@ def test_only_the_same_chat_of_the_same_room_is_skipped() -> None:
     assert positions.unnumbered == {}
 
 
+class Recorder:
+    """Just enough of the core for server/redis/outage.py: its rooms and what it delivers."""
+
+    def __init__(self, *rooms: str) -> None:
+        self.rooms = {name: name for name in rooms}
+        self.delivered: list[bytes] = []
+
+    def deliver(self, room: str, payload: bytes) -> None:
+        self.delivered.append(payload)
+
+
+def held_chat(seq: int, text: str, epoch: str = "e1") -> tuple[bytes, bytes]:
+    return b"room:r", b"S%s:%d\n%s" % (epoch.encode(), seq, chat(text, seq))
+
+
+def test_what_a_dropped_repair_held_goes_out_as_far_as_it_is_in_order() -> None:
+    # The subscription dropped and its repair held what the new one brought; then the link
+    # dropped too. What continues the room's order goes out at once (3, 4; not 2 again); what
+    # follows a gap (6, 7: chat 5 was never read) waits for the repair after the outage, which
+    # brings it in order, once. A notice (not in the stream) goes out as it is.
+    positions = Positions()
+    positions.judge("r", "e1", 2)
+    assert positions.start("r")
+    for seq, text in [(2, "b"), (3, "c"), (4, "d")]:
+        positions.keep("r", held_chat(seq, text))
+    positions.keep("r", (b"room:r", b"{notice}"))
+    for seq, text in [(6, "f"), (7, "g")]:
+        positions.keep("r", held_chat(seq, text))
+    core = Recorder("r")
+    deliver_held(core, positions, positions.abandon())  # type: ignore[arg-type]
+    assert core.delivered == [chat("c", 3), chat("d", 4), b"{notice}"]
+    fetched = [(seq, chat(text, seq)) for seq, text in [(4, "d"), (5, "e"), (6, "f"), (7, "g")]]
+    outcome = repaired(positions, "r", fetched, bound=7)
+    assert outcome.deliver == [chat("e", 5), chat("f", 6), chat("g", 7)]
+    assert (outcome.missing, outcome.seq) == (0, 7)
+
+
 class Replies:
     """A stand-in for redis-py's pipeline: answers each command with its position."""
 
@@ -120,6 +158,31 @@ def test_a_chat_whose_copy_came_back_before_the_answer_is_not_delivered_again_lo
     assert pipeline.unanswered == {}
 
 
+@pytest.mark.parametrize("copies_back", [0, 1, 2])
+def test_the_same_text_posted_twice_in_one_millisecond_counts_twice(copies_back: int) -> None:
+    # Identical payloads are interchangeable, but each one counts: as many are delivered
+    # locally as did not come back, never one for both nor one too many.
+    pipeline = Pipeline()
+    pipeline.push(publish(chat("ok")))
+    pipeline.push(publish(chat("ok")))
+    for seq in range(copies_back):
+        pipeline.came_back("r", chat("ok", 7 + seq))
+    left = [op.payload for op in pipeline.abandon() if op.payload is not None]
+    assert left == [chat("ok")] * (2 - copies_back)
+
+
+def test_a_repair_skips_one_placed_copy_per_copy_delivered_unnumbered() -> None:
+    positions = Positions()
+    positions.judge("r", "e1", 1)
+    positions.delivered_unnumbered("r", chat("ok"))
+    positions.delivered_unnumbered("r", chat("ok"))
+    # Redis placed three identical chats: the two delivered here, and one more
+    fetched = [(2, chat("ok", 2)), (3, chat("ok", 3)), (4, chat("ok", 4))]
+    outcome = repaired(positions, "r", fetched, bound=4)
+    assert outcome.deliver == [chat("ok", 4)]
+    assert (outcome.missing, outcome.seq) == (0, 4)
+
+
 def test_answered_chats_are_no_longer_tracked_and_a_lost_link_keeps_them_unanswered() -> None:
     pipeline = Pipeline()
     pipeline.push(publish(chat("a")))
@@ -128,7 +191,7 @@ def test_answered_chats_are_no_longer_tracked_and_a_lost_link_keeps_them_unanswe
     pipeline.push(publish(chat("b")))
     with pytest.raises(ConnectionError):
         asyncio.run(pipeline.send(Replies(fail=True), pipeline.take(held_back=())))
-    assert [op.payload for op in pipeline.unanswered.values()] == [chat("b")]
+    assert [op.payload for ops in pipeline.unanswered.values() for op in ops] == [chat("b")]
     assert [op.payload for op in pipeline.abandon()] == [chat("b")]
 
 

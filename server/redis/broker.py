@@ -368,7 +368,7 @@ class RedisBroker:
         held = self.positions.abandon()
         deliver_unanswered(core, self.pipeline, self.positions, held)
         self.joins.fail_over(self.config.max_users_list)
-        deliver_held(core, held)
+        deliver_held(core, self.positions, held)
         self.told_clients = bool(core.rooms)
         for room in list(core.rooms.values()):
             if len(room):

@@ -7,7 +7,7 @@ node do not lose them. Redis may have placed one anyway: its numbered copy then 
 the repair after the outage, which does not deliver it here a second time
 (server/redis/positions.py), and one whose copy came back before the link dropped is not
 delivered again at all (server/redis/pipeline.py). What a repair under way was holding goes out
-as it is, in order.
+as far as it continues each room's order; the rest comes with the repair after the outage.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import contextlib
 
 from ..core import ChatCore
 from .pipeline import LEAVE, PUBLISH, Pipeline
-from .positions import Held, Positions
-from .wire import CHAT, PLAIN, UnknownEnvelope, fill_count, open_envelope
+from .positions import DELIVER, GAP, RESET, Held, Positions
+from .repairs import tell_reset
+from .wire import CHAT, PLAIN, UnknownEnvelope, chat_position, fill_count, open_envelope
 
 
 def deliver_unanswered(
@@ -42,14 +43,25 @@ def deliver_unanswered(
             core.deliver(room, fill_count(op.payload, len(room)))
 
 
-def deliver_held(core: ChatCore, held: dict[str, list[Held]]) -> None:
-    """What the abandoned repairs were holding goes out now, in order."""
+def deliver_held(core: ChatCore, positions: Positions, held: dict[str, list[Held]]) -> None:
+    """What the abandoned repairs were holding goes out now, as far as it continues where each
+    room's delivery stands: the chats after a gap (the part the repair had not read yet) are in
+    Redis's stream, and the repair after the outage brings them, in order, with that part."""
     for name, messages in held.items():
         room = core.rooms.get(name)
         if room is None:
             continue
+        in_order = True
         for _, data in messages:
-            with contextlib.suppress(UnknownEnvelope):
-                kind, _, payload = open_envelope(data)
-                if kind in (CHAT, PLAIN):
+            with contextlib.suppress(UnknownEnvelope, ValueError):
+                kind, sender, payload = open_envelope(data)
+                if kind == PLAIN:
                     core.deliver(room, payload)
+                elif kind == CHAT and in_order:
+                    epoch, seq = chat_position(sender)
+                    verdict = positions.judge(name, epoch, seq)
+                    if verdict == RESET:
+                        tell_reset(core, room, epoch, seq - 1)
+                    if verdict in (DELIVER, RESET):
+                        core.deliver(room, payload)
+                    in_order = verdict != GAP

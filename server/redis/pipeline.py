@@ -53,8 +53,9 @@ class Pipeline:
         self.queued: list[Op] = []
         self.inflight: list[Op] = []
         self.wake = asyncio.Event()
-        # chats with a local payload not answered yet, by chat_identity
-        self.unanswered: dict[bytes, Op] = {}
+        # chats with a local payload not answered yet, by chat_identity; a list, because a
+        # sender may post the same text twice in one millisecond, and each copy counts
+        self.unanswered: dict[bytes, list[Op]] = {}
 
     @property
     def backlog(self) -> int:
@@ -63,7 +64,7 @@ class Pipeline:
 
     def push(self, op: Op) -> None:
         if op.kind == PUBLISH and op.payload is not None:
-            self.unanswered[chat_identity(op.payload)] = op
+            self.unanswered.setdefault(chat_identity(op.payload), []).append(op)
         self.queued.append(op)
         self.wake.set()
 
@@ -71,9 +72,13 @@ class Pipeline:
         """Chat `payload` of `room` came back from Redis numbered: if it is one of ours that
         Redis has not answered yet, it has its place, and is no longer ours to deliver."""
         if self.unanswered:
-            op = self.unanswered.pop(chat_identity(payload), None)
-            if op is not None and op.room == room:
-                op.payload = None
+            identity = chat_identity(payload)
+            ops = self.unanswered.get(identity)
+            for op in ops or ():
+                if op.room == room:
+                    op.payload = None  # identical copies are interchangeable: the first
+                    self._forget(identity, op)
+                    return
 
     def push_first(self, ops: list[Op]) -> None:
         self.queued[:0] = ops
@@ -102,7 +107,14 @@ class Pipeline:
         if self.unanswered:  # answered now: placed, or refused with an error that was logged
             for op in ops:
                 if op.kind == PUBLISH and op.payload is not None:
-                    self.unanswered.pop(chat_identity(op.payload), None)
+                    self._forget(chat_identity(op.payload), op)
+
+    def _forget(self, identity: bytes, op: Op) -> None:
+        ops = self.unanswered.get(identity)
+        if ops is not None and op in ops:
+            ops.remove(op)
+            if not ops:
+                del self.unanswered[identity]
 
     def abandon(self) -> list[Op]:
         """The link is lost: returns what was in flight or queued (possibly never applied)."""

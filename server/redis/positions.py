@@ -23,6 +23,8 @@ other nodes get that copy once, as any chat). Pure: the broker does the I/O.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from .wire import chat_identity
 
 DELIVER, DUPLICATE, GAP, RESET = 0, 1, 2, 3
@@ -61,8 +63,9 @@ class Positions:
         self.epochs: dict[str, str] = {}  # room -> epoch of what was delivered
         self.seqs: dict[str, int] = {}  # room -> last seq delivered
         self.repairs: dict[str, Repair] = {}
-        # room -> chats delivered here unnumbered that Redis may also have placed (chat_identity)
-        self.unnumbered: dict[str, set[bytes]] = {}
+        # room -> chats delivered here unnumbered that Redis may also have placed: how many
+        # copies of each chat_identity (a sender may post the same text twice in one ms)
+        self.unnumbered: dict[str, Counter[bytes]] = {}
 
     def judge(self, room: str, epoch: str, seq: int) -> int:
         """What to do with chat `seq` of `epoch` arriving for `room` (DELIVER and RESET also
@@ -83,7 +86,7 @@ class Positions:
     def delivered_unnumbered(self, room: str, payload: bytes) -> None:
         """This node's chat `payload` (seq 0) was delivered here without its place in the room's
         order, which Redis may have given it anyway: its numbered copy is not to come again."""
-        self.unnumbered.setdefault(room, set()).add(chat_identity(payload))
+        self.unnumbered.setdefault(room, Counter())[chat_identity(payload)] += 1
 
     def placed(self, room: str, epoch: str, seq: int) -> None:
         """A local joiner's welcome is at (epoch, seq) in the room's stream: where this node's
@@ -146,7 +149,7 @@ class Positions:
             return None
         del self.repairs[room]
         # The stream can bring back a chat delivered here unnumbered only in this repair.
-        unnumbered = self.unnumbered.pop(room, ())
+        unnumbered = self.unnumbered.pop(room, None)
         outcome = Outcome()
         outcome.held = repair.held
         known = self.last(room)
@@ -168,7 +171,9 @@ class Positions:
         had = 0  # delivered here already, unnumbered
         for seq, payload in repair.fetched:
             if after < seq <= upto:
-                if unnumbered and chat_identity(payload) in unnumbered:
+                identity = chat_identity(payload) if unnumbered else b""
+                if unnumbered and unnumbered[identity] > 0:
+                    unnumbered[identity] -= 1  # each copy delivered here stands for one
                     had += 1
                 else:
                     outcome.deliver.append(payload)
