@@ -35,7 +35,7 @@ test: setup system-deps node-deps
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict server
+	$(VENV)/bin/mypy --strict server bench loadtest
 
 # make bench [SCENARIO=fanout|saturate|capacity|joinstorm|twonode] [QUICK=1]
 bench: setup node-deps system-deps

@@ -32,7 +32,7 @@ import traceback
 from array import array
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -87,7 +87,7 @@ def _client_class() -> type:
     text_type = WSMsgType.TEXT
     close_type = WSMsgType.CLOSE
 
-    class Client(WSListener):  # type: ignore[misc]
+    class Client(WSListener):
         def __init__(self, worker: Worker, cid: int, room: str, username: str) -> None:
             super().__init__()
             self.worker = worker
@@ -272,10 +272,11 @@ def _resume_client_class(base: type) -> type:
     text_type = WSMsgType.TEXT
     close_type = WSMsgType.CLOSE
 
-    class ResumeClient(base):  # type: ignore[misc, valid-type]
+    class ResumeClient(base):  # type: ignore[misc]
         """A storm client: every frame goes to its track (history, chats, the welcome)."""
 
         track: Track
+        confirmed_ns: int  # set by Client.__init__; the dynamic base hides it from mypy
 
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
             mtype = frame.msg_type
@@ -345,7 +346,7 @@ class Worker:
         self.resume_cls = _resume_client_class(self.client_cls)
         self.clients: list[Any] = []
         self.tracks: dict[int, Track] = {}  # resume storm: per cid, across connections
-        self._pub_timer: asyncio.TimerHandle | None = None
+        self._pub_timer: asyncio.Handle | None = None  # call_soon, then call_at
         self.on_chat: Callable[[Any, bytes], None] | None = None
         self.count_only = False
         self.confirmed = 0
@@ -972,6 +973,16 @@ class DriverError(RuntimeError):
     pass
 
 
+class StatsCheck(Protocol):
+    """``DriverPool.wait_for``'s test of the summed stats.
+
+    A protocol rather than a ``Callable``: mypy cannot infer a lambda with an extra defaulted
+    parameter (``lambda s, t=target: ...``, which binds a loop value) from a ``Callable`` context.
+    """
+
+    def __call__(self, s: dict[str, Any], /) -> bool: ...
+
+
 class DriverPool:
     """N worker processes; ``call`` sends one command to each and gathers the answers."""
 
@@ -1037,7 +1048,7 @@ class DriverPool:
 
     def wait_for(
         self,
-        done: Callable[[dict[str, Any]], bool],
+        done: StatsCheck,
         timeout: float,
         stall: float | None = None,
         key: str = "frames",

@@ -120,9 +120,9 @@ def connections_by_worker(port: int, pids: list[int]) -> dict[str, int] | None:
                 # sl local rem st ... inode(9); 01 = ESTABLISHED
                 if fields[3] != "01" or not fields[1].endswith(local_port):
                     continue
-                pid = inode_owner.get(fields[9])
-                if pid is not None:
-                    owner[_hex_address(fields[2])] = pid
+                owner_pid = inode_owner.get(fields[9])
+                if owner_pid is not None:
+                    owner[_hex_address(fields[2])] = owner_pid
     except OSError:
         return None
     return owner

@@ -14,6 +14,7 @@ import shlex
 import time
 import traceback
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +55,7 @@ class Conn:
     worker: int = 0
 
 
-def _percentiles(values_ns: array[int]) -> dict[str, float | None]:
+def _percentiles(values_ns: array[int] | bytes) -> dict[str, float | None]:
     if not values_ns:
         return {"p50_ms": None, "p99_ms": None, "p999_ms": None, "max_ms": None, "mean_ms": None}
     import numpy as np  # noqa: PLC0415
@@ -95,7 +96,8 @@ def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]],
 def browser_cookie(size: int) -> str:
     """A ``Cookie`` header value of ``size`` bytes, shaped like a browser's (name=value pairs of
     analytics and session cookies), for the browser-handshake capacity variant."""
-    pairs, i = [], 0
+    pairs: list[str] = []
+    i = 0
     while sum(len(p) + 2 for p in pairs) < size:
         pairs.append(f"_c{i}=" + "ab12CD34ef56GH78"[i % 16] * 40)
         i += 1
@@ -257,7 +259,7 @@ def fanout(
         warm = round(warmup * rate)
         count = warm + round(duration * rate)
         start_ns = time.monotonic_ns() + 300_000_000
-        per = [[] for _ in range(len(pool))]
+        per: list[list[int]] = [[] for _ in range(len(pool))]
         for g in groups:
             per[g[0].worker].append(g[0].cid)
         pool.call(
@@ -491,8 +493,9 @@ def joinstorm(
         return _finish(fig, pool, server)
 
 
-SCENARIOS = {"fanout": fanout, "saturate": saturate, "capacity": capacity,
-             "joinstorm": joinstorm}
+# fn(server, ctx, **params) -> figures; the signatures differ, so they are called with **params
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "fanout": fanout, "saturate": saturate, "capacity": capacity, "joinstorm": joinstorm}
 
 
 # --------------------------------------------------------------------------- twonode

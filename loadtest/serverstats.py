@@ -24,7 +24,7 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from loadtest import procstats
@@ -117,6 +117,7 @@ class NoSampler:
 
 class ProcSampler(NoSampler):
     source = "proc"
+    pid: int  # set by __init__ (NoSampler's stays None)
 
     def __init__(self, pid: int, port: int | None) -> None:
         self.pid = pid
@@ -134,6 +135,7 @@ class ProcSampler(NoSampler):
 
 class MetricsSampler(NoSampler):
     source = "metrics"
+    url: str  # set by __init__ (NoSampler's stays None)
 
     def __init__(self, url: str, timeout: float = SCRAPE_TIMEOUT) -> None:
         self.url = url
@@ -145,7 +147,8 @@ class MetricsSampler(NoSampler):
         request = urllib.request.Request(self.url, headers={"Accept": "text/plain"})
         context = ssl.create_default_context() if self.url.startswith("https:") else None
         with urllib.request.urlopen(request, timeout=self.timeout, context=context) as response:
-            return response.read(4 * 1024 * 1024).decode("utf-8", "replace")
+            body: bytes = response.read(4 * 1024 * 1024)  # urlopen's return is typed Any
+            return body.decode("utf-8", "replace")
 
     def sample(self) -> dict[str, Any]:
         try:
@@ -178,7 +181,8 @@ def choose(mode: str, host: str, pid: int | None, url: str = "") -> NoSampler:
                 infos = socket.getaddrinfo(
                     parts.hostname or "127.0.0.1", port, socket.AF_INET, socket.SOCK_STREAM
                 )
-                if infos[0][4][0].startswith("127."):
+                address = cast(str, infos[0][4][0])  # AF_INET: sockaddr is (host, port)
+                if address.startswith("127."):
                     pid = procstats.listener_pid(port)
         except (ValueError, OSError):
             pass

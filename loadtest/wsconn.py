@@ -17,7 +17,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import gevent
@@ -78,7 +78,7 @@ class Target:
         self.port = parts.port or (443 if parts.scheme == "wss" else 80)
         self.secure = parts.scheme == "wss"
         infos = socket.getaddrinfo(self.host, self.port, socket.AF_INET, socket.SOCK_STREAM)
-        self.address: tuple[str, int] = infos[0][4][:2]
+        self.address = cast(tuple[str, int], infos[0][4][:2])  # AF_INET: (host, port)
 
 
 class ChatConnection:
@@ -113,7 +113,7 @@ class ChatConnection:
         self.room: str | None = None
         self.joined = False
         self.closing = False
-        self._receiver: gevent.Greenlet | None = None
+        self._receiver: gevent.Greenlet[[websocket.WebSocket], None] | None = None
         self._join_ack: gevent.event.Event | None = None
 
     @property
@@ -178,7 +178,7 @@ class ChatConnection:
             receiver.join(timeout=2.0)
             if not receiver.dead:
                 receiver.kill(block=False)
-        ws.shutdown()
+        ws.shutdown()  # type: ignore[no-untyped-call]  # websocket-client leaves it unannotated
         self.ws = None
 
     def abort(self) -> None:
@@ -188,6 +188,7 @@ class ChatConnection:
             return
         self.closing = True
         self._forget_room()
+        assert ws.sock is not None  # a connected WebSocket has its socket until shutdown()
         with contextlib.suppress(OSError):
             ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         with contextlib.suppress(OSError):
@@ -277,6 +278,7 @@ class ChatConnection:
         pos = 0
         fragments: list[bytes] = []
         try:
+            assert sock is not None  # connect() hands over a connected WebSocket
             while True:
                 chunk = sock.recv(262144)
                 if not chunk:
@@ -377,6 +379,7 @@ class ChatConnection:
                                  seq if isinstance(seq, int) else None)
                 self.joined = True
                 self._on_held(1)
+                assert self.room is not None  # join() set it before it sent the join
                 self._directory.joined(self.room, self.member, now)
                 self._join_ack.set()
         elif kind == "error":
