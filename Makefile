@@ -35,7 +35,7 @@ test: setup system-deps node-deps
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict server bench loadtest
+	$(VENV)/bin/mypy --strict server bench loadtest tests
 
 # make bench [SCENARIO=fanout|saturate|capacity|joinstorm|twonode] [QUICK=1]
 bench: setup node-deps system-deps

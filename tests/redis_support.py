@@ -200,8 +200,10 @@ class LosingProxy:
                 continue
             with self.lock:
                 self.sockets += [node, redis]
+            # close() may have run meanwhile, on another thread: mypy does not know that, and
+            # keeps self.closed narrowed to False from the check above
             if self.closed:
-                self._close_all()
+                self._close_all()  # type: ignore[unreachable]
             threading.Thread(target=self._to_redis, args=(node, redis), daemon=True).start()
             threading.Thread(target=self._to_node, args=(redis, node), daemon=True).start()
 

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 READY_LINE = re.compile(r"roomcast listening on (?P<scheme>https?)://(?P<host>[^:/]+):(?P<port>\d+)/")
@@ -70,7 +70,7 @@ def start_server(
     port: int = 0,
     env: dict[str, str] | None = None,
     timeout: float = 15.0,
-    preexec_fn: object = None,
+    preexec_fn: Callable[[], object] | None = None,
     command: list[str] | None = None,
 ) -> ServerProcess:
     """Starts ``python -m server`` (or `command`) and returns once it listens, or raises."""
@@ -83,7 +83,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         text=True,
         env=full_env,
-        preexec_fn=preexec_fn,  # type: ignore[arg-type]  # noqa: PLW1509
+        preexec_fn=preexec_fn,  # noqa: PLW1509
     )
     server = ServerProcess(proc, host, 0)
     ready = threading.Event()

@@ -30,8 +30,8 @@ def _imports(path: Path, root: Path = SERVER) -> set[str]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking_block(node):
-            for child in node.orelse:
-                visit(child)
+            for statement in node.orelse:
+                visit(statement)
             return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("server"))

@@ -232,6 +232,7 @@ def test_flush_histogram_window_quantiles() -> None:
     assert fig["flush_over_top_bucket"] == 1
     # over the whole history, rank 37.5 of 150 lies in the first bucket [0, 100 µs]
     assert after is not None and after.quantile(0.25) == pytest.approx(100e-6 * 37.5 / 50)
+    assert before is not None
     half = (after - before).quantile(0.25)  # rank 25 of the 50 in (100 µs, 1 ms]
     assert half == pytest.approx(100e-6 + 900e-6 * 25 / 50)
     assert window_figures(None, after) == {}
@@ -259,7 +260,7 @@ def test_flush_histogram_sums_its_room_size_series() -> None:
 def test_targets_use_the_best_peer_of_the_run() -> None:
     from bench.report import evaluate_targets  # noqa: PLC0415
 
-    def rec(cid: str, scenario: str, **runs: dict[str, object]) -> dict[str, object]:
+    def rec(cid: str, scenario: str, **runs: dict[str, object]) -> dict[str, Any]:
         return {"id": cid, "scenario": scenario, "runs": runs}
 
     records = {
@@ -558,7 +559,7 @@ def test_resume_and_histmem_ids_round_trip() -> None:
 # ---- the report: history on/off, memory, the storm, and hints that quote the profile
 
 
-def _run_file(tmp: Path, name: str, started: str, results: list[dict[str, object]],
+def _run_file(tmp: Path, name: str, started: str, results: list[dict[str, Any]],
               flamegraph: dict[str, object] | None = None) -> None:
     import json  # noqa: PLC0415
 
@@ -571,7 +572,7 @@ def _run_file(tmp: Path, name: str, started: str, results: list[dict[str, object
     (tmp / "runs" / name).write_text(json.dumps(run))
 
 
-HOT = {"total_samples": 1000, "self": [
+HOT: dict[str, Any] = {"total_samples": 1000, "self": [
     {"frame": "ChatCore.flush (server/core.py:380)", "samples": 700, "pct": 70.0},
     {"frame": "Runner.run (asyncio/runners.py:118)", "samples": 200, "pct": 20.0},
     {"frame": "History.add (server/history.py:210)", "samples": 30, "pct": 3.0}],
@@ -658,7 +659,7 @@ def test_history_on_off_is_judged_on_the_median_of_the_pairs() -> None:
     def fig(cpu: float, problems: list[str] | None = None) -> dict[str, object]:
         return {"cpu_per_delivery_us": cpu, "problems": problems or []}
 
-    rec: dict[str, object] = {
+    rec: dict[str, Any] = {
         "id": "saturate-4x250-d8-s100", "scenario": "saturate",
         # the first pair misses (1.3x): a noisy neighbour; the other two meet it
         "runs": {"roomcast": fig(1.3), NOHISTORY: fig(1.0)},

@@ -36,6 +36,9 @@ class Deferred:
         self.leaves.append((room, member.name))
         self.core.drop_if_empty(room)
 
+    def typing(self, room: Room, member: Member, payload: bytes) -> None:
+        raise AssertionError("not used here")
+
     def release(self) -> None:
         """Delivers what was published and admits the arrivals, in that order."""
         for room, payload in self.published:
@@ -67,8 +70,9 @@ def test_the_local_broker_numbers_stores_and_delivers_the_same_bytes() -> None:
 
 def test_a_core_without_a_broker_says_so() -> None:
     core = ChatCore(Config(), lambda: None)
+    writes: list[bytes] = []
     with pytest.raises(RuntimeError, match="use_broker"):
-        core.join(Member([].append), "r", "alice")
+        core.join(Member(writes.append), "r", "alice")
 
 
 def test_the_core_hands_chats_to_the_broker_and_delivers_nothing_itself() -> None:

@@ -61,8 +61,9 @@ async def roundtrip(client: RawClient, text: str) -> float:
 async def read_until_close(client: RawClient, timeout: float = 30.0) -> tuple[int, int]:
     """Reads everything the server sends until it hangs up; checks that the last frame is a
     CLOSE and returns (frames before it, its code)."""
-    data = bytearray(client.reader._buffer)  # what the stream already read
-    client.reader._buffer.clear()
+    # what the stream already read (its private buffer: typeshed does not declare it)
+    data = bytearray(client.reader._buffer)  # type: ignore[attr-defined]
+    client.reader._buffer.clear()  # type: ignore[attr-defined]
     sock = client.writer.get_extra_info("socket")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

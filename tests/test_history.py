@@ -35,7 +35,9 @@ from tests.test_core import Client, Clock, Epochs, Harness
 REASONS = {DISABLED, EPOCH_CHANGED, TOO_MANY, TOO_OLD, UNKNOWN_POSITION}
 
 
-def make(size: int = 5, ttl: float = 10.0, max_bytes: int = 1 << 30, replay: int = 1 << 20) -> Any:
+def make(
+    size: int = 5, ttl: float = 10.0, max_bytes: int = 1 << 30, replay: int = 1 << 20
+) -> tuple[History, Clock]:
     clock = Clock()
     history = History(size, ttl, max_bytes, replay, clock=clock, epochs=Epochs())
     return history, clock

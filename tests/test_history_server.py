@@ -224,8 +224,9 @@ async def test_a_slow_consumer_dropped_with_4000_resumes_with_no_gap(launch: Lau
 async def messages_until_close(client: RawClient) -> tuple[list[Any], int]:
     """Every text message the server sent until it hung up, and the code of its final CLOSE
     (like tests/test_connection.py's read_until_close, keeping the messages)."""
-    data = bytearray(client.reader._buffer)
-    client.reader._buffer.clear()
+    # the stream's private read buffer: typeshed does not declare it
+    data = bytearray(client.reader._buffer)  # type: ignore[attr-defined]
+    client.reader._buffer.clear()  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
     while loop.time() < deadline:

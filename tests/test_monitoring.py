@@ -130,7 +130,8 @@ def load_rules(path: Path = ALERTS) -> list[dict[str, Any]]:
 
 
 def load_dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text())
+    dashboard: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return dashboard
 
 
 def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
@@ -275,7 +276,8 @@ def test_dashboard_is_well_formed() -> None:
 
 def scrape(server: ServerProcess) -> str:
     with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5) as response:
-        return response.read().decode()
+        body: bytes = response.read()
+        return body.decode()
 
 
 def upgrade_status(url: str, **options: Any) -> int:
@@ -312,7 +314,9 @@ def test_referenced_metrics_are_exported_by_a_real_server() -> None:
             "--max-connections", "1", "--log-level", "warning",
         ) as server:
             token = jwt.encode({"sub": "ops"}, secret, algorithm="HS256")
-            bearer = {"origin": allowed, "header": [f"Authorization: Bearer {token}"]}
+            bearer: dict[str, Any] = {
+                "origin": allowed, "header": [f"Authorization: Bearer {token}"]
+            }
             assert upgrade_status(server.ws_url, origin="http://evil.test") == 403
             assert upgrade_status(server.ws_url, origin=allowed) == 401
             holder = websocket.create_connection(server.ws_url, timeout=5, **bearer)
@@ -375,7 +379,9 @@ class Prometheus:
 def documented_prometheus_config() -> str:
     """The prometheus.yml block of docs/operations.md's monitoring section."""
     section = OPERATIONS.read_text().split("## Monitoring", 1)[1]
-    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "scrape_configs" in b]
+    blocks: list[str] = [
+        b for b in re.findall(r"```yaml\n(.*?)```", section, re.S) if "scrape_configs" in b
+    ]
     assert len(blocks) == 1, "one prometheus.yml block in docs/operations.md#monitoring"
     return blocks[0]
 

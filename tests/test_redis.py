@@ -327,7 +327,11 @@ async def test_redis_cluster_sharded_pubsub(launch: Launch) -> None:
             alice, _ = await joined(a, "alice", room)
             bob, welcome = await joined(b, "bob", room)
             assert sorted(welcome["users"]) == ["alice", "bob"], welcome
-            await until(alice, lambda m, r=room: m.get("text") == f"bob joined #{r}")
+
+            def bob_joined(m: dict[str, Any], r: str = room) -> bool:
+                return m.get("text") == f"bob joined #{r}"
+
+            await until(alice, bob_joined)
             pairs.append((alice, bob))
         for room, (alice, bob) in zip(rooms, pairs, strict=True):
             alice.send_json({"type": "chat", "text": f"to {room}"})

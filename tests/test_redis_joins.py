@@ -4,6 +4,7 @@ Redis side played by the test: the notice and the script's reply arrive in eithe
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from server.config import Config
 from server.core import ChatCore, Member, Replay, Room
@@ -33,6 +34,9 @@ class Manual:
     def leave(self, room: Room, member: Member) -> None:
         pass
 
+    def typing(self, room: Room, member: Member, payload: bytes) -> None:
+        raise AssertionError("not used here")
+
 
 class World:
     def __init__(self) -> None:
@@ -51,7 +55,7 @@ class World:
         self.joins.expect(name, arrived, room, notice, None)
         return member
 
-    def received(self, name: str) -> list[dict[str, object]]:
+    def received(self, name: str) -> list[dict[str, Any]]:
         data = b"".join(self.out[name])
         self.out[name].clear()
         return server_messages(data)

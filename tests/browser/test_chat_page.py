@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import jwt
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from tests.browser.pages import chat_texts, join, member, say
 from tests.support import ServerProcess, free_port, start_server
@@ -52,7 +52,12 @@ def test_markup_in_messages_and_names_is_shown_as_text(
     pages = []
     for name in (XSS, "reader"):
         page = new_page()
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+        def on_dialog(dialog: Dialog) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", on_dialog)
         page.add_init_script("window.__alerts = []; window.alert = m => __alerts.push(String(m));")
         pages.append(join(page, server, name))
     sender, reader = pages

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import jwt
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from tests.browser.pages import Frames, chat_texts, join, member, open_page, say, wait_until
 from tests.support import ServerProcess
@@ -200,7 +200,12 @@ def test_links_in_chat_text_are_safe_anchors_and_the_rest_stays_text(
     )
     dialogs: list[str] = []
     reader = new_page(**device)
-    reader.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    reader.on("dialog", on_dialog)
     writer = join(new_page(), server, "writer")
     join(reader, server, "reader")
     say(writer, text)
