@@ -126,9 +126,13 @@ class Connection(WSListener):
             self.member.allowed_rooms = identity.rooms
         fastpath.adopt(transport, self)
         self.owner.attach(self)
-        raw.set_write_buffer_limits(high=0)  # pause_writing as soon as anything waits
+        fd = _direct_fd(raw)
+        # pause_writing as soon as anything waits: a TCP transport pauses above `high`, but
+        # uvloop's TLS transport at or above it (high=0 would pause it after every write, and it
+        # resumes only when it next looks, which a client that only listens never makes it do)
+        raw.set_write_buffer_limits(high=0 if fd >= 0 else 1)
         if self.outbox is None:
-            self.member.fd = _direct_fd(raw)
+            self.member.fd = fd
 
     # ---- frames in ----------------------------------------------------------------------------
 

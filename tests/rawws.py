@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -60,9 +61,16 @@ class RawClient:
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, path: str = "/", headers: dict[str, str] | None = None
+        cls,
+        host: str,
+        port: int,
+        path: str = "/",
+        headers: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> RawClient:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), TIMEOUT)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=tls), TIMEOUT
+        )
         client = cls(reader, writer)  # registered first: a cancelled handshake is closed too
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
@@ -126,7 +134,8 @@ class RawClient:
 
     async def close(self) -> None:
         self.writer.close()
-        with contextlib.suppress(ConnectionError, TimeoutError):
+        # (TLS: a server that already hung up may leave the closing handshake half done)
+        with contextlib.suppress(ConnectionError, TimeoutError, ssl.SSLError):
             await asyncio.wait_for(self.writer.wait_closed(), TIMEOUT)
 
 

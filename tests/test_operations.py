@@ -6,6 +6,7 @@ import asyncio
 import json
 import pathlib
 import signal
+import socket
 import ssl
 import subprocess
 import urllib.request
@@ -183,12 +184,63 @@ async def test_native_tls_serves_wss(
         await alice.send(json.dumps({"type": "chat", "text": "over tls"}))
         message = json.loads(await asyncio.wait_for(bob.recv(), 5))
         assert message["text"] == "over tls"
+        # A client that only listens gets every message as it comes (uvloop's TLS transport
+        # pauses at its high-water mark, not above it), and 24 KB of JSON passes through a read
+        # buffer trimmed to 640 bytes after the handshake (server/fastpath.pyx).
+        long_text = "".join(chr(0xE0 + i % 26) for i in range(4_000))
+        texts = ["one", long_text, "three", "four"]
+        for text in texts:
+            await alice.send(json.dumps({"type": "chat", "text": text}))
+            message = json.loads(await asyncio.wait_for(bob.recv(), 5))
+            assert message["text"] == text
     def fetch() -> int:
         url = f"https://127.0.0.1:{server.port}/healthz"
         with urllib.request.urlopen(url, timeout=5, context=tls) as response:
             return int(response.status)
 
     assert await asyncio.to_thread(fetch) == 200
+
+
+async def test_a_tls_client_that_stops_reading_is_dropped_and_the_room_goes_on(
+    launch: Launch, certificate: tuple[pathlib.Path, pathlib.Path]
+) -> None:
+    """Over native TLS the slow-consumer rule holds as over TCP: what waits behind a client that
+    stopped reading is counted, and past --max-buffered-bytes it is dropped (CLOSE 4000)."""
+    cert, key = certificate
+    server = launch(
+        "--certfile", str(cert), "--keyfile", str(key),
+        "--rate-limit", "0", "--max-buffered-bytes", "262144",
+    )
+    tls = client_tls(cert)
+    talker = await RawClient.connect(server.host, server.port, tls=tls)
+    talker.send_json({"type": "join", "username": "talker"})
+    stalled = await RawClient.connect(server.host, server.port, tls=tls)
+    stalled.writer.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, 65536
+    )
+    transport = stalled.writer.transport
+    assert isinstance(transport, asyncio.ReadTransport)
+    transport.pause_reading()  # reads nothing from here on
+    stalled.send_json({"type": "join", "username": "stalled"})
+    left = False
+    text = "z" * 3900
+    for _ in range(400):  # at most 16 MB through the room
+        for _ in range(10):
+            talker.send_json({"type": "chat", "text": text})
+        echoed = 0
+        while echoed < 10:
+            message = await talker.recv_json()
+            if message.get("event") == "leave" and message.get("username") == "stalled":
+                left = True
+            elif message["type"] == "chat":
+                echoed += 1
+        if left:
+            break
+    assert left, "the stalled TLS client was dropped"
+    assert "dropping slow consumer" in server.text()
+    talker.send_json({"type": "chat", "text": "still here"})
+    while (await talker.recv_json()).get("text") != "still here":
+        pass
 
 
 def test_bad_certificate_is_a_clear_error(tmp_path: pathlib.Path) -> None:
