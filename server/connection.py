@@ -244,13 +244,13 @@ class Connection(WSListener):
     def __call__(self, data: bytes) -> None:
         """Every byte for this client goes through here: the core's (``member.write`` is this
         connection) and the frames picows writes itself (pongs, pings, its CLOSE)."""
+        if self.closing:
+            return  # our CLOSE is written (or queued first): nothing may follow it
         outbox = self.outbox
         if outbox is not None:
             if not outbox.dropped:
                 self._enqueue(outbox, data)
             return
-        if self.closing:
-            return  # our CLOSE is written: nothing may follow it
         if data[0] == _CLOSE_FRAME:  # only picows writes one through here
             # picows answers a protocol error it finds while parsing ahead with a CLOSE of its
             # own, before the frames in front of it reached us: hold it for this tick, so that a
@@ -259,6 +259,12 @@ class Connection(WSListener):
                 self.picows_close = data
                 self.owner.loop.call_soon(self._send_picows_close)
             return
+        self.transport.underlying_transport.write(data)
+
+    def rest(self, data: bytes) -> None:
+        """What the kernel did not take of a fan-out ``send()`` (``fastpath.fanout``): to the
+        transport as it is (which then pauses the connection: what follows queues here). Not
+        through ``__call__``: a remainder starts anywhere in a frame, even on a 0x88 byte."""
         self.transport.underlying_transport.write(data)
 
     def _enqueue(self, outbox: Outbox, data: bytes) -> None:

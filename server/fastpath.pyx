@@ -7,8 +7,9 @@ One implementation, used by the server and by every test (no pure-Python twin):
   with Python-visible fields, so the fan-out loop reads ``fd`` and ``write`` without a lookup);
 * ``fanout(members, blob)`` writes the same bytes to every member of a list: with one
   ``send()`` on the member's socket while nothing waits in its transport (``fd >= 0``), handing
-  whatever the kernel did not take to the transport (which then pauses the connection), and
-  through ``member.write`` otherwise (a paused connection's queue, TLS, tests' lists);
+  whatever the kernel did not take to ``member.write.rest`` (the transport, which then pauses
+  the connection), and through ``member.write`` otherwise (a paused connection's queue, TLS,
+  tests' lists);
 * ``adopt(transport, write)`` tunes a picows server transport once connected: one write buffer
   shared by all transports instead of 1 KiB each (picows builds a control frame in it and copies
   it out before returning), every frame picows writes itself routed to ``write`` (so those bytes
@@ -43,7 +44,8 @@ cdef class Member:
 
     ``write`` takes the member's bytes (the socket transport's ``write``, a connection's queue
     while its transport is paused, ``list.append`` in tests); ``fd`` is the socket to ``send()``
-    on directly while nothing waits in the transport, -1 otherwise. Where the member is in its
+    on directly while nothing waits in the transport, -1 otherwise (a writer whose member has an
+    ``fd`` also has ``rest(bytes)`` for what a ``send()`` left). Where the member is in its
     room (``slot``, ``late``, ``held``, ``cursor``) is server/delivery.py's business; who it is
     and what it may do (``name``, ``fixed_name``, ``allowed_rooms``, the rate rings, typing) the
     core's.
@@ -112,8 +114,9 @@ def fanout(list members, bytes blob):
                 member.write(blob)  # the transport meets the same error and closes
                 continue
         # The kernel took part: the transport keeps the rest (and pauses the connection, which
-        # then sets fd to -1 and queues what follows).
-        member.write(blob[sent:])
+        # then sets fd to -1 and queues what follows). Through the writer's `rest`, not the
+        # writer itself: the remainder is not a frame and must not be taken for one.
+        member.write.rest(blob[sent:])
 
 
 cdef MemoryBuffer _shared_write_buffer = None

@@ -179,6 +179,7 @@ class Front(asyncio.Protocol):
             buffer = protocol.get_buffer(len(data))
             size = min(len(buffer), len(data))
             buffer[:size] = data[:size]
+            buffer.release()  # a view into picows's buffer, which it may move from here on
             protocol.buffer_updated(size)
             data = data[size:]
         fastpath.trim_read_buffer(protocol)

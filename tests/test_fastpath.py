@@ -1,8 +1,9 @@
-"""The compiled hot path (server/fastpath.pyx): picows's read buffer, cut to what is needed.
+"""The compiled hot path (server/fastpath.pyx): the fan-out's partial sends, and picows's read
+buffer cut to what is needed.
 
-These run a real server inside the test's process, on uvloop as in production, over real
-sockets, so they can look at what picows holds for each connection. The fan-out loop and the
-transport tuning are exercised by every server test.
+The read-buffer tests run a real server inside the test's process, on uvloop as in production,
+over real sockets, so they can look at what picows holds for each connection. The fan-out loop
+and the transport tuning are otherwise exercised by every server test.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -20,11 +22,48 @@ from server.acceptor import Acceptor, listening_socket
 from server.app import App, build
 from server.connection import Connection
 from server.front import Front
-from server.protocol import CloseCode
+from server.protocol import CloseCode, text_frame
 from server.settings import load
 from tests.rawws import PING, TEXT, RawClient, encode_frame, until
 
 SMALL = fastpath.READ_BUFFER_BYTES
+
+
+class Writer:
+    """A member's writer that records which way the fan-out handed it bytes."""
+
+    def __init__(self) -> None:
+        self.whole: list[bytes] = []
+        self.rests: list[bytes] = []
+
+    def __call__(self, data: bytes) -> None:
+        self.whole.append(data)
+
+    def rest(self, data: bytes) -> None:
+        self.rests.append(data)
+
+
+def test_what_a_send_leaves_goes_to_rest_and_never_as_a_frame() -> None:
+    # A remainder starts anywhere in a frame: here, inside text of U+2208 (E2 88 88), where a
+    # 0x88 byte (a CLOSE frame's first) is likely; it must not reach the writer as if whole.
+    sender, reader = socket.socketpair()
+    with sender, reader:
+        sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        blob = text_frame(("\u2208" * 100_000).encode())
+        writer = Writer()
+        member = fastpath.Member(writer)
+        member.fd = sender.fileno()
+        fastpath.fanout([member], blob)
+        [rest] = writer.rests
+        assert writer.whole == [] and 0 < len(rest) < len(blob)
+        taken = bytearray()
+        while len(taken) < len(blob) - len(rest):
+            taken += reader.recv(1 << 16)
+        assert bytes(taken) + rest == blob
+        member.fd = -1  # a paused or TLS connection: everything goes to the writer, whole
+        fastpath.fanout([member], blob)
+        assert writer.whole == [blob]
 
 
 def on_uvloop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -129,3 +168,4 @@ async def test_an_unfinished_frame_is_never_trimmed_and_frames_arrive_whole() ->
             client.writer.write(frame[start : start + 997])
             await client.writer.drain()
         await until(client, lambda m: m.get("type") == "chat" and m["text"] == text)
+
