@@ -149,3 +149,27 @@ async def until(client: RawClient, predicate: Callable[[Any], bool], timeout: fl
         message = await client.recv_json(timeout=left)
         if predicate(message):
             return message
+
+
+async def chat_until_left(
+    talker: RawClient, name: str, text_of: Callable[[int], str], limit: int = 4000
+) -> int | None:
+    """Chats through the talker's room ten at a time (each batch echoed back before the next)
+    until the room hears that `name` left, at most `limit` chats: how many went out by then
+    (None: it never left). `text_of(n)` is the text of chat n."""
+    sent = 0
+    while sent < limit:
+        for _ in range(10):
+            talker.send_json({"type": "chat", "text": text_of(sent)})
+            sent += 1
+        echoed = 0
+        left = False
+        while echoed < 10:
+            message = await talker.recv_json()
+            if message.get("event") == "leave" and message.get("username") == name:
+                left = True
+            elif message["type"] == "chat":
+                echoed += 1
+        if left:
+            return sent
+    return None

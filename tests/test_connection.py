@@ -14,7 +14,15 @@ import time
 import pytest
 
 from tests.conftest import Launch
-from tests.rawws import CLOSE, CONTINUATION, PING, TEXT, RawClient, encode_frame
+from tests.rawws import (
+    CLOSE,
+    CONTINUATION,
+    PING,
+    TEXT,
+    RawClient,
+    chat_until_left,
+    encode_frame,
+)
 from tests.support import ServerProcess, rss_kib
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
@@ -102,20 +110,8 @@ async def test_a_dropped_slow_consumer_reads_close_4000_as_its_last_frame(launch
     stalled_socket(stalled)
     stalled.send_json({"type": "join", "username": "stalled"})
     text = "z" * 3900
-    left = False
-    for _ in range(400):  # at most 16 MB through the room
-        for _ in range(10):
-            talker.send_json({"type": "chat", "text": text})
-        echoed = 0
-        while echoed < 10:
-            message = await talker.recv_json()
-            if message.get("event") == "leave" and message.get("username") == "stalled":
-                left = True
-            elif message["type"] == "chat":
-                echoed += 1
-        if left:
-            break
-    assert left, "the stalled client was dropped"
+    dropped = await chat_until_left(talker, "stalled", lambda n: text)  # at most 16 MB
+    assert dropped is not None, "the stalled client was dropped"
     frames, code = await read_until_close(stalled)
     assert code == 4000 and frames > 0  # what it had been sent, then why it was dropped
     assert await stalled.wait_eof()

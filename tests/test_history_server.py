@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import Launch
 from tests.frames import server_frames
-from tests.rawws import CLOSE, TEXT, RawClient
+from tests.rawws import CLOSE, TEXT, RawClient, chat_until_left
 from tests.support import ServerProcess
 from tests.test_connection import stalled_socket
 
@@ -190,20 +190,8 @@ async def test_a_slow_consumer_dropped_with_4000_resumes_with_no_gap(launch: Lau
     stalled_socket(stalled)
     stalled.send_json({"type": "join", "username": "stalled", "room": "lobby"})
     text = "z" * 3900
-    sent = 0
-    gone = False
-    while not gone and sent < 4000:  # at most 16 MB through the room
-        for _ in range(10):
-            talker.send_json({"type": "chat", "text": f"{sent}:{text}"})
-            sent += 1
-        echoed = 0
-        while echoed < 10:
-            message = await talker.recv_json()
-            if message.get("event") == "leave" and message.get("username") == "stalled":
-                gone = True
-            elif message["type"] == "chat":
-                echoed += 1
-    assert gone, "the stalled client was dropped"
+    sent = await chat_until_left(talker, "stalled", lambda n: f"{n}:{text}")  # at most 16 MB
+    assert sent is not None, "the stalled client was dropped"
     texts, code = await messages_until_close(stalled)
     assert code == 4000
     welcome = texts[0]

@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from tests.conftest import Launch
-from tests.rawws import RawClient
+from tests.rawws import RawClient, chat_until_left
 from tests.support import ServerProcess, free_port, start_server
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
@@ -222,21 +222,9 @@ async def test_a_tls_client_that_stops_reading_is_dropped_and_the_room_goes_on(
     assert isinstance(transport, asyncio.ReadTransport)
     transport.pause_reading()  # reads nothing from here on
     stalled.send_json({"type": "join", "username": "stalled"})
-    left = False
     text = "z" * 3900
-    for _ in range(400):  # at most 16 MB through the room
-        for _ in range(10):
-            talker.send_json({"type": "chat", "text": text})
-        echoed = 0
-        while echoed < 10:
-            message = await talker.recv_json()
-            if message.get("event") == "leave" and message.get("username") == "stalled":
-                left = True
-            elif message["type"] == "chat":
-                echoed += 1
-        if left:
-            break
-    assert left, "the stalled TLS client was dropped"
+    dropped = await chat_until_left(talker, "stalled", lambda n: text)  # at most 16 MB
+    assert dropped is not None, "the stalled TLS client was dropped"
     assert "dropping slow consumer" in server.text()
     talker.send_json({"type": "chat", "text": "still here"})
     while (await talker.recv_json()).get("text") != "still here":
