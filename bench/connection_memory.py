@@ -28,9 +28,7 @@ from multiprocessing import Process
 
 import uvloop
 
-from server.acceptor import Acceptor, listening_socket
-from server.app import build
-from server.front import Front
+from server.app import build, listen
 from server.settings import load
 
 CLIENTS_PER_ADDRESS = 2000
@@ -70,13 +68,13 @@ def _clients(port: int, count: int, ready: str) -> None:  # pragma: no cover - c
 
 
 async def measure(count: int) -> None:
-    settings = load(["--rate-limit", "0", "--ping-interval", "600", "--log-level", "warning"])
+    settings = load([
+        "--host", "127.0.0.1", "--port", "0",
+        "--rate-limit", "0", "--ping-interval", "600", "--log-level", "warning",
+    ])
     loop = asyncio.get_running_loop()
     app = build(settings, loop)
-    sock = listening_socket("127.0.0.1", 0)
-    acceptor = Acceptor(loop, sock, lambda peer: Front(app, peer), app.counters)
-    acceptor.start()
-    app.started(acceptor)
+    acceptor = listen(app)
     port = acceptor.address[1]
     ready = f"/tmp/roomcast-connection-memory-{os.getpid()}"
     gc.collect()

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -294,15 +295,24 @@ def _quiet_picows() -> logging.LoggerAdapter[logging.Logger]:
     return logging.LoggerAdapter(logger, {})
 
 
+def listen(app: App, tls: ssl.SSLContext | None = None) -> Acceptor:
+    """Starts accepting on the configured address: every connection begins at a Front."""
+    config = app.config
+    sock = listening_socket(config.host, config.port, reuse_port=config.reuse_port)
+    acceptor = Acceptor(
+        app.loop, sock, lambda peer: Front(app, peer), app.counters, ssl_context=tls
+    )
+    acceptor.start()
+    app.started(acceptor)
+    return acceptor
+
+
 async def serve(settings: Settings) -> int:
     config = settings.config
     loop = asyncio.get_running_loop()
     app = build(settings, loop)
     tls = settings.security.tls
-    sock = listening_socket(config.host, config.port, reuse_port=config.reuse_port)
-    acceptor = Acceptor(loop, sock, lambda peer: Front(app, peer), app.counters, ssl_context=tls)
-    acceptor.start()
-    app.started(acceptor)
+    acceptor = listen(app, tls)
     admin = None
     if config.metrics_listen:
         admin_host, _, admin_port = config.metrics_listen.rpartition(":")

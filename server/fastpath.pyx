@@ -145,13 +145,12 @@ def adopt(WSTransport transport, object write):
     transport.disconnected_future = _finished
 
 
-
 # picows keeps 256 bytes past the readable part of its read buffer for its SIMD code, and its
 # growth rule (double the readable part when 90% full, reallocating only past the capacity) keeps
 # that margin only while the readable part is over half the capacity: 384 of 640 keeps both.
-READ_BUFFER_BYTES = 640
 cdef Py_ssize_t _SMALL = 640
 cdef Py_ssize_t _SIMD_MARGIN = 256
+READ_BUFFER_BYTES = _SMALL
 
 
 cdef MemoryBuffer _read_buffer_of(protocol):
@@ -191,9 +190,7 @@ def trim_read_buffer(protocol):
     """
     cdef MemoryBuffer buffer = _read_buffer_of(protocol)
     cdef char* data
-    if buffer is None or buffer.capacity <= _SMALL:
-        return False
-    if buffer.size + _SIMD_MARGIN > buffer.capacity or _waiting(protocol, buffer) != 0:
+    if buffer is None or buffer.capacity <= _SMALL or _waiting(protocol, buffer) != 0:
         return False
     data = <char*>PyMem_Realloc(buffer.data, _SMALL)
     if data == NULL:

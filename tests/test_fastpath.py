@@ -18,10 +18,8 @@ from typing import Any
 import uvloop
 
 from server import fastpath
-from server.acceptor import Acceptor, listening_socket
-from server.app import App, build
+from server.app import App, build, listen
 from server.connection import Connection
-from server.front import Front
 from server.protocol import CloseCode, text_frame
 from server.settings import load
 from tests.rawws import PING, TEXT, RawClient, encode_frame, until
@@ -80,11 +78,7 @@ def on_uvloop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Non
 async def serving(*args: str) -> AsyncIterator[tuple[App, int]]:
     loop = asyncio.get_running_loop()
     app = build(load(["--host", "127.0.0.1", "--port", "0", *args], env={}), loop)
-    acceptor = Acceptor(
-        loop, listening_socket("127.0.0.1", 0), lambda peer: Front(app, peer), app.counters
-    )
-    acceptor.start()
-    app.started(acceptor)
+    acceptor = listen(app)
     try:
         yield app, acceptor.address[1]
     finally:

@@ -5,6 +5,7 @@ reaching a node's members twice when the link drops with the chat in flight."""
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -89,10 +90,10 @@ class Recorder:
     """Just enough of the core for server/redis/outage.py: its rooms and what it delivers."""
 
     def __init__(self, *rooms: str) -> None:
-        self.rooms = {name: name for name in rooms}
+        self.rooms = {name: SimpleNamespace(name=name) for name in rooms}
         self.delivered: list[bytes] = []
 
-    def deliver(self, room: str, payload: bytes) -> None:
+    def deliver(self, room: SimpleNamespace, payload: bytes) -> None:
         self.delivered.append(payload)
 
 

@@ -51,9 +51,9 @@ from .leases import Leases
 from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link
 from .outage import deliver_held, deliver_unanswered
 from .pipeline import JOIN, LEAVE, OTHER, PUBLISH, Op, Pipeline
-from .positions import DELIVER, GAP, RESET, Positions
+from .positions import GAP, Positions
 from .registry import changes
-from .repairs import Repairs, tell, tell_reset
+from .repairs import Repairs, deliver_judged, tell
 from .subscriptions import Interest
 from .wire import (
     ANNOUNCED,
@@ -64,7 +64,6 @@ from .wire import (
     UnknownEnvelope,
     announced_head,
     channel_name,
-    chat_position,
     join_head,
     member_field,
     members_key,
@@ -287,16 +286,9 @@ class RedisBroker:
                 positions.keep(name, (channel, data))
             return
         if kind == CHAT:
-            epoch, seq = chat_position(sender)
-            verdict = positions.judge(name, epoch, seq)
-            if verdict == DELIVER:
-                self.core.deliver(room, payload)
-            elif verdict == GAP:
+            if deliver_judged(self.core, positions, room, sender, payload) == GAP:
                 self.repairs.start(name, (channel, data))
-            elif verdict == RESET:
-                tell_reset(self.core, room, epoch, seq - 1)
-                self.core.deliver(room, payload)
-            if verdict != GAP:
+            else:
                 self.pipeline.came_back(name, payload)
         elif kind == PLAIN:
             self.core.deliver(room, payload)

@@ -16,9 +16,9 @@ import contextlib
 
 from ..core import ChatCore
 from .pipeline import LEAVE, PUBLISH, Pipeline
-from .positions import DELIVER, GAP, RESET, Held, Positions
-from .repairs import tell_reset
-from .wire import CHAT, PLAIN, UnknownEnvelope, chat_position, fill_count, open_envelope
+from .positions import GAP, Held, Positions
+from .repairs import deliver_judged
+from .wire import CHAT, PLAIN, UnknownEnvelope, fill_count, open_envelope
 
 
 def deliver_unanswered(
@@ -58,10 +58,4 @@ def deliver_held(core: ChatCore, positions: Positions, held: dict[str, list[Held
                 if kind == PLAIN:
                     core.deliver(room, payload)
                 elif kind == CHAT and in_order:
-                    epoch, seq = chat_position(sender)
-                    verdict = positions.judge(name, epoch, seq)
-                    if verdict == RESET:
-                        tell_reset(core, room, epoch, seq - 1)
-                    if verdict in (DELIVER, RESET):
-                        core.deliver(room, payload)
-                    in_order = verdict != GAP
+                    in_order = deliver_judged(core, positions, room, sender, payload) != GAP

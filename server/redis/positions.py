@@ -149,7 +149,7 @@ class Positions:
             return None
         del self.repairs[room]
         # The stream can bring back a chat delivered here unnumbered only in this repair.
-        unnumbered = self.unnumbered.pop(room, None)
+        unnumbered = self.unnumbered.pop(room, Counter())
         outcome = Outcome()
         outcome.held = repair.held
         known = self.last(room)
@@ -171,12 +171,13 @@ class Positions:
         had = 0  # delivered here already, unnumbered
         for seq, payload in repair.fetched:
             if after < seq <= upto:
-                identity = chat_identity(payload) if unnumbered else b""
-                if unnumbered and unnumbered[identity] > 0:
-                    unnumbered[identity] -= 1  # each copy delivered here stands for one
-                    had += 1
-                else:
-                    outcome.deliver.append(payload)
+                if unnumbered:
+                    identity = chat_identity(payload)
+                    if unnumbered[identity] > 0:
+                        unnumbered[identity] -= 1  # each copy delivered here stands for one
+                        had += 1
+                        continue
+                outcome.deliver.append(payload)
         if not outcome.reset:
             outcome.missing = max(0, upto - after - len(outcome.deliver) - had)
         outcome.epoch = epoch

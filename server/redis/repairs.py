@@ -18,7 +18,7 @@ from ..core import ChatCore, Room
 from ..protocol import StatusMessage, encode
 from . import scripts
 from .pipeline import OTHER, Op, Pipeline
-from .positions import Held, Positions
+from .positions import DELIVER, RESET, Held, Positions
 from .wire import CHAT, UnknownEnvelope, chat_position, open_envelope
 
 log = logging.getLogger("roomcast.redis")
@@ -100,6 +100,21 @@ class Repairs:
                      "recovered: they are no longer in the room's history")
         for channel, data in outcome.held:
             self._replay(channel, data)
+
+
+def deliver_judged(
+    core: ChatCore, positions: Positions, room: Room, sender: str, payload: bytes
+) -> int:
+    """A CHAT envelope's chat (`sender` holds its epoch and seq) goes to the room's members if
+    it is the next one here (or the first of a new epoch, after the reset notice); returns the
+    verdict (GAP: not delivered)."""
+    epoch, seq = chat_position(sender)
+    verdict = positions.judge(room.name, epoch, seq)
+    if verdict == RESET:
+        tell_reset(core, room, epoch, seq - 1)
+    if verdict in (DELIVER, RESET):
+        core.deliver(room, payload)
+    return verdict
 
 
 def tell_reset(core: ChatCore, room: Room, epoch: str, seq: int) -> None:
