@@ -11,7 +11,7 @@ PORT ?= 8080
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py server/fastpath.pyx
+$(STAMP): pyproject.toml setup.py server/fastpath.pyx bench/fastrecv.pyx
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -174,8 +174,8 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
     if fig.get("error"):
         return f"  {server:14s} ERROR {fig['error'].splitlines()[-1][:150]}"
     keys = {
-        "fanout": ("deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "cpu_per_delivery_us",
-                   "flush_p50_us", "flush_p99_us", "losses"),
+        "fanout": ("deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "receipt_pace_us",
+                   "cpu_per_delivery_us", "flush_p50_us", "flush_p99_us", "losses"),
         "saturate": ("deliveries_per_s", "server_cpu_util", "cpu_per_delivery_us", "losses"),
         "capacity": ("rss_per_conn_bytes", "connect_rate_per_s", "alive", "received_broadcast"),
         "joinstorm": ("storm_ms", "bytes_sent", "frames", "server_cpu_s"),
@@ -208,7 +208,8 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
 
 # the figures printed at the end of a run, per scenario
 HEADLINES = {
-    "fanout": ("cpu_per_delivery_us", "p50_ms", "p99_ms", "flush_p50_us", "flush_p99_us"),
+    "fanout": ("cpu_per_delivery_us", "p50_ms", "p99_ms", "receipt_pace_us", "flush_p50_us",
+               "flush_p99_us"),
     "saturate": ("cpu_per_delivery_us", "deliveries_per_s"),
     "capacity": ("rss_per_conn_bytes",),
     "joinstorm": ("storm_ms",),

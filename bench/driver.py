@@ -8,8 +8,11 @@ ports can be opened) and runs the per-connection work of every scenario in its e
 - ``connect``: open connections (bounded concurrency), time each handshake;
 - ``join``: send every connection's join at a common instant and time its confirmation (the first
   system message whose text is ``<me> joined #<room>``);
-- ``fanout_start``: open-loop publishing on a fixed schedule; receivers record the latency from the
-  scheduled send time (carried in the chat text as ``id:send_ns:padding``) to the receipt;
+- ``fanout_start``: open-loop publishing on a fixed schedule; the members' sockets go to the
+  compiled receiver (``bench/fastrecv.pyx``, a thread without the GIL) for the measurement, which
+  records the latency from the scheduled send time (carried in the chat text as
+  ``id:send_ns:padding``) to the receipt; ``spread_start`` is its one-chat-per-room variant, read
+  in Python;
 - ``saturate_start``/``saturate_stop``: closed loop, each room keeps D messages in flight, where a
   message is complete once every member of the room received it;
 - ``stats``/``snapshot``/``collect``: counters, and the recorded samples.
@@ -27,6 +30,7 @@ import multiprocessing as mp
 import os
 import socket
 import struct
+import threading
 import time
 import traceback
 from array import array
@@ -355,6 +359,10 @@ class Worker:
         # fanout
         self.latencies = array("q")
         self.measured = 0
+        self.receiver: Any = None  # bench.fastrecv.Receiver while a fan-out measures
+        self.latency_ids = array("i")  # the message id of each latency (the receiver's)
+        self.receiver_errors = 0
+        self.receiver_close_codes: set[int] = set()
         self.tag_latencies: dict[str, array[int]] = {}
         self.warm_received = 0
         self.warm_ids = 0
@@ -459,11 +467,12 @@ class Worker:
             "frames": sum(c.frames for c in clients),
             "bytes": sum(c.nbytes for c in clients),
             "chats": sum(c.chats for c in clients),
-            "errors": sum(c.errors for c in clients),
+            "errors": sum(c.errors for c in clients) + self.receiver_errors,
             "with_chat": sum(1 for c in clients if c.chats),
             "alive": sum(1 for c in clients if c.alive),
-            "close_codes": sorted({c.close_code for c in clients if c.close_code}),
-            "measured": self.measured,
+            "close_codes": sorted({c.close_code for c in clients if c.close_code}
+                                  | self.receiver_close_codes),
+            "measured": self.receiver.measured if self.receiver is not None else self.measured,
             "fan_sent": self.fan_sent,
             "fan_sent_measured": self.fan_sent_measured,
             "fan_done": self.fan_done,
@@ -732,12 +741,14 @@ class Worker:
         text = WSMsgType.TEXT
         pubs = [c for c in self.clients if c.cid in set(publishers)]
         self.latencies = array("q")
+        self.latency_ids = array("i")
         self.tag_latencies = {}
         self.measured = self.warm_received = self.fan_sent = self.fan_sent_measured = 0
         self.fan_late_ns = []
         self.warm_ids = warm
         self.fan_done = not pubs
         self.on_chat = self._fan_receive
+        self._start_receiver(warm)
         period_ns = round(1e9 / rate)
         loop = asyncio.get_running_loop()
         state = {"next": 0}
@@ -784,6 +795,7 @@ class Worker:
         # a publisher whose connection failed sends nothing (its room's receipts count as lost)
         plan = sorted((due, cid) for cid, due in sends if cid in by_cid)
         self.latencies = array("q")
+        self.latency_ids = array("i")
         self.tag_latencies = {}
         self.measured = self.warm_received = self.fan_sent = self.fan_sent_measured = 0
         self.fan_late_ns = []
@@ -832,10 +844,57 @@ class Worker:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+    def _start_receiver(self, warm: int) -> None:
+        """Hands every open connection's socket to the compiled receiver for the measurement
+        (bench/fastrecv.pyx says why); picows stops reading them until ``_stop_receiver``."""
+        from bench.fastrecv import Receiver  # noqa: PLC0415  (built by make setup)
+
+        clients = [c for c in self.clients if c.alive and c.transport is not None]
+        tag_ids: dict[str, int] = {}
+        fds, tags = [], []
+        for c in clients:
+            under = c.transport.underlying_transport
+            under.pause_reading()
+            fds.append(under.get_extra_info("socket").fileno())
+            tags.append(tag_ids.setdefault(c.tag, len(tag_ids) + 1) if c.tag else 0)
+        self.receiver_clients = clients
+        self.receiver_tags = tag_ids
+        receiver = self.receiver = Receiver(fds, tags, warm, 1 << 16)
+        # runs until stopped (the coordinator decides when every delivery arrived)
+        self.receiver_thread = threading.Thread(target=receiver.run, args=(1 << 62, 3600.0),
+                                                daemon=True, name="fastrecv")
+        self.receiver_thread.start()
+
+    def _stop_receiver(self) -> dict[str, int]:
+        """Stops the receiver, keeps what it measured, gives the sockets back to picows."""
+        receiver = self.receiver
+        if receiver is None:
+            return {}
+        receiver.stop()
+        self.receiver_thread.join()
+        self.receiver = None
+        self.latencies = array("q", receiver.latencies())
+        self.latency_ids = array("i", receiver.ids())
+        for tag, n in self.receiver_tags.items():
+            self.tag_latencies[tag] = array("q", receiver.latencies(n))
+        self.measured = receiver.measured
+        self.warm_received = receiver.warm_received
+        self.receiver_errors += receiver.errors
+        if receiver.last_close_code:
+            self.receiver_close_codes.add(receiver.last_close_code)
+        for c in self.receiver_clients:
+            c.transport.underlying_transport.resume_reading()
+        # a connection closed while the receiver read it is seen by picows (EOF) on resuming
+        return {"receiver_closed": receiver.closed, "receiver_malformed": receiver.malformed,
+                "receiver_unparsed_bytes": receiver.leftover_bytes}
+
     def op_fanout_collect(self) -> dict[str, Any]:
+        receiver = self._stop_receiver()
         late = sorted(self.fan_late_ns)
         return {
+            **receiver,
             "latencies_ns": self.latencies.tobytes(),
+            "latency_ids": self.latency_ids.tobytes(),
             "tag_latencies_ns": {t: a.tobytes() for t, a in self.tag_latencies.items()},
             "measured": self.measured,
             "warm_received": self.warm_received,

@@ -25,6 +25,7 @@ COLUMNS: dict[str, list[tuple[str, str, str, bool]]] = {
         ("p99_ms", "p99 ms", "{:.2f}", True),
         ("p999_ms", "p99.9 ms", "{:.2f}", True),
         ("max_ms", "max ms", "{:.2f}", True),
+        ("receipt_pace_us", "receipt pace µs", "{:.2f}", True),
         ("cpu_per_delivery_us", "server CPU µs/delivery", "{:.2f}", True),
         ("server_cpu_util", "server CPU util", "{:.0%}", True),
         ("flush_p50_us", "server delay p50 µs", "{:,.0f}", True),
@@ -104,7 +105,8 @@ def _fig(rec: dict[str, Any], server: str, key: str) -> Any:
 
 
 LOWER_IS_BETTER = {"cpu_per_delivery_us", "p50_ms", "p99_ms", "p999_ms", "max_ms",
-                   "rss_per_conn_bytes", "storm_ms", "bytes_sent", "server_cpu_s"}
+                   "receipt_pace_us", "rss_per_conn_bytes", "storm_ms", "bytes_sent",
+                   "server_cpu_s"}
 _OPS: dict[str, Any] = {
     "le": lambda a, b: a <= b, "lt": lambda a, b: a < b, "ge": lambda a, b: a >= b,
     "gt": lambda a, b: a > b, "eq": lambda a, b: a == b,
@@ -132,7 +134,7 @@ def best_peer(rec: dict[str, Any], figure: str) -> tuple[str | None, Any]:
     return peer, value
 
 
-PAIRED_FIGURES = ("cpu_per_delivery_us",)
+PAIRED_FIGURES = ("cpu_per_delivery_us", "p99_ms")
 
 
 def _median(values: list[float]) -> float | None:
@@ -350,17 +352,28 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("- **Pairs**: in the three CPU-per-delivery targets (saturate 4x250, fanout 4x100 and "
       f"1x1000), roomcast, `{NOHISTORY}` and **uws** (the C++ anchor) run three times each, "
       "the repeats in alternating order with roomcast (the other first, then roomcast first), "
-      "and a target against one of them is judged on the median of the pairs' ratios: single "
-      "runs differ by up to 20% on this shared machine. The tables show each server's first "
-      "run; the targets table lists every pair's ratio.")
+      "and a target against one of them (CPU per delivery, and the 1x1000 p99 latency when "
+      "uws is the best peer of the first runs) is judged on the median of the pairs' ratios: "
+      "single runs differ by up to 20% on this shared machine. The tables show each server's "
+      "first run; the targets table lists every pair's ratio.")
     w("- The driver (`bench/driver.py`) is picows on uvloop in worker processes pinned to the "
       "other CPU(s), at most 15,000 connections per process, source addresses 127.0.0.2 and "
       "up (2,000 connections per address). Members are joined (confirmation received, presence "
-      "traffic drained) before any publishing starts.")
+      "traffic drained) before any publishing starts. While a fanout measures, the members' "
+      "sockets are read by a compiled receiver (`bench/fastrecv.pyx`: one epoll, `recv()`, "
+      "frames parsed in C, in a thread without the GIL) instead of picows: read in Python, the "
+      "driver took about 11 µs per frame, slower than roomcast and uWS write (about 6-7 µs per "
+      "member), so in a room of 1,000 every server's tail latency was the driver's; the "
+      "receiver takes about half that and the per-member spacing of receipts follows each "
+      "server's own pace.")
     w("- **fanout**: R rooms x M members; member 0 of each room publishes at a fixed rate on a "
       "schedule (open loop). Latency runs from the *scheduled* send time (in the text as "
       "`id:ns:padding`) to each receipt, every member including the publisher; the first second "
-      "is warm-up. Server CPU = user+sys of the server's process tree from `/proc/<pid>/stat` "
+      "is warm-up. *Receipt pace*: µs between one message's successive receipts, from its first "
+      "to its 99th-percentile member (all rooms together), the median over messages: the pace "
+      "of the slower of the server's writes and the driver's reads, which is what spreads a "
+      "broadcast's latencies over its members. "
+      "Server CPU = user+sys of the server's process tree from `/proc/<pid>/stat` "
       "over the measured window, divided by deliveries. For roomcast the bench also scrapes "
       f"`/metrics` just before and after the window and reports `{FLUSH_METRIC}` over the "
       "window (bucket counts subtracted, p50/p99 interpolated inside the buckets): per room "
@@ -416,9 +429,8 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "send `join` with `since` at one instant. Every chat a member got, live or replayed, is "
       "checked against what its room's publisher saw placed in the room's order.")
     w("- Caveats: the driver has one CPU of its own on this machine, so latencies include the "
-      "driver's time to read every member socket (roughly 5-10 µs per socket in Python), "
-      "equally for every server: in a 1,000-member room the last member is read several "
-      "milliseconds after the first whatever the server does. The publishers of a fanout run "
+      "driver's time to read every member socket (the compiled receiver's `recv()` and parse, "
+      "a few µs per socket), equally for every server. The publishers of a fanout run "
       "share one schedule, so R messages leave at the same instant (a burst of R x M "
       "deliveries). In `saturate` the driver's reading speed bounds the fastest server (watch "
       "the server CPU utilisation: below 100% means the server was waiting for the driver). "

@@ -73,6 +73,28 @@ def _percentiles(values_ns: array[int] | bytes) -> dict[str, float | None]:
     }
 
 
+def _receipt_pace(values_ns: array[int], ids: array[int]) -> dict[str, float | None]:
+    """µs between one message's successive receipts (from its first to its 99th-percentile
+    receipt, all rooms' members together), the median over messages: the pace of the slower of
+    the server's writes and the driver's reads, which is what spreads a broadcast's latencies."""
+    if not ids or len(ids) != len(values_ns):
+        return {"receipt_pace_us": None}
+    import numpy as np  # noqa: PLC0415
+
+    lat = np.asarray(values_ns, dtype=np.int64)
+    msg = np.asarray(ids, dtype=np.int64)
+    order = np.lexsort((lat, msg))
+    lat, msg = lat[order], msg[order]
+    starts = np.flatnonzero(np.r_[True, msg[1:] != msg[:-1]])
+    ends = np.r_[starts[1:], len(msg)]
+    paces = []
+    for a, b in zip(starts, ends, strict=True):
+        k = int(0.99 * (b - a)) - 1
+        if k >= 1:
+            paces.append((lat[a + k] - lat[a]) / k / 1e3)
+    return {"receipt_pace_us": float(np.median(paces)) if paces else None}
+
+
 def _assign(conns: list[Conn], ctx: Context, groups: list[list[Conn]],
             per_source: int = CONNS_PER_SOURCE_ADDRESS,
             per_process: int = MAX_CONNS_PER_WORKER) -> DriverPool:
@@ -182,7 +204,16 @@ def _problems(fig: dict[str, Any]) -> list[str]:
         out.append(f"{fig['errors']} error messages received")
     if fig.get("server_exited"):
         out.append(f"server exited: {fig['server_exited']}")
+    if fig.get("receiver_malformed") or fig.get("receiver_unparsed_bytes"):
+        out.append(f"the driver's receiver could not read {fig.get('receiver_malformed')} "
+                   f"frames and left {fig.get('receiver_unparsed_bytes')} bytes unparsed")
     return out
+
+
+def _receiver_figures(replies: list[dict[str, Any]]) -> dict[str, int]:
+    """What the driver's compiled receiver could not read, summed over the workers."""
+    return {k: sum(r.get(k, 0) for r in replies)
+            for k in ("receiver_malformed", "receiver_unparsed_bytes")}
 
 
 def _finish(fig: dict[str, Any], pool: DriverPool, *servers: RunningServer | RunningRedis,
@@ -290,9 +321,12 @@ def fanout(
         if flush0 is not None:
             fig |= window_figures(flush0, _flush_scrape(server, fig))
         replies = pool.call("fanout_collect")
+        fig |= _receiver_figures(replies)
         lat = array("q")
+        ids = array("i")
         for r in replies:
             lat.frombytes(r["latencies_ns"])
+            ids.frombytes(r["latency_ids"])
         sent_measured = sum(r["sent_measured"] for r in replies)
         expected = sent_measured * members
         deliveries = sum(r["measured"] for r in replies)
@@ -311,6 +345,7 @@ def fanout(
             "driver_send_late_max_ms": max(r["late_max_ns"] for r in replies) / MS,
         }
         fig |= _percentiles(lat)
+        fig |= _receipt_pace(lat, ids)
         return _finish(fig, pool, server)
 
 
@@ -692,6 +727,7 @@ def _twonode_fanout(pool: DriverPool, groups: list[list[Conn]], cpu: Any,
         "deliveries_per_s": deliveries / window if window > 0 else None,
         "driver_send_late_p99_ms": max(r["late_p99_ns"] for r in replies) / MS,
         "driver_send_late_max_ms": max(r["late_max_ns"] for r in replies) / MS,
+        **_receiver_figures(replies),
     }
     fig |= _cpu_figures(c0, c1, window, deliveries)
     fig |= _percentiles(lat)

@@ -752,3 +752,50 @@ def test_a_target_against_the_best_peer_is_judged_on_its_pairs_when_it_ran_in_pa
     rec["repeats"] = {"roomcast": [fig(1.9), fig(1.7)], "uws": [fig(1.6), fig(1.5)]}
     rec["pairs"] = {"uws": pair_figures(rec, "uws")}
     assert verdict()["verdict"] == "MISSED"  # 1.2x, 1.19x, 1.13x: the median misses
+
+
+def test_the_1x1000_p99_is_judged_on_the_uws_pairs_and_on_one_run_against_an_unpaired_peer(
+        ) -> None:
+    from bench.report import evaluate_targets, pair_figures  # noqa: PLC0415
+
+    def fig(p99: float) -> dict[str, object]:
+        return {"cpu_per_delivery_us": 1.0, "p99_ms": p99, "problems": []}
+
+    rec: dict[str, Any] = {
+        "id": "fanout-1x1000-r20-s100", "scenario": "fanout",
+        # the first pair misses (1.1x), the repeats meet it
+        "runs": {"roomcast": fig(11.0), "uws": fig(10.0), "node_ws": fig(16.0)},
+        "repeats": {"roomcast": [fig(9.0), fig(9.5)], "uws": [fig(10.0), fig(10.0)]}}
+    rec["pairs"] = {"uws": pair_figures(rec, "uws")}
+
+    def p99_check() -> dict[str, Any]:
+        [row] = [t for t in evaluate_targets({rec["id"]: rec})
+                 if t["config"] == rec["id"] and t["hint"] != "history"]
+        checks: list[dict[str, Any]] = row["checks"]
+        [check] = [c for c in checks if c["figure"] == "p99_ms"]
+        return check
+
+    check = p99_check()
+    assert check["met"] and check["ratio"] == pytest.approx(0.95)
+    assert check["pairs"] == pytest.approx([1.1, 0.9, 0.95])
+    rec["runs"]["node_ws"] = fig(9.8)  # the best peer ran once: its one run decides
+    check = p99_check()
+    assert check["peer"] == "node_ws" and not check["met"]
+    assert check["ratio"] == pytest.approx(11.0 / 9.8)
+
+
+def test_receipt_pace_is_the_median_per_message_spacing_up_to_its_99th_percentile_receipt(
+        ) -> None:
+    from array import array  # noqa: PLC0415
+
+    from bench.scenarios import _receipt_pace  # noqa: PLC0415
+
+    lat, ids = array("q"), array("i")
+    for msg, step_ns in ((1, 5_000), (2, 7_000), (3, 9_000)):
+        for member in range(200):  # shuffled: receipts of several workers arrive interleaved
+            lat.append(1_000_000 + ((member * 37) % 200) * step_ns)
+            ids.append(msg)
+    lat.append(900_000_000)  # one straggler past the 99th percentile does not count
+    ids.append(3)
+    assert _receipt_pace(lat, ids)["receipt_pace_us"] == pytest.approx(7.0)
+    assert _receipt_pace(lat, array("i"))["receipt_pace_us"] is None  # read in Python: no ids

@@ -1,0 +1,161 @@
+"""The load driver's compiled receiver (bench/fastrecv.pyx) on real sockets (socketpairs).
+
+The benchmark's fan-out latencies come from it, so what it parses is checked here byte by byte:
+frames split anywhere across reads, the three length encodings, warm-up ids, groups (tags),
+what is not a chat, CLOSE and EOF, and what it leaves unread when stopped mid-frame.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from array import array
+from collections.abc import Iterator
+
+import pytest
+
+from bench.fastrecv import Receiver
+
+WAIT_S = 10.0
+
+
+def frame(payload: bytes, opcode: int = 1) -> bytes:
+    """An unmasked server frame."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
+
+
+def chat(msg_id: int, send_ns: int, pad: int = 20) -> bytes:
+    text = f"{msg_id}:{send_ns}:" + "x" * pad
+    return frame(b'{"type":"chat","room":"r","user":"u","text":"' + text.encode() + b'"}')
+
+
+@pytest.fixture
+def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    made = [socket.socketpair() for _ in range(3)]
+    for ours, _ in made:
+        ours.setblocking(False)
+    yield made
+    for a, b in made:
+        a.close()
+        b.close()
+
+
+def start(receiver: Receiver, expected: int) -> threading.Thread:
+    thread = threading.Thread(target=receiver.run, args=(expected, WAIT_S), daemon=True)
+    thread.start()
+    return thread
+
+
+def finish(thread: threading.Thread) -> None:
+    thread.join(WAIT_S)
+    assert not thread.is_alive(), "the receiver did not return"
+
+
+def test_latency_is_receipt_minus_the_scheduled_send_time_and_frames_split_anywhere(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    (ours, peer), *_ = pairs
+    receiver = Receiver([ours.fileno()], [0], 0, 4)
+    sent_ns = time.monotonic_ns() - 2_000_000_000  # scheduled two seconds ago
+    wire = chat(7, sent_ns) + chat(8, sent_ns, pad=300) + chat(9, sent_ns)
+    thread = start(receiver, 3)
+    for i in range(len(wire)):  # one byte per send: every split point, the 16-bit length too
+        peer.send(wire[i : i + 1])
+    finish(thread)
+    assert receiver.measured == 3
+    lat = array("q", receiver.latencies())
+    assert len(lat) == 3
+    assert all(2_000_000_000 <= x < 2_000_000_000 + WAIT_S * 1e9 for x in lat), list(lat)
+    assert receiver.leftover_bytes == 0
+    assert receiver.malformed == 0
+
+
+def test_warm_up_ids_are_counted_apart_and_groups_keep_their_own_latencies(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    fds = [ours.fileno() for ours, _ in pairs]
+    receiver = Receiver(fds, [0, 1, 2], 5, 1)  # capacity 1: the store grows
+    now = time.monotonic_ns()
+    for (_, peer), delay in zip(pairs, (1_000_000, 2_000_000_000, 3_000_000_000), strict=True):
+        peer.sendall(chat(4, now) + chat(5, now - delay) + chat(6, now - delay))
+    thread = start(receiver, 6)
+    finish(thread)
+    assert (receiver.measured, receiver.warm_received) == (6, 3)
+    assert len(array("q", receiver.latencies())) == 6
+    first = array("q", receiver.latencies(0))
+    second = array("q", receiver.latencies(1))
+    third = array("q", receiver.latencies(2))
+    assert len(first) == len(second) == len(third) == 2
+    assert min(first) >= 1_000_000
+    assert min(second) >= 2_000_000_000
+    assert min(third) >= 3_000_000_000
+
+
+def test_what_is_not_a_chat_is_counted_and_never_measured(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    (ours, peer), *_ = pairs
+    receiver = Receiver([ours.fileno()], [0], 0, 4)
+    now = time.monotonic_ns()
+    peer.sendall(
+        frame(b'{"type":"system","text":"1:2:x"}')
+        + frame(b'{"type":"error","text":"rate limited"}')
+        + frame(b"ping", opcode=9)
+        + frame(b"\x00" * 70_000, opcode=2)  # a 64-bit length, binary: skipped whole
+        + chat(1, now))
+    thread = start(receiver, 1)
+    finish(thread)
+    assert (receiver.measured, receiver.errors, receiver.other_frames) == (1, 1, 3)
+    assert receiver.malformed == 0
+
+
+def test_close_and_eof_end_reading_a_socket(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    (a, peer_a), (b, peer_b), (c, peer_c) = pairs
+    receiver = Receiver([a.fileno(), b.fileno(), c.fileno()], [0, 0, 0], 0, 4)
+    now = time.monotonic_ns()
+    peer_a.sendall(chat(1, now) + frame(struct.pack("!H", 4000) + b"slow", opcode=8)
+                   + chat(2, now))  # after its CLOSE nothing is a delivery
+    peer_b.sendall(chat(1, now))
+    peer_b.shutdown(socket.SHUT_WR)
+    peer_c.sendall(chat(1, now) + chat(2, now))
+    peer_c.shutdown(socket.SHUT_WR)
+    thread = start(receiver, 1 << 40)
+    finish(thread)  # returns once no socket is left to read
+    assert receiver.measured == 4
+    assert receiver.closed == 3
+    assert receiver.last_close_code == 4000
+
+
+def test_stop_returns_and_an_unfinished_frame_is_reported(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    (ours, peer), *_ = pairs
+    receiver = Receiver([ours.fileno()], [0], 0, 4)
+    thread = start(receiver, 1 << 40)
+    receiver.stop()
+    finish(thread)
+    receiver = Receiver([ours.fileno()], [0], 0, 4)  # a stopped receiver stays stopped
+    wire = chat(1, time.monotonic_ns())
+    peer.sendall(wire + wire[:9])
+    finish(start(receiver, 1))
+    assert receiver.measured == 1
+    assert receiver.leftover_bytes == 9
+
+
+def test_a_frame_longer_than_any_fanout_chat_stops_that_socket_and_is_reported(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    (ours, peer), *_ = pairs
+    receiver = Receiver([ours.fileno()], [0], 0, 4)
+    head = struct.pack("!BBQ", 0x81, 127, 200_000)
+    sender = threading.Thread(target=peer.sendall, args=(head + b"y" * 100_000,), daemon=True)
+    sender.start()
+    finish(start(receiver, 1))  # returns: its only socket is no longer read
+    assert (receiver.malformed, receiver.closed, receiver.measured) == (1, 1, 0)
+    peer.close()  # the sender's sendall ends (with an error) however much was read
+    sender.join(WAIT_S)
