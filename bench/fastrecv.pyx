@@ -62,6 +62,14 @@ cdef inline int64_t now_ns() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
+cdef inline uint8_t* digits(uint8_t* q, uint8_t* end, int64_t* out) noexcept nogil:
+    """Reads the decimal digits at ``q`` into ``out``; returns where they end."""
+    while q < end and q[0] >= 48 and q[0] <= 57:
+        out[0] = out[0] * 10 + (q[0] - 48)
+        q += 1
+    return q
+
+
 cdef struct Carry:
     uint8_t* data   # the unfinished frame's bytes so far (NULL while none)
     Py_ssize_t size
@@ -255,17 +263,11 @@ cdef class Receiver:
         if q == NULL:
             self.malformed += 1
             return
-        q += 8
-        while q < end and q[0] >= 48 and q[0] <= 57:
-            msg_id = msg_id * 10 + (q[0] - 48)
-            q += 1
-        if q >= end or q[0] != 58:
+        q = digits(q + 8, end, &msg_id)
+        if q >= end or q[0] != 58:  # ':'
             self.malformed += 1
             return
-        q += 1
-        while q < end and q[0] >= 48 and q[0] <= 57:
-            send_ns = send_ns * 10 + (q[0] - 48)
-            q += 1
+        digits(q + 1, end, &send_ns)
         if msg_id < self.warm:
             self.warm_received += 1
             return
