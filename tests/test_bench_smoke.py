@@ -69,6 +69,9 @@ def test_fanout_smoke(server: RunningServer, ctx: Context) -> None:
     assert fig["deliveries"] == 30 * 5
     assert fig["losses"] == 0
     assert fig["p50_ms"] is not None
+    # read by the compiled receiver: every frame understood, nothing left to picows mid-frame
+    assert fig["receipt_pace_us"] is not None
+    assert fig["receiver_malformed"] == fig["receiver_unparsed_bytes"] == 0
     assert "flush_scrape_error" not in fig
     if server.kind.metrics:
         # roomcast's own flush histogram over the window: one flush per message at this rate
