@@ -7,6 +7,7 @@ class Receiver:
     errors: int
     closed: int
     malformed: int
+    wakeups: int
     last_close_code: int
     def __init__(self, fds: list[int], tags: list[int], warm: int, capacity: int) -> None: ...
     def stop(self) -> None: ...

@@ -37,6 +37,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         epoll_data_t data
     enum: EPOLLIN
     enum: EPOLL_CTL_ADD
+    enum: EPOLL_CTL_DEL
     int epoll_create1(int flags)
     int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
     int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
@@ -104,6 +105,7 @@ cdef class Receiver:
     cdef uint8_t* lat_tag
     cdef Py_ssize_t lat_len, lat_cap
     cdef public int64_t measured, warm_received, other_frames, errors, closed, malformed
+    cdef public int64_t wakeups  # epoll_wait returns with sockets ready
     cdef public int last_close_code
     cdef volatile int stopping
     cdef uint8_t* buf
@@ -111,6 +113,7 @@ cdef class Receiver:
     def __cinit__(self, list fds, list tags, long long warm, Py_ssize_t capacity):
         cdef Py_ssize_t i
         cdef epoll_event ev
+        self.epfd = -1  # before anything can fail: __dealloc__ closes it
         self.count = len(fds)
         self.fds = <int*>malloc(sizeof(int) * max(1, self.count))
         self.tags = <int*>malloc(sizeof(int) * max(1, self.count))
@@ -124,15 +127,16 @@ cdef class Receiver:
                 and self.lat_tag and self.buf):
             raise MemoryError()
         self.warm = warm
-        self.epfd = epoll_create1(0)
-        if self.epfd < 0:
-            raise OSError(errno, "epoll_create1")
         for i in range(self.count):
             self.fds[i] = fds[i]
             self.tags[i] = tags[i]
             self.carry[i].data = NULL
             self.carry[i].size = 0
             self.carry[i].closed = 0
+        self.epfd = epoll_create1(0)
+        if self.epfd < 0:
+            raise OSError(errno, "epoll_create1")
+        for i in range(self.count):
             ev.events = EPOLLIN
             ev.data.u64 = <uint64_t>i
             if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.fds[i], &ev) < 0:
@@ -170,13 +174,21 @@ cdef class Receiver:
                     if errno == EINTR:
                         continue
                     break
+                if n:
+                    self.wakeups += 1
                 for k in range(n):
                     self._drain(<Py_ssize_t>events[k].data.u64)
+
+    cdef void _close(self, Py_ssize_t i) noexcept nogil:
+        """Stops reading socket i (a level-triggered epoll would report it forever)."""
+        if not self.carry[i].closed:
+            self.carry[i].closed = 1
+            self.closed += 1
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.fds[i], NULL)
 
     cdef void _drain(self, Py_ssize_t i) noexcept nogil:
         cdef Carry* c = &self.carry[i]
         cdef Py_ssize_t have, got, used
-        cdef uint8_t* start
         while not c.closed:
             have = c.size
             if have:
@@ -185,10 +197,11 @@ cdef class Receiver:
             if got < 0:
                 if errno == EINTR:
                     continue
-                return  # EAGAIN: drained (or an error picows will see later)
+                if errno != EAGAIN:  # (EWOULDBLOCK is EAGAIN on Linux)
+                    self._close(i)  # reset: picows meets the same error when it resumes
+                return
             if got == 0:
-                c.closed = 1
-                self.closed += 1
+                self._close(i)
                 return
             used = self._frames(i, self.buf, have + got)
             if c.closed:
@@ -198,8 +211,7 @@ cdef class Receiver:
             if c.size > CARRY_MAX:
                 # not a frame a fan-out sends: stop reading this socket, keep it counted
                 self.malformed += 1
-                c.closed = 1
-                self.closed += 1
+                self._close(i)
                 return
             if c.size:
                 c.data = <uint8_t*>realloc(c.data, c.size)
@@ -238,8 +250,7 @@ cdef class Receiver:
             if opcode == 1:
                 self._text(i, data + pos + head, length)
             elif opcode == 8:
-                self.carry[i].closed = 1
-                self.closed += 1
+                self._close(i)
                 if length >= 2:
                     self.last_close_code = (data[pos + head] << 8) | data[pos + head + 1]
                 return pos + head + length

@@ -159,3 +159,15 @@ def test_a_frame_longer_than_any_fanout_chat_stops_that_socket_and_is_reported(
     assert (receiver.malformed, receiver.closed, receiver.measured) == (1, 1, 0)
     peer.close()  # the sender's sendall ends (with an error) however much was read
     sender.join(WAIT_S)
+
+
+def test_a_closed_socket_is_no_longer_watched(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    (gone, peer_gone), (open_, peer_open), _ = pairs
+    receiver = Receiver([gone.fileno(), open_.fileno()], [0, 0], 0, 4)
+    peer_gone.shutdown(socket.SHUT_WR)
+    peer_open.sendall(chat(1, time.monotonic_ns()))
+    receiver.run(1 << 40, 0.3)  # the open socket keeps it reading until the timeout
+    assert (receiver.closed, receiver.measured) == (1, 1)
+    # a socket at EOF left in a level-triggered epoll would wake it on every call, ~10^5 times
+    assert receiver.wakeups <= 3
