@@ -85,6 +85,17 @@ def header_size(n: int) -> int:
 # --------------------------------------------------------------------------- worker side
 
 
+def _feed(protocol: Any, data: bytes) -> None:
+    """Gives ``data`` to a buffered protocol (picows's) as if its transport had read it."""
+    view = memoryview(data)
+    while view:
+        buf = protocol.get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        protocol.buffer_updated(n)
+        view = view[n:]
+
+
 def _client_class() -> type:
     from picows import WSListener, WSMsgType  # noqa: PLC0415  (imported in the worker only)
 
@@ -849,24 +860,29 @@ class Worker:
         (bench/fastrecv.pyx says why); picows stops reading them until ``_stop_receiver``."""
         from bench.fastrecv import Receiver  # noqa: PLC0415  (built by make setup)
 
-        clients = [c for c in self.clients if c.alive and c.transport is not None]
+        clients, fds, tags = [], [], []
         tag_ids: dict[str, int] = {}
-        fds, tags = [], []
-        for c in clients:
-            under = c.transport.underlying_transport
-            under.pause_reading()
-            fds.append(under.get_extra_info("socket").fileno())
+        for c in self.clients:
+            under = c.transport.underlying_transport if c.transport is not None else None
+            sock = under.get_extra_info("socket") if under is not None else None
+            if under is None or not c.alive or under.is_closing() or sock is None \
+                    or sock.fileno() < 0:
+                continue
+            clients.append(c)
+            fds.append(sock.fileno())
             tags.append(tag_ids.setdefault(c.tag, len(tag_ids) + 1) if c.tag else 0)
-        self.receiver_clients = clients
-        self.receiver_tags = tag_ids
-        receiver = self.receiver = Receiver(fds, tags, warm, 1 << 16)
+        receiver = Receiver(fds, tags, warm, 1 << 16)  # before pausing: it may raise
+        for c in clients:
+            c.transport.underlying_transport.pause_reading()
+        self.receiver, self.receiver_clients, self.receiver_tags = receiver, clients, tag_ids
         # runs until stopped (the coordinator decides when every delivery arrived)
         self.receiver_thread = threading.Thread(target=receiver.run, args=(1 << 62, 3600.0),
                                                 daemon=True, name="fastrecv")
         self.receiver_thread.start()
 
     def _stop_receiver(self) -> dict[str, int]:
-        """Stops the receiver, keeps what it measured, gives the sockets back to picows."""
+        """Stops the receiver, keeps what it measured, gives the sockets back to picows (with
+        the unfinished frame the receiver held, and a PONG for the last PING it read)."""
         receiver = self.receiver
         if receiver is None:
             return {}
@@ -882,11 +898,15 @@ class Worker:
         self.receiver_errors += receiver.errors
         if receiver.last_close_code:
             self.receiver_close_codes.add(receiver.last_close_code)
-        for c in self.receiver_clients:
-            c.transport.underlying_transport.resume_reading()
+        for i, c in enumerate(self.receiver_clients):
+            under = c.transport.underlying_transport
+            _feed(under.get_protocol(), receiver.unread(i))
+            under.resume_reading()
+            ping = receiver.ping_payload(i)
+            if ping is not None and c.alive:
+                c.transport.send_pong(ping)
         # a connection closed while the receiver read it is seen by picows (EOF) on resuming
-        return {"receiver_closed": receiver.closed, "receiver_malformed": receiver.malformed,
-                "receiver_unparsed_bytes": receiver.leftover_bytes}
+        return {"receiver_closed": receiver.closed, "receiver_malformed": receiver.malformed}
 
     def op_fanout_collect(self) -> dict[str, Any]:
         receiver = self._stop_receiver()

@@ -10,17 +10,20 @@ the WebSocket frames parsed in place, a chat's scheduled send time (``id:send_ns
 its text) read from its digits, the latency stored, all without the GIL, in a thread of its own
 while the worker's event loop keeps publishing.
 
-While it runs, picows does not read those sockets (the worker pauses their transports); it must
-stop on a frame boundary (``leftover_bytes`` says whether it did) for picows to take over again.
-Only what a fan-out measurement needs is understood: unmasked server frames, TEXT chats (other
+While it runs, picows does not read those sockets (the worker pauses their transports).
+Only what a fan-out measurement needs is understood: unmasked server frames of at most 64 KiB
+(anything else is counted as malformed and that socket is no longer read), TEXT chats (other
 TEXT frames are counted and skipped), CLOSE (the connection is counted as closed and no longer
-read); PING and others are counted and skipped.
+read); a PING's payload is kept for picows to answer afterwards, other frames are skipped.
+Handing a socket over assumes picows holds no unfinished frame of it (the scenarios drain
+presence traffic before publishing); handing it back, the reader's unfinished frame goes to
+picows first (``unread``).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcpy
 
 
@@ -75,12 +78,14 @@ cdef struct Carry:
     uint8_t* data   # the unfinished frame's bytes so far (NULL while none)
     Py_ssize_t size
     int closed
+    int ping_len    # the last PING's payload, answered by picows once it reads again (-1: none)
+    uint8_t ping[125]
 
 
 DEF READ_BYTES = 262144
 DEF EVENTS = 256
-
-DEF CARRY_MAX = 65536  # an unfinished frame longer than this is not a fan-out chat
+DEF MAX_PAYLOAD = 65536  # a longer frame is not a fan-out chat: the socket is no longer read
+DEF CARRY_MAX = MAX_PAYLOAD + 14  # an unfinished frame: at most its header and payload
 
 cdef const char* TEXT_MARK = b'"text":"'
 cdef const char* CHAT_MARK = b'"type":"chat"'
@@ -114,10 +119,12 @@ cdef class Receiver:
         cdef Py_ssize_t i
         cdef epoll_event ev
         self.epfd = -1  # before anything can fail: __dealloc__ closes it
+        if len(tags) != len(fds):
+            raise ValueError(f"{len(fds)} sockets but {len(tags)} tags")
         self.count = len(fds)
         self.fds = <int*>malloc(sizeof(int) * max(1, self.count))
         self.tags = <int*>malloc(sizeof(int) * max(1, self.count))
-        self.carry = <Carry*>malloc(sizeof(Carry) * max(1, self.count))
+        self.carry = <Carry*>calloc(max(1, self.count), sizeof(Carry))
         self.lat_cap = max(16, capacity)
         self.lat = <int64_t*>malloc(sizeof(int64_t) * self.lat_cap)
         self.lat_id = <int32_t*>malloc(sizeof(int32_t) * self.lat_cap)
@@ -128,11 +135,10 @@ cdef class Receiver:
             raise MemoryError()
         self.warm = warm
         for i in range(self.count):
+            self.carry[i].ping_len = -1
+        for i in range(self.count):
             self.fds[i] = fds[i]
             self.tags[i] = tags[i]
-            self.carry[i].data = NULL
-            self.carry[i].size = 0
-            self.carry[i].closed = 0
         self.epfd = epoll_create1(0)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1")
@@ -198,7 +204,7 @@ cdef class Receiver:
                 if errno == EINTR:
                     continue
                 if errno != EAGAIN:  # (EWOULDBLOCK is EAGAIN on Linux)
-                    self._close(i)  # reset: picows meets the same error when it resumes
+                    self._close(i)  # a reset, taken here: picows will find the socket ended
                 return
             if got == 0:
                 self._close(i)
@@ -207,12 +213,7 @@ cdef class Receiver:
             if c.closed:
                 c.size = 0
                 return
-            c.size = have + got - used
-            if c.size > CARRY_MAX:
-                # not a frame a fan-out sends: stop reading this socket, keep it counted
-                self.malformed += 1
-                self._close(i)
-                return
+            c.size = have + got - used  # at most CARRY_MAX: _frames checks every frame's length
             if c.size:
                 c.data = <uint8_t*>realloc(c.data, c.size)
                 memcpy(c.data, self.buf + used, c.size)
@@ -222,13 +223,16 @@ cdef class Receiver:
     cdef Py_ssize_t _frames(self, Py_ssize_t i, uint8_t* data, Py_ssize_t size) noexcept nogil:
         """Handles the complete frames at the start of ``data``; returns the bytes they took."""
         cdef Py_ssize_t pos = 0, head, length
+        cdef uint64_t wire_length
         cdef uint8_t opcode, b1
-        cdef int64_t t
+        cdef int t
         while size - pos >= 2:
             opcode = data[pos] & 0x0F
             b1 = data[pos + 1]
-            if b1 & 0x80:
-                self.malformed += 1  # a masked frame from a server: not ours to judge here
+            if b1 & 0x80:  # a masked frame from a server: not a stream this reader can follow
+                self.malformed += 1
+                self._close(i)
+                return pos
             length = b1 & 0x7F
             head = 2
             if length == 126:
@@ -239,12 +243,15 @@ cdef class Receiver:
             elif length == 127:
                 if size - pos < 10:
                     break
-                length = 0
+                wire_length = 0
                 for t in range(8):
-                    length = (length << 8) | data[pos + 2 + t]
+                    wire_length = (wire_length << 8) | data[pos + 2 + t]
+                if wire_length > MAX_PAYLOAD:
+                    self.malformed += 1
+                    self._close(i)
+                    return pos
+                length = <Py_ssize_t>wire_length
                 head = 10
-            if b1 & 0x80:
-                head += 4
             if size - pos < head + length:
                 break
             if opcode == 1:
@@ -254,6 +261,10 @@ cdef class Receiver:
                 if length >= 2:
                     self.last_close_code = (data[pos + head] << 8) | data[pos + head + 1]
                 return pos + head + length
+            elif opcode == 9 and length <= 125:
+                memcpy(self.carry[i].ping, data + pos + head, length)
+                self.carry[i].ping_len = <int>length
+                self.other_frames += 1
             else:
                 self.other_frames += 1
             pos += head + length
@@ -292,6 +303,21 @@ cdef class Receiver:
         self.lat_tag[self.lat_len] = <uint8_t>self.tags[i]
         self.lat_len += 1
         self.measured += 1
+
+    def unread(self, Py_ssize_t i):
+        """The bytes of an unfinished frame socket i's reader holds (for picows to go on
+        with), and forgets them."""
+        cdef Carry* c = &self.carry[i]
+        out = PyBytes_FromStringAndSize(<char*>c.data, c.size) if c.size else b""
+        c.size = 0
+        return out
+
+    def ping_payload(self, Py_ssize_t i):
+        """The payload of the last PING read on socket i (to be answered), or None."""
+        cdef Carry* c = &self.carry[i]
+        if c.ping_len < 0:
+            return None
+        return PyBytes_FromStringAndSize(<char*>c.ping, c.ping_len)
 
     @property
     def leftover_bytes(self):

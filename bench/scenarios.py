@@ -204,16 +204,19 @@ def _problems(fig: dict[str, Any]) -> list[str]:
         out.append(f"{fig['errors']} error messages received")
     if fig.get("server_exited"):
         out.append(f"server exited: {fig['server_exited']}")
-    if fig.get("receiver_malformed") or fig.get("receiver_unparsed_bytes"):
-        out.append(f"the driver's receiver could not read {fig.get('receiver_malformed')} "
-                   f"frames and left {fig.get('receiver_unparsed_bytes')} bytes unparsed")
+    if fig.get("receiver_malformed"):
+        out.append(f"the driver's receiver met {fig['receiver_malformed']} frames it could not "
+                   "read (masked or over 64 KiB) and stopped reading those connections")
+    if fig.get("receiver_closed"):
+        out.append(f"{fig['receiver_closed']} connections ended while the driver's receiver "
+                   "read them")
     return out
 
 
 def _receiver_figures(replies: list[dict[str, Any]]) -> dict[str, int]:
     """What the driver's compiled receiver could not read, summed over the workers."""
     return {k: sum(r.get(k, 0) for r in replies)
-            for k in ("receiver_malformed", "receiver_unparsed_bytes")}
+            for k in ("receiver_malformed", "receiver_closed")}
 
 
 def _finish(fig: dict[str, Any], pool: DriverPool, *servers: RunningServer | RunningRedis,

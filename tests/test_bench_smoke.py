@@ -69,9 +69,9 @@ def test_fanout_smoke(server: RunningServer, ctx: Context) -> None:
     assert fig["deliveries"] == 30 * 5
     assert fig["losses"] == 0
     assert fig["p50_ms"] is not None
-    # read by the compiled receiver: every frame understood, nothing left to picows mid-frame
+    # read by the compiled receiver: every frame understood, no connection ended meanwhile
     assert fig["receipt_pace_us"] is not None
-    assert fig["receiver_malformed"] == fig["receiver_unparsed_bytes"] == 0
+    assert fig["receiver_malformed"] == fig["receiver_closed"] == 0
     assert "flush_scrape_error" not in fig
     if server.kind.metrics:
         # roomcast's own flush histogram over the window: one flush per message at this rate
@@ -798,7 +798,7 @@ def test_receipt_pace_is_the_median_per_message_spacing_up_to_its_99th_percentil
         for member in range(200):  # shuffled: receipts of several workers arrive interleaved
             lat.append(1_000_000 + ((member * 37) % 200) * step_ns)
             ids.append(msg)
-    lat.append(900_000_000)  # one straggler past the 99th percentile does not count
-    ids.append(3)
+    lat.append(900_000_000)  # a straggler past the 99th percentile of the median message
+    ids.append(2)
     assert _receipt_pace(lat, ids)["receipt_pace_us"] == pytest.approx(7.0)
     assert _receipt_pace(lat, array("i"))["receipt_pace_us"] is None  # read in Python: no ids
