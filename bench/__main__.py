@@ -175,7 +175,8 @@ def summary(cfg: Config, server: str, fig: dict[str, Any]) -> str:
         return f"  {server:14s} ERROR {fig['error'].splitlines()[-1][:150]}"
     keys = {
         "fanout": ("deliveries_per_s", "p50_ms", "p99_ms", "max_ms", "receipt_pace_us",
-                   "cpu_per_delivery_us", "flush_p50_us", "flush_p99_us", "losses"),
+                   "cpu_per_delivery_us", "driver_cpu_per_receipt_us", "flush_p50_us",
+                   "flush_p99_us", "losses"),
         "saturate": ("deliveries_per_s", "server_cpu_util", "cpu_per_delivery_us", "losses"),
         "capacity": ("rss_per_conn_bytes", "connect_rate_per_s", "alive", "received_broadcast"),
         "joinstorm": ("storm_ms", "bytes_sent", "frames", "server_cpu_s"),

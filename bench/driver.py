@@ -906,7 +906,10 @@ class Worker:
             if ping is not None and c.alive:
                 c.transport.send_pong(ping)
         # a connection closed while the receiver read it is seen by picows (EOF) on resuming
-        return {"receiver_closed": receiver.closed, "receiver_malformed": receiver.malformed}
+        frames = receiver.measured + receiver.warm_received + receiver.other_frames \
+            + receiver.errors
+        return {"receiver_closed": receiver.closed, "receiver_malformed": receiver.malformed,
+                "receiver_cpu_s": receiver.cpu_ns / 1e9, "receiver_frames": frames}
 
     def op_fanout_collect(self) -> dict[str, Any]:
         receiver = self._stop_receiver()

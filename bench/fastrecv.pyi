@@ -8,6 +8,7 @@ class Receiver:
     closed: int
     malformed: int
     wakeups: int
+    cpu_ns: int
     last_close_code: int
     def __init__(self, fds: list[int], tags: list[int], warm: int, capacity: int) -> None: ...
     def stop(self) -> None: ...

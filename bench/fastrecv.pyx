@@ -57,13 +57,18 @@ cdef extern from "<time.h>" nogil:
         long tv_sec
         long tv_nsec
     enum: CLOCK_MONOTONIC
+    enum: CLOCK_THREAD_CPUTIME_ID
     int clock_gettime(int clk, timespec* ts)
 
 
-cdef inline int64_t now_ns() noexcept nogil:
+cdef inline int64_t clock_ns(int clock) noexcept nogil:
     cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
+    clock_gettime(clock, &ts)
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline int64_t now_ns() noexcept nogil:
+    return clock_ns(CLOCK_MONOTONIC)
 
 
 cdef inline uint8_t* digits(uint8_t* q, uint8_t* end, int64_t* out) noexcept nogil:
@@ -111,6 +116,7 @@ cdef class Receiver:
     cdef Py_ssize_t lat_len, lat_cap
     cdef public int64_t measured, warm_received, other_frames, errors, closed, malformed
     cdef public int64_t wakeups  # epoll_wait returns with sockets ready
+    cdef public int64_t cpu_ns  # CPU time of the thread(s) that ran run()
     cdef public int last_close_code
     cdef volatile int stopping
     cdef uint8_t* buf
@@ -170,6 +176,7 @@ cdef class Receiver:
         """Reads until ``measured >= expected``, ``stop()``, ``timeout_s`` or every socket closed;
         releases the GIL."""
         cdef int64_t deadline = now_ns() + <int64_t>(timeout_s * 1e9)
+        cdef int64_t cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID)
         cdef epoll_event events[EVENTS]
         cdef int n, k
         with nogil:
@@ -184,6 +191,7 @@ cdef class Receiver:
                     self.wakeups += 1
                 for k in range(n):
                     self._drain(<Py_ssize_t>events[k].data.u64)
+            self.cpu_ns += clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0
 
     cdef void _close(self, Py_ssize_t i) noexcept nogil:
         """Stops reading socket i (a level-triggered epoll would report it forever)."""

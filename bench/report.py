@@ -364,8 +364,9 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "frames parsed in C, in a thread without the GIL) instead of picows: read in Python, the "
       "driver took about 11 µs per frame, slower than roomcast and uWS write (about 6-7 µs per "
       "member), so in a room of 1,000 every server's tail latency was the driver's; the "
-      "receiver takes about half that and the per-member spacing of receipts follows each "
-      "server's own pace.")
+      "receiver takes about half that (its own thread's CPU time per frame read, "
+      "`driver_cpu_per_receipt_us` in each fanout record of the run's JSON) and the "
+      "per-member spacing of receipts follows each server's own pace.")
     w("- **fanout**: R rooms x M members; member 0 of each room publishes at a fixed rate on a "
       "schedule (open loop). Latency runs from the *scheduled* send time (in the text as "
       "`id:ns:padding`) to each receipt, every member including the publisher; the first second "

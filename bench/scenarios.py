@@ -213,10 +213,15 @@ def _problems(fig: dict[str, Any]) -> list[str]:
     return out
 
 
-def _receiver_figures(replies: list[dict[str, Any]]) -> dict[str, int]:
-    """What the driver's compiled receiver could not read, summed over the workers."""
-    return {k: sum(r.get(k, 0) for r in replies)
-            for k in ("receiver_malformed", "receiver_closed")}
+def _receiver_figures(replies: list[dict[str, Any]]) -> dict[str, float | None]:
+    """What the driver's compiled receiver could not read, and its CPU time per frame read,
+    summed over the workers."""
+    out: dict[str, float | None] = {
+        k: sum(r.get(k, 0) for r in replies)
+        for k in ("receiver_malformed", "receiver_closed", "receiver_cpu_s", "receiver_frames")}
+    frames, cpu = out["receiver_frames"], out["receiver_cpu_s"]
+    out["driver_cpu_per_receipt_us"] = cpu / frames * 1e6 if frames and cpu else None
+    return out
 
 
 def _finish(fig: dict[str, Any], pool: DriverPool, *servers: RunningServer | RunningRedis,

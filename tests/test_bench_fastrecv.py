@@ -82,6 +82,7 @@ def test_latency_is_receipt_minus_the_scheduled_send_time_and_frames_split_anywh
     assert all(2_000_000_000 <= x < 2_000_000_000 + WAIT_S * 1e9 for x in lat), list(lat)
     assert receiver.leftover_bytes == 0
     assert receiver.malformed == 0
+    assert receiver.cpu_ns > 0  # its own thread's CPU time, for the driver's cost per frame
 
 
 def test_warm_up_ids_are_counted_apart_and_groups_keep_their_own_latencies(
