@@ -328,6 +328,11 @@ cdef class Receiver:
         return PyBytes_FromStringAndSize(<char*>c.ping, c.ping_len)
 
     @property
+    def frames(self):
+        """Every frame read: measured and warm-up chats, errors, the rest."""
+        return self.measured + self.warm_received + self.errors + self.other_frames
+
+    @property
     def leftover_bytes(self):
         cdef Py_ssize_t i, total = 0
         for i in range(self.count):

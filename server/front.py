@@ -69,6 +69,19 @@ class FrontOwner(Protocol):
         """A picows server protocol whose listener factory is `listener_factory`."""
 
 
+def feed(protocol: Any, data: bytes) -> None:
+    """Gives ``data`` to picows's protocol (an asyncio buffered protocol, untyped in picows's
+    stubs) as if its transport had just read it."""
+    view = memoryview(data)
+    while view:
+        buffer = protocol.get_buffer(len(view))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        buffer.release()  # a view into picows's buffer, which it may move from here on
+        protocol.buffer_updated(size)
+        view = view[size:]
+
+
 class Front(asyncio.Protocol):
     __slots__ = ("_buffer", "_owner", "_peer", "_slot", "_timer", "_transport")
 
@@ -174,14 +187,7 @@ class Front(asyncio.Protocol):
         protocol = self._owner.websocket_protocol(lambda picows_request: answer)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        data = memoryview(upgrade_for_picows(request) + rest)
-        while data:
-            buffer = protocol.get_buffer(len(data))
-            size = min(len(buffer), len(data))
-            buffer[:size] = data[:size]
-            buffer.release()  # a view into picows's buffer, which it may move from here on
-            protocol.buffer_updated(size)
-            data = data[size:]
+        feed(protocol, upgrade_for_picows(request) + rest)
         fastpath.trim_read_buffer(protocol)
         if getattr(listener, "transport", None) is None:
             # picows refused our copy of a request the gate checked: a bug, not the peer's
