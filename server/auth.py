@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote_plus
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -82,11 +82,14 @@ def extract_token(path: str, headers: Headers) -> Presented | None:
             for item in items:
                 if item != SUBPROTOCOL and item and _TOKEN_SHAPE.match(item):
                     return Presented(item, SUBPROTOCOL)
-    query = urlsplit(path).query
-    if query:
-        values = parse_qs(query, max_num_fields=32).get("token")
-        if values and values[0]:
-            return Presented(values[0], None)
+    # The target is origin-form (path?query); parsed by hand because urlsplit and parse_qs raise
+    # on inputs a client controls ("//[x", more fields than a limit), and a peer's odd query is
+    # not our error. The first ``token`` field counts, as with parse_qs.
+    query = path.partition("?")[2].partition("#")[0]
+    for field in query.split("&"):
+        key, has_value, value = field.partition("=")
+        if has_value and value and unquote_plus(key) == "token":
+            return Presented(unquote_plus(value), None)
     return None
 
 

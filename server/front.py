@@ -119,22 +119,31 @@ class Front(asyncio.Protocol):
             return
         rest = bytes(buffer[end:])
         self._buffer = bytearray()
-        if not request.is_upgrade:
-            answer = self._owner.respond(request)
-            if isinstance(answer, Response):
-                self._answer(_render(answer, request))
-            else:  # a route that has to ask someone first (a worker's merged /metrics)
-                self._timer = self._owner.loop.call_later(
-                    self._owner.handshake_timeout, self._too_slow
-                )
-                task = asyncio.ensure_future(answer)
-                task.add_done_callback(lambda done: self._answered(done, request))
+        try:
+            if not request.is_upgrade:
+                self._respond(request)
+                return
+            outcome = self._owner.upgrade(request, self._peer)
+        except Exception:  # ours, not the peer's: logged with detail, a bare 500 to the client
+            self._failed(request)
+            if self._timer is not None:  # not answered yet
+                self._answer(render(500, b"internal error\n", {}))
             return
-        outcome = self._owner.upgrade(request, self._peer)
         if isinstance(outcome, Refused):
             self._answer(render(outcome.status, outcome.body, outcome.headers))
             return
         self._hand_over(outcome, request, rest)
+
+    def _respond(self, request: Request) -> None:
+        answer = self._owner.respond(request)
+        if isinstance(answer, Response):
+            self._answer(_render(answer, request))
+        else:  # a route that has to ask someone first (a worker's merged /metrics)
+            self._timer = self._owner.loop.call_later(
+                self._owner.handshake_timeout, self._too_slow
+            )
+            task = asyncio.ensure_future(answer)
+            task.add_done_callback(lambda done: self._answered(done, request))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
@@ -148,9 +157,13 @@ class Front(asyncio.Protocol):
         try:
             response = done.result()
         except Exception:
-            log.exception("internal error answering %s", request.path)
+            self._failed(request)
             response = Response(500, b"internal error\n")
         self._answer(_render(response, request))
+
+    def _failed(self, request: Request) -> None:
+        log.exception("internal error answering %s %s", request.method, request.path)
+        self._owner.note("internal_error", "the server failed to answer a request")
 
     def _answer(self, response: bytes) -> None:
         """Writes the whole answer and closes, lingering a little: closing while the client

@@ -96,6 +96,23 @@ def test_the_token_is_found_in_each_documented_place() -> None:
     assert extract_token("/", {"sec-websocket-protocol": "chat, abc.def.ghi"}) is None
 
 
+@pytest.mark.parametrize(
+    ("target", "token"),
+    [
+        ("//[x", None),  # urlsplit: "Invalid IPv6 URL"
+        ("/?" + "&".join(f"a{i}=1" for i in range(40)) + "&token=abc", "abc"),  # parse_qs: >32
+        ("/?token=a%2Bb+c&token=second", "a+b c"),  # the first one, decoded as a form field
+        ("/?tok%65n=abc", "abc"),
+        ("/?token=%ff", "\ufffd"),  # undecodable bytes are replaced, never an exception
+        ("/?token", None),
+        ("/#token=abc", None),
+    ],
+)
+def test_any_query_a_client_sends_gives_a_token_or_none(target: str, token: str | None) -> None:
+    presented = extract_token(target, {})
+    assert (presented.token if presented else None) == token
+
+
 def test_valid_tokens_give_name_rooms_and_expiry() -> None:
     verifier = Verifier(secret=SECRET, audience=AUDIENCE)
     identity = verifier.verify(hs256(claims(name="Alice", rooms=["lobby", "team-*"])))

@@ -12,6 +12,7 @@ import contextlib
 
 import pytest
 
+from server.front import Front
 from server.http1 import (
     MAX_HEAD_BYTES,
     HttpError,
@@ -128,6 +129,32 @@ async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(launch: Launch
     assert b"token" in answer.body
 
 
+MANY_FIELDS = "&".join(f"a{i}=1" for i in range(40))
+
+
+@pytest.mark.parametrize(
+    ("kind", "target"),
+    [
+        ("upgrade", "//[x"),  # urlsplit raises "Invalid IPv6 URL"
+        ("upgrade", "/?" + MANY_FIELDS),  # parse_qs(max_num_fields=32) raises
+        ("upgrade", "/?token=%ff%fe"),
+        ("check", "/auth/check?" + MANY_FIELDS),
+        ("check", "/auth/check?token=%ff%fe"),
+    ],
+)
+async def test_any_request_target_with_auth_on_is_a_401_never_a_dropped_connection(
+    launch: Launch, kind: str, target: str
+) -> None:
+    server = launch("--jwt-secret", "a secret long enough for HS256 tokens")
+    if kind == "upgrade":
+        status = (await upgrade(server.host, server.port, target)).status
+    else:
+        request = f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        status = int((await raw_request(server, request)).split(b" ", 2)[1])
+    assert status == 401
+    assert "Traceback" not in server.text()
+
+
 async def test_unfinished_requests_count_against_the_per_address_limit(launch: Launch) -> None:
     server = launch("--max-connections-per-ip", "3", "--handshake-timeout", "30")
     slow = []
@@ -192,3 +219,62 @@ async def test_metrics_listen_moves_metrics_off_the_public_port(launch: Launch) 
     assert (await raw_request(admin, b"GET / HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
     assert (await upgrade("127.0.0.1", admin_port)).status == 404  # never a WebSocket there
     assert (await upgrade(server.host, server.port)).status == 101
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class _FailingOwner:
+    """A server whose routes raise: what a bug in our own code looks like to the front."""
+
+    handshake_timeout = 5.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.noted: list[str] = []
+        self.ended: list[str] = []
+
+    def begin(self, peer: str) -> None:
+        return None
+
+    def end(self, peer: str) -> None:
+        self.ended.append(peer)
+
+    def note(self, label: str, text: str) -> None:
+        self.noted.append(label)
+
+    def respond(self, request: object) -> object:
+        raise RuntimeError("a bug in a route")
+
+    def upgrade(self, request: object, peer: str) -> object:
+        raise RuntimeError("a bug in the gate")
+
+
+@pytest.mark.parametrize("head", [b"GET /healthz HTTP/1.1\r\n\r\n", UPGRADE])
+async def test_our_own_failure_is_a_logged_500_and_frees_the_slot(
+    head: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    owner = _FailingOwner(asyncio.get_running_loop())
+    front = Front(owner, ("127.0.0.9", 5000))  # type: ignore[arg-type]
+    transport = _Transport()
+    front.connection_made(transport)
+    front.data_received(head)
+    assert transport.written.startswith(b"HTTP/1.1 500 ") and transport.closed
+    assert b"bug" not in transport.written  # the detail goes to the log, not to the client
+    assert owner.noted == ["internal_error"] and owner.ended == ["127.0.0.9"]
+    assert "a bug in" in caplog.text and "Traceback" in caplog.text
