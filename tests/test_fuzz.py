@@ -1,9 +1,11 @@
 """A fuzz test over real sockets: thousands of random and mutated frames (and some mangled
-handshakes) against a running server, while two well-behaved clients keep chatting.
+handshakes and fragment floods) against a running server, while hoarders flood it with frames
+whose replies and pongs they never read, and two well-behaved clients keep chatting.
 
 The server must never fail (no 1011, no traceback, no exit), must refuse what is wrong with the
-documented close codes, and must deliver every well-behaved message, in order, throughout.
-Reproducible: the seed is printed; set ROOMCAST_FUZZ_SEED to replay one run.
+documented close codes, must deliver every well-behaved message, in order and on time,
+throughout, and must stay within a memory bound. Reproducible: the seed is printed; set
+ROOMCAST_FUZZ_SEED to replay one run.
 """
 
 from __future__ import annotations
@@ -13,15 +15,23 @@ import contextlib
 import json
 import os
 import random
+import socket
 import struct
 import time
 
 from tests.conftest import Launch
 from tests.rawws import CLOSE, PING, PONG, RawClient
-from tests.support import ServerProcess
+from tests.support import ServerProcess, rss_kib
 
 FRAMES = 3000
 FUZZERS = 6
+HOARDERS = 2
+BUFFERED = 65536  # --max-buffered-bytes for this run
+# The server may grow by this much over the whole run: the hoarders hold at most BUFFERED each
+# (the kernel holds the rest), partial messages at most 4,096 bytes each; the rest is
+# allocator slack (measured: about 3 MB).
+RSS_BOUND_KIB = 12 * 1024
+LATE = 2.0  # seconds: no well-behaved message may take longer to arrive
 BUDGET = 25.0  # seconds for the whole test, well-behaved checks included
 DOCUMENTED_CLOSES = {1000, 1001, 1002, 1007, 1009, 1012, 4000}
 # What a peer may legitimately send in a CLOSE, and so what the server echoes back (RFC 6455 7.4);
@@ -103,7 +113,7 @@ def random_frames(rng: random.Random) -> list[bytes]:
             seq.append(frame(PING, b"mid"))
         seq.append(frame(rng.choice([0x0, 0x0, 0x0, 0x1]), payload[cut:], fin=rng.random() < 0.9))
         return seq
-    if roll < 0.72:  # any opcode, any RSV bits
+    if roll < 0.70:  # any opcode, any RSV bits
         return [
             frame(
                 rng.randrange(16),
@@ -112,12 +122,15 @@ def random_frames(rng: random.Random) -> list[bytes]:
                 rsv=rng.randrange(8),
             )
         ]
-    if roll < 0.80:  # control frames, some too long, close frames with odd codes
+    if roll < 0.74:  # control frames, some too long, close frames with odd codes
         kind = rng.choice([PING, PONG, CLOSE])
         if kind == CLOSE:
             code = rng.choice([1000, 1001, 1005, 1006, 999, 4999, 5000, 65535, 3000])
             return [frame(CLOSE, struct.pack("!H", code) + mutate(rng, b"bye"))]
         return [frame(kind, os.urandom(rng.choice([0, 10, 125, 126, 300])))]
+    if roll < 0.76:  # a fragment flood: a message that never ends, in tiny or empty pieces
+        piece = frame(0x0, rng.choice([b"", b"x", b"xy"]), fin=False)
+        return [frame(0x1, b"", fin=False) + piece * rng.randint(200, 3000)]
     if roll < 0.86:
         return [frame(0x1, rng.choice(TEMPLATES), masked=False)]  # clients must mask
     if roll < 0.92:  # a length that lies: huge, or more than what follows
@@ -211,10 +224,29 @@ class Fuzzer:
         await self._drop()
 
 
+async def hoard(server: ServerProcess, rng: random.Random) -> int:
+    """Floods invalid frames and pings without reading a byte of the replies and pongs, until
+    the server drops it; returns the close code it then reads behind what it had been sent."""
+    client = await RawClient.connect(server.host, server.port)
+    client.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    junk = frame(0x1, b"not json") * 500
+    pings = frame(PING, b"p" * 125) * 250
+    try:
+        with contextlib.suppress(ConnectionError):
+            for _ in range(400):  # 100,000+ frames to answer if nothing stopped it
+                client.writer.write(rng.choice([junk, pings]))
+                await asyncio.wait_for(client.writer.drain(), 30)
+        return (await client.expect_close(timeout=30)).close_code or 0
+    finally:
+        await client.close()
+
+
 async def test_fuzzed_frames_never_hurt_a_well_behaved_client(launch: Launch) -> None:
     seed = int(os.environ.get("ROOMCAST_FUZZ_SEED", str(random.SystemRandom().randrange(1 << 32))))
     print(f"fuzz seed {seed}")
-    server = launch("--rate-limit", "0", "--max-message-bytes", "4096")
+    server = launch(
+        "--rate-limit", "0", "--max-message-bytes", "4096", "--max-buffered-bytes", str(BUFFERED)
+    )
     deadline = time.monotonic() + BUDGET
     sender = await RawClient.connect(server.host, server.port)
     listener = await RawClient.connect(server.host, server.port)
@@ -222,8 +254,16 @@ async def test_fuzzed_frames_never_hurt_a_well_behaved_client(launch: Launch) ->
         client.send_json({"type": "join", "room": "calm", "username": name})
     sent: list[str] = []
     received: list[str] = []
+    sent_at: dict[str, float] = {}
+    latest = 0.0
+    await asyncio.wait_for(listener.recv_json(), 5)  # its own join: the server is serving
+    before = rss_kib(server.proc.pid)
+    peak = before
     fuzzers = [Fuzzer(server, random.Random(seed + i)) for i in range(FUZZERS)]
-    fuzzing = asyncio.gather(*(f.run(FRAMES // FUZZERS + 1, deadline) for f in fuzzers))
+    fuzzing = asyncio.gather(
+        *(f.run(FRAMES // FUZZERS + 1, deadline) for f in fuzzers),
+        *(hoard(server, random.Random(seed - 1 - i)) for i in range(HOARDERS)),
+    )
 
     async def drain_sender() -> None:
         with contextlib.suppress(asyncio.CancelledError):
@@ -236,6 +276,8 @@ async def test_fuzzed_frames_never_hurt_a_well_behaved_client(launch: Launch) ->
             if message.get("type") == "chat" and message.get("username") == "calm-sender":
                 if message["text"] == "end":
                     return
+                nonlocal latest
+                latest = max(latest, time.monotonic() - sent_at[message["text"]])
                 received.append(message["text"])
 
     sender_drain = asyncio.create_task(drain_sender())
@@ -245,11 +287,13 @@ async def test_fuzzed_frames_never_hurt_a_well_behaved_client(launch: Launch) ->
         while not fuzzing.done():
             n += 1
             text = f"n={n}"
+            sent_at[text] = time.monotonic()
             sender.send_json({"type": "chat", "text": text})
             sent.append(text)
             await asyncio.wait({fuzzing}, timeout=0.02)
+            peak = max(peak, rss_kib(server.proc.pid))
             assert time.monotonic() < deadline + 5, "fuzzing overran its budget"
-        await fuzzing
+        hoarded = (await fuzzing)[FUZZERS:]
         sender.send_json({"type": "chat", "text": "end"})
         done, _ = await asyncio.wait({listening}, timeout=10)
         assert done, f"sent {len(sent)}, received {len(received)}; server: {server.text()[-2000:]}"
@@ -266,6 +310,12 @@ async def test_fuzzed_frames_never_hurt_a_well_behaved_client(launch: Launch) ->
     assert total >= 2000, f"only {total} frames in the time budget"
     assert received == sent, "a well-behaved message was lost, duplicated or reordered"
     assert len(sent) > 20
+    assert latest < LATE, f"a well-behaved message took {latest:.2f} s"
+    assert hoarded == [4000] * HOARDERS, hoarded  # dropped, and told why behind what it had
+    growth = peak - before
+    print(f"rss grew {growth} KiB at most; slowest calm message {latest:.3f} s")
+    assert growth < RSS_BOUND_KIB, f"the server grew by {growth} KiB"
+    assert 1009 in closes, "no fragment flood was cut off"
     assert 1011 not in closes, server.text()
     assert all(code in DOCUMENTED_CLOSES or code in ECHOABLE for code in closes if code), closes
     assert {1002, 1007} & set(closes), "the fuzzer never tripped a protocol check"
