@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -123,3 +124,11 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    """One unlabelled sample of the server's /metrics."""
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)

@@ -23,7 +23,7 @@ from tests.rawws import (
     chat_until_left,
     encode_frame,
 )
-from tests.support import ServerProcess, rss_kib
+from tests.support import ServerProcess, metric, rss_kib
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
 
@@ -292,3 +292,4 @@ async def test_deeply_nested_json_gets_an_error_and_the_connection_stays_usable(
     assert error["type"] == "error" and error["code"] == "invalid_message"
     assert await roundtrip(client, "still usable") < 5.0
     assert "Traceback" not in server.text() and "RecursionError" not in server.text()
+    assert metric(server, "roomcast_errors_sent_total") == 1  # counted as the peer's error

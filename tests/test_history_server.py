@@ -9,7 +9,6 @@ import json
 import re
 import signal
 import socket
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from tests.conftest import Launch
 from tests.frames import server_frames
 from tests.rawws import CLOSE, TEXT, RawClient, chat_until_left
-from tests.support import ServerProcess
+from tests.support import ServerProcess, metric
 from tests.test_connection import stalled_socket
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
@@ -438,13 +437,6 @@ async def test_the_readme_terminal_session_with_a_resume(launch: Launch) -> None
     back.send_frame(TEXT, line.encode())
     for shown_answer in answers:
         same_but_clocks(await back.recv_json(), shown_answer, epoch, shown_epoch)
-
-
-def metric(server: ServerProcess, name: str) -> float:
-    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
-        text = response.read().decode()
-    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
-    return float(value)
 
 
 async def test_an_empty_room_is_swept_after_the_ttl_and_its_metrics_say_so(
