@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import uvloop
 
 from . import settings as settings_module
+from .listening import CannotListen
 from .logs import configure as configure_logging
 
 log = logging.getLogger("roomcast")
@@ -41,8 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("file-descriptor limit: %d", limit)
     try:
         return uvloop.run(serve(settings))
-    except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+    except CannotListen as exc:
+        log.error("%s", exc)
         return 1
 
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from . import httpclient
-from .acceptor import Acceptor, listening_socket, websocket_protocol_factory
+from .acceptor import Acceptor, websocket_protocol_factory
 from .broker import LocalBroker
 from .config import Config
 from .connection import Connection, EchoConnection
@@ -31,6 +31,7 @@ from .heartbeat import Heartbeat
 from .history import History
 from .http import NOT_FOUND, Response, Route, StaticSite
 from .http1 import Request
+from .listening import bound_socket
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .protocol import CloseCode
@@ -298,7 +299,9 @@ def _quiet_picows() -> logging.LoggerAdapter[logging.Logger]:
 def listen(app: App, tls: ssl.SSLContext | None = None) -> Acceptor:
     """Starts accepting on the configured address: every connection begins at a Front."""
     config = app.config
-    sock = listening_socket(config.host, config.port, reuse_port=config.reuse_port)
+    sock = bound_socket(
+        config.host, config.port, option="--host and --port", reuse_port=config.reuse_port
+    )
     acceptor = Acceptor(
         app.loop, sock, lambda peer: Front(app, peer), app.counters, ssl_context=tls
     )
@@ -316,7 +319,9 @@ async def serve(settings: Settings) -> int:
     admin = None
     if config.metrics_listen:
         admin_host, _, admin_port = config.metrics_listen.rpartition(":")
-        admin_sock = listening_socket(admin_host.strip("[]"), int(admin_port))
+        admin_sock = bound_socket(
+            admin_host.strip("[]"), int(admin_port), option="--metrics-listen"
+        )
         admin = Acceptor(loop, admin_sock, lambda peer: Front(Admin(app), peer), app.counters)
         admin.start()
         shown_host, shown_port = admin.address

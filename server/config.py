@@ -9,8 +9,11 @@ together are checked after that.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
+import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
@@ -300,6 +303,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     namespace = build_parser().parse_args(argv)
     defaults = Config()
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for f in fields(Config):
         default = getattr(defaults, f.name)
         text: str | None = getattr(namespace, f.name)
@@ -309,12 +313,18 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
             source = "env"
         if text is None:
             continue
+        sources[f.name] = source
         try:
             values[f.name] = _convert(f.name, default, text)
         except ValueError as exc:
             raise ConfigError(f.name, text, str(exc), source=source) from None
     config = Config(**values)
-    _check_together(config)
+    try:
+        _check_together(config)
+    except ConfigError as exc:  # name it as the user gave it: a flag or ROOMCAST_<OPTION>
+        raise ConfigError(
+            exc.option, exc.value, exc.problem, source=sources.get(exc.option, "")
+        ) from None
     return config
 
 
@@ -346,12 +356,34 @@ def _check_together(config: Config) -> None:
             raise ConfigError(
                 "metrics_listen", config.metrics_listen, "must be HOST:PORT, e.g. 127.0.0.1:9100"
             )
+        _check_listenable("metrics_listen", config.metrics_listen, host.strip("[]"))
     if config.history_file:
         _check_history_file(config)
     if config.echo_path and not config.echo_path.startswith("/"):
         raise ConfigError("echo_path", config.echo_path, "must be a path starting with /")
     if not config.host:
         raise ConfigError("host", "''", "must be an address to listen on")
+    _check_listenable("host", config.host, config.host)
+
+
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _check_listenable(option: str, value: str, host: str) -> None:
+    """An IP address, or a host name this machine resolves (``localhost``, /etc/hosts). What is
+    neither a well-formed name nor an address (999.1.1.1, a slash) is refused without a lookup."""
+    problem = "must be an IP address or a host name this machine resolves"
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(host) or host.rstrip(".").rsplit(".", 1)[-1].isdigit():
+        raise ConfigError(option, value, problem)
+    try:
+        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        raise ConfigError(option, value, problem) from None
 
 
 def _check_history_file(config: Config) -> None:

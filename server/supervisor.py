@@ -17,13 +17,13 @@ import logging
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from collections.abc import Sequence
 
 from .config import Config
 from .fleet import Fleet
+from .listening import CannotListen, bound_socket
 
 log = logging.getLogger("roomcast.supervisor")
 
@@ -39,20 +39,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
     """Workers get SIGTERM if the supervisor dies without cleaning up (Linux)."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound (not listening) SO_REUSEPORT socket: fixes the port the workers will share."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class Worker:
@@ -126,7 +112,10 @@ class Supervisor:
             loop.add_signal_handler(sig, stop.set)
         listen = self.config.metrics_listen
         host, _, port = listen.rpartition(":") if listen else ("127.0.0.1", "", "0")
-        await self.fleet.start(host.strip("[]"), int(port))
+        try:
+            await self.fleet.start(host.strip("[]"), int(port))
+        except OSError as exc:
+            raise CannotListen("--metrics-listen", host.strip("[]"), int(port), exc) from None
         assert self.fleet.address is not None
         shown = f"http://{self.fleet.address[0]}:{self.fleet.address[1]}/metrics"
         if listen:
@@ -226,10 +215,17 @@ class Supervisor:
 
 def supervise(config: Config, argv: Sequence[str]) -> int:
     try:
-        reserved = reserve_port(config.host, config.port)
-    except OSError as exc:
-        log.error("cannot bind %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        # bound, not listening: fixes the port the workers will share with SO_REUSEPORT
+        reserved = bound_socket(
+            config.host, config.port, option="--host and --port", reuse_port=True, backlog=None
+        )
+    except CannotListen as exc:
+        log.error("%s", exc)
         return 1
     with reserved:
         port = int(reserved.getsockname()[1])
-        return asyncio.run(Supervisor(config, argv, port).run())
+        try:
+            return asyncio.run(Supervisor(config, argv, port).run())
+        except CannotListen as exc:
+            log.error("%s", exc)
+            return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 from dataclasses import fields
@@ -93,6 +94,10 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["--jwt-public-key", "/no/key.pem"], {}, "--jwt-public-key /no/key.pem: no such file"),
         (["--certfile", "/etc/hostname"], {}, "--certfile /etc/hostname: needs --keyfile too"),
         (["--metrics-listen", "9100"], {}, "--metrics-listen 9100: must be HOST:PORT"),
+        (["--host", "999.1.1.1"], {}, "--host 999.1.1.1: must be an IP address or a host name"),
+        ([], {"ROOMCAST_HOST": "bad/host"}, "ROOMCAST_HOST=bad/host: must be an IP address or"),
+        (["--metrics-listen", "999.9.9.9:9100"], {},
+         "--metrics-listen 999.9.9.9:9100: must be an IP address or a host name"),
         (["--no-such-option"], {}, "unrecognized arguments: --no-such-option"),
         (["--port"], {}, "argument --port: expected one argument"),
     ],
@@ -117,3 +122,28 @@ def test_an_unreadable_file_is_named(
     monkeypatch.setattr(os, "access", lambda path, mode: path != str(key))
     with pytest.raises(ConfigError, match=r"--jwt-public-key .*key.pem: file is not readable"):
         load_config(["--jwt-public-key", str(key)], env={})
+
+
+@pytest.mark.parametrize(
+    ("option", "workers"),
+    [("--port", False), ("--metrics-listen", False), ("--port", True), ("--metrics-listen", True)],
+)
+def test_an_address_in_use_is_reported_with_the_option_that_named_it(
+    option: str, workers: bool
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = ["--host", "127.0.0.1", "--port", str(port) if option == "--port" else "0"]
+        if option == "--metrics-listen":
+            args += ["--metrics-listen", f"127.0.0.1:{port}"]
+        if workers:  # the supervisor binds both itself; Redis is never reached
+            args += ["--workers", "2", "--redis-url", "redis://127.0.0.1:1"]
+        done = run(*args)
+    named = "--host and --port" if option == "--port" else "--metrics-listen"
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port} (from {named}): Address already in use" in (
+        done.stderr
+    ), done.stderr
+    assert "Traceback" not in done.stderr
