@@ -144,6 +144,12 @@ class _ServerCollector(Collector):
                 "memory the history counts against --history-max-bytes",
                 value=history.bytes,
             )
+            yield CounterMetricFamily(
+                "roomcast_history_streams_dropped",
+                "room histories forgotten (--history-ttl after the room emptied, or "
+                "--history-max-bytes); a resume into one gets recovered: false",
+                value=history.dropped,
+            )
         broker = state.broker
         if broker is not None:
             yield GaugeMetricFamily(

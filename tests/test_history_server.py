@@ -456,5 +456,6 @@ async def test_an_empty_room_is_swept_after_the_ttl_and_its_metrics_say_so(
     _, history, _ = await join(server, "talker", room="brief",
                                since={"epoch": welcome["epoch"], "seq": 2})
     assert history is not None and history["reason"] == "epoch changed"
+    assert metric(server, "roomcast_history_streams_dropped_total") == 1
     assert metric(server, "roomcast_resumes_total") == 1
     assert metric(server, "roomcast_resumes_recovered_total") == 0
