@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test-suite drives for real (Chromium for the browser
 # tests, redis-server/redis-cli for the scaling tests, nginx for the reverse-proxy test, openssl
-# for test certificates, prometheus/promtool for the monitoring tests) when missing.
+# for test certificates, prometheus/promtool for the monitoring tests, caddy for the shipped
+# Caddyfile) when missing.
 set -euo pipefail
-declare -A wanted=([chromium]=/usr/bin/chromium [redis-server]=redis-server [redis-tools]=redis-cli [nginx]=nginx [openssl]=openssl [prometheus]=promtool)
+declare -A wanted=([chromium]=/usr/bin/chromium [redis-server]=redis-server [redis-tools]=redis-cli [nginx]=nginx [openssl]=openssl [prometheus]=promtool [caddy]=caddy)
 missing=()
 for pkg in "${!wanted[@]}"; do
   command -v "${wanted[$pkg]}" >/dev/null 2>&1 || [ -x "${wanted[$pkg]}" ] || [ -x "/usr/sbin/${wanted[$pkg]}" ] || missing+=("$pkg")

@@ -170,8 +170,8 @@ async def test_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_p
 
 
 async def test_nginx_never_exposes_metrics_and_drops_cookies(tmp_path: pathlib.Path) -> None:
-    """The shipped config in front of a capturing upstream: /metrics answers 404 from Nginx
-    itself, and an upgrade reaches the upstream without its Cookie header."""
+    """The shipped config in front of a capturing upstream: /metrics and /readyz answer 404 from
+    Nginx itself, and an upgrade reaches the upstream without its Cookie header."""
     require_nginx()
     heads: list[bytes] = []
 
@@ -205,8 +205,9 @@ async def test_nginx_never_exposes_metrics_and_drops_cookies(tmp_path: pathlib.P
                 writer.close()
                 return answer
 
-        assert (await get("/metrics")).startswith(b"HTTP/1.1 404")
-        assert heads == []  # answered by Nginx: the upstream never saw it
+        for path in ("/metrics", "/readyz", "/metrics?format=x"):
+            assert (await get(path)).startswith(b"HTTP/1.1 404"), path
+        assert heads == []  # answered by Nginx: the upstream never saw them
         await get("/ws", "Upgrade: websocket\r\nCookie: session=secret; tracker=x\r\n")
         assert len(heads) == 1 and b"GET /ws " in heads[0]
         assert b"cookie" not in heads[0].lower() and b"secret" not in heads[0]
