@@ -19,7 +19,7 @@ from typing import Protocol
 
 from . import httpclient
 from .aggregate import Merger
-from .http1 import HttpError, error_response, head_end, parse_head, render
+from .http1 import HttpError, error_response, head_end, options_response, parse_head, render
 
 log = logging.getLogger("roomcast.supervisor")
 
@@ -96,7 +96,9 @@ class Fleet:
                     writer.write(error_response(error))
                     return
                 head_only = request.method == "HEAD"
-                if request.path == "/metrics":
+                if request.method == "OPTIONS":
+                    writer.write(options_response())
+                elif request.path == "/metrics":
                     body = (await self.metrics()).encode()
                     writer.write(render(200, body, {"Content-Type": CONTENT_TYPE},
                                         head_only=head_only))

@@ -4,8 +4,9 @@ Every accepted socket starts here. The connection takes one of its address's slo
 (``--max-connections-per-ip`` counts unfinished requests too, so a slowloris cannot hold more
 descriptors than the limit), has ``--handshake-timeout`` to send its request head, and then:
 
-* a plain request (GET or HEAD, HTTP/1.1 or 1.0) is answered from memory and closed;
-* an upgrade goes through the gate (server/gate.py); a refusal is its HTTP answer;
+* a plain request (GET, HEAD or OPTIONS, HTTP/1.1 or 1.0) is answered from memory and closed;
+* an upgrade (a GET with ``Upgrade: websocket``) goes through the gate (server/gate.py); a
+  refusal is its HTTP answer;
 * an admitted upgrade is handed to picows: the transport switches to a picows protocol, which is
   fed a minimal copy of the request (server/http1.py), so picows's per-connection read buffer
   never holds (or grows for) a browser's cookies, and the buffer is then cut from picows's 2 KiB
@@ -30,6 +31,7 @@ from .http1 import (
     Request,
     error_response,
     head_end,
+    options_response,
     parse_head,
     render,
     upgrade_for_picows,
@@ -135,6 +137,9 @@ class Front(asyncio.Protocol):
         self._hand_over(outcome, request, rest)
 
     def _respond(self, request: Request) -> None:
+        if request.method == "OPTIONS":
+            self._answer(options_response())
+            return
         answer = self._owner.respond(request)
         if isinstance(answer, Response):
             self._answer(_render(answer, request))

@@ -19,7 +19,8 @@ from multidict import CIMultiDict
 
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADER_LINES = 128
-METHODS = ("GET", "HEAD")
+METHODS = ("GET", "HEAD", "OPTIONS")
+ALLOW = "GET, HEAD, OPTIONS"
 
 
 class HttpError(Exception):
@@ -44,7 +45,11 @@ class Request:
 
     @property
     def is_upgrade(self) -> bool:
-        return self.headers.get("upgrade", "").strip().lower() == "websocket"
+        """A WebSocket opening handshake: a GET with ``Upgrade: websocket`` (RFC 6455 4.1)."""
+        return (
+            self.method == "GET"
+            and self.headers.get("upgrade", "").strip().lower() == "websocket"
+        )
 
 
 def head_end(buffer: bytes | bytearray) -> int:
@@ -71,7 +76,7 @@ def parse_head(head: bytes) -> Request:
     method, target, version = (part.decode("latin-1") for part in parts)
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise HttpError(400, "unsupported HTTP version (use HTTP/1.1)")
-    if not target.startswith("/"):
+    if not target.startswith("/") and not (method == "OPTIONS" and target == "*"):
         raise HttpError(400, "malformed request target")
     headers: CIMultiDict[str] = CIMultiDict()
     for line in lines[1:]:
@@ -104,8 +109,14 @@ def render(
     return text.encode("latin-1") + (b"" if head_only else body)
 
 
+def options_response() -> bytes:
+    """What any OPTIONS request gets: the methods every path allows (RFC 9110 9.3.7). HAProxy's
+    default ``option httpchk`` sends ``OPTIONS / HTTP/1.0`` and wants a 2xx."""
+    return render(200, b"", {"Allow": ALLOW})
+
+
 def error_response(error: HttpError) -> bytes:
-    headers = {"Allow": "GET, HEAD"} if error.status == 405 else None
+    headers = {"Allow": ALLOW} if error.status == 405 else None
     return render(error.status, error.reason.encode() + b"\n", headers)
 
 

@@ -89,6 +89,7 @@ class HistoryFigures(Protocol):
     """What the server reports about its room history (server/history.py)."""
 
     bytes: int  # what the streams count against --history-max-bytes
+    dropped: int  # streams forgotten (the TTL or the memory cap), since start
 
     def __len__(self) -> int: ...  # streams kept (rooms with members, or emptied < ttl ago)
 

@@ -151,6 +151,12 @@ async def test_metrics_listen_with_workers_is_the_supervisors(
     writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
     assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 404")
     writer.close()
+    for request, status in ((b"HEAD /healthz HTTP/1.0", b"200"), (b"OPTIONS / HTTP/1.0", b"200")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # the supervisor's
+        writer.write(request + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 " + status) and answer.endswith(b"\r\n\r\n"), answer
+        writer.close()
 
 
 def test_version_names_the_build() -> None:

@@ -51,6 +51,7 @@ def test_a_request_head_is_parsed_case_insensitively_in_latin_1() -> None:
         (b"GET / HTTP/2.0\r\n\r\n", 400),
         (b"GET /\r\n\r\n", 400),
         (b"GET http://x/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET * HTTP/1.1\r\n\r\n", 400),  # "*" is for OPTIONS only
         (b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 129 + b"\r\n", 431),
     ],
@@ -109,7 +110,9 @@ async def raw_request(server: ServerProcess, data: bytes) -> bytes:
         (b"HEAD /healthz HTTP/1.0", b"200", b""),
         (b"HEAD /readyz HTTP/1.0", b"200", b""),
         (b"GET /readyz HTTP/1.0", b"200", b"ready\n"),
-        (b"OPTIONS /healthz HTTP/1.1", b"405", b"method not allowed\n"),
+        (b"OPTIONS / HTTP/1.0", b"200", b""),  # HAProxy's default `option httpchk`
+        (b"OPTIONS * HTTP/1.1", b"200", b""),
+        (b"DELETE /healthz HTTP/1.1", b"405", b"method not allowed\n"),
     ],
 )
 async def test_health_checks_as_load_balancers_send_them(
@@ -120,6 +123,15 @@ async def test_health_checks_as_load_balancers_send_them(
     assert head.startswith(b"HTTP/1.1 " + status)
     assert received == body
     assert b"b'" not in answer  # no Python bytes repr anywhere
+    if request_line.startswith((b"OPTIONS", b"DELETE")):
+        assert b"\r\nAllow: GET, HEAD, OPTIONS\r\n" in head + b"\r\n"
+
+
+@pytest.mark.parametrize("method", [b"HEAD", b"OPTIONS"])
+async def test_only_a_get_opens_a_websocket(server: ServerProcess, method: bytes) -> None:
+    request = UPGRADE.replace(b"GET /chat?token=t ", method + b" / ")
+    answer = await raw_request(server, request)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]  # an HTTP answer, never a 101
 
 
 async def test_a_non_utf8_authorization_header_is_a_401_not_a_500(launch: Launch) -> None:
