@@ -23,6 +23,7 @@ def test_the_echo_endpoint_passes_every_autobahn_protocol_case(
     server = launch("--echo-path", "/echo", "--rate-limit", "0")
     run = run_cases(f"ws://{server.host}:{server.port}/echo", tmp_path / "autobahn")
 
+    print(run.summary())  # pytest -s shows the runner's counts per verdict
     expected = selected_case_ids()
     assert len(expected) == SELECTED_CASES, f"kosoku's case index changed: {len(expected)} cases"
     assert list(run.verdicts) == expected, "the report does not cover exactly the selected cases"
