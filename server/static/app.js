@@ -26,6 +26,7 @@
   const RETRY_FIRST_MS = 500; // first retry waits 250-500 ms
   const RETRY_CAP_MS = 5000;
   const TOKEN_EXPIRED = 4001; // close code: the JWT this connection was opened with expired
+  const SLOW_CONSUMER = 4000; // close code: the page fell too far behind reading
   const BOTTOM_SLACK_PX = 40; // "at the bottom" tolerance for auto-scroll
   const TYPING_SEND_EVERY_MS = 2000; // at most one `typing` frame per this interval
   const TYPING_SHOW_MS = 4000; // "U is typing…" lasts this long after U's last typing event
@@ -38,6 +39,13 @@
   const CHAT_REFUSALS = new Set([
     "rate_limited", "text_too_long", "empty_text", "not_in_room", "invalid_message",
   ]);
+  // The error of a chat the server could not place in the room's order because its node cannot
+  // reach Redis: nothing was posted, and the same chat (same id) is to be sent again later.
+  const CHAT_UNAVAILABLE = "unavailable";
+  // A chat refused as unavailable goes again at once when the node says it is back (`recovered`),
+  // after a rejoin, and at the latest after this long (a node that started without Redis never
+  // says `recovered`).
+  const UNAVAILABLE_RETRY_MS = 5000;
   // Errors that refuse a join: the join must not be retried on every reconnect.
   const JOIN_REFUSALS = new Set(["invalid_username", "invalid_room", "forbidden_room"]);
 
@@ -75,13 +83,17 @@
   let everConnected = false;
   let stopped = false; // the page gave up: a retry could not succeed (token refused or expired)
   let wanted = null; // {room, username} we asked for; re-sent after every reconnect
-  let current = null; // {room, username, epoch} the server confirmed (epoch: null without history)
+  // {room, username, epoch} the server confirmed (epoch: null from a server without history, or
+  // from a Redis node that cannot reach Redis; a `reset` notice moves it to the new stream)
+  let current = null;
   const members = new Map(); // username -> how many connections use it
   let memberTotal = 0; // the server's true count (the users list may be capped)
-  // The chat in the composer on its way: {id, text, room, sent, tries}. `sent`: on the wire of
-  // the current connection and not yet acked or refused; `tries`: how often it went on the wire.
+  // The chat in the composer on its way: {id, text, room, sent, tries, unavailable}. `sent`: on
+  // the wire of the current connection and not yet acked or refused; `tries`: how often it went
+  // on the wire; `unavailable`: the server could not place it yet, it waits for the retry.
   let pending = null;
-  let acks = false; // the server acks chats that carry an id (its last welcome had an epoch)
+  let unavailableTimer = null;
+  let acks = false; // the server acks chats that carry an id (the room has an epoch)
   let lastJoin = null; // {room, resume}: the join this page sent last, and whether with `since`
   let lastTypingSent = -Infinity;
   const typers = new Map(); // username -> time (Date.now()) their indicator ends
@@ -132,6 +144,7 @@
         break;
       case "error":
         if (settled === "refused") refusePending(msg);
+        else if (settled === "unavailable") postponePending();
         else onError(msg);
         break;
       default:
@@ -152,10 +165,11 @@
     return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   }
 
-  // Whether an incoming message settles the chat this tab is waiting on: "accepted", "refused"
-  // or null. Only one chat is in flight at a time, so an error of a chat-refusing kind is about
-  // it. A server that does not ack ids (no epoch in its welcome: Redis mode today) is matched on
-  // the echo instead, our name with exactly our text, as before ids existed.
+  // Whether an incoming message settles the chat this tab is waiting on: "accepted", "refused",
+  // "unavailable" (not posted, to be sent again) or null. Only one chat is in flight at a time,
+  // so an error of a chat-refusing kind is about it. A server that does not ack ids (no epoch in
+  // its welcome: a server without history, or a Redis node that cannot reach Redis) is matched
+  // on the echo instead, our name with exactly our text, as before ids existed.
   function settlement(msg) {
     if (pending === null || !pending.sent) return null;
     if (msg.type === "ack") return msg.id === pending.id ? "accepted" : null;
@@ -164,12 +178,14 @@
         ? "accepted" : null;
     }
     if (msg.type === "error" && CHAT_REFUSALS.has(msg.code)) return "refused";
+    if (msg.type === "error" && msg.code === CHAT_UNAVAILABLE
+      && (msg.id === undefined || msg.id === pending.id)) return "unavailable";
     return null;
   }
 
   // Puts the waiting chat on the wire when the page is in the chat's room.
   function flushOutbox() {
-    if (pending === null || pending.sent || !ready()) return;
+    if (pending === null || pending.sent || pending.unavailable || !ready()) return;
     // A join for another room is on its way: the chat waits for it (then it is let go).
     if (current.room !== pending.room || wanted === null || wanted.room !== pending.room) return;
     if (wire.chat(pending.text, pending.id)) {
@@ -188,6 +204,7 @@
       return;
     }
     pending.sent = false;
+    pending.unavailable = false; // a new welcome: worth a try (refused again if still so)
     flushOutbox();
     refreshControls();
   }
@@ -198,6 +215,26 @@
     if (pending === null || !pending.sent) return;
     if (acks) pending.sent = false;
     else releasePending();
+  }
+
+  // The server could not give the chat its place in the room (Redis mode: its node cannot reach
+  // Redis) and posted it nowhere. As with a chat written offline, the text waits in the
+  // composer and goes again with the same id once the node can place it (docs/history.md).
+  function postponePending() {
+    pending.sent = false;
+    pending.unavailable = true;
+    clearTimeout(unavailableTimer);
+    unavailableTimer = setTimeout(retryUnavailable, UNAVAILABLE_RETRY_MS);
+    refreshControls();
+  }
+
+  function retryUnavailable() {
+    clearTimeout(unavailableTimer);
+    unavailableTimer = null;
+    if (pending === null || !pending.unavailable) return;
+    pending.unavailable = false;
+    flushOutbox();
+    refreshControls();
   }
 
   function acceptPending() {
@@ -287,7 +324,11 @@
         return;
       }
       if (wasOnline) {
-        const why = { 1001: " (server going away)", 1012: " (server restarting)" }[event.code] || "";
+        const why = {
+          1001: " (server going away)",
+          1012: " (server restarting)",
+          [SLOW_CONSUMER]: " (this page fell too far behind)",
+        }[event.code] || "";
         addLine("system", `Connection lost${why}; reconnecting…`);
       }
       scheduleReconnect();
@@ -399,9 +440,12 @@
     return shownRooms.has(room) && pos !== undefined && pos.epoch === epoch && seq <= pos.seq;
   }
 
-  // Shows a chat of `room`'s stream `epoch` unless it is on screen already; true if shown.
+  // Shows a chat of `room`'s stream `epoch` unless it is on screen already; true if shown. Only
+  // a positive seq is a place in the stream: a chat a Redis node delivered while it could not
+  // reach Redis has seq 0 (in no history, never replayed, so never a duplicate) and moves no
+  // position.
   function showChat(room, epoch, msg) {
-    if (epoch !== null && Number.isSafeInteger(msg.seq)) {
+    if (epoch !== null && Number.isSafeInteger(msg.seq) && msg.seq > 0) {
       if (alreadyShown(room, epoch, msg.seq)) return false;
       const pos = positions.get(room);
       if (!pos || pos.epoch !== epoch || msg.seq > pos.seq) setPosition(room, epoch, msg.seq);
@@ -443,6 +487,7 @@
     "too many": "more than the server replays at once",
     "history disabled": "this server keeps no history",
   };
+  const RESET_DETAIL = "the server lost the room's history"; // a `reset` notice (Redis mode)
 
   function missedDetail(before, msg, resumed) {
     if (before.epoch !== msg.epoch) return MISSED_BECAUSE["epoch changed"];
@@ -521,6 +566,9 @@
       showRoom();
     } else if (!inCurrentRoom(msg)) {
       return; // about a room we are not in (any more)
+    } else if (msg.event === "reset" && validPosition(msg.epoch, msg.seq)) {
+      onReset(msg);
+      return;
     } else if (typeof msg.username === "string") {
       if (msg.event === "join") {
         members.set(msg.username, (members.get(msg.username) || 0) + 1);
@@ -537,6 +585,19 @@
     }
     renderMembers();
     addLine("system", typeof msg.text === "string" ? msg.text : "", msg.timestamp);
+    // A Redis node that could not place our chat can now: it goes without waiting for the timer.
+    if (msg.event === "recovered") retryUnavailable();
+  }
+
+  // Redis lost the room's stream (docs/protocol.md, status notices): the chats that follow are
+  // numbered again, in a new epoch, after `seq`. The page moves to that position (else it would
+  // take the new chats for ones it already shows) and says that messages may be missing.
+  function onReset(msg) {
+    current.epoch = msg.epoch;
+    acks = true; // a server that numbers the room acks ids
+    setPosition(current.room, msg.epoch, msg.seq);
+    shownRooms.add(current.room);
+    addDivider(RESET_DETAIL);
   }
 
   function onTyping(msg) {
@@ -810,7 +871,10 @@
     const state = pending === null ? "idle" : pending.sent ? "sending" : "waiting";
     ui.composer.dataset.outbox = state;
     let note = "";
-    if (state === "waiting") {
+    if (state === "waiting" && pending.unavailable) {
+      note = "Not sent yet: the server cannot reach the other chat servers; "
+        + "it goes out once it can.";
+    } else if (state === "waiting") {
       note = pending.tries === 0
         ? `Not sent yet: it goes out once you are back in #${pending.room}.`
         : `Not confirmed yet: it is sent again once you are back in #${pending.room}, `
@@ -872,7 +936,7 @@
     if (event) event.preventDefault();
     const text = ui.input.value;
     if (!canSend(text)) return;
-    pending = { id: newId(), text, room: wanted.room, sent: false, tries: 0 };
+    pending = { id: newId(), text, room: wanted.room, sent: false, tries: 0, unavailable: false };
     setComposerError(null);
     flushOutbox();
     refreshControls();

@@ -11,7 +11,9 @@ choosing, that the network fails:
 - `swallow(True)`: what the server sends to the browser is dropped on the floor (a reply lost
   on the way). Dropped bytes break the WebSocket's framing, so `cut()` afterwards;
 - `hold(True)`: until `hold(False)`, what the browser sends is kept back (a slow uplink); what
-  the server sends still flows.
+  the server sends still flows;
+- `stall(True)`: until `stall(False)`, what the server sends is not read (a browser that stops
+  reading: the server's socket fills up, as for a slow consumer); then it flows again, in order.
 
 The proxy runs its own asyncio loop in a thread (the Playwright sync API owns the test's thread);
 flags are plain attributes read by that loop, commands cross over with run_coroutine_threadsafe.
@@ -50,6 +52,8 @@ class FaultyLink:
         self._loop = asyncio.new_event_loop()
         self._uplink = asyncio.Event()  # set: the browser's bytes flow (belongs to the loop)
         self._uplink.set()
+        self._downlink = asyncio.Event()  # set: the server's bytes are read and passed on
+        self._downlink.set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._server = self._run(asyncio.start_server(self._handle, "127.0.0.1", 0))
@@ -77,6 +81,15 @@ class FaultyLink:
 
         self._run(_hold())
 
+    def stall(self, on: bool) -> None:
+        async def _stall() -> None:
+            if on:
+                self._downlink.clear()
+            else:
+                self._downlink.set()
+
+        self._run(_stall())
+
     def cut(self) -> int:
         """Resets every open connection; returns how many there were."""
 
@@ -93,6 +106,7 @@ class FaultyLink:
     def close(self) -> None:
         self.refusing = True
         self.hold(False)  # a pump waiting to forward sees its connection end
+        self.stall(False)
         self.cut()
 
         async def _close() -> None:
@@ -135,7 +149,12 @@ class FaultyLink:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, downstream: bool
     ) -> None:
         try:
-            while data := await reader.read(65536):
+            while True:
+                if downstream:
+                    await self._downlink.wait()  # stalled: the server's bytes wait in its socket
+                data = await reader.read(65536)
+                if not data:
+                    break
                 if downstream and self.swallowing:
                     continue
                 if not downstream:

@@ -17,6 +17,13 @@ class Site(Protocol):
     def http_url(self) -> str: ...
 
 
+class Node(Site, Protocol):
+    """A server itself (a WebSocket URL of its own)."""
+
+    @property
+    def ws_url(self) -> str: ...
+
+
 def open_page(page: Page, server: Site, query: str = "") -> Page:
     """Loads the page and waits until it is online."""
     page.goto(f"{server.http_url}/{query}")
@@ -100,3 +107,44 @@ class Frames:
 
     def types(self) -> list[str]:
         return [str(frame.get("type")) for frame in self.sent]
+
+
+class Seed:
+    """A client that speaks the protocol itself from a page of the node's origin, as the seed's
+    clients do: its chats carry no id, so a node that cannot reach Redis delivers them to its
+    own members unnumbered instead of refusing them."""
+
+    def __init__(self, page: Page, server: Node, username: str, room: str) -> None:
+        self.page = page
+        page.goto(f"{server.http_url}/healthz")  # the node's origin, without the chat page
+        page.evaluate(
+            """([url, username, room]) => new Promise((resolve, reject) => {
+                window.got = [];  // every message received
+                window.chats = 0;  // how many of them are chats
+                const ws = new WebSocket(url);
+                window.ws = ws;
+                ws.onmessage = (event) => {
+                    const msg = JSON.parse(event.data);
+                    window.got.push(msg);
+                    if (msg.type === "chat") window.chats += 1;
+                    if (msg.type === "system" && Array.isArray(msg.users)) resolve();
+                };
+                ws.onopen = () => ws.send(JSON.stringify({type: "join", username, room}));
+                ws.onclose = () => reject(new Error("closed before the welcome"));
+                setTimeout(() => reject(new Error("no welcome")), 10000);
+            })""",
+            [server.ws_url, username, room],
+        )
+
+    def say(self, text: str) -> None:
+        self.page.evaluate("text => ws.send(JSON.stringify({type: 'chat', text}))", text)
+
+    def chats(self) -> list[dict[str, Any]]:
+        return list(self.page.evaluate("got.filter(m => m.type === 'chat')"))
+
+    def received(self, event: str, username: str) -> bool:
+        """Whether a system notice `event` about `username` has arrived."""
+        return bool(self.page.evaluate(
+            "([event, username]) => got.some(m => m.event === event && m.username === username)",
+            [event, username],
+        ))

@@ -20,6 +20,7 @@ from playwright.sync_api import Page, expect
 from tests.browser.netfault import FaultyLink
 from tests.browser.pages import (
     Frames,
+    Seed,
     chat_texts,
     dividers,
     join,
@@ -494,6 +495,74 @@ def test_a_resume_that_cannot_be_complete_says_so_and_shows_what_there_is(
         assert 10 < len(got[2:]) < len(missed) and got[2:] == missed[-len(got[2:]):]
     says(bob, ["live"])
     expect(chat_texts(alice).last).to_have_text("live")
+
+
+def test_a_page_dropped_as_a_slow_consumer_resumes_with_no_gap(
+    launch: Launch, link: Link, new_page: NewPage, device: Device
+) -> None:
+    """The page stops reading (its network stalls) while a talker floods the room: the server
+    drops it with 4000 and discards what it had queued; once the network flows again the page
+    shows what got through, then the close, reconnects and resumes with exactly the rest
+    (docs/history.md: a replay may be twice --max-buffered-bytes for this)."""
+    server = launch(
+        "--rate-limit", "0", "--max-buffered-bytes", "262144", "--ping-timeout", "60",
+        "--history-size", "2000",
+    )
+    net = link(server)
+    alice_page = new_page(**device)
+    frames = Frames(alice_page)
+    alice = join(alice_page, net, "alice", "lobby")
+    talker = Seed(new_page(), server, "talker", "lobby")
+    expect(member(alice, "talker")).to_have_count(1)
+    talker.say("t0")
+    expect(chat_texts(alice)).to_have_text(["t0"])
+
+    net.stall(True)  # alice's browser reads nothing more: the server's queue for her grows
+    sent = flood_until_dropped(talker, "alice")
+    assert sent, "the stalled page was not dropped"
+    net.stall(False)
+    dropped = "Connection lost (this page fell too far behind); reconnecting…"
+    expect(alice.locator("#messages .system", has_text=dropped)).to_have_count(1, timeout=BACK)
+    back_online(alice)
+    talker.say("live")
+    expect(chat_texts(alice).last).to_have_text("live", timeout=BACK)
+    shown = seqs(alice)  # the oldest lines may have been dropped (1,000 at most)
+    assert shown == list(range(shown[0], sent + 3)), "a gap or a duplicate"
+    expect(dividers(alice)).to_have_count(0)
+    resume = frames.of_type("join")[-1]
+    assert "since" in resume and 1 < resume["since"]["seq"] < sent + 1  # it had missed some
+
+
+def flood_until_dropped(talker: Seed, victim: str) -> int:
+    """The talker sends 3.9 KB chats, at most 10 ahead of their echoes, until the room is told
+    that `victim` left (at most 4,000: 16 MB); returns how many, once every one has come back
+    (so the server has delivered them all)."""
+    return int(talker.page.evaluate(
+        """async (victim) => {
+            let left = false;
+            ws.addEventListener("message", (event) => {
+                const msg = JSON.parse(event.data);
+                if (msg.event === "leave" && msg.username === victim) left = true;
+            });
+            const until = (ok) => new Promise((resolve, reject) => {
+                const deadline = Date.now() + 20000;
+                const poll = () => ok() ? resolve()
+                    : Date.now() > deadline ? reject(new Error("no echo")) : setTimeout(poll, 1);
+                poll();
+            });
+            const filler = "z".repeat(3900);
+            const before = chats;
+            let n = 0;
+            while (!left && n < 4000) {
+                n += 1;
+                ws.send(JSON.stringify({type: "chat", text: `${n}:${filler}`}));
+                await until(() => chats - before >= n - 10);
+            }
+            await until(() => chats - before >= n);
+            return left ? n : 0;
+        }""",
+        victim,
+    ))
 
 
 # ---------- what the tab keeps ----------

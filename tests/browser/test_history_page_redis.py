@@ -1,0 +1,217 @@
+"""The page against a node linked through a real redis-server when that link fails
+(docs/history.md, Redis mode; docs/protocol.md, status notices): chats delivered during an
+outage (unnumbered, `"seq": 0`) are shown; a chat the node could not place (`unavailable`) waits
+in the composer and goes out, once, when the node can place it; and after Redis lost the room's
+stream (`reset`) the page moves to the new epoch, says that messages may be missing and keeps
+showing what follows. Each at desktop size and at 390x844, in Debian's Chromium.
+
+The node's link to Redis goes through a loopback proxy (netfault.FaultyLink) when the test must
+cut it without Redis losing anything; stopping and restarting the redis-server (no persistence)
+is what loses the streams."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.netfault import FaultyLink
+from tests.browser.pages import (
+    Frames,
+    Seed,
+    chat_texts,
+    dividers,
+    join,
+    log,
+    member,
+    say,
+    seqs,
+)
+from tests.redis_support import RedisServer
+from tests.support import ServerProcess
+
+NewPage = Callable[..., Page]
+Launch = Callable[..., ServerProcess]
+Device = dict[str, object]
+Link = Callable[[int], FaultyLink]
+
+BACK = 20_000  # ms: the node retries Redis with a backoff capped at 5 s, the page likewise
+OUTAGE = "Lost contact with the other chat servers"
+RECOVERED = "Reconnected to the other chat servers"
+
+
+@pytest.fixture
+def link() -> Iterator[Link]:
+    """A FaultyLink in front of a port (Redis's, or a node's); closed after the test. Request it
+    before `launch` so that the nodes stop while their Redis is still reachable."""
+    links: list[FaultyLink] = []
+
+    def _link(port: int) -> FaultyLink:
+        proxy = FaultyLink(port)
+        links.append(proxy)
+        return proxy
+
+    yield _link
+    for proxy in links:
+        proxy.close()
+
+
+@pytest.fixture
+def redis_link(redis_server: RedisServer, link: Link) -> FaultyLink:
+    """A redis-server behind a FaultyLink: the nodes' link to it can fail while it keeps
+    everything. Request it before `launch`."""
+    return link(redis_server.port)
+
+
+def node(launch: Launch, redis_url: str) -> ServerProcess:
+    return launch("--rate-limit", "0", "--redis-url", redis_url)
+
+
+def via(proxy: FaultyLink) -> str:
+    return f"redis://127.0.0.1:{proxy.port}"
+
+
+def notice(page: Page, text: str) -> None:
+    """Waits for a system line (outage, recovered)."""
+    expect(page.locator("#messages .system", has_text=text)).to_have_count(1, timeout=BACK)
+
+
+# ---------- an outage: the node serves its own members alone ----------
+
+
+def test_chats_delivered_during_an_outage_are_shown_unnumbered(
+    redis_link: FaultyLink, launch: Launch, new_page: NewPage, device: Device
+) -> None:
+    """During an outage a chat without id reaches the node's own members with `"seq": 0`: not
+    a place in the stream, so never taken for one already on screen."""
+    net = redis_link
+    server = node(launch, via(net))
+    alice = join(new_page(**device), server, "alice", "lobby")
+    carol = Seed(new_page(), server, "carol", "lobby")
+    expect(member(alice, "carol")).to_have_count(1)
+    carol.say("before")
+    expect(chat_texts(alice)).to_have_text(["before"])
+
+    net.refuse(True)
+    net.cut()  # the node's connections to Redis reset; Redis keeps everything
+    notice(alice, OUTAGE)
+    carol.say("during the outage")
+    expect(chat_texts(alice)).to_have_text(["before", "during the outage"])
+
+    net.refuse(False)
+    notice(alice, RECOVERED)
+    carol.say("after")
+    expect(chat_texts(alice)).to_have_text(["before", "during the outage", "after"])
+    assert seqs(alice) == [1, 0, 2]  # unnumbered as sent; the stream went on where it was
+    expect(dividers(alice)).to_have_count(0)
+
+
+@pytest.mark.parametrize("down", ["outage", "from-start"])
+def test_a_chat_the_node_could_not_place_waits_and_goes_out_once_it_can(
+    redis_link: FaultyLink, launch: Launch, new_page: NewPage, device: Device, down: str
+) -> None:
+    """A chat refused with `unavailable` was posted nowhere: it waits in the composer, says why,
+    and is sent again with its id when the node is back (`outage`: at its `recovered` notice;
+    `from-start`: a node that never reached Redis sends no notice, so on the page's timer)."""
+    net = redis_link
+    net.refuse(down == "from-start")
+    server = node(launch, via(net))
+    alice_page = new_page(**device)
+    frames = Frames(alice_page)
+    alice = join(alice_page, server, "alice", "lobby")
+    bob = join(new_page(), server, "bob", "lobby")
+    expect(member(alice, "bob")).to_have_count(1)
+    composer = alice.locator("#composer")
+    if down == "outage":
+        say(bob, "before")
+        expect(chat_texts(alice)).to_have_text(["before"])
+        net.refuse(True)
+        net.cut()
+        notice(alice, OUTAGE)
+    said = ["before"] if down == "outage" else []
+
+    say(alice, "written in the outage")
+    expect(composer).to_have_attribute("data-outbox", "waiting")
+    expect(alice.locator("#composer-note")).to_have_text(
+        "Not sent yet: the server cannot reach the other chat servers; it goes out once it can."
+    )
+    expect(alice.locator("#input")).to_have_value("written in the outage")
+    expect(alice.locator("#input")).not_to_be_editable()
+    expect(alice.locator("#composer-error")).to_be_hidden()
+    assert len(frames.of_type("chat")) == 1  # it went out once and was refused
+    for page in (alice, bob):
+        expect(chat_texts(page)).to_have_text(said)  # posted nowhere
+
+    net.refuse(False)
+    expect(composer).to_have_attribute("data-outbox", "idle", timeout=BACK)
+    expect(alice.locator("#input")).to_have_value("")
+    expect(alice.locator("#composer-note")).to_be_hidden()
+    say(bob, "marker")
+    for page in (alice, bob):
+        expect(chat_texts(page)).to_have_text([*said, "written in the outage", "marker"])
+    chats = frames.of_type("chat")
+    retried = [f for f in chats if f["text"] == "written in the outage"]
+    assert len(retried) >= 2 and all(f == retried[0] for f in retried)  # same id every time
+    if down == "outage":
+        assert len(retried) == 2  # at the notice, not on the timer
+        assert seqs(alice) == [1, 2, 3]
+
+
+# ---------- Redis lost the stream: a reset ----------
+
+
+def test_after_redis_lost_the_stream_the_page_moves_to_the_new_epoch(
+    redis_server: RedisServer, link: Link, launch: Launch, new_page: NewPage, device: Device
+) -> None:
+    """Redis restarted without persistence: the node tells its members the new position
+    (`reset`); the page shows the divider there, then the new stream's chats (numbered from 1
+    again), and resumes from the new position after a reconnect."""
+    server = node(launch, redis_server.url)
+    net = link(server.port)  # alice's way to the node, for the reconnect at the end
+    alice_page = new_page(**device)
+    frames = Frames(alice_page)
+    alice = join(alice_page, net, "alice", "lobby")
+    bob = join(new_page(), server, "bob", "lobby")
+    expect(member(alice, "bob")).to_have_count(1)
+    for text in ("b1", "b2", "b3"):
+        say(bob, text)
+        expect(bob.locator("#composer")).to_have_attribute("data-outbox", "idle")
+    expect(chat_texts(alice)).to_have_text(["b1", "b2", "b3"])
+    old = alice.evaluate("JSON.parse(sessionStorage.getItem('roomcast.positions'))")
+
+    redis_server.stop()  # no persistence: the room's stream is gone
+    for page in (alice, bob):
+        notice(page, OUTAGE)
+    redis_server.start()
+    for page in (alice, bob):
+        notice(page, RECOVERED)
+    say(bob, "after the reset")
+    say_when_idle(bob, "later")
+    for page in (alice, bob):
+        expect(chat_texts(page)).to_have_text(["b1", "b2", "b3", "after the reset", "later"])
+        assert log(page) == ["b1", "b2", "b3", "--", "after the reset", "later"]
+        expect(dividers(page)).to_have_count(1)
+        expect(dividers(page)).to_contain_text("You may have missed messages")
+        expect(dividers(page)).to_contain_text("the server lost the room's history")
+        assert seqs(page) == [1, 2, 3, 1, 2]
+    [[room, epoch, seq]] = alice.evaluate(
+        "JSON.parse(sessionStorage.getItem('roomcast.positions'))"
+    )
+    assert room == "lobby" and epoch != old[0][1] and seq == 2
+
+    net.cut()  # alice's connection drops: she resumes from the new position, nothing missed
+    expect(alice.locator("#app")).to_have_attribute("data-joined", "true", timeout=BACK)
+    expect(alice.locator("#messages .system", has_text="Reconnected.")).to_have_count(1)
+    resume = frames.of_type("join")[-1]
+    assert resume["since"] == {"epoch": epoch, "seq": 2}
+    say(bob, "after the reconnect")
+    expect(chat_texts(alice).last).to_have_text("after the reconnect")
+    assert seqs(alice) == [1, 2, 3, 1, 2, 3]
+    expect(dividers(alice)).to_have_count(1)
+
+
+def say_when_idle(page: Page, text: str) -> None:
+    """Sends `text` once the composer is free again (the previous chat was acked)."""
+    expect(page.locator("#composer")).to_have_attribute("data-outbox", "idle")
+    say(page, text)
