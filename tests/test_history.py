@@ -112,6 +112,26 @@ def test_last_k_is_recovered_while_the_ring_holds_them() -> None:
     assert (texts(frames), recovered, reason) == (["m2", "m3", "m4", "m5"], False, TOO_MANY)
 
 
+def test_last_k_beyond_the_size_is_recovered_when_the_room_has_no_more_than_stored() -> None:
+    """`history: K` with K > --history-size asks for more than the ring holds, but a room that
+    has had fewer chats than that has them all stored: complete, so recovered (as in Redis mode:
+    tests/test_redis_history.py). `too many` only once the ring could not hold them all."""
+    history, _ = make(size=4)
+    stream = history.open("r")
+    for n in range(3):
+        post(history, "r", f"m{n}")
+    frames, recovered, reason = history.last(stream, 10)
+    assert (texts(frames), recovered, reason) == (["m0", "m1", "m2"], True, None)
+    post(history, "r", "m3")
+    frames, recovered, reason = history.last(stream, 10)  # as many as the ring holds: all
+    assert (texts(frames), recovered, reason) == (["m0", "m1", "m2", "m3"], True, None)
+    post(history, "r", "m4")  # m0 leaves the ring: the room has had more than it holds
+    frames, recovered, reason = history.last(stream, 10)
+    assert (texts(frames), recovered, reason) == (["m1", "m2", "m3", "m4"], False, TOO_MANY)
+    frames, recovered, reason = history.last(stream, 5)
+    assert (texts(frames), recovered, reason) == (["m1", "m2", "m3", "m4"], False, TOO_MANY)
+
+
 def test_since_is_exact_or_says_why_not() -> None:
     history, _ = make(size=4)
     stream = history.open("r")
@@ -395,6 +415,25 @@ def test_history_on_join_comes_before_the_welcome_and_live_follows_it() -> None:
     talker.chat("live")
     hub.tick()
     assert [(m["text"], m["seq"]) for m in late.messages()] == [("live", 6)]
+
+
+def test_a_history_join_asking_beyond_the_size_for_a_short_room_is_recovered() -> None:
+    hub = Harness(rate_limit=0, history_size=3)
+    talker, _ = joined(hub, "talker")
+    talker.chat("m0")
+    talker.chat("m1")
+    hub.tick()
+    _, (history, welcome) = joined(hub, "late", history=10)
+    assert (history["recovered"], "reason" in history) == (True, False)
+    assert [(m["text"], m["seq"]) for m in history["messages"]] == [("m0", 1), ("m1", 2)]
+    assert welcome["seq"] == 2
+    for n in range(2, 5):
+        talker.chat(f"m{n}")
+    hub.tick()
+    _, (history, welcome) = joined(hub, "later", history=10)
+    assert (history["recovered"], history["reason"]) == (False, TOO_MANY)
+    assert chat_texts(history["messages"]) == ["m2", "m3", "m4"]
+    assert welcome["seq"] == 5
 
 
 def test_a_resume_in_the_middle_of_a_tick_has_no_gap_and_no_duplicate() -> None:

@@ -5,12 +5,18 @@ stream told, and nothing lost through Pub/Sub drops and stalls."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
+from server.history import History
+from server.protocol import ChatMessage, frame_payload
+from server.redis.joins import replayed
+from server.redis.scripts import JoinReply
 from tests.conftest import Launch
 from tests.rawws import RawClient, until
 from tests.redis_support import LosingProxy, RedisServer, start_redis
@@ -99,51 +105,188 @@ async def test_a_client_resumes_on_the_other_node_with_exactly_what_it_missed(
     assert stale[1]["reason"] == "epoch changed"
 
 
+class Inbox:
+    """Everything one client receives, in order, read in the background so that several clients
+    can be waited on at once; `wait` is bounded by a timeout, never by a sleep."""
+
+    def __init__(self, client: RawClient) -> None:
+        self.client = client
+        self.messages: list[dict[str, Any]] = []
+        self.ended: BaseException | None = None  # why reading stopped (the node died)
+        self._arrived = asyncio.Event()
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                self.messages.append(await self.client.recv_json(timeout=60))
+                self._arrived.set()
+        except Exception as exc:  # the connection's end, whatever form it takes
+            self.ended = exc
+            self._arrived.set()
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                if self.ended is not None:
+                    raise AssertionError(f"connection ended ({self.ended!r}): {self.messages}")
+                self._arrived.clear()
+                await self._arrived.wait()
+
+    async def wait_ended(self, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(self._task)
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == kind]
+
+    def welcome(self) -> dict[str, Any]:
+        return next(m for m in self.messages if m.get("event") == "join" and "users" in m)
+
+    def acks(self) -> dict[str, int]:
+        acks: dict[str, int] = {}
+        for ack in self.of("ack"):  # an id acked twice (a retry) names the same seq
+            assert acks.setdefault(ack["id"], ack["seq"]) == ack["seq"], ack
+        return acks
+
+    def texts(self) -> set[str]:
+        return {m["text"] for m in self.of("chat")}
+
+
+async def joined(
+    server: ServerProcess, name: str, inboxes: list[Inbox], **fields: Any
+) -> Inbox:
+    """A client joined to room `h` (its `history`, if it asked, and its welcome received)."""
+    inbox = Inbox(await RawClient.connect(server.host, server.port))
+    inboxes.append(inbox)
+    inbox.client.send_json({"type": "join", "username": name, "room": "h", **fields})
+    await inbox.wait(lambda: any(m.get("event") == "join" and "users" in m for m in inbox.messages))
+    return inbox
+
+
 async def test_acked_ids_exactly_once_through_a_node_killed_mid_conversation(
     launch: Launch, redis_server: RedisServer
 ) -> None:
-    """Numbered messages from two senders, one of them on a node that is killed -9; its
-    client resumes on the surviving node and retries what was not acked: one order everywhere,
-    no gap, every acked id exactly once."""
-    a, b = node(launch, redis_server), node(launch, redis_server)
-    watcher, _, welcome = await join(b, "watcher")
-    steady, _, _ = await join(b, "steady")
-    victim, _, victim_welcome = await join(a, "victim")
-    acked: dict[str, int] = {}
-    sent_by_victim = [f"v{n}" for n in range(20)]
-    for n, text in enumerate(sent_by_victim):
-        victim.send_json({"type": "chat", "text": text, "id": text})
-        steady.send_json({"type": "chat", "text": f"s{n}", "id": f"s{n}"})
-        if n == 9:
-            a.proc.send_signal(signal.SIGKILL)  # mid-flight: some of v0..v9 acked, some not
-            break
-    with pytest.raises((ConnectionError, TimeoutError, asyncio.IncompleteReadError)):
-        while True:
-            message = await victim.recv_json(timeout=5)
-            if message.get("type") == "ack":
-                acked[message["id"]] = message["seq"]
-    position = max(acked.values(), default=victim_welcome["seq"])
-    back, history, _ = await join(
-        b, "victim", since={"epoch": victim_welcome["epoch"], "seq": position}
-    )
-    assert history is not None and history["recovered"] is True
-    for text in sent_by_victim:  # the retry of everything not acked, with the same ids
-        if text not in acked:
-            back.send_json({"type": "chat", "text": text, "id": text})
-    back.send_json({"type": "chat", "text": "done", "id": "done"})
-    while "done" not in acked:
-        message = await back.recv_json(timeout=10)
-        if message.get("type") == "ack":
-            assert acked.setdefault(message["id"], message["seq"]) == message["seq"]
-    seen = await chats_until(watcher, "done")
-    texts = [m["text"] for m in seen]
-    first = welcome["seq"] + 1
-    assert [m["seq"] for m in seen] == list(range(first, first + len(seen)))
-    victim_texts = [t for t in texts if t.startswith("v")]
-    assert len(victim_texts) == len(set(victim_texts)), "an id was posted twice"
-    assert set(victim_texts) == {t for t in sent_by_victim if t in acked}
-    for text, seq in acked.items():  # every ack names the message's one place
-        assert seen[[m["text"] for m in seen].index(text)]["seq"] == seq
+    """Numbered messages with ids from two senders, one per node; node A is killed -9 right
+    after Redis placed one of its sender's chats and before the ack could reach it (a proxy
+    loses everything Redis sends A from that chat on). Both of A's clients resume on node B with
+    `since`; its sender retries every id it has no ack for (one that Redis placed, one that may
+    or may not have got there) and one it was acked: every client sees seqs 1..N with no gap,
+    the same message at the same seq as the room's history in Redis, and every id in that
+    history exactly once, at the seq of its ack(s)."""
+    proxy = LosingProxy(redis_server.port)
+    proxy.cut_after = 60.0  # never cut: node A dies first, with its last answers lost
+    inboxes: list[Inbox] = []
+    try:
+        a = launch("--rate-limit", "0", "--redis-url", proxy.url, "--node-ttl", "1")
+        b = node(launch, redis_server)
+        ann = await joined(a, "ann", inboxes)  # the sender on the node that dies
+        lis = await joined(a, "lis", inboxes)  # a listener there
+        bob = await joined(b, "bob", inboxes)  # the sender on the node that lives
+        wat = await joined(b, "wat", inboxes)  # a watcher there
+        sent: dict[str, list[str]] = {"ann": [], "bob": []}
+
+        def say(inbox: Inbox, name: str, chat_id: str) -> None:
+            sent[name].append(chat_id)
+            inbox.client.send_json({"type": "chat", "text": chat_id, "id": chat_id})
+
+        for n in range(5):  # acked on both sides
+            say(ann, "ann", f"ann-{n}")
+            say(bob, "bob", f"bob-{n}")
+        await ann.wait(lambda: set(sent["ann"]) <= set(ann.acks()))
+        await bob.wait(lambda: set(sent["bob"]) <= set(bob.acks()))
+        # From the moment node A sends ann-5 to Redis, nothing Redis sends reaches A: ann-5 is
+        # placed (B's watcher sees it) but neither its copy nor its ack gets back to ann.
+        proxy.arm(b'"ann-5"', mute_all=True)
+        say(ann, "ann", "ann-5")
+        say(ann, "ann", "ann-6")  # right behind it: A may or may not pass it on before it dies
+        say(bob, "bob", "bob-5")
+        await wat.wait(lambda: "ann-5" in wat.texts())
+        a.proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(a.proc.wait, 10)
+        await ann.wait_ended()
+        await lis.wait_ended()
+        placed_in_flight = next(m["seq"] for m in wat.of("chat") if m["text"] == "ann-5")
+        assert "ann-5" not in ann.texts() | set(ann.acks()) | lis.texts()
+        say(bob, "bob", "bob-6")  # while A's clients are away
+
+        # A's clients resume on B from the last chat each received; B's sender talks meanwhile.
+        positions = {
+            inbox: (inbox.of("chat") or [inbox.welcome()])[-1]["seq"] for inbox in (ann, lis)
+        }
+        epoch = ann.welcome()["epoch"]
+        resume = [
+            asyncio.ensure_future(
+                joined(b, name, inboxes, since={"epoch": epoch, "seq": positions[old]})
+            )
+            for name, old in (("ann", ann), ("lis", lis))
+        ]
+        say(bob, "bob", "bob-7")  # racing the resumes
+        ann2, lis2 = await asyncio.gather(*resume)
+        say(bob, "bob", "bob-8")
+        for inbox in (ann2, lis2):
+            (history,) = [m for m in inbox.messages if m.get("type") == "history"]
+            assert history["recovered"] is True, history
+            assert inbox.messages.index(history) == inbox.messages.index(inbox.welcome()) - 1
+            old = ann if inbox is ann2 else lis
+            ends = [m["seq"] for m in history["messages"]] or [positions[old]]
+            assert inbox.welcome()["seq"] == ends[-1]  # where live delivery takes over
+
+        # ann retries every id it has no ack for, with the same text, and one that it was acked.
+        acked_before = ann.acks()
+        unacked = [i for i in sent["ann"] if i not in acked_before]
+        assert "ann-5" in unacked
+        for chat_id in [*unacked, "ann-0"]:
+            ann2.client.send_json({"type": "chat", "text": chat_id, "id": chat_id})
+        say(ann2, "ann", "ann-7")  # and goes on
+        await ann2.wait(lambda: {*unacked, "ann-0", "ann-7"} <= set(ann2.acks()))
+        await bob.wait(lambda: set(sent["bob"]) <= set(bob.acks()))
+        say(bob, "bob", "end")  # placed after every other message: each client reads to it
+        for inbox in (ann2, lis2, bob, wat):
+            await inbox.wait(lambda: "end" in inbox.texts())  # noqa: B023 - awaited right here
+        await bob.wait(lambda: "end" in bob.acks())
+
+        client = aioredis.Redis(port=redis_server.port)
+        try:
+            stored: list[tuple[bytes, dict[bytes, bytes]]] = await client.execute_command(
+                "XRANGE", "room:{h}:history", "-", "+"
+            )
+        finally:
+            await client.aclose()
+    finally:
+        for inbox in inboxes:
+            inbox.stop()
+        proxy.close()
+
+    room = [json.loads(fields[b"p"]) for _, fields in stored]  # the room's whole history
+    assert [m["seq"] for m in room] == list(range(1, len(room) + 1))
+    texts = [m["text"] for m in room]
+    assert sorted(texts) == sorted([*sent["ann"], *sent["bob"]]), "an id lost or posted twice"
+    views = {  # what each client got, old connection, replay and live, in order
+        "ann": ann.of("chat") + next(iter(ann2.of("history")))["messages"] + ann2.of("chat"),
+        "lis": lis.of("chat") + next(iter(lis2.of("history")))["messages"] + lis2.of("chat"),
+        "bob": bob.of("chat"),
+        "wat": wat.of("chat"),
+    }
+    for name, view in views.items():  # no gap, no duplicate, one order: the room's, exactly
+        assert view == room, name
+    for acks_of in (ann, ann2):  # a retried id is acked with the seq it was acked with before
+        for chat_id, seq in acks_of.acks().items():
+            assert ann.acks().get(chat_id, seq) == ann2.acks().get(chat_id, seq) == seq
+    for name, acks in (("ann", {**ann.acks(), **ann2.acks()}), ("bob", bob.acks())):
+        assert set(acks) == set(sent[name]), name  # every id acked in the end
+        for chat_id, seq in acks.items():  # at its one place in the room
+            assert room[seq - 1]["text"] == chat_id and room[seq - 1]["username"] == name
+    # The retry of the id Redis had placed before the kill got its original seq back, and so
+    # did the retry of an acked one: neither was published again.
+    assert ann2.acks()["ann-5"] == placed_in_flight
+    assert ann2.acks()["ann-0"] == acked_before["ann-0"]
+    assert not any(m["text"] in ("ann-5", "ann-0") for m in ann2.of("chat"))
+    for inbox in (ann, lis, ann2, lis2, bob, wat):
+        assert not inbox.of("error"), inbox.of("error")
 
 
 async def test_a_redis_that_lost_its_data_is_told_and_never_replayed_as_recovered(
@@ -308,3 +451,52 @@ async def test_history_size_zero_still_numbers_and_acks(launch: Launch) -> None:
         assert chat["seq"] == ack["seq"] == welcome["seq"] + 1
     finally:
         redis.close()
+
+
+async def test_history_k_beyond_the_size_is_recovered_when_it_gets_every_chat(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    """`history: K` with K > --history-size for a room that has had fewer chats than that: all
+    of them, recovered (as on one node); `too many` once the room has had more than it keeps."""
+    a, b = node(launch, redis_server, "--history-size", "3"), node(
+        launch, redis_server, "--history-size", "3"
+    )
+    talker, _, _ = await join(a, "talker")
+    for text in ("m0", "m1"):
+        talker.send_json({"type": "chat", "text": text})
+    await chats_until(talker, "m1")
+    for server in (a, b):  # on the talker's node and on the other
+        _, history, welcome = await join(server, "late", history=10)
+        assert history is not None and (history["recovered"], "reason" in history) == (True, False)
+        assert [(m["text"], m["seq"]) for m in history["messages"]] == [("m0", 1), ("m1", 2)]
+        assert welcome["seq"] == 2
+    for text in ("m2", "m3", "m4"):
+        talker.send_json({"type": "chat", "text": text})
+    await chats_until(talker, "m4")
+    _, history, welcome = await join(b, "later", history=10)
+    assert history is not None and (history["recovered"], history["reason"]) == (False, "too many")
+    assert [m["text"] for m in history["messages"]] == ["m2", "m3", "m4"]
+    assert welcome["seq"] == 5
+    _, history, _ = await join(b, "exact", history=3)
+    assert history is not None and history["recovered"] is True
+
+
+@pytest.mark.parametrize("size", [0, 1, 3, 5])
+def test_history_k_is_answered_alike_on_one_node_and_on_redis(size: int) -> None:
+    """For every room length and every K, a join's `history: K` gets the same messages, the same
+    `recovered` and the same `reason` from server/history.py (one node) as from
+    server/redis/joins.py on what the join script returns (the newest K of a stream capped at
+    --history-size)."""
+    for sent in range(2 * size + 2):
+        history = History(size, 10.0, 1 << 30, 1 << 20)
+        stream = history.open("r")
+        for n in range(sent):
+            history.add(stream, ChatMessage("u", f"m{n}", 1), None)
+        stored = [bytes(frame_payload(frame)) for frame in stream.entries]
+        for count in range(2 * size + 3):
+            frames, recovered, reason = history.last(stream, count)
+            reply = JoinReply([1, [b"u"], stream.epoch.encode(), sent,
+                               b"history disabled" if not size else b"ok",
+                               *(stored[-count:] if count else [])])
+            expected = ([bytes(frame_payload(f)) for f in frames], recovered, reason)
+            assert replayed(count, reply, size, 1 << 20) == expected, (sent, count)

@@ -60,12 +60,13 @@ def replayed(
         recovered = reply.status == "ok"
         reason = None if recovered else reply.status
     else:
+        # The last K: complete when every one of them is there (all of the room's chats when it
+        # has had fewer than K), whatever K; when not, `too many` if K is beyond --history-size
+        # (the ring cannot hold them), else `too old`: as History.last decides on one node.
         count = int(replay or 0)
         recovered, reason = True, None
-        if count > size:
-            recovered, reason = False, TOO_MANY
-        elif len(payloads) < min(count, reply.last):
-            recovered, reason = False, TOO_OLD
+        if len(payloads) < min(count, reply.last):  # seqs start at 1: no more than `last`
+            recovered, reason = False, TOO_MANY if count > size else TOO_OLD
     if sum(map(len, payloads)) > max_bytes:  # one replay's limit: the newest that fit
         kept: list[bytes] = []
         budget = max_bytes
