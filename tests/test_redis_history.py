@@ -439,6 +439,21 @@ def a_node(server: ServerProcess) -> str:
     return server.text().split(" as node ")[1].split()[0]
 
 
+async def test_every_ack_comes_after_the_senders_own_copy(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    """The ack is the chat script's reply and the copy comes through the subscription: without
+    waiting for the copy, about one ack in five came first."""
+    a = node(launch, redis_server)
+    ann, _, _ = await join(a, "ann")
+    for i in range(300):
+        ann.send_json({"type": "chat", "text": f"t{i}", "id": f"i{i}"})
+        first, second = await ann.recv_json(), await ann.recv_json()
+        assert (first["type"], first["text"], second) == (
+            "chat", f"t{i}", {"type": "ack", "id": f"i{i}", "seq": first["seq"]}
+        ), i
+
+
 async def test_history_size_zero_still_numbers_and_acks(launch: Launch) -> None:
     redis = start_redis()
     try:

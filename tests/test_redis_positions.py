@@ -40,6 +40,39 @@ def test_a_room_is_judged_by_its_epoch_and_next_seq() -> None:
     assert positions.last("r") == ("e2", 1)
 
 
+def test_an_ack_waits_for_its_chat_to_be_delivered_here() -> None:
+    """The chat script's reply (the ack) and the chat's copy (the subscription) race: the ack
+    goes only once the copy is delivered, in the order the acks came."""
+    positions = Positions()
+    assert not positions.ack_now("r", "e1", 1, "ack 1")  # nothing delivered in the room yet
+    assert not positions.ack_now("r", "e1", 2, "ack 2")
+    assert positions.acks_due("r") == []
+    assert positions.judge("r", "e1", 1) == DELIVER
+    assert positions.acks_due("r") == ["ack 1"]
+    assert positions.judge("r", "e1", 2) == DELIVER
+    assert positions.acks_due("r") == ["ack 2"] and positions.acks_due("r") == []
+    assert positions.ack_now("r", "e1", 2, "a retry of 2")  # its copy was delivered already
+    assert not positions.ack_now("r", "e1", 3, "ack 3")
+    assert positions.judge("r", "e1", 5) == GAP  # a gap: delivery has not reached 3
+    assert positions.acks_due("r") == []
+    assert repaired(positions, "r", [(3, chat("3", 3)), (4, chat("4", 4))], 5) is not None
+    assert positions.acks_due("r") == ["ack 3"]  # the repair delivered it
+
+
+def test_an_ack_of_an_epoch_the_room_left_goes_and_one_of_the_next_epoch_waits() -> None:
+    positions = Positions()
+    assert positions.judge("r", "e1", 1) == DELIVER
+    assert not positions.ack_now("r", "e1", 2, "old")  # its copy was lost with the stream
+    assert not positions.ack_now("r", "e2", 1, "new")  # Redis started a new stream already
+    assert positions.judge("r", "e1", 1) == DUPLICATE
+    assert positions.acks_due("r") == []  # still at e1: both may yet come
+    assert positions.judge("r", "e2", 1) == RESET
+    assert positions.acks_due("r") == ["old", "new"]
+    assert not positions.ack_now("r", "e2", 2, "forgotten")
+    positions.forget("r")  # no member of the room here any more
+    assert positions.judge("r", "e2", 2) == DELIVER and positions.acks_due("r") == []
+
+
 def test_a_repair_delivers_what_the_node_missed_in_order() -> None:
     positions = Positions()
     positions.judge("r", "e1", 1)

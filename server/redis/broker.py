@@ -189,11 +189,14 @@ class RedisBroker:
         )
 
         def placed(reply: object) -> None:
-            posted, seq, _ = scripts.parse_chat_reply(reply)
+            posted, seq, epoch = scripts.parse_chat_reply(reply)
             if not posted:
                 self.counters.duplicate_chats += 1
             if chat_id is not None and sender.room is room:
-                self.core.send_direct(sender, ack_frame(chat_id, seq))
+                ack = (sender, ack_frame(chat_id, seq))
+                # after the sender's own copy, which comes through the subscription: maybe later
+                if self.positions.ack_now(room.name, epoch, seq, ack):
+                    self.core.send_direct(*ack)
 
         # Lost with the link, a chat without an id is delivered here (unnumbered); one with an
         # id is not: its sender has no ack and retries (deduplicated if it did get through).

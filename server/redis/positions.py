@@ -15,6 +15,12 @@ came after is all in the held part, in order), then the held part up to the mark
 the normal path. A repair that cannot get a message back (trimmed from the stream) tells the
 room how many are missing: never a silent gap.
 
+The ack of a chat (``{"type":"ack"}``, to its sender only) comes from the chat script's reply on
+the command connection, while the chat itself comes back through the subscription: either may
+arrive first. The protocol puts the ack after the sender's own copy, so an ack whose chat this
+node has not delivered yet waits here until it has (or until the room moved to a new epoch, in
+which that copy will never come).
+
 A chat of this node's that was in flight when the link dropped was delivered here unnumbered
 (its sender's room must not lose it), though Redis may have placed it: the node remembers it,
 and the repair after the outage does not deliver its numbered copy here a second time (the
@@ -24,6 +30,7 @@ other nodes get that copy once, as any chat). Pure: the broker does the I/O.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from .wire import chat_identity
 
@@ -66,6 +73,41 @@ class Positions:
         # room -> chats delivered here unnumbered that Redis may also have placed: how many
         # copies of each chat_identity (a sender may post the same text twice in one ms)
         self.unnumbered: dict[str, Counter[bytes]] = {}
+        # room -> acks waiting for their chat's copy: (epoch, seq, the epoch delivery was at
+        # when it began waiting, what the broker sends)
+        self.acks: dict[str, list[tuple[str, int, str, Any]]] = {}
+
+    def ack_now(self, room: str, epoch: str, seq: int, ack: Any) -> bool:
+        """Whether the ack of chat (epoch, seq) may go now (the chat was delivered here); when
+        not, `ack` waits for ``acks_due``."""
+        known = self.last(room)
+        if known is not None and known[0] == epoch and seq <= known[1]:
+            return True
+        self.acks.setdefault(room, []).append((epoch, seq, known[0] if known else "", ack))
+        return False
+
+    def acks_due(self, room: str) -> list[Any]:
+        """The waiting acks whose chats are delivered here now, in the order they came, and
+        those whose epoch delivery has moved past (a new epoch that is neither theirs nor the one
+        it was at when they began waiting: their copy will never come)."""
+        waiting = self.acks.get(room)
+        known = self.last(room)
+        if not waiting or known is None:
+            return []
+        current, last = known
+        due: list[Any] = []
+        kept = []
+        for entry in waiting:
+            epoch, seq, then, ack = entry
+            if (seq <= last) if epoch == current else (current != then):
+                due.append(ack)
+            else:
+                kept.append(entry)
+        if kept:
+            self.acks[room] = kept
+        else:
+            del self.acks[room]
+        return due
 
     def judge(self, room: str, epoch: str, seq: int) -> int:
         """What to do with chat `seq` of `epoch` arriving for `room` (DELIVER and RESET also
@@ -191,6 +233,7 @@ class Positions:
         self.seqs.pop(room, None)
         self.repairs.pop(room, None)
         self.unnumbered.pop(room, None)
+        self.acks.pop(room, None)
 
     def abandon(self) -> dict[str, list[Held]]:
         """The link is lost mid-repair: what was held, per room, to deliver as it is."""

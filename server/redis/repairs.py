@@ -98,6 +98,7 @@ class Repairs:
             if outcome.missing:
                 tell(self._core, room, "gap", f"{outcome.missing} messages could not be "
                      "recovered: they are no longer in the room's history")
+            send_due_acks(self._core, positions, room)
         for channel, data in outcome.held:
             self._replay(channel, data)
 
@@ -114,7 +115,16 @@ def deliver_judged(
         tell_reset(core, room, epoch, seq - 1)
     if verdict in (DELIVER, RESET):
         core.deliver(room, payload)
+        send_due_acks(core, positions, room)
     return verdict
+
+
+def send_due_acks(core: ChatCore, positions: Positions, room: Room) -> None:
+    """The acks that waited for their chat to be delivered here: each after the sender's copy
+    (send_direct writes after what the room queued), if the sender is still in the room."""
+    for sender, frame in positions.acks_due(room.name):
+        if sender.room is room:
+            core.send_direct(sender, frame)
 
 
 def tell_reset(core: ChatCore, room: Room, epoch: str, seq: int) -> None:
