@@ -17,6 +17,7 @@ import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 READY_LINE = re.compile(r"roomcast listening on (?P<scheme>https?)://(?P<host>[^:/]+):(?P<port>\d+)/")
 
@@ -132,3 +133,14 @@ def metric(server: ServerProcess, name: str) -> float:
         text = response.read().decode()
     [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
     return float(value)
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s: a test's helper process gone."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -18,7 +18,7 @@ import pytest
 import websockets
 
 from tests.conftest import Launch
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess, free_port, stop_process
 
 CADDY = shutil.which("caddy") or "/usr/bin/caddy"
 DEPLOY = pathlib.Path(__file__).parent.parent / "deploy" / "Caddyfile"
@@ -65,12 +65,7 @@ class Caddy:
             return answer
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
 
 
 async def test_caddy_hides_metrics_and_readiness_checks_health_and_drops_cookies(

@@ -37,7 +37,7 @@ import websocket
 import yaml
 
 from tests.redis_support import RedisServer, start_redis
-from tests.support import ServerProcess, free_port, running_server, start_server
+from tests.support import ServerProcess, free_port, running_server, start_server, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "deploy" / "alerts.yml"
@@ -367,13 +367,7 @@ class Prometheus:
         return list(data["result"])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def documented_prometheus_config() -> str:

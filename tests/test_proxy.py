@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from tests.conftest import Launch
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess, free_port, stop_process
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DEPLOY = pathlib.Path(__file__).parent.parent / "deploy" / "nginx.conf"
@@ -66,12 +66,7 @@ class Nginx:
         )  # fmt: skip
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
