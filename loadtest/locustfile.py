@@ -17,12 +17,19 @@ User classes (scenarios):
   ``--resume-rate`` and stays; every other member's connection drops (an RST) after about
   ``--resume-interval`` seconds, and after about ``--resume-offline`` seconds it reconnects and
   joins with ``since`` its position. Every chat's ``seq`` is checked (loadtest/resume.py).
+* ``StormUser`` (``storm``): the reconnect storm. Users join rooms of ``--storm-room-size``
+  (each room has one publisher connection of the process, chatting at ``--storm-rate``); once
+  all have joined, every user's connection dies at the same instant, they all reconnect (to
+  the next of ``--storm-hosts``), and then all send their ``join`` with ``since`` at once. The
+  conductor (the master, or the local runner) paces the phases through Locust's custom
+  messages (loadtest/storm.py); after ``--storm-rounds`` storms the run stops.
 
 Request types in the reports: ``WS`` (connect, join, send, and failures: closed, receive),
 ``FANOUT`` (per-receipt latency, a bounded sample; last member latency, one per message) and
 ``RESUME`` (``resume``: join with ``since`` to welcome, failed when not ``recovered`` or
 without a ``history`` answer; ``gap`` and ``duplicate``: always failures, one per chat sequence
-that skipped or repeated seqs).
+that skipped or repeated seqs; ``mismatch`` in storm rooms) and ``STORM`` (one per storm
+round: ``reconnect``, ``all resumed``, ``live again``; failed when the round was not lossless).
 """
 
 from __future__ import annotations
@@ -40,13 +47,15 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 from locust import User, events, tag, task
 from locust.env import Environment
+from locust.rpc.protocol import Message
 from locust.runners import MasterRunner, WorkerRunner
 
-from loadtest import serverstats
-from loadtest.fanout import FanoutTotals, FanoutTracker, stamp
-from loadtest.resume import ResumeTotals, SeqTracker
+from loadtest import procstats, serverstats, storm
+from loadtest.fanout import FanoutTotals, FanoutTracker, Histogram, stamp
+from loadtest.resume import ResumeOutcome, ResumeTotals, SeqTracker
 from loadtest.rooms import RoomDirectory, Seat, SeatPlan
 from loadtest.settings import SCENARIOS, Settings, add_arguments, parse_source_addresses
 from loadtest.wsconn import ChatConnection, Target
@@ -58,12 +67,16 @@ SCENARIO_CLASSES = {
     "fanout": {"FanoutUser"},
     "swarm": {"ChatUser"},
     "resume": {"ResumeUser"},
+    "storm": {"StormUser"},
     # the default mix; `resume` runs on its own (SCENARIO=resume), so that the reference
     # runs of the other scenarios keep their shape
     "all": {"HoldUser", "FanoutUser", "ChatUser"},
 }
 FLUSH_INTERVAL = 1.0
 SAMPLE_INTERVAL = 2.0
+STORM_COMMAND = "roomcast_storm_command"  # conductor -> performers
+STORM_REPLY = "roomcast_storm_reply"  # performers -> conductor
+RESUME_DELAY = 0.2  # s from the resume command to the instant every join with since goes out
 
 
 # ---- per-process runtime ---------------------------------------------------------------------
@@ -89,6 +102,7 @@ class ProcessState:
             "fanout": SeatPlan(f"{prefix}-fan", (settings.fanout_room_size,)),
             "capacity": SeatPlan(f"{prefix}-idle", (settings.capacity_room_size,)),
             "resume": SeatPlan(f"{prefix}-resume", (settings.resume_room_size,)),
+            "storm": SeatPlan(f"{prefix}-storm", (settings.storm_room_size,)),
         }
         self.resumes = ResumeTotals()
         self._members = itertools.count(1)
@@ -96,6 +110,7 @@ class ProcessState:
         self.held = 0
         self.held_peak = 0
         self._flusher = gevent.spawn(self._flush_loop)
+        self.storm = StormPerformer(self) if selected_scenario() == "storm" else None
 
     def fire_ws(self, name: str, response_time: float, length: int, exc: Exception | None) -> None:
         self.environment.events.request.fire(
@@ -127,14 +142,17 @@ class ProcessState:
         self.fire_resume(kind, 0.0, cls(f"{messages} message(s)" if kind == "gap" else "seq"))
         log.debug("roomcast resume %s: %s", kind, detail)
 
-    def new_connection(self, seq_tracker: SeqTracker | None = None) -> ChatConnection:
+    def new_connection(self, seq_tracker: SeqTracker | None = None,
+                       target: Target | None = None, held: bool = True) -> ChatConnection:
+        """A new user connection (not connected yet); ``held=False`` for the process's own
+        storm publishers, which are not users and do not count as held."""
         member = next(self._members)
         source = self.sources[member % len(self.sources)] if self.sources else None
         return ChatConnection(
-            member=member, username=f"{self.token}-{member}", target=self.target,
+            member=member, username=f"{self.token}-{member}", target=target or self.target,
             source_address=source, fire=self.fire_ws, tracker=self.tracker,
             directory=self.directory, timeout=self.settings.connect_timeout,
-            on_held=self.on_held, seq_tracker=seq_tracker,
+            on_held=self.on_held if held else _not_held, seq_tracker=seq_tracker,
         )
 
     def next_message_id(self) -> str:
@@ -148,6 +166,12 @@ class ProcessState:
     def stop(self) -> None:
         self._flusher.kill(block=False)
         self.tracker.flush(expire_all=True)
+        if self.storm is not None:
+            self.storm.stop()
+
+
+def _not_held(_change: int) -> None:
+    pass
 
 
 _state: ProcessState | None = None
@@ -400,7 +424,534 @@ class ResumeUser(RoomcastUser):
             self.offline_until = now + settings.resume_offline * random.uniform(0.5, 1.5)
 
 
+# ---- the reconnect storm (loadtest/storm.py) ---------------------------------------------------
+
+
+class MismatchedChat(Exception):
+    pass
+
+
+class StormNotLossless(Exception):
+    """A storm round in which some client did not reconnect, resume recovered and get live chats
+    again, or some chat went missing, came twice or came out of place (the text says which)."""
+
+
+class StormRound:
+    """One storm as one Locust process sees it: who takes part, and the phases' events."""
+
+    def __init__(self, number: int, users: list[StormUser]) -> None:
+        self.number = number
+        self.users = users
+        self.participants = {u.index for u in users}
+        self.reconnect = gevent.event.Event()
+        self.resume = gevent.event.Event()
+        self.resume_at: float | None = None
+        self.connect_ok = 0
+        self.connect_failed = 0
+        self.last_connect_at: float | None = None
+        self.all_connected = gevent.event.Event()
+        self.results = 0
+        self.sent = 0
+        self.join_failed = 0
+        self.moved = 0  # resumed on another node than the one whose connection dropped
+        self.outcomes = ResumeTotals()
+        self.resumed: list[StormUser] = []
+        self.live_ms = Histogram()
+        self.last_history_at: float | None = None
+        self.last_welcome_at: float | None = None
+        self.all_resumed = gevent.event.Event()
+        if not users:
+            self.all_connected.set()
+            self.all_resumed.set()
+
+    def connect_done(self, ok: bool) -> None:
+        if ok:
+            self.connect_ok += 1
+            self.last_connect_at = time.time()
+        else:
+            self.connect_failed += 1
+        if self.connect_ok + self.connect_failed >= len(self.users):
+            self.all_connected.set()
+
+    def resume_done(self, user: StormUser, joined: bool, outcome: ResumeOutcome | None,
+                    conn: ChatConnection) -> None:
+        self.results += 1
+        self.sent += 1
+        if joined and outcome is not None:
+            self.outcomes.outcome(outcome)
+            self.resumed.append(user)
+            self.moved += user.moved
+            welcomed, history = conn.welcomed_at, conn.history_at
+            if welcomed is not None and self.resume_at is not None:
+                self.live_ms.add((welcomed - self.resume_at) * 1000.0)
+                self.last_welcome_at = max(self.last_welcome_at or welcomed, welcomed)
+            if history is not None:
+                self.last_history_at = max(self.last_history_at or history, history)
+        else:
+            self.join_failed += 1
+        if self.results >= self.connect_ok:
+            self.all_resumed.set()
+
+    def resumed_part(self) -> dict[str, Any]:
+        counts = self.outcomes.to_dict()
+        return {
+            "sent": self.sent, "welcomed": counts["resumes"], "recovered": counts["recovered"],
+            "not_recovered": counts["not_recovered"], "no_history": counts["no_history"],
+            "reasons": counts["reasons"], "replayed": counts["replayed"],
+            "join_failed": self.join_failed, "moved": self.moved,
+            "last_history_at": self.last_history_at,
+            "last_welcome_at": self.last_welcome_at, "live_ms": self.live_ms.to_wire(),
+        }
+
+
+class StormPublisher:
+    """A storm room's publisher: a connection of the Locust process (not a user) that chats
+    ``#1 ...``, ``#2 ...`` at ``--storm-rate`` from the room's first join to the end of the
+    run. Only it chats in its (new) room, so the chat numbered seq N must be its N-th."""
+
+    def __init__(self, state: ProcessState, room: str, target: Target) -> None:
+        self.state = state
+        self.room = room
+        self.conn = state.new_connection(target=target, held=False)
+        self.sent = 0
+        self.greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        settings = self.state.settings
+        interval = 1.0 / settings.storm_rate
+        due = time.monotonic()
+        while True:
+            if not (self.conn.alive and self.conn.joined):
+                self.conn.close()
+                if not (self.conn.connect() and self.conn.join(self.room)):
+                    gevent.sleep(1.0)
+                    continue
+                due = time.monotonic()
+            head = f"#{self.sent + 1} "
+            if self.conn.chat(head + "x" * max(0, settings.message_bytes - len(head))):
+                self.sent += 1
+            due = max(due + interval, time.monotonic() - 1.0)
+            gevent.sleep(max(0.0, due - time.monotonic()))
+
+    def stop(self) -> None:
+        self.greenlet.kill(block=False)
+        self.conn.close()
+
+
+class StormPerformer:
+    """One Locust process's side of the storm (local runner or worker): its users, its rooms'
+    publishers, and the phases that the conductor orders through custom messages."""
+
+    def __init__(self, state: ProcessState) -> None:
+        self.state = state
+        self.settings = state.settings
+        hosts = state.settings.storm_hosts or (state.environment.host or "",)
+        self.targets = [Target(host) for host in hosts]
+        self.plan = state.plans["storm"]
+        self._indexes = itertools.count()
+        self.users: dict[int, StormUser] = {}
+        self.publishers: dict[str, StormPublisher] = {}
+        self.round: StormRound | None = None
+        self._new_round = gevent.event.Event()
+        self.problems = dict.fromkeys(("gaps", "missing", "duplicates", "mismatched"), 0)
+        self._created = time.monotonic()
+        self._last_join = self._created
+        self._greenlets: list[gevent.Greenlet[Any, None]] = [gevent.spawn(self._watch_ready)]
+
+    # -- users -----------------------------------------------------------------------------------
+    def enlist(self) -> int:
+        return next(self._indexes)
+
+    def target_for(self, index: int, moves: int) -> Target:
+        """User ``index``'s node after ``moves`` storms: it starts on node index mod N and, with
+        ``--storm-resume-on other``, every storm moves it on to the next node."""
+        step = moves if self.settings.storm_resume_on == "other" else 0
+        return self.targets[(index + step) % len(self.targets)]
+
+    def take_seat(self) -> Seat:
+        seat = self.plan.take()
+        if seat.room not in self.publishers:
+            target = self.targets[seat.index % len(self.targets)]
+            self.publishers[seat.room] = StormPublisher(self.state, seat.room, target)
+        return seat
+
+    def joined(self, user: StormUser) -> None:
+        self.users[user.index] = user
+        self._last_join = time.monotonic()
+
+    def next_round(self, done: int, timeout: float) -> StormRound | None:
+        """The storm round after round ``done`` once it has begun (None after ``timeout``)."""
+        if self.round is None or self.round.number <= done:
+            self._new_round.wait(timeout)
+        rnd = self.round
+        return rnd if rnd is not None and rnd.number > done else None
+
+    def problem(self, kind: str, messages: int, detail: str) -> None:
+        """A gap, duplicate or mismatch in a storm user's chats: counted, and a failed request."""
+        state = self.state
+        if kind == "mismatch":
+            self.problems["mismatched"] += 1
+            state.fire_resume("mismatch", 0.0, MismatchedChat("seq and publisher's number"))
+            log.debug("roomcast storm mismatch: %s", detail)
+            return
+        if kind == "gap":
+            self.problems["gaps"] += 1
+            self.problems["missing"] += messages
+        else:
+            self.problems["duplicates"] += messages
+        state.sequence_problem(kind, messages, detail)
+
+    # -- the conductor's commands ----------------------------------------------------------------
+    def reply(self, phase: str, number: int, **fields: Any) -> None:
+        runner = self.state.environment.runner
+        if runner is not None:
+            runner.send_message(STORM_REPLY, {"phase": phase, "round": number, **fields})
+
+    def _watch_ready(self) -> None:
+        """Tells the conductor once every user of this process has joined (or, after
+        ``--storm-timeout`` without a new join once all were spawned, how many did)."""
+        timeout = self.settings.storm_timeout
+        while True:
+            gevent.sleep(0.25)
+            runner = self.state.environment.runner
+            if runner is None:
+                continue
+            target, spawned = runner.target_user_count, runner.user_count
+            now = time.monotonic()
+            if target and len(self.users) >= target:
+                break
+            if spawned >= target and now - self._created > 1.0 and (
+                    not target or now - self._last_join > timeout):
+                log.warning("roomcast storm: %d of %d users joined within %gs",
+                            len(self.users), target, timeout)
+                break
+        self.reply("ready", 0, users=len(self.users))
+
+    def on_command(self, data: dict[str, Any]) -> None:
+        greenlet = gevent.spawn(self._command, data)
+        self._greenlets.append(greenlet)
+
+    def _command(self, data: dict[str, Any]) -> None:
+        command, number = data.get("command"), int(data.get("round", 0))
+        timeout = self.settings.storm_timeout
+        if command == "drop":
+            users = [u for u in self.users.values() if u.live()]
+            self.round = StormRound(number, users)
+            for user in users:  # every connection dies at once: an RST, no CLOSE
+                assert user.conn is not None  # live() checked it
+                user.conn.abort()
+            woken, self._new_round = self._new_round, gevent.event.Event()
+            woken.set()
+            self.reply("dropped", number, clients=len(users))
+            return
+        rnd = self.round
+        if rnd is None or rnd.number != number:
+            log.warning("roomcast storm: %s for round %d, which this process has not", command,
+                        number)
+            return
+        if command == "reconnect":
+            rnd.reconnect.set()
+            rnd.all_connected.wait(timeout)
+            self.reply("connected", number, ok=rnd.connect_ok,
+                       failed=len(rnd.users) - rnd.connect_ok, last_at=rnd.last_connect_at)
+        elif command == "resume":
+            at = float(data.get("at", time.time()))
+            gevent.sleep(max(0.0, at - time.time()))
+            rnd.resume_at = at
+            rnd.resume.set()  # every user sends its join with since now
+            rnd.all_resumed.wait(timeout)
+            self.reply("resumed", number, **rnd.resumed_part())
+        elif command == "live":
+            live = sum(1 for u in rnd.resumed if u.live() and u.seqs.live_since_welcome > 0)
+            problems, self.problems = self.problems, dict.fromkeys(self.problems, 0)
+            self.reply("live", number, live_again=live, checked=len(rnd.resumed), **problems)
+
+    def stop(self) -> None:
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+        for publisher in self.publishers.values():
+            publisher.stop()
+
+
+class StormUser(RoomcastUser):
+    """The reconnect storm: joins a room, then drops, reconnects and resumes with ``since`` when
+    the conductor says so, at the same instants as every other storm user."""
+
+    weight = 1
+    plan = "storm"
+
+    def on_start(self) -> None:
+        super().on_start()
+        performer = self.state.storm
+        assert performer is not None  # a ProcessState has one when SCENARIO=storm
+        self.performer = performer
+        self.index = performer.enlist()
+        self.seqs = SeqTracker(performer.problem, marks=True)
+        self.moves = 0  # storms taken part in (each moves the user on to the next node)
+        self.moved = False  # the latest storm put it on another node
+        self.enlisted = False
+        self.rounds_done = 0
+        self.backoff = 0.0
+
+    def wait_time(self) -> float:
+        backoff, self.backoff = self.backoff, 0.0
+        return backoff  # step() itself waits for the storm's phases
+
+    def live(self) -> bool:
+        return self.conn is not None and self.conn.alive and self.conn.joined
+
+    def _open(self) -> bool:
+        """A new connection to this user's node (after an abort the old one is gone)."""
+        target = self.performer.target_for(self.index, self.moves)
+        if self.conn is None:
+            self.conn = self.state.new_connection(self.seqs, target=target)
+        else:
+            self.conn.close()
+            self.conn.target = target
+        return self.conn.connect()
+
+    def _resume(self, rnd: StormRound | None) -> None:
+        """Joins with ``since`` (counted in the round ``rnd`` when given) and reports it."""
+        assert self.conn is not None and self.seat is not None
+        since = self.seqs.since()
+        if since is None:
+            self.seqs.plain_join()
+        start = time.perf_counter()
+        joined = self.conn.join(self.seat.room, since=since)
+        outcome = self.seqs.resume if since is not None else ResumeOutcome({})
+        if rnd is not None:
+            rnd.resume_done(self, joined, outcome, self.conn)
+        if joined and outcome is not None:
+            self.state.resumes.outcome(outcome)
+            exc = None
+            if not outcome.history:
+                exc = ResumeFailed("no history answer")
+            elif not outcome.recovered:
+                exc = ResumeFailed(f"not recovered: {outcome.reason}")
+            self.state.fire_resume("resume", (time.perf_counter() - start) * 1000.0, exc)
+
+    def _storm(self, rnd: StormRound) -> None:
+        settings = self.state.settings
+        patience = settings.storm_outage + 2 * settings.storm_timeout + 10.0
+        # the performer has aborted the connection already
+        if not rnd.reconnect.wait(patience):
+            return
+        before = self.performer.target_for(self.index, self.moves)
+        self.moves += 1
+        self.moved = self.performer.target_for(self.index, self.moves) is not before
+        ok = self._open()
+        rnd.connect_done(ok)
+        if not ok:
+            self.backoff = random.uniform(1, 3)
+            return
+        if rnd.resume.wait(patience):
+            self._resume(rnd)
+
+    @tag("storm")
+    @task
+    def step(self) -> None:
+        performer = self.performer
+        if not self.enlisted:
+            if self.seat is None:
+                self.seat = performer.take_seat()
+            self.seqs.plain_join()
+            if self._open() and self.conn is not None and self.conn.join(self.seat.room):
+                self.enlisted = True
+                performer.joined(self)
+            else:
+                self.backoff = random.uniform(1, 3)
+            return
+        rnd = performer.next_round(self.rounds_done, timeout=1.0)
+        if rnd is not None:
+            self.rounds_done = rnd.number
+            if self.index in rnd.participants:
+                self._storm(rnd)
+        elif not self.live():
+            # lost between storms (e.g. closed by the server): back on its node, with since
+            if self._open():
+                self._resume(None)
+            else:
+                self.backoff = random.uniform(1, 3)
+
+
 # ---- run-wide bookkeeping (master or local runner) ---------------------------------------------
+
+
+class StormConductor:
+    """Paces the reconnect storm for the whole run (master or local runner): waits for every
+    process's users to join, then runs the rounds through custom messages to the performers,
+    measures the servers' CPU over each storm, fires the ``STORM`` events and keeps the
+    figures for the summary. Stops the run after ``--storm-rounds`` rounds."""
+
+    def __init__(self, environment: Environment, settings: Settings) -> None:
+        self.environment = environment
+        self.settings = settings
+        self.hosts = list(settings.storm_hosts or (environment.host or "",))
+        self.ready: dict[str, int] = {}
+        self.replies: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+        self.participants: list[str] = []
+        self.rounds: list[dict[str, Any]] = []
+        self.pids = list(settings.storm_cpu_pids) or self._local_pids()
+        self.joined_s: float | None = None
+        self.finished = False
+        self._started = time.monotonic()
+        self._arrived = gevent.event.Event()
+        self._greenlet = gevent.spawn(self._run)
+
+    def _local_pids(self) -> list[int]:
+        """The processes listening on the loopback storm hosts' ports (none when remote)."""
+        pids: list[int] = []
+        for host in self.hosts:
+            try:
+                target = Target(host)
+            except (ValueError, OSError):
+                continue
+            if target.address[0].startswith("127."):
+                pid = procstats.listener_pid(target.port)
+                if pid is not None and pid not in pids:
+                    pids.append(pid)
+        return pids
+
+    def on_reply(self, node: str, data: dict[str, Any]) -> None:
+        phase = str(data.get("phase"))
+        if phase == "ready":
+            self.ready[node] = int(data.get("users", 0))
+        else:
+            self.replies.setdefault((phase, int(data.get("round", 0))), {})[node] = data
+        self._arrived.set()
+
+    def _wait(self, condition: Any, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._arrived.clear()
+            self._arrived.wait(min(remaining, 0.5))
+        return True
+
+    def send(self, command: str, number: int, **fields: Any) -> None:
+        runner = self.environment.runner
+        if runner is not None:
+            runner.send_message(STORM_COMMAND, {"command": command, "round": number, **fields})
+
+    def collect(self, phase: str, number: int, timeout: float) -> dict[str, Any]:
+        """Every participating process's reply to a phase, merged (what came within timeout)."""
+        key = (phase, number)
+        if not self._wait(lambda: len(self.replies.get(key, {})) >= len(self.participants),
+                          timeout):
+            log.warning("roomcast storm: round %d: %d of %d processes answered %r", number,
+                        len(self.replies.get(key, {})), len(self.participants), phase)
+        return storm.merge(self.replies.get(key, {}).values())
+
+    def cpu(self) -> float | None:
+        values = [procstats.oncpu_seconds(pid) for pid in self.pids]
+        return sum(v for v in values if v is not None) if values and None not in values else None
+
+    def counted(self) -> dict[str, float]:
+        """``roomcast_resumes_total`` and ``roomcast_resumes_recovered_total`` over the nodes."""
+        names = frozenset({"roomcast_resumes_total", "roomcast_resumes_recovered_total"})
+        out: dict[str, float] = {}
+        for host in self.hosts:
+            try:
+                text = serverstats.MetricsSampler(serverstats.metrics_url(host)).fetch()
+            except (OSError, ValueError) as exc:
+                log.info("roomcast storm: no resume counts from %s: %s", host, exc)
+                return {}
+            for name, value in serverstats.parse_exposition(text, names).items():
+                key = name[len("roomcast_"):-len("_total")]
+                out[key] = out.get(key, 0.0) + value
+        return out
+
+    def _run(self) -> None:
+        runner = self.environment.runner
+        settings = self.settings
+        expected = 1
+
+        def all_ready() -> bool:
+            if isinstance(runner, MasterRunner):
+                return len(self.ready) >= max(1, runner.worker_count)
+            return len(self.ready) >= expected
+
+        while not all_ready():
+            self._arrived.clear()
+            self._arrived.wait(0.5)
+        self.participants = [node for node, users in self.ready.items() if users > 0]
+        self.joined_s = round(time.monotonic() - self._started, 1)
+        log.info("roomcast storm: %d users joined over %d process(es) in %.1fs; first drop in "
+                 "%gs", sum(self.ready.values()), len(self.participants), self.joined_s,
+                 settings.storm_lead)
+        gevent.sleep(settings.storm_lead)
+        number = 0
+        while True:
+            number += 1
+            figures = self.run_round(number)
+            self.rounds.append(figures)
+            self._fire(figures)
+            log.info("roomcast storm round %d: %s", number, json.dumps(figures))
+            if settings.storm_rounds and number >= settings.storm_rounds:
+                break
+            gevent.sleep(settings.storm_pause)
+        self.finished = True
+        options = self.environment.parsed_options
+        if runner is not None:
+            log.info("roomcast storm: %d round(s) done, stopping the run", number)
+            headless = bool(getattr(options, "headless", False)) if options else False
+            gevent.spawn(runner.quit if headless else runner.stop)
+
+    def run_round(self, number: int) -> dict[str, Any]:
+        settings = self.settings
+        timeout = settings.storm_timeout + 10.0
+        self.send("drop", number)
+        dropped = self.collect("dropped", number, 15.0)
+        gevent.sleep(settings.storm_outage)
+        before = self.counted()
+        reconnect_at = time.time()
+        self.send("reconnect", number)
+        connected = self.collect("connected", number, timeout)
+        resume_at = time.time() + RESUME_DELAY
+        self.send("resume", number, at=resume_at)
+        gevent.sleep(max(0.0, resume_at - time.time() - 0.005))
+        cpu0 = self.cpu()
+        resumed = self.collect("resumed", number, timeout)
+        cpu1 = self.cpu()
+        after = self.counted()
+        gevent.sleep(settings.storm_tail)
+        self.send("live", number)
+        live = self.collect("live", number, 15.0)
+        return storm.round_figures(
+            number, dropped=dropped, connected=connected, resumed=resumed, live=live,
+            reconnect_at=reconnect_at, resume_at=resume_at,
+            server_cpu_s=None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+            counted_before=before, counted_after=after,
+        )
+
+    def _fire(self, figures: dict[str, Any]) -> None:
+        def fire(name: str, ms: float | None, exc: Exception | None) -> None:
+            self.environment.events.request.fire(
+                request_type="STORM", name=name, response_time=ms or 0.0,
+                response_length=figures["clients"], exception=exc, context={},
+            )
+
+        failed = figures["reconnect_failed"]
+        fire("reconnect", figures["reconnect_ms"], StormNotLossless(
+            f"{failed} of {figures['clients']} did not reconnect") if failed else None)
+        problems = storm.problems(figures)
+        fire("all resumed", figures["all_resumed_ms"],
+             StormNotLossless("; ".join(problems)) if problems else None)
+
+    def summary(self) -> dict[str, Any]:
+        settings = self.settings
+        return storm.summary(
+            self.rounds, nodes=len(self.hosts), hosts=self.hosts,
+            users_joined=sum(self.ready.values()), processes=len(self.participants),
+            join_s=self.joined_s, room_size=settings.storm_room_size, rate=settings.storm_rate,
+            outage_s=settings.storm_outage, resume_on=settings.storm_resume_on,
+            cpu_pids=self.pids, finished=self.finished,
+        )
+
+    def stop(self) -> None:
+        self._greenlet.kill(block=False)
 
 
 class RunMonitor:
@@ -421,6 +972,7 @@ class RunMonitor:
         )
         log.info("roomcast: server stats from %s",
                  self.server.source and (self.server.url or f"/proc/{self.server.pid}"))
+        self.conductor = StormConductor(environment, settings) if scenario == "storm" else None
         self._sampler = gevent.spawn(self._sample_loop)
 
     def local_held(self) -> int:
@@ -501,6 +1053,7 @@ class RunMonitor:
             },
             "fanout": self.totals.summary(),
             "resume": self.resumes.to_dict(),
+            **({"storm": self.conductor.summary()} if self.conductor is not None else {}),
             "settings": {k: v for k, v in vars(self.settings).items() if k != "server_pid"},
         }
 
@@ -520,6 +1073,8 @@ class RunMonitor:
 
     def stop(self) -> None:
         self._sampler.kill(block=False)
+        if self.conductor is not None:
+            self.conductor.stop()
 
 
 _monitor: RunMonitor | None = None
@@ -552,6 +1107,23 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
         for name in list(environment.available_user_classes):
             if name not in wanted:
                 del environment.available_user_classes[name]
+    runner = environment.runner
+    if runner is not None and selected_scenario() == "storm":
+        # the storm's phases: conductor (master or local) -> performers (workers or local)
+        if not isinstance(runner, MasterRunner):
+            runner.register_message(STORM_COMMAND, _on_storm_command)
+        if not isinstance(runner, WorkerRunner):
+            runner.register_message(STORM_REPLY, _on_storm_reply)
+
+
+def _on_storm_command(environment: Environment, msg: Message, **_kwargs: Any) -> None:
+    if _state is not None and _state.storm is not None and isinstance(msg.data, dict):
+        _state.storm.on_command(msg.data)
+
+
+def _on_storm_reply(environment: Environment, msg: Message, **_kwargs: Any) -> None:
+    if _monitor is not None and _monitor.conductor is not None and isinstance(msg.data, dict):
+        _monitor.conductor.on_reply(str(msg.node_id), msg.data)
 
 
 @events.test_start.add_listener

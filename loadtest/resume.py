@@ -10,6 +10,10 @@ continue the position exactly. Anything else is counted and reported through ``r
 * ``gap``: a chat (live or replayed) whose seq skips some, or a welcome after a recovered
   replay that is past the replay's end: messages lost;
 * ``duplicate``: a chat whose seq the user already had: delivered twice;
+* ``mismatch`` (only with ``marks``, the reconnect storm's rooms): a chat whose seq is not the
+  number its publisher wrote into it. A storm room is new and only its publisher chats, texts
+  ``#1 ...``, ``#2 ...``, so the chat numbered seq N must be the publisher's N-th: anything
+  else is a message that came with another message's place;
 * a resume that is not recovered (``reason``) or that got no ``history`` answer at all is the
   caller's to report (``ResumeOutcome``), as a failed ``resume``.
 
@@ -22,8 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-# report(kind, messages, detail): kind "gap" (messages: how many are missing) or "duplicate"
+# report(kind, messages, detail): kind "gap" (messages: how many are missing), "duplicate" or
+# "mismatch"
 Report = Callable[[str, int, str], None]
+
+
+def text_mark(text: object) -> int | None:
+    """The publisher's number in a storm chat text ``#N ...`` (None for any other text)."""
+    if not isinstance(text, str) or not text.startswith("#"):
+        return None
+    head = text[1:].split(" ", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 @dataclass
@@ -38,8 +51,11 @@ class ResumeOutcome:
 
 
 class SeqTracker:
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, marks: bool = False) -> None:
         self._report = report
+        self.marks = marks  # check each chat's seq against its text's ``#N`` (see above)
+        self.mismatched = 0
+        self.live_since_welcome = 0  # live chats since the latest welcome
         self.epoch: str | None = None
         self.seq: int | None = None  # the position; None: none known (check nothing)
         self.resume: ResumeOutcome | None = None
@@ -63,8 +79,13 @@ class SeqTracker:
         self.resume = None
         self.seq = None
 
-    def chat(self, seq: int, where: str = "live") -> None:
+    def chat(self, seq: int, where: str = "live", mark: int | None = None) -> None:
         self.chats += 1
+        if where == "live":
+            self.live_since_welcome += 1
+        if mark is not None and self.marks and mark != seq:
+            self.mismatched += 1
+            self._report("mismatch", 1, f"{where} seq {seq} carries the publisher's #{mark}")
         position = self.seq
         if position is None:
             return
@@ -93,11 +114,14 @@ class SeqTracker:
             self.seq = None
             return
         for m in messages:
-            seq = m.get("seq") if isinstance(m, dict) else None
+            if not isinstance(m, dict):
+                continue
+            seq = m.get("seq")
             if isinstance(seq, int):
-                self.chat(seq, "replayed")
+                self.chat(seq, "replayed", text_mark(m.get("text")) if self.marks else None)
 
     def welcome(self, epoch: str | None, seq: int | None) -> None:
+        self.live_since_welcome = 0
         outcome = self.resume
         if (outcome is not None and outcome.recovered and self.seq is not None
                 and isinstance(seq, int) and seq > self.seq):

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-SCENARIOS = ("capacity", "fanout", "swarm", "resume", "all")
+SCENARIOS = ("capacity", "fanout", "swarm", "resume", "storm", "all")
+RESUME_ON = ("other", "same")
 SERVER_STATS = ("auto", "proc", "metrics")
 
 # (option, env var, default, help). Kept as data so docs/loadtest.md and --help cannot drift apart.
@@ -42,6 +43,33 @@ OPTIONS: list[tuple[str, str, str, str]] = [
      "mean seconds a resume user stays connected before its connection drops (exponential)"),
     ("--resume-offline", "LOADTEST_RESUME_OFFLINE", "3",
      "mean seconds a dropped resume user stays away before it resumes (uniform, 0.5x-1.5x)"),
+    ("--storm-room-size", "LOADTEST_STORM_ROOM_SIZE", "100",
+     "members of each reconnect-storm room (each room also gets one publisher connection of the "
+     "Locust process, not a user)"),
+    ("--storm-rate", "LOADTEST_STORM_RATE", "10",
+     "messages per second that each storm room's publisher sends, throughout the run (a user "
+     "away longer than --history-size / rate seconds, outage and reconnect, is 'too old')"),
+    ("--storm-lead", "LOADTEST_STORM_LEAD", "2",
+     "seconds every storm user stays live after the last one joined, before the first drop"),
+    ("--storm-outage", "LOADTEST_STORM_OUTAGE", "2",
+     "seconds between the drop (an RST on every storm user's connection) and the reconnect"),
+    ("--storm-tail", "LOADTEST_STORM_TAIL", "2",
+     "seconds of live chat after the last resume, before the round is checked"),
+    ("--storm-rounds", "LOADTEST_STORM_ROUNDS", "1",
+     "storms to run, then the run stops (0: one storm after another until --run-time)"),
+    ("--storm-pause", "LOADTEST_STORM_PAUSE", "5",
+     "seconds live between the end of one storm round and the next drop"),
+    ("--storm-timeout", "LOADTEST_STORM_TIMEOUT", "30",
+     "seconds the storm waits for all users to join, to reconnect and to resume, at most"),
+    ("--storm-hosts", "LOADTEST_STORM_HOSTS", "",
+     "the nodes the storm users spread over, 'ws://A,ws://B' (default: --host); room r's "
+     "publisher is on node r mod N, user i on node i mod N"),
+    ("--storm-resume-on", "LOADTEST_STORM_RESUME_ON", "other",
+     "where a storm user reconnects and resumes with several --storm-hosts: 'other' (the next "
+     "node) or 'same'"),
+    ("--storm-cpu-pids", "LOADTEST_STORM_CPU_PIDS", "",
+     "pids (comma-separated) whose on-CPU time is summed over each storm, e.g. the nodes and "
+     "redis-server (default: the processes listening on loopback --storm-hosts)"),
     ("--receipt-events", "LOADTEST_RECEIPT_EVENTS", "200",
      "per-receipt latency events fired per second per Locust process at most (a uniform "
      "sample beyond that; exact figures go to the summary)"),
@@ -86,6 +114,17 @@ class Settings:
     resume_rate: float
     resume_interval: float
     resume_offline: float
+    storm_room_size: int
+    storm_rate: float
+    storm_lead: float
+    storm_outage: float
+    storm_tail: float
+    storm_rounds: int
+    storm_pause: float
+    storm_timeout: float
+    storm_hosts: tuple[str, ...]
+    storm_resume_on: str
+    storm_cpu_pids: tuple[int, ...]
     receipt_events: int
     fanout_timeout: float
     connect_timeout: float
@@ -116,6 +155,17 @@ class Settings:
             resume_rate=float(get("--resume-rate")),
             resume_interval=float(get("--resume-interval")),
             resume_offline=float(get("--resume-offline")),
+            storm_room_size=int(get("--storm-room-size")),
+            storm_rate=float(get("--storm-rate")),
+            storm_lead=float(get("--storm-lead")),
+            storm_outage=float(get("--storm-outage")),
+            storm_tail=float(get("--storm-tail")),
+            storm_rounds=int(get("--storm-rounds")),
+            storm_pause=float(get("--storm-pause")),
+            storm_timeout=float(get("--storm-timeout")),
+            storm_hosts=tuple(h.strip() for h in get("--storm-hosts").split(",") if h.strip()),
+            storm_resume_on=get("--storm-resume-on").strip().lower(),
+            storm_cpu_pids=tuple(int(p) for p in get("--storm-cpu-pids").split(",") if p.strip()),
             receipt_events=int(get("--receipt-events")),
             fanout_timeout=float(get("--fanout-timeout")),
             connect_timeout=float(get("--connect-timeout")),
@@ -131,14 +181,22 @@ class Settings:
     def validate(self) -> None:
         if self.server_stats not in SERVER_STATS:
             raise ValueError(f"--server-stats must be one of {', '.join(SERVER_STATS)}")
+        if self.storm_resume_on not in RESUME_ON:
+            raise ValueError(f"--storm-resume-on must be one of {', '.join(RESUME_ON)}")
+        if self.storm_rounds < 0:
+            raise ValueError("--storm-rounds must be 0 (until the run ends) or more")
+        for name in ("storm_lead", "storm_outage", "storm_tail", "storm_pause"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative")
         if not 0.0 <= self.chat_fraction <= 1.0:
             raise ValueError("--chat-fraction must be between 0 and 1")
         for name in ("chat_interval", "session_seconds", "fanout_rate", "fanout_timeout",
-                     "connect_timeout", "resume_rate", "resume_interval", "resume_offline"):
+                     "connect_timeout", "resume_rate", "resume_interval", "resume_offline",
+                     "storm_rate", "storm_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         for name in ("message_bytes", "fanout_room_size", "capacity_room_size",
-                     "resume_room_size"):
+                     "resume_room_size", "storm_room_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import re
 import socket
 import ssl
 import struct
@@ -33,6 +34,7 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 CHAT_PREFIX = b'{"type":"chat"'
 HISTORY_PREFIX = b'{"type":"history"'
 SEQ_KEY = b'"seq":'
+MARK = re.compile(rb'"text":"#(\d+) ')  # a storm publisher's numbered chat (resume.text_mark)
 LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on with 0 s: close() sends an RST
 
 # fire(name, response_time_ms, response_length, exception_or_None)
@@ -115,6 +117,10 @@ class ChatConnection:
         self.closing = False
         self._receiver: gevent.Greenlet[[websocket.WebSocket], None] | None = None
         self._join_ack: gevent.event.Event | None = None
+        # time.time() at which the latest join's `history` answer and welcome were read (None:
+        # not yet), taken by the receiving greenlet (the reconnect storm's figures)
+        self.history_at: float | None = None
+        self.welcomed_at: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -213,6 +219,7 @@ class ChatConnection:
             self._forget_room()
         self._join_ack = gevent.event.Event()
         self.room = room
+        self.history_at = self.welcomed_at = None
         start = time.perf_counter()
         exc: Exception | None = None
         payload: dict[str, Any] = {"type": "join", "room": room, "username": self.username}
@@ -341,6 +348,7 @@ class ChatConnection:
         seqs = self.seq_tracker
         if seqs is not None:
             if data.startswith(HISTORY_PREFIX):
+                self.history_at = now
                 try:
                     seqs.history(json.loads(data))
                 except ValueError:
@@ -349,8 +357,10 @@ class ChatConnection:
             if data.startswith(CHAT_PREFIX):
                 i = data.rfind(SEQ_KEY)
                 if i != -1:
+                    mark = MARK.search(data) if seqs.marks else None
                     with contextlib.suppress(ValueError):
-                        seqs.chat(int(data[i + len(SEQ_KEY):-1]))
+                        seqs.chat(int(data[i + len(SEQ_KEY):-1]), "live",
+                                  int(mark[1]) if mark is not None else None)
         if b'"users"' not in data and b'"lt1 ' not in data and b'"error"' not in data:
             return  # somebody else's join or leave notice, or an unstamped chat: nothing to do
         try:
@@ -378,6 +388,7 @@ class ChatConnection:
                     seqs.welcome(epoch if isinstance(epoch, str) else None,
                                  seq if isinstance(seq, int) else None)
                 self.joined = True
+                self.welcomed_at = now
                 self._on_held(1)
                 assert self.room is not None  # join() set it before it sent the join
                 self._directory.joined(self.room, self.member, now)
