@@ -434,6 +434,39 @@ async def test_a_chat_in_flight_when_the_link_drops_reaches_every_member_once(
     assert "lost Redis" in a.text()
 
 
+@pytest.mark.parametrize("copy_first", [False, True])
+async def test_a_chat_with_an_id_lost_in_flight_is_answered_and_its_retry_posted_once(
+    launch: Launch, redis_server: RedisServer, copy_first: bool
+) -> None:
+    """As above, with an id: A cannot deliver it unnumbered (its place is unknown) and has no
+    ack to give, so its sender is told `unavailable` (never left waiting for an ack); its retry
+    after the outage is acked with the seq Redis had given it, and nobody sees it twice."""
+    proxy = LosingProxy(redis_server.port)
+    try:
+        a = launch("--rate-limit", "0", "--redis-url", proxy.url, "--node-ttl", "5")
+        b = node(launch, redis_server)
+        ann, _, _ = await join(a, "ann")
+        bob, _, _ = await join(b, "bob")
+        proxy.arm(b"in flight", mute_all=not copy_first)
+        ann.send_json({"type": "chat", "text": "in flight", "id": "c1"})
+        before = await received_until(ann, lambda m: m.get("event") == "recovered")
+        ann.send_json({"type": "chat", "text": "in flight", "id": "c1"})  # the retry
+        after = await received_until(ann, lambda m: m.get("type") == "ack")
+        ann.send_json({"type": "chat", "text": "after"})
+        after += await chats_until(ann, "after")
+        on_b = await chats_until(bob, "after")
+    finally:
+        proxy.close()
+    errors = [m for m in before if m.get("type") == "error"]
+    assert [(m["code"], m["id"]) for m in errors] == [("unavailable", "c1")], errors
+    assert not [m for m in before if m.get("type") == "ack"]  # no ack could come
+    assert [m for m in after if m.get("type") == "ack"] == [{"type": "ack", "id": "c1", "seq": 1}]
+    # once everywhere, with the seq Redis gave it before the drop (A's repair brings it when its
+    # copy had not come back yet); the retry is not posted again
+    for messages in (before + after, on_b):
+        assert [m["seq"] for m in messages if m.get("text") == "in flight"] == [1]
+
+
 def a_node(server: ServerProcess) -> str:
     """The node id a server logged at start."""
     return server.text().split(" as node ")[1].split()[0]

@@ -198,10 +198,21 @@ class RedisBroker:
                 if self.positions.ack_now(room.name, epoch, seq, ack):
                     self.core.send_direct(*ack)
 
+        def lost() -> None:
+            if sender.room is room:
+                self.core.send_direct(sender, error_frame(
+                    ErrorCode.UNAVAILABLE, "Lost contact with the other chat servers before this "
+                    "message was confirmed: retry it (a retry is never posted twice)",
+                    chat_id=chat_id,
+                ))
+
         # Lost with the link, a chat without an id is delivered here (unnumbered); one with an
-        # id is not: its sender has no ack and retries (deduplicated if it did get through).
-        local = payload if chat_id is None else None
-        self.pipeline.push(Op(PUBLISH, args, room=room.name, payload=local, on_reply=placed))
+        # id is not: its sender is told it has no ack and retries (deduplicated if it did get
+        # through).
+        if chat_id is None:
+            self.pipeline.push(Op(PUBLISH, args, room=room.name, payload=payload, on_reply=placed))
+        else:
+            self.pipeline.push(Op(PUBLISH, args, room=room.name, on_reply=placed, on_lost=lost))
 
     def join(self, room: Room, member: Member, replay: Replay) -> None:
         self.interest.add(room.name)

@@ -6,8 +6,11 @@ anyone: they are delivered here, unnumbered (``"seq":0``), so that their senders
 node do not lose them. Redis may have placed one anyway: its numbered copy then comes back in
 the repair after the outage, which does not deliver it here a second time
 (server/redis/positions.py), and one whose copy came back before the link dropped is not
-delivered again at all (server/redis/pipeline.py). What a repair under way was holding goes out
-as far as it continues each room's order; the rest comes with the repair after the outage.
+delivered again at all (server/redis/pipeline.py). A chat with an ``id`` is not delivered so: its
+sender is told ``unavailable`` and retries it with the same id (deduplicated if Redis had placed
+it), so it is never left waiting for an ack that will not come. What a repair under way was
+holding goes out as far as it continues each room's order; the rest comes with the repair after
+the outage.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ def deliver_unanswered(
                 if kind == CHAT:
                     pipeline.came_back(name, payload)
     for op in pipeline.abandon():
+        if op.on_lost is not None:
+            op.on_lost()
         room = core.rooms.get(op.room) if op.room is not None else None
         if room is None or op.payload is None:
             continue

@@ -30,7 +30,7 @@ BATCH = 1000
 
 
 class Op:
-    __slots__ = ("args", "kind", "on_reply", "payload", "room")
+    __slots__ = ("args", "kind", "on_lost", "on_reply", "payload", "room")
 
     def __init__(
         self,
@@ -40,12 +40,14 @@ class Op:
         room: str | None = None,
         payload: bytes | None = None,
         on_reply: Callable[[Any], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
         self.args = args
         self.room = room  # the room it concerns, to deliver locally when Redis fails under it
         self.payload = payload  # the encoded message (a notice: with count 0)
         self.on_reply = on_reply
+        self.on_lost = on_lost  # the link dropped before the reply: maybe applied, maybe not
 
 
 class Pipeline:
