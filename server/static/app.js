@@ -83,8 +83,10 @@
   let everConnected = false;
   let stopped = false; // the page gave up: a retry could not succeed (token refused or expired)
   let wanted = null; // {room, username} we asked for; re-sent after every reconnect
-  // {room, username, epoch} the server confirmed (epoch: null from a server without history, or
-  // from a Redis node that cannot reach Redis; a `reset` notice moves it to the new stream)
+  // {room, username, epoch, assumed} the server confirmed. epoch: the stream live chats are in;
+  // `assumed` when the welcome had none (a server without history, or a Redis node that cannot
+  // reach Redis) and it is the one this tab last saw in the room (null if none); a `reset`
+  // notice moves it to the new stream.
   let current = null;
   const members = new Map(); // username -> how many connections use it
   let memberTotal = 0; // the server's true count (the users list may be capped)
@@ -440,17 +442,95 @@
     return shownRooms.has(room) && pos !== undefined && pos.epoch === epoch && seq <= pos.seq;
   }
 
-  // Shows a chat of `room`'s stream `epoch` unless it is on screen already; true if shown. Only
-  // a positive seq is a place in the stream: a chat a Redis node delivered while it could not
-  // reach Redis has seq 0 (in no history, never replayed, so never a duplicate) and moves no
-  // position.
-  function showChat(room, epoch, msg) {
-    if (epoch !== null && Number.isSafeInteger(msg.seq) && msg.seq > 0) {
-      if (alreadyShown(room, epoch, msg.seq)) return false;
-      const pos = positions.get(room);
-      if (!pos || pos.epoch !== epoch || msg.seq > pos.seq) setPosition(room, epoch, msg.seq);
+  // The chat lines on screen, per room, by what makes a chat itself: its sender, its text and
+  // the millisecond it was sent (what a node compares too, docs/history.md: a chat is replayed
+  // exactly as it was sent live), each with the seq it was shown with (0: unnumbered). This
+  // keeps a chat from showing twice where positions cannot: numbered chats that came after a
+  // welcome without an epoch, and the numbered copy of a chat a node delivered unnumbered.
+  const chatLines = new Map(); // room -> Map(identity -> [{seq, li}])
+  const lineChats = new WeakMap(); // li -> {room, identity, copy}: to forget a dropped line
+
+  function chatIdentity(msg, sender) {
+    const timestamp = Number.isFinite(msg.timestamp) ? msg.timestamp : null;
+    return JSON.stringify([sender, timestamp, typeof msg.text === "string" ? msg.text : ""]);
+  }
+
+  // The line showing numbered chat `seq` with this identity, or null. A chat has one place in
+  // one stream, so the seq tells two chats alike apart (the same text in the same millisecond);
+  // a copy shown unnumbered stands for the numbered one (Redis placed it as the node's link
+  // dropped), once: from then on it is that seq's.
+  function lineShowing(room, identity, seq) {
+    const copies = chatLines.get(room)?.get(identity);
+    if (copies === undefined) return null;
+    const copy = copies.find((c) => c.seq === seq) || copies.find((c) => c.seq === 0);
+    if (copy === undefined) return null;
+    copy.seq = seq;
+    return copy.li;
+  }
+
+  function rememberLine(room, identity, seq, li) {
+    let lines = chatLines.get(room);
+    if (lines === undefined) {
+      lines = new Map();
+      chatLines.set(room, lines);
     }
-    addChat(msg, typeof msg.username === "string" ? msg.username : "?");
+    const copy = { seq, li };
+    const copies = lines.get(identity);
+    if (copies === undefined) lines.set(identity, [copy]);
+    else copies.push(copy);
+    lineChats.set(li, { room, identity, copy });
+  }
+
+  function forgetLine(li) {
+    const chat = lineChats.get(li);
+    if (chat === undefined) return;
+    const lines = chatLines.get(chat.room);
+    const copies = lines.get(chat.identity);
+    copies.splice(copies.indexOf(chat.copy), 1);
+    if (copies.length === 0) lines.delete(chat.identity);
+    if (lines.size === 0) chatLines.delete(chat.room);
+  }
+
+  // Whether `room`'s chat `msg` is on screen: the line showing it (true when only its position
+  // says so), or null. Only a positive seq is a place in the stream: a chat a Redis node
+  // delivered while it could not reach Redis has seq 0 (in no history, never replayed, so never
+  // a duplicate). `epoch` names the stream `msg` is in; `assumed`: only the page's guess (below),
+  // never enough to take a chat for one on screen.
+  function shownAlready(room, epoch, assumed, msg, identity) {
+    if (!Number.isSafeInteger(msg.seq) || msg.seq <= 0) return null;
+    const line = lineShowing(room, identity, msg.seq);
+    if (line !== null) return line;
+    return epoch !== null && !assumed && alreadyShown(room, epoch, msg.seq) ? true : null;
+  }
+
+  // The line of a chat that is not on screen (the caller places it); its position is recorded.
+  // After a welcome without an epoch (the node could not reach Redis) the page assumes that the
+  // room's stream goes on where this tab last saw it: the node repairs it when it is back and
+  // says `reset` if Redis lost it (docs/history.md). The position moves along that stream, never
+  // back, so that the next resume starts from the last chat shown; were the guess wrong, that
+  // resume is answered `epoch changed`: the divider, and nothing shown twice.
+  function newChatLine(room, epoch, assumed, msg, sender, identity) {
+    const numbered = Number.isSafeInteger(msg.seq) && msg.seq > 0;
+    const pos = positions.get(room);
+    if (!numbered || epoch === null) {
+      // no place in a known stream: moves no position
+    } else if (!assumed) {
+      if (!pos || pos.epoch !== epoch || msg.seq > pos.seq) setPosition(room, epoch, msg.seq);
+    } else if (pos !== undefined && pos.epoch === epoch && msg.seq > pos.seq) {
+      setPosition(room, epoch, msg.seq);
+      shownRooms.add(room); // this document shows the stream from here: a reconnect resumes
+    }
+    const li = chatLine(msg, sender, room);
+    rememberLine(room, identity, numbered ? msg.seq : 0, li);
+    return li;
+  }
+
+  // Shows a live chat unless it is on screen already; true if shown.
+  function showChat(room, epoch, assumed, msg) {
+    const sender = typeof msg.username === "string" ? msg.username : "?";
+    const identity = chatIdentity(msg, sender);
+    if (shownAlready(room, epoch, assumed, msg, identity) !== null) return false;
+    append(newChatLine(room, epoch, assumed, msg, sender, identity));
     return true;
   }
 
@@ -467,9 +547,27 @@
     return wire.join(target, replay);
   }
 
+  // Each documented `reason` of an incomplete `history` answer (docs/protocol.md), as the
+  // divider tells it: what the reason says happened, and no guess beyond it.
+  const UNREACHABLE = "history unavailable"; // Redis mode: the node cannot reach Redis now
+  const MISSED_BECAUSE = {
+    "epoch changed":
+      "the server lost the room's history (a restart that did not keep it, or the room sat "
+      + "empty too long)",
+    "too old": "more were sent than the server keeps",
+    "too many": "more than the server replays at once",
+    "unknown position": "the server does not recognise where this page left the room",
+    "history disabled": "this server keeps no history",
+    [UNREACHABLE]: "the server cannot reach the room's history right now",
+  };
+  const RESET_DETAIL = "the server lost the room's history"; // a `reset` notice (Redis mode)
+
   // Whether messages this tab owed its user are missing from a `history` answer. `before` is
   // the tab's position in the room, if it has been there (in this document or before a reload).
   function missedSomething(before, msg, resumed) {
+    // The server could not look (a Redis node that cannot reach Redis): whether this is a first
+    // visit or not, nobody can say what is missing, so the page says that something may be.
+    if (msg.recovered !== true && msg.reason === UNREACHABLE) return true;
     if (before === undefined) return false; // a first visit: nothing was missed
     if (resumed) return msg.recovered !== true; // the server knows, and says
     // The last messages of the room: complete if they reach back to the one after `before`.
@@ -481,17 +579,17 @@
     return msg.messages.length === 0 && msg.recovered !== true;
   }
 
-  const MISSED_BECAUSE = {
-    "epoch changed": "the server lost the room's history (a crash, or it sat empty too long)",
-    "too old": "more were sent than the server keeps",
-    "too many": "more than the server replays at once",
-    "history disabled": "this server keeps no history",
-  };
-  const RESET_DETAIL = "the server lost the room's history"; // a `reset` notice (Redis mode)
-
   function missedDetail(before, msg, resumed) {
+    // About the server, not about this tab's position: true whatever the join asked for (and
+    // an unreachable history comes with no epoch, which is no new stream).
+    if (msg.reason === UNREACHABLE || msg.reason === "history disabled") {
+      return MISSED_BECAUSE[msg.reason];
+    }
     if (before.epoch !== msg.epoch) return MISSED_BECAUSE["epoch changed"];
-    if (resumed && Object.hasOwn(MISSED_BECAUSE, msg.reason)) return MISSED_BECAUSE[msg.reason];
+    if (resumed) {
+      return Object.hasOwn(MISSED_BECAUSE, msg.reason) ? MISSED_BECAUSE[msg.reason]
+        : "the server could not bring back everything since you left";
+    }
     return "more were sent while you were away than are shown here";
   }
 
@@ -505,9 +603,24 @@
     const before = positions.get(room);
     const resumed = lastJoin !== null && lastJoin.resume && lastJoin.room === room;
     if (missedSomething(before, msg, resumed)) addDivider(missedDetail(before, msg, resumed));
+    const epoch = msg.epoch === "" ? null : msg.epoch; // "": the node cannot reach its history
+    // A chat not on screen that comes before one that is goes before that one, in the room's
+    // order (a join's last messages reach back past chats shown after a welcome without epoch).
+    let waiting = [];
     for (const m of msg.messages) {
-      if (m && typeof m === "object" && m.type === "chat") showChat(room, msg.epoch, m);
+      if (!m || typeof m !== "object" || m.type !== "chat") continue;
+      const sender = typeof m.username === "string" ? m.username : "?";
+      const identity = chatIdentity(m, sender);
+      const line = shownAlready(room, epoch, false, m, identity);
+      if (line === null) {
+        waiting.push(newChatLine(room, epoch, false, m, sender, identity));
+      } else if (line !== true) {
+        line.before(...waiting);
+        waiting = [];
+      }
     }
+    for (const li of waiting) append(li);
+    trimLines();
   }
 
   // ---------- room state ----------
@@ -532,7 +645,7 @@
     if (!current) return; // a straggler from the room we just left
     const sender = typeof msg.username === "string" ? msg.username : "?";
     if (typers.delete(sender)) renderTyping();
-    if (!showChat(current.room, current.epoch, msg)) return;
+    if (!showChat(current.room, current.epoch, current.assumed, msg)) return;
     if (document.visibilityState === "hidden" && sender !== current.username) {
       unread += 1;
       renderTitle();
@@ -549,9 +662,17 @@
         renderTyping();
       }
       // `epoch` and `seq`: the stream live chats belong to and where it stands (docs/history.md);
-      // a server without history sends neither, and acks no ids either.
-      const epoch = typeof msg.epoch === "string" ? msg.epoch : null;
-      current = { room, username: typeof msg.username === "string" ? msg.username : "", epoch };
+      // a server without history sends neither, and acks no ids either; nor does a Redis node
+      // that cannot reach Redis, whose numbered chats, once it is back, are presumably of the
+      // stream this tab last saw (see newChatLine).
+      const epoch = typeof msg.epoch === "string" && msg.epoch !== "" ? msg.epoch : null;
+      const last = room === null ? undefined : positions.get(room);
+      current = {
+        room,
+        username: typeof msg.username === "string" ? msg.username : "",
+        epoch: epoch !== null ? epoch : last !== undefined ? last.epoch : null,
+        assumed: epoch === null,
+      };
       acks = epoch !== null;
       if (epoch !== null && room !== null) {
         setPosition(room, epoch, Number.isSafeInteger(msg.seq) ? msg.seq : 0);
@@ -568,6 +689,9 @@
       return; // about a room we are not in (any more)
     } else if (msg.event === "reset" && validPosition(msg.epoch, msg.seq)) {
       onReset(msg);
+      return;
+    } else if (msg.event === "gap") {
+      onGap(msg);
       return;
     } else if (typeof msg.username === "string") {
       if (msg.event === "join") {
@@ -594,10 +718,41 @@
   // take the new chats for ones it already shows) and says that messages may be missing.
   function onReset(msg) {
     current.epoch = msg.epoch;
+    current.assumed = false;
     acks = true; // a server that numbers the room acks ids
     setPosition(current.room, msg.epoch, msg.seq);
     shownRooms.add(current.room);
     addDivider(RESET_DETAIL);
+  }
+
+  // Messages a Redis node could not recover after an outage (no longer in the room's history,
+  // docs/protocol.md, status notices): the divider, with the node's text, where they are
+  // missing. The node delivers what it did recover right before this notice, so the missing
+  // ones precede the first of those, whose seq jumps past the one before it.
+  function onGap(msg) {
+    const text = typeof msg.text === "string" && msg.text ? msg.text
+      : "some messages could not be recovered";
+    addDivider(text, gapPlace(current.room));
+  }
+
+  // The line a `gap` divider goes before: in the room's last run of numbered chats, the first
+  // one after a jump in seq; null (the end) when there is none: what follows the missing
+  // messages is not on screen yet.
+  function gapPlace(room) {
+    let next = null; // the chat line after `line` in the run
+    for (let line = ui.messages.lastElementChild; line; line = line.previousElementSibling) {
+      if (line.classList.contains("divider")) break;
+      if (!line.classList.contains("chat")) continue; // notices in between
+      const seq = Number(line.dataset.seq);
+      if (line.dataset.room !== room || !(seq > 0)) break;
+      if (next !== null) {
+        const after = Number(next.dataset.seq);
+        if (after > seq + 1) return next;
+        if (after !== seq + 1) break; // a new stream starts there
+      }
+      next = line;
+    }
+    return null;
   }
 
   function onTyping(msg) {
@@ -631,10 +786,19 @@
     return m.scrollHeight - m.scrollTop - m.clientHeight <= BOTTOM_SLACK_PX;
   }
 
+  // Drops the oldest lines beyond MAX_LINES.
+  function trimLines() {
+    while (ui.messages.childElementCount > MAX_LINES) {
+      const oldest = ui.messages.firstElementChild;
+      forgetLine(oldest);
+      oldest.remove();
+    }
+  }
+
   function append(li) {
     const stick = atBottom();
     ui.messages.appendChild(li);
-    while (ui.messages.childElementCount > MAX_LINES) ui.messages.firstElementChild.remove();
+    trimLines();
     if (stick) {
       ui.messages.scrollTop = ui.messages.scrollHeight;
     } else {
@@ -711,9 +875,11 @@
     if (done < text.length) el.append(text.slice(done));
   }
 
-  function addChat(msg, sender) {
+  // The line of a chat of `room` (placed by the caller).
+  function chatLine(msg, sender, room) {
     const li = document.createElement("li");
     li.className = "line chat";
+    li.dataset.room = room;
     // A join's history comes before its welcome: until then we are who we asked to be.
     const me = current || wanted;
     if (me && sender === me.username) li.classList.add("own");
@@ -725,7 +891,7 @@
     text.className = "text";
     renderText(text, typeof msg.text === "string" ? msg.text : "");
     li.append(timeElement(msg.timestamp), who, text);
-    append(li);
+    return li;
   }
 
   function addLine(kind, text, timestamp) {
@@ -739,8 +905,9 @@
     return li;
   }
 
-  // "You may have missed messages": where a resume or a join could not bring back everything.
-  function addDivider(detail) {
+  // "You may have missed messages": where a resume or a join could not bring back everything,
+  // or a node could not; at the end, or before the line `before`.
+  function addDivider(detail, before = null) {
     const li = document.createElement("li");
     li.className = "line divider";
     const text = document.createElement("span");
@@ -750,7 +917,12 @@
     why.className = "detail";
     why.textContent = detail;
     li.append(text, why);
-    append(li);
+    if (before === null) {
+      append(li);
+    } else {
+      before.before(li);
+      trimLines();
+    }
   }
 
   function renderMembers() {

@@ -3,7 +3,11 @@
 outage (unnumbered, `"seq": 0`) are shown; a chat the node could not place (`unavailable`) waits
 in the composer and goes out, once, when the node can place it; and after Redis lost the room's
 stream (`reset`) the page moves to the new epoch, says that messages may be missing and keeps
-showing what follows. Each at desktop size and at 390x844, in Debian's Chromium.
+showing what follows. A resume or a join during an outage (`history unavailable`, a welcome
+without an epoch) gets a divider that says the history could not be reached, and the numbered
+chats that follow once the node is back are never shown twice after a later reconnect; what a
+repair could not recover (`gap`) is the divider, where the messages are missing. Each at desktop
+size and at 390x844, in Debian's Chromium.
 
 The node's link to Redis goes through a loopback proxy (netfault.FaultyLink) when the test must
 cut it without Redis losing anything; stopping and restarting the redis-server (no persistence)
@@ -215,3 +219,153 @@ def say_when_idle(page: Page, text: str) -> None:
     """Sends `text` once the composer is free again (the previous chat was acked)."""
     expect(page.locator("#composer")).to_have_attribute("data-outbox", "idle")
     say(page, text)
+
+
+# ---------- joining or resuming during an outage, and what follows ----------
+
+UNREACHABLE = "the server cannot reach the room's history right now"
+
+
+def reconnected(page: Page, times: int) -> None:
+    """Waits for the page's `times`-th reconnection and the welcome that follows it."""
+    expect(page.locator("#messages .system", has_text="Reconnected.")).to_have_count(
+        times, timeout=BACK
+    )
+    expect(page.locator("#app")).to_have_attribute("data-joined", "true", timeout=BACK)
+
+
+def test_a_resume_during_an_outage_says_the_history_is_unreachable_not_lost(
+    redis_link: FaultyLink, launch: Launch, link: Link, new_page: NewPage, device: Device
+) -> None:
+    """A node that cannot reach Redis answers a resume `recovered: false`, reason `history
+    unavailable`, with no epoch: the divider says the history could not be reached, not that
+    the server lost it (it did not: the stream goes on once the node is back)."""
+    server = node(launch, via(redis_link))
+    net = link(server.port)  # alice's way to the node
+    alice = join(new_page(**device), net, "alice", "lobby")
+    bob = join(new_page(), server, "bob", "lobby")
+    expect(member(alice, "bob")).to_have_count(1)
+    say_when_idle(bob, "b1")
+    expect(chat_texts(alice)).to_have_text(["b1"])
+
+    redis_link.refuse(True)
+    redis_link.cut()
+    notice(alice, OUTAGE)
+    net.cut()  # alice's connection drops too: she resumes while the node has no history
+    reconnected(alice, 1)
+    expect(dividers(alice)).to_have_count(1)
+    expect(dividers(alice)).to_contain_text("You may have missed messages")
+    expect(dividers(alice)).to_contain_text(UNREACHABLE)
+    expect(dividers(alice)).not_to_contain_text("lost the room's history")
+    assert log(alice) == ["b1", "--"]
+
+
+@pytest.mark.parametrize("came", ["resumed", "joined"])
+def test_chats_after_an_outage_are_not_shown_twice_after_a_reconnect(
+    redis_link: FaultyLink,
+    launch: Launch,
+    link: Link,
+    new_page: NewPage,
+    device: Device,
+    *,
+    came: str,
+) -> None:
+    """A welcome without an epoch (the node could not reach Redis) leaves the page without a
+    stream to place the numbered chats that follow once the node is back. `resumed`: alice was
+    in the room and resumed during the outage; she keeps her last position, moves it along with
+    what she sees, and her next resume starts from the last chat shown. `joined`: alice opened
+    the page during the outage (no position at all); her next join replays the room's last
+    messages, and those on screen are not shown again (the older one goes before them). Either
+    way every chat is shown once, in the room's order."""
+    server = node(launch, via(redis_link))
+    net = link(server.port)  # alice's way to the node
+    bob = join(new_page(), server, "bob", "lobby")
+    alice_page = new_page(**device)
+    frames = Frames(alice_page)
+    if came == "resumed":
+        alice = join(alice_page, net, "alice", "lobby")
+        expect(member(alice, "bob")).to_have_count(1)
+    say_when_idle(bob, "b1")
+    # acked before the link drops (a chat in flight then gets no answer at all)
+    expect(bob.locator("#composer")).to_have_attribute("data-outbox", "idle")
+    if came == "resumed":
+        expect(chat_texts(alice)).to_have_text(["b1"])
+        [[_, epoch, _]] = alice.evaluate("JSON.parse(sessionStorage.getItem('roomcast.positions'))")
+
+    redis_link.refuse(True)
+    redis_link.cut()
+    notice(bob, OUTAGE)
+    if came == "resumed":
+        net.cut()
+        reconnected(alice, 1)
+        assert frames.of_type("join")[-1]["since"] == {"epoch": epoch, "seq": 1}
+        shown = ["b1"]
+    else:
+        alice = join(alice_page, net, "alice", "lobby")
+        shown = []
+    expect(dividers(alice)).to_have_count(1)  # the node cannot say what she missed
+    expect(dividers(alice)).to_contain_text(UNREACHABLE)
+
+    redis_link.refuse(False)
+    for page in (alice, bob):
+        notice(page, RECOVERED)
+    say_when_idle(bob, "b2")
+    say_when_idle(bob, "b3")
+    expect(chat_texts(alice)).to_have_text([*shown, "b2", "b3"])
+
+    net.cut()  # a reconnect once the node is back: nothing was missed, nothing comes twice
+    reconnected(alice, 2 if came == "resumed" else 1)
+    say_when_idle(bob, "b4")
+    expect(chat_texts(alice).last).to_have_text("b4")
+    expect(chat_texts(alice)).to_have_text(["b1", "b2", "b3", "b4"])
+    assert seqs(alice) == [1, 2, 3, 4]
+    assert log(alice) == (
+        ["b1", "--", "b2", "b3", "b4"] if came == "resumed" else ["--", "b1", "b2", "b3", "b4"]
+    )
+    rejoin = frames.of_type("join")[-1]
+    if came == "resumed":  # from the last chat shown, in the stream she last knew
+        assert rejoin["since"] == {"epoch": epoch, "seq": 3}
+    else:  # no position of hers in the lobby: the room's last messages
+        assert "since" not in rejoin and rejoin["history"] > 0
+    [[room, _, seq]] = alice.evaluate("JSON.parse(sessionStorage.getItem('roomcast.positions'))")
+    assert room == "lobby" and seq == 4
+
+
+def test_messages_a_repair_could_not_recover_are_flagged_where_they_are_missing(
+    redis_server: RedisServer, link: Link, launch: Launch, new_page: NewPage, device: Device
+) -> None:
+    """alice's node loses Redis while bob, on another node, says more than the room keeps
+    (`--history-size 3`). Back, her node repairs the room: the three it can still read, and a
+    `gap` notice for the two it cannot. The page shows the notice as the divider, with its
+    text, before the recovered messages (where the missing ones were), not as a system line."""
+    net = link(redis_server.port)  # alice's node's link to Redis
+    near = launch("--rate-limit", "0", "--history-size", "3", "--redis-url", via(net))
+    far = launch("--rate-limit", "0", "--history-size", "3", "--redis-url", redis_server.url)
+    alice = join(new_page(**device), near, "alice", "lobby")
+    bob = join(new_page(), far, "bob", "lobby")
+    expect(member(alice, "bob")).to_have_count(1)
+    say_when_idle(bob, "b1")
+    expect(chat_texts(alice)).to_have_text(["b1"])
+
+    net.refuse(True)
+    net.cut()
+    notice(alice, OUTAGE)
+    for n in range(2, 7):
+        say_when_idle(bob, f"b{n}")  # placed by bob's node: b2, b3 leave the room's history
+    expect(bob.locator("#composer")).to_have_attribute("data-outbox", "idle")
+    expect(chat_texts(alice)).to_have_text(["b1"])
+
+    net.refuse(False)
+    notice(alice, RECOVERED)
+    expect(dividers(alice)).to_have_count(1, timeout=BACK)
+    expect(chat_texts(alice)).to_have_text(["b1", "b4", "b5", "b6"])
+    expect(dividers(alice)).to_contain_text("You may have missed messages")
+    expect(dividers(alice)).to_contain_text(
+        "2 messages could not be recovered: they are no longer in the room's history"
+    )
+    expect(alice.locator("#messages .system", has_text="could not be recovered")).to_have_count(0)
+    assert log(alice) == ["b1", "--", "b4", "b5", "b6"]
+    assert seqs(alice) == [1, 4, 5, 6]
+    say_when_idle(bob, "live")
+    expect(chat_texts(alice).last).to_have_text("live")
+    assert seqs(alice) == [1, 4, 5, 6, 7]
