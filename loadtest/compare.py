@@ -2,7 +2,8 @@
 
 The same fan-out swarm runs against a fresh local server started with ``--history-size 0``
 (off) and with the default history (on), in pairs of alternating order (off, on; then on, off;
-...). While each leg runs, a ``Probe`` (a thread of run.py, no gevent) reads every 2 s the
+...): ``compare_history`` starts each leg's server and Locust and takes its figures. While each
+leg runs, a ``Probe`` (a thread of this process, no gevent) reads every 2 s the
 server's ``/metrics`` (deliveries, chats, bytes sent, memberships, the history gauges) and its
 on-CPU time from ``/proc/<pid>/task/*/schedstat``. The window is the steady part of the leg:
 from ``settle`` seconds after every user was in its room to the last sample that still had them
@@ -21,19 +22,27 @@ all (so the joins and the stop are left out). Per leg:
 Each pair gives a ratio on/off; the result is their median. Single pairs on a shared machine
 differ by up to 20% (in one run of three pairs: 1.23, 1.03, 0.97): read the median. The same
 ratio per socket write (``cpu_per_write_us``) is a cross-check that coalescing did not move.
-No gevent and no Locust here.
+The legs' load is a ``Shape``: ``FULL_SHAPE``, or ``QUICK_SHAPE`` with ``--quick``. No gevent
+and no Locust here: Locust runs in a subprocess (loadtest/local.py).
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import json
+import os
 import statistics
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from loadtest import procstats, serverstats
+from loadtest import local, procstats, report, serverstats
 
 INTERVAL = 2.0
 TARGET_RATIO = 1.1  # issue 13: CPU per delivery with history within 10% of without
@@ -49,6 +58,33 @@ METRICS = {
     "roomcast_history_bytes": "history_bytes",
     "roomcast_history_rooms": "history_rooms",
 }
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The legs' load: the fan-out swarm's users, spawn rate and run time per leg (the defaults of
+    ``--users``, ``--spawn-rate``, ``--run-time``), its rooms and their rate, the seconds left
+    out after the joins (``settle``) and the probe's interval."""
+
+    users: int
+    spawn_rate: float
+    run_time: str
+    room_size: int
+    rate: int  # chats per second per room (its first member's)
+    settle: float
+    interval: float = INTERVAL
+
+    def locust_args(self) -> list[str]:
+        return ["--fanout-room-size", str(self.room_size), "--fanout-rate", str(self.rate)]
+
+
+# rooms of 100, 10 msg/s each (1,000 users: 10,000 deliveries/s, which one Locust process reads
+# with little lag; at 20,000 it fell behind and its publishers' catch-up bursts made the server
+# coalesce writes); --quick: rooms of 50
+FULL_SHAPE = Shape(users=1000, spawn_rate=200.0, run_time="60s", room_size=100, rate=10,
+                   settle=5.0)
+QUICK_SHAPE = Shape(users=200, spawn_rate=100.0, run_time="14s", room_size=50, rate=10,
+                    settle=2.0)
 
 
 def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
@@ -211,3 +247,96 @@ def compare(legs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "history_messages": median("on", "history_messages"),
         "legs": list(legs),
     }
+
+
+def compare_history(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The fan-out swarm against a fresh server per leg, history off and on; writes the figures
+    and the README sub-section, returns the exit code. ``args`` are run.py's (``--users``,
+    ``--spawn-rate`` and ``--run-time`` default to the shape's)."""
+    shape = QUICK_SHAPE if args.quick else FULL_SHAPE
+    server_prefix, locust_prefix = local.cpu_split()
+    started = dt.datetime.now(dt.UTC)
+    load_before = os.getloadavg()[0]
+    settle = shape.settle
+    locust_extra = shape.locust_args()
+    legs: list[dict[str, Any]] = []
+    codes: list[int] = []
+    for pair, label in order(args.pairs):
+        name = f"{args.prefix}-{label}-{pair}"
+        prefix = str(args.out / name)
+        local.clean(args.out, name)
+        server_args = [*args.server_arg, *(["--history-size", "0"] if label == "off" else [])]
+        server = local.LocalServer(server_prefix, server_args)
+        print(f"loadtest: history {label} (pair {pair}): started {' '.join(server.cmd)} -> "
+              f"{server.url} (pid {server.pid})", flush=True)
+        probe = Probe(server.pid, server.url.replace("ws://", "http://", 1).rstrip("/")
+                      + "/metrics", shape.interval).start()
+        try:
+            code = local.run_locust(args, scenario="fanout", host=server.url, server_pid=server.pid,
+                                    prefix=prefix, locust_prefix=locust_prefix,
+                                    extra=locust_extra)
+            probe.stop()
+        finally:
+            print(f"loadtest: server exited with {server.stop()}", flush=True)
+        codes.append(code)
+        leg = leg_figures(probe.rows, args.users, settle)
+        summary = report.read_summary(prefix)
+        fanout = summary.get("fanout", {})
+        has_stats = Path(f"{prefix}_stats.csv").exists()
+        h = report.headline(prefix) if has_stats else {}
+        leg |= {
+            "pair": pair, "label": label, "prefix": name, "locust_exit": code,
+            "server_command": " ".join(server.cmd),
+            "relative_prefix": os.path.relpath(prefix, args.readme.parent),
+            "receipts": fanout.get("receipts"), "receipt_p50_ms": fanout.get("receipt_p50_ms"),
+            "receipt_p99_ms": fanout.get("receipt_p99_ms"),
+            "lost_messages": fanout.get("lost_messages"),
+            "failures": h.get("failures"), "requests": h.get("requests"),
+            "probe": probe.rows,
+        }
+        legs.append(leg)
+        if has_stats:
+            report.annotate_html(Path(f"{prefix}.html"), prefix, [
+                (f"History {label}: server CPU per delivery",
+                 "n/a" if leg.get("cpu_per_delivery_us") is None
+                 else f"{leg['cpu_per_delivery_us']:.3f} µs"),
+                ("Deliveries/s in the window", f"{leg.get('deliveries_per_s') or 'n/a'}"),
+            ])
+        cpu = leg.get("cpu_per_delivery_us")
+        print(f"loadtest: history {label} (pair {pair}): "
+              + (f"{cpu:.3f} µs CPU per delivery over {leg['window_s']} s, "
+                 f"{leg['deliveries_per_s']:,} deliveries/s" if cpu is not None
+                 else leg.get("error", "no figures")), flush=True)
+    result = compare(legs)
+    users_text = (f"the fan-out swarm, {args.users:,} users started at {args.spawn_rate:g}/s in "
+                  f"rooms of {locust_extra[1]} at {locust_extra[3]} msg/s per room, "
+                  f"{args.run_time} per leg, {args.pairs} pair(s) of legs in alternating order "
+                  "(off, on; on, off; ...)")
+    context = {
+        "load": local.load_text(load_before, os.getloadavg()[0]),
+        "command": local.command_text(argv),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": local.machine(),
+        "shape": users_text + (" with Locust arguments `" + " ".join(args.locust_args) + "`"
+                               if args.locust_args else ""),
+        "server": "Each leg starts a fresh server (`python -m server --rate-limit 0`, with "
+        "`--history-size 0` for *off*, the default `--history-size 100` for *on*), pinned to "
+        "its own CPU, on the same machine as Locust.",
+        "relative_compare": os.path.relpath(args.out / f"{args.prefix}_compare.json",
+                                            args.readme.parent),
+    }
+    record = {**result, "context": context, "settle_s": settle, "users": args.users,
+              "locust_args": [*locust_extra, *args.locust_args]}
+    compare_path = args.out / f"{args.prefix}_compare.json"
+    compare_path.write_text(json.dumps(record, indent=2) + "\n")
+    section = report.history_markdown(result, context, args.section)
+    print(section, flush=True)
+    print(f"loadtest: figures in {compare_path}", flush=True)
+    if not args.no_readme:
+        report.replace_section(args.readme, section, args.section)
+        print(f"loadtest: summary written to {args.readme}", flush=True)
+    if result.get("ratio") is None:
+        print("loadtest: the ratio could not be computed (see the legs' errors above)",
+              file=sys.stderr)
+        return max([*codes, 1])
+    return max(codes)

@@ -1,4 +1,5 @@
-"""Harness parameters: Locust custom arguments, each also settable from a ``LOADTEST_*`` variable.
+"""Harness parameters: Locust custom arguments, each also settable from a ``LOADTEST_*`` variable,
+and the ``SCENARIO`` variable that picks the user classes.
 
 In distributed runs the master forwards custom arguments to its workers with every spawn message,
 so a value given on the master's command line (or in its environment) reaches every worker.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +93,14 @@ OPTIONS: list[tuple[str, str, str, str]] = [
     ("--room-prefix", "LOADTEST_ROOM_PREFIX", "lt",
      "prefix of the room names (each Locust process adds its own token)"),
 ]
+
+
+def selected_scenario() -> str:
+    """The scenario the ``SCENARIO`` variable names (default ``all``)."""
+    scenario = os.environ.get("SCENARIO", "all").strip().lower() or "all"
+    if scenario not in SCENARIOS:
+        raise ValueError(f"SCENARIO must be one of {', '.join(SCENARIOS)}, not {scenario!r}")
+    return scenario
 
 
 def add_arguments(parser: Any) -> None:

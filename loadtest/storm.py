@@ -2,7 +2,8 @@
 round (docs/loadtest.md, scenario ``storm``).
 
 A storm round, run by the conductor (the master, or the single local process) through Locust's
-custom messages to every process that runs users (the performers, see locustfile.py):
+custom messages to every process that runs users (the performers): loadtest/stormconductor.py
+and loadtest/stormperformer.py; the messages' names are ``COMMAND`` and ``REPLY`` below:
 
 1. ``drop``: every storm user's connection dies at once (an RST, no CLOSE);
 2. the publishers chat on for ``--storm-outage`` seconds;
@@ -25,6 +26,8 @@ from typing import Any
 
 from loadtest.fanout import Histogram
 
+COMMAND = "roomcast_storm_command"  # Locust custom message: conductor -> performers
+REPLY = "roomcast_storm_reply"  # performers -> conductor
 PHASES = ("ready", "dropped", "connected", "resumed", "live")
 # fields of a phase reply that are summed, taken as the latest time, or merged
 SUMMED = (

@@ -4,8 +4,9 @@ nodes on a real redis-server) and history on vs off (docs/loadtest.md).
 The end-to-end tests run ``python -m loadtest.run`` exactly as documented, with ``--quick``, a
 real server, a real redis-server and real Locust, each in a subprocess (Locust monkey-patches
 the standard library with gevent, which must not leak into pytest), and read the figures it
-wrote. The rest checks the pure pieces: merging the processes' storm replies, the steady window
-of the history comparison, the README's sub-sections.
+wrote (the history comparison with a smaller quick shape, ``TEST_SHAPE``). The rest checks the
+pure pieces: merging the processes' storm replies, the steady window of the history comparison,
+the README's sub-sections.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ from loadtest.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(tmp_path: Path, *args: str, timeout: float = 75) -> tuple[subprocess.CompletedProcess[str],
-                                                                    str]:
-    cmd = [sys.executable, "-m", "loadtest.run", "--quick", "--out", str(tmp_path),
+# --compare-history --quick for the suite: run.main as `python -m loadtest.run` runs it, with
+# compare.QUICK_SHAPE made smaller in the subprocess. 40 users in 4 rooms of 10 at 50 msg/s make
+# the quick run's 2,000 deliveries/s and fill each room's 100 history entries in 2 s; legs of 4 s
+# sampled every 0.5 s take ~10 s for the pair (the documented --quick, 14 s legs: ~30 s).
+TEST_SHAPE = compare.Shape(users=40, spawn_rate=100.0, run_time="4s", room_size=10, rate=50,
+                           settle=1.0, interval=0.5)
+
+
+def _run(tmp_path: Path, *args: str, timeout: float = 75, shape: compare.Shape | None = None,
+         ) -> tuple[subprocess.CompletedProcess[str], str]:
+    entry = ["-m", "loadtest.run"] if shape is None else [
+        "-c", f"import sys; from loadtest import compare, run; compare.QUICK_SHAPE = compare."
+        f"{shape!r}; sys.exit(run.main(sys.argv[1:]))"]
+    cmd = [sys.executable, *entry, "--quick", "--out", str(tmp_path),
            "--readme", str(tmp_path / "README.md"), *args]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
@@ -118,25 +130,30 @@ def test_quick_storm_fails_when_the_server_cannot_resume(tmp_path: Path) -> None
     assert "Lossless: **no**" in (tmp_path / "README.md").read_text()
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(60)
 def test_quick_history_comparison_computes_the_ratio_and_memory(tmp_path: Path) -> None:
-    done, output = _run(tmp_path, "--compare-history")
+    shape = TEST_SHAPE
+    done, output = _run(tmp_path, "--compare-history", shape=shape)
     assert done.returncode == 0, output
     result = json.loads((tmp_path / "history_compare.json").read_text())
     legs = {leg["label"]: leg for leg in result["legs"]}
     assert set(legs) == {"off", "on"} and result["context"]["command"].startswith(
         "python -m loadtest.run --quick")
+    assert result["users"] == shape.users and result["settle_s"] == shape.settle
+    assert result["locust_args"] == shape.locust_args()
+    rooms = shape.users // shape.room_size
     for leg in legs.values():
         assert leg["locust_exit"] == 0 and leg["failures"] == 0 and leg["lost_messages"] == 0
-        assert leg["window_s"] >= 4
-        # 4 rooms of 50 at 10 msg/s: 2,000 deliveries/s
+        # most of the leg's steady part, at least three of the probe's intervals
+        assert leg["window_s"] >= 3 * shape.interval
+        # 4 rooms of 10 at 50 msg/s: 2,000 deliveries/s
         assert 1500 <= leg["deliveries_per_s"] <= 2500
         assert 0 < leg["cpu_per_delivery_us"] < 1000
         assert 100 < leg["bytes_per_delivery"] < 400
     assert "--history-size 0" in legs["off"]["server_command"]
     assert "--history-size" not in legs["on"]["server_command"]
     assert not legs["off"]["history_messages"]  # nothing stored
-    assert legs["on"]["history_messages"] == 400  # 4 rooms x --history-size 100
+    assert legs["on"]["history_messages"] == rooms * 100 == 400  # x --history-size 100
     # counted bytes: the frame, plus 48 B per entry and a room's 1,200 B over its messages
     per = legs["on"]["bytes_per_stored_message"]
     assert legs["on"]["bytes_per_delivery"] < per < legs["on"]["bytes_per_delivery"] + 100
