@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import stop_process
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -148,12 +150,7 @@ def tab_browser(playwright: Playwright) -> Iterator[Browser]:
         finally:
             chromium.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc)
         shutil.rmtree(profile, ignore_errors=True)
 
 

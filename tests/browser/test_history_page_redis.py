@@ -6,8 +6,10 @@ stream (`reset`) the page moves to the new epoch, says that messages may be miss
 showing what follows. A resume or a join during an outage (`history unavailable`, a welcome
 without an epoch) gets a divider that says the history could not be reached, and the numbered
 chats that follow once the node is back are never shown twice after a later reconnect; what a
-repair could not recover (`gap`) is the divider, where the messages are missing. Each at desktop
-size and at 390x844, in Debian's Chromium.
+repair could not recover (`gap`) is the divider, where the messages are missing. In Debian's
+Chromium at desktop size: what is checked here is the page's reading of the protocol, which no
+viewport changes (the layout at 390x844 is checked by the other page tests), and the outages
+cost seconds each.
 
 The node's link to Redis goes through a loopback proxy (netfault.FaultyLink) when the test must
 cut it without Redis losing anything; stopping and restarting the redis-server (no persistence)
@@ -20,6 +22,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.conftest import DEVICES
 from tests.browser.netfault import FaultyLink
 from tests.browser.pages import (
     Frames,
@@ -34,6 +37,9 @@ from tests.browser.pages import (
 )
 from tests.redis_support import RedisServer
 from tests.support import ServerProcess
+
+# one device: see the docstring
+pytestmark = pytest.mark.parametrize("device", [DEVICES["desktop"]], ids=["desktop"])
 
 NewPage = Callable[..., Page]
 Launch = Callable[..., ServerProcess]
