@@ -18,9 +18,9 @@ import secrets
 import gevent
 from locust.env import Environment
 
-from loadtest.failures import DuplicateChat, SequenceGap
+from loadtest.failures import DuplicateChat, ResumeFailed, SequenceGap
 from loadtest.fanout import FanoutTracker
-from loadtest.resume import ResumeTotals, SeqTracker
+from loadtest.resume import ResumeOutcome, ResumeTotals, SeqTracker
 from loadtest.rooms import RoomDirectory, SeatPlan
 from loadtest.settings import Settings, parse_source_addresses, selected_scenario
 from loadtest.stormperformer import StormPerformer
@@ -83,6 +83,16 @@ class ProcessState:
             request_type="RESUME", name=name, response_time=response_time,
             response_length=0, exception=exc, context={},
         )
+
+    def resumed(self, outcome: ResumeOutcome, response_time: float) -> None:
+        """A resume's answer: counted, and a RESUME request, failed unless it was recovered."""
+        self.resumes.outcome(outcome)
+        exc = None
+        if not outcome.history:
+            exc = ResumeFailed("no history answer")
+        elif not outcome.recovered:
+            exc = ResumeFailed(f"not recovered: {outcome.reason}")
+        self.fire_resume("resume", response_time, exc)
 
     def sequence_problem(self, kind: str, messages: int, detail: str) -> None:
         """A gap or a duplicate in a resume user's chats: counted, and a failed request."""

@@ -16,7 +16,6 @@ import time
 
 from locust import tag, task
 
-from loadtest.failures import ResumeFailed
 from loadtest.resume import SeqTracker
 from loadtest.users import RoomcastUser
 
@@ -58,13 +57,7 @@ class ResumeUser(RoomcastUser):
             return False  # reported as a failed join
         outcome = self.seqs.resume
         assert outcome is not None
-        self.state.resumes.outcome(outcome)
-        exc = None
-        if not outcome.history:
-            exc = ResumeFailed("no history answer")
-        elif not outcome.recovered:
-            exc = ResumeFailed(f"not recovered: {outcome.reason}")
-        self.state.fire_resume("resume", (time.perf_counter() - start) * 1000.0, exc)
+        self.state.resumed(outcome, (time.perf_counter() - start) * 1000.0)
         return True
 
     def wait_time(self) -> float:

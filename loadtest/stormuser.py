@@ -15,7 +15,6 @@ import time
 
 from locust import tag, task
 
-from loadtest.failures import ResumeFailed
 from loadtest.resume import ResumeOutcome, SeqTracker
 from loadtest.stormperformer import StormRound
 from loadtest.users import RoomcastUser
@@ -70,13 +69,7 @@ class StormUser(RoomcastUser):
         if rnd is not None:
             rnd.resume_done(self, joined, outcome, self.conn)
         if joined and outcome is not None:
-            self.state.resumes.outcome(outcome)
-            exc = None
-            if not outcome.history:
-                exc = ResumeFailed("no history answer")
-            elif not outcome.recovered:
-                exc = ResumeFailed(f"not recovered: {outcome.reason}")
-            self.state.fire_resume("resume", (time.perf_counter() - start) * 1000.0, exc)
+            self.state.resumed(outcome, (time.perf_counter() - start) * 1000.0)
 
     def _storm(self, rnd: StormRound) -> None:
         settings = self.state.settings

@@ -91,8 +91,10 @@ class Positions:
         those whose epoch delivery has moved past (a new epoch that is neither theirs nor the one
         it was at when they began waiting: their copy will never come)."""
         waiting = self.acks.get(room)
+        if not waiting:  # nearly always: one dict lookup per delivered chat
+            return []
         known = self.last(room)
-        if not waiting or known is None:
+        if known is None:
             return []
         current, last = known
         due: list[Any] = []
