@@ -62,6 +62,11 @@ DEVICES: dict[str, dict[str, object]] = {
 }
 
 
+# For tests of the page's protocol handling rather than its layout (history, resume, retries):
+# one device is enough; every feature's layout is checked at both sizes by its own tests.
+desktop_only = pytest.mark.parametrize("device", [DEVICES["desktop"]], ids=["desktop"])
+
+
 @pytest.fixture(params=sorted(DEVICES))
 def device(request: pytest.FixtureRequest) -> dict[str, object]:
     """Context options for one device (desktop, phone at 390x844): pass to new_page(**device)."""

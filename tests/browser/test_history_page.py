@@ -1,8 +1,10 @@
 """History, resume and message ids in the page (docs/history.md): a join shows the room's last
 messages; a reconnect resumes exactly where the tab left off, or says that messages may be
-missing; a chat whose answer never came is sent again with its id and posted once. Each at
-desktop size and at 390x844, in Debian's Chromium against real server processes; network faults
-come from a loopback proxy (netfault.FaultyLink), restarts from real signals."""
+missing; a chat whose answer never came is sent again with its id and posted once. In Debian's
+Chromium against real server processes; network faults come from a loopback proxy
+(netfault.FaultyLink), restarts from real signals. What the page shows (history, then the join;
+a divider) is checked at desktop size and at 390x844; the protocol handling behind it (resume,
+retries, ids) at desktop size only (conftest.desktop_only)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import jwt
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.browser.conftest import desktop_only
 from tests.browser.netfault import FaultyLink
 from tests.browser.pages import (
     Frames,
@@ -119,6 +122,7 @@ def test_a_join_shows_the_rooms_last_messages_then_the_join(
     assert seqs(page)[-2:] == [52, 53]
 
 
+@desktop_only
 def test_coming_back_to_a_room_shows_only_what_is_new_and_flags_a_gap(
     launch: Launch, new_page: NewPage, device: Device
 ) -> None:
@@ -146,6 +150,7 @@ def test_coming_back_to_a_room_shows_only_what_is_new_and_flags_a_gap(
 # ---------- positions per tab ----------
 
 
+@desktop_only
 def test_a_tab_keeps_its_own_position_across_a_reload_and_another_tab_has_none(
     launch: Launch, new_page: NewPage, device: Device
 ) -> None:
@@ -177,6 +182,7 @@ def test_a_tab_keeps_its_own_position_across_a_reload_and_another_tab_has_none(
 # ---------- restarts ----------
 
 
+@desktop_only
 def test_a_planned_restart_resumes_with_no_divider_no_gap_and_no_duplicate(
     launch: Launch, link: Link, new_page: NewPage, device: Device, tmp_path: Path
 ) -> None:
@@ -243,6 +249,7 @@ def test_a_crash_shows_the_divider_then_what_the_new_server_has(
 # ---------- retries: ids and acks ----------
 
 
+@desktop_only
 def test_a_chat_the_killed_server_never_answered_is_sent_again_and_posted_once(
     launch: Launch, new_page: NewPage, device: Device
 ) -> None:
@@ -283,6 +290,7 @@ def test_a_chat_the_killed_server_never_answered_is_sent_again_and_posted_once(
     assert first_try == retry and len(first_try["id"]) == 32
 
 
+@desktop_only
 def test_a_chat_whose_ack_was_lost_is_retried_with_its_id_and_posted_once(
     server: ServerProcess, link: Link, new_page: NewPage, device: Device
 ) -> None:
@@ -314,6 +322,7 @@ def test_a_chat_whose_ack_was_lost_is_retried_with_its_id_and_posted_once(
     assert first_try == retry  # the same id: the server acked it again instead of posting it
 
 
+@desktop_only
 def test_a_chat_written_while_the_network_is_down_goes_out_once_it_is_back(
     server: ServerProcess, link: Link, new_page: NewPage, device: Device
 ) -> None:
@@ -347,6 +356,7 @@ def test_a_chat_written_while_the_network_is_down_goes_out_once_it_is_back(
     assert [f["text"] for f in frames.of_type("chat")] == ["written offline"]  # sent once
 
 
+@desktop_only
 def test_the_ack_not_an_echo_that_looks_the_same_settles_the_composer(
     server: ServerProcess, link: Link, new_page: NewPage, device: Device
 ) -> None:
@@ -369,6 +379,7 @@ def test_the_ack_not_an_echo_that_looks_the_same_settles_the_composer(
         expect(chat_texts(page)).to_have_text(["same words", "same words"])
 
 
+@desktop_only
 def test_a_chat_written_for_one_room_is_not_sent_to_the_next(
     server: ServerProcess, link: Link, new_page: NewPage, device: Device
 ) -> None:
@@ -394,6 +405,7 @@ def test_a_chat_written_for_one_room_is_not_sent_to_the_next(
     expect(chat_texts(alice)).to_have_count(0)
 
 
+@desktop_only
 def test_a_chat_waiting_for_a_refused_join_is_given_back(
     launch: Launch, new_page: NewPage, device: Device
 ) -> None:
@@ -420,6 +432,7 @@ def test_a_chat_waiting_for_a_refused_join_is_given_back(
     expect(chat_texts(alice)).to_have_text(["in the lobby"])
 
 
+@desktop_only
 def test_a_chat_waiting_when_the_page_gives_up_is_given_back(
     launch: Launch, link: Link, new_page: NewPage, device: Device
 ) -> None:
@@ -497,6 +510,7 @@ def test_a_resume_that_cannot_be_complete_says_so_and_shows_what_there_is(
     expect(chat_texts(alice).last).to_have_text("live")
 
 
+@desktop_only
 def test_a_page_dropped_as_a_slow_consumer_resumes_with_no_gap(
     launch: Launch, link: Link, new_page: NewPage, device: Device
 ) -> None:
@@ -568,6 +582,7 @@ def flood_until_dropped(talker: Seed, victim: str) -> int:
 # ---------- what the tab keeps ----------
 
 
+@desktop_only
 def test_the_tab_keeps_the_positions_of_its_50_latest_rooms_and_ignores_garbage(
     server: ServerProcess, new_page: NewPage, device: Device
 ) -> None:
@@ -591,6 +606,7 @@ def test_the_tab_keeps_the_positions_of_its_50_latest_rooms_and_ignores_garbage(
 # ---------- across nodes (Redis) ----------
 
 
+@desktop_only
 def test_through_redis_a_chat_whose_ack_was_lost_is_retried_and_posted_once(
     launch: Launch, link: Link, new_page: NewPage, device: Device
 ) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import DEVICES
+from tests.browser.conftest import desktop_only
 from tests.browser.netfault import FaultyLink
 from tests.browser.pages import (
     Frames,
@@ -39,7 +39,7 @@ from tests.redis_support import RedisServer
 from tests.support import ServerProcess
 
 # one device: see the docstring
-pytestmark = pytest.mark.parametrize("device", [DEVICES["desktop"]], ids=["desktop"])
+pytestmark = desktop_only
 
 NewPage = Callable[..., Page]
 Launch = Callable[..., ServerProcess]
