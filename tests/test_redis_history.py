@@ -548,3 +548,44 @@ def test_history_k_is_answered_alike_on_one_node_and_on_redis(size: int) -> None
                                *(stored[-count:] if count else [])])
             expected = ([bytes(frame_payload(f)) for f in frames], recovered, reason)
             assert replayed(count, reply, size, 1 << 20) == expected, (sent, count)
+
+
+@pytest.mark.parametrize("count", [0, 10**17])
+async def test_history_k_of_zero_or_beyond_any_float_gets_its_history_and_welcome(
+    launch: Launch, redis_server: RedisServer, count: int
+) -> None:
+    """K = 0 (Redis's COUNT 0 is nil to Lua) and a K Lua can only hold as a float (1e+17, which
+    Redis refuses as a count): answered as on one node, never a join left without a welcome."""
+    a = node(launch, redis_server, "--history-size", "3")
+    talker, _, _ = await join(a, "talker")
+    talker.send_json({"type": "chat", "text": "m0"})
+    await chats_until(talker, "m0")
+    _, history, welcome = await join(a, "late", history=count)
+    assert history is not None and (history["recovered"], "reason" in history) == (True, False)
+    assert [m["text"] for m in history["messages"]] == ([] if count == 0 else ["m0"])
+    assert welcome["seq"] == 1
+
+
+async def test_what_redis_refuses_is_told_to_the_joiner_and_the_sender(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    """Redis answering a script with an error (here: out of memory) is our side's failure: it is
+    logged, the joiner still gets its welcome (its history `unavailable`, as in an outage) and
+    the sender of a chat that reached no one gets an `unavailable` error with its id."""
+    a = node(launch, redis_server, "--node-ttl", "60")  # no lease refresh during the test
+    talker, _, _ = await join(a, "talker")
+    redis = aioredis.from_url(redis_server.url)
+    try:
+        await redis.config_set("maxmemory", "1")  # every write is refused: OOM
+        _, history, welcome = await join(a, "late", history=5)
+        assert history is not None and history["recovered"] is False
+        assert history["reason"] == "history unavailable"
+        assert sorted(welcome["users"]) == ["late", "talker"]
+        talker.send_json({"type": "chat", "text": "refused", "id": "c1"})
+        while (message := await talker.recv_json(timeout=10)).get("type") != "error":
+            assert message.get("type") != "chat", message  # it reached no one
+        assert (message["code"], message["id"]) == ("unavailable", "c1")
+    finally:
+        await redis.config_set("maxmemory", "0")
+        await redis.aclose()
+    assert "redis command EVALSHA failed: command not allowed when used memory" in a.text()

@@ -206,13 +206,23 @@ class RedisBroker:
                     chat_id=chat_id,
                 ))
 
+        def refused() -> None:
+            if sender.room is room:
+                self.core.send_direct(sender, error_frame(
+                    ErrorCode.UNAVAILABLE, "The chat servers could not place this message: "
+                    "retry it", chat_id=chat_id,
+                ))
+
         # Lost with the link, a chat without an id is delivered here (unnumbered); one with an
         # id is not: its sender is told it has no ack and retries (deduplicated if it did get
-        # through).
+        # through). Refused by Redis (an error answered, e.g. out of memory), it reached no one:
+        # its sender is told.
         if chat_id is None:
-            self.pipeline.push(Op(PUBLISH, args, room=room.name, payload=payload, on_reply=placed))
+            self.pipeline.push(Op(PUBLISH, args, room=room.name, payload=payload, on_reply=placed,
+                                  on_error=refused))
         else:
-            self.pipeline.push(Op(PUBLISH, args, room=room.name, on_reply=placed, on_lost=lost))
+            self.pipeline.push(Op(PUBLISH, args, room=room.name, on_reply=placed, on_lost=lost,
+                                  on_error=refused))
 
     def join(self, room: Room, member: Member, replay: Replay) -> None:
         self.interest.add(room.name)
@@ -261,17 +271,20 @@ class RedisBroker:
         if isinstance(replay, Position):
             asked = ("since", replay.seq, replay.epoch)
         elif replay is not None:
-            asked = ("last", int(replay), "")
+            # no more than the stream holds: Lua would turn a huge K into a float Redis refuses
+            asked = ("last", min(int(replay), self.history_size), "")
         args = scripts.join_command(
             self.link.publish_command, room, field, username, encode(notice), head=head,
             limit=self.config.max_users_list if limit is None else limit,
             epoch=secrets.token_hex(8), replay=asked, size=self.history_size,
         )
-        on_reply = (
-            (lambda reply: self.joins.replied(field, scripts.JoinReply(reply)))
-            if reply_expected else None
+        if not reply_expected:
+            return Op(JOIN, args, room=room)
+        return Op(
+            JOIN, args, room=room,
+            on_reply=lambda reply: self.joins.replied(field, scripts.JoinReply(reply)),
+            on_error=lambda: self.joins.failed(field, self.config.max_users_list),
         )
-        return Op(JOIN, args, room=room, on_reply=on_reply)
 
     def _leave_op(self, room: str, field: str, notice: bytes, head: bytes, *, force: bool) -> Op:
         ttl = self.config.history_ttl

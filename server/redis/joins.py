@@ -144,21 +144,31 @@ class Joins:
         """Redis is gone: every join in progress completes on this node alone (a resume is told
         the history is unavailable)."""
         pending, self.pending = self.pending, {}
-        core = self._core
         for joining in pending.values():
-            room = joining.room
-            member = joining.member
-            if member.room is not room:
-                continue
-            if joining.positioned:  # held: its welcome describes the room as this node sees it
-                joining.users = room.names(max_users)
-                joining.count = len(room)
-                if joining.replay is not None and not joining.before:
-                    joining.before = unavailable(room.name)
-                core.release(member, joining.welcome())
-            else:
-                before = unavailable(room.name) if joining.replay is not None else b""
-                join_locally(core, room, member, before=before)
+            self._alone(joining, max_users)
+
+    def failed(self, field: str, max_users: int) -> None:
+        """Redis refused the join's script (an error it answered, logged by the pipeline): the
+        join completes on this node alone, as in an outage, so that the joiner is not left
+        waiting for a welcome that will never come."""
+        joining = self.pending.pop(field, None)
+        if joining is not None:
+            self._alone(joining, max_users)
+
+    def _alone(self, joining: Joining, max_users: int) -> None:
+        room = joining.room
+        member = joining.member
+        if member.room is not room:
+            return
+        if joining.positioned:  # held: its welcome describes the room as this node sees it
+            joining.users = room.names(max_users)
+            joining.count = len(room)
+            if joining.replay is not None and not joining.before:
+                joining.before = unavailable(room.name)
+            self._core.release(member, joining.welcome())
+        else:
+            before = unavailable(room.name) if joining.replay is not None else b""
+            join_locally(self._core, room, member, before=before)
 
 
 def unavailable(room: str) -> bytes:

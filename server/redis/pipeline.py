@@ -30,7 +30,7 @@ BATCH = 1000
 
 
 class Op:
-    __slots__ = ("args", "kind", "on_lost", "on_reply", "payload", "room")
+    __slots__ = ("args", "kind", "on_error", "on_lost", "on_reply", "payload", "room")
 
     def __init__(
         self,
@@ -41,6 +41,7 @@ class Op:
         payload: bytes | None = None,
         on_reply: Callable[[Any], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        on_error: Callable[[], None] | None = None,
     ) -> None:
         self.kind = kind
         self.args = args
@@ -48,6 +49,7 @@ class Op:
         self.payload = payload  # the encoded message (a notice: with count 0)
         self.on_reply = on_reply
         self.on_lost = on_lost  # the link dropped before the reply: maybe applied, maybe not
+        self.on_error = on_error  # Redis answered with an error (logged): not applied, or partly
 
 
 class Pipeline:
@@ -138,5 +140,7 @@ async def execute(client: Any, ops: list[Op]) -> None:
             if is_connection_error(result):
                 raise result
             log.error("redis command %s failed: %s", op.args[0], result)
+            if op.on_error is not None:
+                op.on_error()
         elif op.on_reply is not None:
             op.on_reply(result)

@@ -117,7 +117,8 @@ end
 if size == 0 then reply[5] = 'history disabled'; return reply end
 if mode == 'last' then
   reply[5] = 'ok'
-  add(redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', tonumber(ARGV[11])), true)
+  local k = tonumber(ARGV[11])
+  if k > 0 then add(redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', k), true) end
   return reply
 end
 local since = tonumber(ARGV[11])
