@@ -160,6 +160,7 @@ async def test_an_emptied_room_starts_its_ttl_and_a_join_stops_it(client: aiored
     assert left == 0
     assert 0 < await client.ttl(meta_key("r")) <= 300
     assert 0 < await client.ttl(history_key("r")) <= 300
+    assert 299_000 < await client.pttl(history_key("r")) <= 300_000
     await join(client, "carol")
     assert await client.ttl(meta_key("r")) == -1  # occupied again: kept
     assert await client.ttl(history_key("r")) == -1
@@ -196,3 +197,17 @@ async def test_a_repair_marker_carries_the_streams_position(
     await published(channel)
     assert scripts.parse_mark_reply(await client.execute_command(*command)) == ("e1", 1)
     assert open_envelope(await published(channel))[1] == "n1/e1:1"
+
+
+async def test_a_fraction_of_a_second_of_ttl_is_kept_not_rounded_to_nothing(
+    client: aioredis.Redis,
+) -> None:
+    """--history-ttl 0.5 keeps an emptied room's history half a second, as on one node."""
+    await join(client, "bob")
+    await chat(client, "hello")
+    notice = encode(SystemMessage("bob left #r", "leave", "r", "bob", 0, 5))
+    field = member_field("n2", hash("bob") & 0xFFFF)
+    await client.execute_command(
+        *scripts.leave_command("PUBLISH", "r", field, notice, b"", force=False, ttl=0.5)
+    )
+    assert 0 < await client.pttl(history_key("r")) <= 500

@@ -21,6 +21,7 @@ Scripts are sent as EVALSHA once loaded (``load``), the text itself never per me
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 from .wire import (
@@ -136,7 +137,7 @@ return reply
 
 # KEYS: members, meta, history, ids. ARGV: 1 field, 2 publish command, 3 channel, 4 envelope
 # head, 5 notice up to `"count":`, 6 the rest, 7 force ('1': announce even if the field was not
-# there), 8 history ttl in seconds. Returns the count left.
+# there), 8 history ttl in milliseconds. Returns the count left.
 LEAVE = """
 local removed = redis.call('HDEL', KEYS[1], ARGV[1])
 local n = redis.call('HLEN', KEYS[1])
@@ -146,7 +147,7 @@ end
 if n == 0 then
   local ttl = tonumber(ARGV[8])
   for i = 2, 4 do
-    if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) else redis.call('DEL', KEYS[i]) end
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[i], ttl) else redis.call('DEL', KEYS[i]) end
   end
 end
 return n
@@ -240,7 +241,8 @@ def leave_command(
     prefix, suffix = split_count(notice)
     return (
         "EVALSHA", SHA["leave"], 4, members_key(room), *_room_keys(room), field, publish,
-        channel_name(room), head, prefix, suffix, "1" if force else "0", max(0, int(ttl)),
+        channel_name(room), head, prefix, suffix, "1" if force else "0",
+        max(0, math.ceil(ttl * 1000)),  # milliseconds: --history-ttl 0.5 is not 0
     )
 
 
