@@ -8,13 +8,17 @@ the save: the streams start anew with new epochs and resuming clients are told `
 false`` instead of being given a wrong replay. A missing, unreadable or corrupt file is logged
 and ignored (new epochs), never fatal; so is a file that cannot be deleted after reading.
 
-The format is msgpack (msgspec): ``SavedHistory`` below, with ``history.SavedStream`` entries.
+The format is msgpack (msgspec): ``SavedHistory`` below, its ``streams`` the encoded list of
+``history.SavedStream`` entries, guarded by a BLAKE2b digest: a byte damaged anywhere makes the
+whole file ignored (new epochs, ``recovered: false``), never a replay of damaged messages called
+recovered (format 1 had no digest: one flipped bit in a seq or a text was served as recovered).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 
@@ -24,15 +28,36 @@ from .history import History, SavedStream, sweep_interval
 
 log = logging.getLogger("roomcast.history")
 
-FORMAT = 1
+FORMAT = 2
 
 
 class SavedHistory(msgspec.Struct, gc=False):
     format: int
-    streams: list[SavedStream]  # least recently active first
+    digest: bytes  # of `streams`, as written: see digest()
+    streams: bytes  # msgpack of list[SavedStream], least recently active first
+
+
+def digest(streams: bytes) -> bytes:
+    return hashlib.blake2b(streams, digest_size=16).digest()
+
+
+def encode_file(history: History) -> bytes:
+    streams = _encoder.encode(history.snapshot())
+    return _encoder.encode(SavedHistory(FORMAT, digest(streams), streams))
+
+
+def decode_file(data: bytes) -> list[SavedStream]:
+    """The streams `data` holds; ValueError or msgspec.DecodeError if it is not a whole file."""
+    saved = _decoder.decode(data)
+    if saved.format != FORMAT:
+        raise ValueError(f"format {saved.format}, expected {FORMAT}")
+    if saved.digest != digest(saved.streams):
+        raise ValueError("its checksum does not match: the file is damaged")
+    return _streams_decoder.decode(saved.streams)
 
 
 _decoder = msgspec.msgpack.Decoder(SavedHistory)
+_streams_decoder = msgspec.msgpack.Decoder(list[SavedStream])
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -84,9 +109,7 @@ def load(path: str, history: History) -> int:
         log.warning("cannot read history file %s (%s): every room starts a new stream", path, exc)
         return 0
     try:
-        saved = _decoder.decode(data)
-        if saved.format != FORMAT:
-            raise ValueError(f"format {saved.format}, expected {FORMAT}")
+        streams = decode_file(data)
     except (msgspec.DecodeError, ValueError) as exc:
         log.warning("ignoring history file %s (%s): every room starts a new stream", path, exc)
         return 0
@@ -99,7 +122,7 @@ def load(path: str, history: History) -> int:
             "starts a new stream", path, exc,
         )
         return 0
-    kept = history.restore(saved.streams)
+    kept = history.restore(streams)
     log.info(
         "restored the history of %d rooms (%d messages) from %s",
         kept, history.messages(), path,
@@ -109,7 +132,7 @@ def load(path: str, history: History) -> int:
 
 def save(path: str, history: History) -> bool:
     """Writes every stream of `history` to `path` atomically; False (logged) when it failed."""
-    data = _encoder.encode(SavedHistory(FORMAT, history.snapshot()))
+    data = encode_file(history)
     directory = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
