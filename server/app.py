@@ -105,6 +105,12 @@ class App:
     def note(self, label: str, text: str) -> None:
         self.gate.note(label, text)
 
+    def may_linger(self, peer: str) -> bool:
+        return self.gate.may_linger(peer)
+
+    def lingered(self, peer: str) -> None:
+        self.gate.lingered(peer)
+
     def respond(self, request: Request) -> Response | Awaitable[Response]:
         """A plain HTTP request: the page, health, readiness, metrics, the token check."""
         return self.site.respond(request)
@@ -253,6 +259,12 @@ class Admin:
         return None
 
     def end(self, peer: str) -> None:
+        pass
+
+    def may_linger(self, peer: str) -> bool:
+        return True  # a private address: no one floods it
+
+    def lingered(self, peer: str) -> None:
         pass
 
     def note(self, label: str, text: str) -> None:

@@ -58,6 +58,13 @@ class FrontOwner(Protocol):
     def note(self, label: str, text: str) -> None:
         """Counts a refused request by reason."""
 
+    def may_linger(self, peer: str) -> bool:
+        """Whether an answered connection from `peer` may linger (holding its descriptor for
+        LINGER_SECONDS); if so, ``lingered`` is told when it is gone."""
+
+    def lingered(self, peer: str) -> None:
+        """A connection `may_linger` let linger is gone."""
+
     def respond(self, request: Request) -> Response | Awaitable[Response]:
         """The answer to a plain HTTP request (or what will be)."""
 
@@ -85,7 +92,8 @@ def feed(protocol: Any, data: bytes) -> None:
 
 
 class Front(asyncio.Protocol):
-    __slots__ = ("_buffer", "_owner", "_peer", "_slot", "_timer", "_transport")
+    __slots__ = ("_buffer", "_lingering", "_open", "_owner", "_peer", "_slot", "_timer",
+                 "_transport")
 
     def __init__(self, owner: FrontOwner, peer: Any) -> None:
         self._owner = owner
@@ -95,6 +103,8 @@ class Front(asyncio.Protocol):
         self._transport: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._slot = False  # holds one of the peer address's slots
+        self._open = True  # not answered yet: once it is, nothing more is read
+        self._lingering = False
 
     def connection_made(self, transport: Any) -> None:
         self._transport = transport
@@ -106,8 +116,8 @@ class Front(asyncio.Protocol):
         self._timer = self._owner.loop.call_later(self._owner.handshake_timeout, self._too_slow)
 
     def data_received(self, data: bytes) -> None:
-        if self._timer is None:
-            return  # answered already: what still arrives is dropped
+        if not self._open or self._timer is None:
+            return  # answered (or timed out) already: what still arrives is dropped
         buffer = self._buffer
         buffer += data
         try:
@@ -153,11 +163,14 @@ class Front(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
         self._release()
+        if self._lingering:
+            self._lingering = False
+            self._owner.lingered(self._peer)
 
     # ---- endings ------------------------------------------------------------------------------
 
     def _answered(self, done: asyncio.Future[Response], request: Request) -> None:
-        if self._transport.is_closing() or self._timer is None:
+        if self._transport.is_closing() or not self._open or self._timer is None:
             return
         try:
             response = done.result()
@@ -172,19 +185,26 @@ class Front(asyncio.Protocol):
 
     def _answer(self, response: bytes) -> None:
         """Writes the whole answer and closes, lingering a little: closing while the client
-        still sends would reset the connection and lose the answer."""
+        still sends would reset the connection and lose the answer. Lingering holds a
+        descriptor, so an address gets no more lingering connections than its slots (refused
+        ones included: a flood of refusals would otherwise hold thousands): past that the
+        connection is closed at once."""
         self._stop_timer()
+        self._open = False
+        self._buffer = bytearray()
         transport = self._transport
         transport.write(response)
-        if transport.can_write_eof():
+        self._release()
+        if transport.can_write_eof() and self._owner.may_linger(self._peer):
+            self._lingering = True
             transport.write_eof()
             self._timer = self._owner.loop.call_later(LINGER_SECONDS, transport.abort)
         else:
             transport.close()
-        self._release()
 
     def _too_slow(self) -> None:
         self._timer = None
+        self._open = False
         self._owner.note("handshake_timeout", "no complete request within the timeout")
         self._transport.abort()
         self._release()

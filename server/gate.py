@@ -79,6 +79,7 @@ class Gate:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: Deadlines[Expirable] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._lingering: dict[str, int] = {}  # answered connections still open, by address
 
     def refuse(
         self, label: str, status: int, text: str, headers: dict[str, str] | None = None
@@ -112,6 +113,27 @@ class Gate:
         """The connection `begin` let through is gone before it became a WebSocket."""
         if not self.behind_proxy(peer):
             self.limits.closed(peer)
+
+    def may_linger(self, peer: str) -> bool:
+        """An answered connection from `peer` may linger while the address has fewer lingering
+        than ``--max-connections-per-ip`` (any number without that limit, or from a trusted
+        proxy); counted until ``lingered``."""
+        cap = self.limits.max_per_ip
+        if not cap or self.behind_proxy(peer):
+            return True
+        lingering = self._lingering
+        if lingering.get(peer, 0) >= cap:
+            return False
+        lingering[peer] = lingering.get(peer, 0) + 1
+        return True
+
+    def lingered(self, peer: str) -> None:
+        lingering = self._lingering
+        left = lingering.get(peer, 0) - 1
+        if left > 0:
+            lingering[peer] = left
+        else:
+            lingering.pop(peer, None)
 
     def behind_proxy(self, peer: str) -> bool:
         """Whether `peer` is a trusted proxy (its clients are told by X-Forwarded-For)."""
