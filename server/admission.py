@@ -24,34 +24,52 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # ---- the upgrade request itself ----------------------------------------------------------------
 
 
-def handshake_problem(headers: Any) -> str | None:
-    """Why this upgrade request is not a valid WebSocket upgrade, or None.
+_ONCE = ("host", "sec-websocket-key", "sec-websocket-version")
+
+
+def handshake_problem(headers: Any) -> Refusal | None:
+    """Why this upgrade request is not a valid WebSocket upgrade (a 400, or 426 for a version we
+    do not speak), or None. `headers` is a multidict (``getall``): repeats are refused.
 
     The same checks picows makes after the listener factory, made first so that the refusal is a
-    fixed 400 text: picows's own error echoes the header value and fails (no answer, a traceback
+    fixed text: picows's own error echoes the header value and fails (no answer, a traceback
     in the log) when that value is not UTF-8, which a fuzzer finds in seconds. ``Connection`` may
     list other tokens besides ``Upgrade`` (Firefox sends ``keep-alive, Upgrade``; RFC 6455 4.2.1
-    allows it).
+    allows it). Host, the key and the version appear exactly once (RFC 9112 3.2, RFC 6455 11.3),
+    and an upgrade has no body: one would be read as the client's first frames.
     """
+    for name in _ONCE:
+        if len(headers.getall(name, ())) > 1:
+            return _bad(f"{name} must appear once")
+    if "host" not in headers:
+        return _bad("an upgrade needs a Host header")
+    if headers.get("content-length", "0").strip() != "0" or "transfer-encoding" in headers:
+        return _bad("an upgrade request has no body")
     connection = headers.get("connection")
     if not isinstance(connection, str):
-        return "Connection header must include 'Upgrade'"
+        return _bad("Connection header must include 'Upgrade'")
     if connection.lower() != "upgrade":
         tokens = {token.strip().lower() for token in connection.split(",")}
         if "upgrade" not in tokens:
-            return "Connection header must include 'Upgrade'"
-    if headers.get("sec-websocket-version") not in ("13", "8", "7"):
-        return "unsupported Sec-WebSocket-Version (use 13)"
+            return _bad("Connection header must include 'Upgrade'")
+    if headers.get("sec-websocket-version") != "13":
+        # RFC 6455 4.2.2: 426 naming the version this server speaks
+        return Refusal(426, "unsupported Sec-WebSocket-Version (use 13)", label="bad_request",
+                       extra={"Sec-WebSocket-Version": "13"})
     key = headers.get("sec-websocket-key")
     try:
         if (
             not isinstance(key, str)
             or len(base64.b64decode(key.encode("ascii"), validate=True)) != 16
         ):
-            return "invalid Sec-WebSocket-Key"
+            return _bad("invalid Sec-WebSocket-Key")
     except (UnicodeEncodeError, binascii.Error):
-        return "invalid Sec-WebSocket-Key"
+        return _bad("invalid Sec-WebSocket-Key")
     return None
+
+
+def _bad(reason: str) -> Refusal:
+    return Refusal(400, reason, label="bad_request")
 
 
 # ---- Origin -----------------------------------------------------------------------------------
@@ -221,14 +239,18 @@ def client_address(
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    status: int  # 403, 429 or 503
+    status: int  # 400, 403, 426, 429 or 503
     reason: str  # short text for the response body and the refusal counter
     retry_after: int | None = None  # seconds, for the Retry-After header
     label: str = "limit"  # the `reason` label of roomcast_handshakes_refused_total
+    extra: dict[str, str] | None = None  # more response headers
 
     @property
     def headers(self) -> dict[str, str]:
-        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        headers = dict(self.extra or {})
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return headers
 
 
 class Limits:

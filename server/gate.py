@@ -146,7 +146,7 @@ class Gate:
         """Origin, limits, then the token: the whole decision on one upgrade request."""
         problem = handshake_problem(headers)
         if problem is not None:
-            return self.refuse("bad_request", 400, problem)
+            return self.refuse(problem.label, problem.status, problem.reason, problem.headers)
         if not self._security.origins.allows(headers.get("origin"), headers.get("host")):
             return self.refuse("origin", 403, "origin not allowed")
         address = peer

@@ -45,9 +45,11 @@ class Request:
 
     @property
     def is_upgrade(self) -> bool:
-        """A WebSocket opening handshake: a GET with ``Upgrade: websocket`` (RFC 6455 4.1)."""
+        """A WebSocket opening handshake: an HTTP/1.1 GET with ``Upgrade: websocket`` (RFC 6455
+        4.1; RFC 9110 7.8: Upgrade is ignored in an HTTP/1.0 request, answered as a plain GET)."""
         return (
             self.method == "GET"
+            and self.version == "HTTP/1.1"
             and self.headers.get("upgrade", "").strip().lower() == "websocket"
         )
 
@@ -83,6 +85,8 @@ def parse_head(head: bytes) -> Request:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or b" " in name:
             raise HttpError(400, "malformed header line")
+        if b"\n" in value or b"\r" in value or b"\x00" in value:  # RFC 9110 5.5: never in a value
+            raise HttpError(400, "malformed header value")
         headers.add(name.decode("latin-1"), value.strip(b" \t").decode("latin-1"))
     if method not in METHODS:
         raise HttpError(405, "method not allowed")

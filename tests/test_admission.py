@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 
 import pytest
+from multidict import CIMultiDict
 
 from server.admission import (
     Limits,
@@ -232,18 +233,45 @@ async def test_handshake_timeout_drops_a_silent_connection(launch: Launch) -> No
 
 def test_handshake_problems_are_found_before_picows_sees_them() -> None:
     good = {
+        "host": "h",
         "connection": "Upgrade",
         "sec-websocket-version": "13",
         "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
     }
-    assert handshake_problem(good) is None
-    assert handshake_problem({**good, "connection": "keep-alive"}) is not None
+
+    def problem(headers: dict[str, str], *repeated: tuple[str, str]) -> tuple[int, str] | None:
+        multi = CIMultiDict(headers)
+        for name, value in repeated:
+            multi.add(name, value)
+        found = handshake_problem(multi)
+        return None if found is None else (found.status, found.reason)
+
+    assert problem(good) is None
+    assert problem({**good, "connection": "keep-alive"}) is not None
     firefox = {**good, "connection": "keep-alive, Upgrade"}
-    assert handshake_problem(firefox) is None
+    assert problem(firefox) is None
     assert firefox == {**good, "connection": "keep-alive, Upgrade"}  # pure: nothing rewritten
-    assert handshake_problem({**good, "sec-websocket-version": "\udcbf13"}) is not None
-    assert handshake_problem({**good, "sec-websocket-key": "short"}) is not None
-    assert handshake_problem({**good, "sec-websocket-key": "\udcbfxx"}) is not None
+    assert problem({**good, "sec-websocket-version": "\udcbf13"}) is not None
+    assert problem({**good, "sec-websocket-key": "short"}) is not None
+    assert problem({**good, "sec-websocket-key": "\udcbfxx"}) is not None
+    # RFC 6455 4.2.2: a version other than 13 is a 426 that names 13
+    for version in ("8", "7", "12", "14"):
+        assert problem({**good, "sec-websocket-version": version}) == (
+            426, "unsupported Sec-WebSocket-Version (use 13)")
+    version_missing = {k: v for k, v in good.items() if k != "sec-websocket-version"}
+    assert problem(version_missing) is not None and problem(version_missing)[0] == 426  # type: ignore[index]
+    # once each (RFC 9112 3.2, RFC 6455 11.3), and no body
+    assert problem({k: v for k, v in good.items() if k != "host"}) == (
+        400, "an upgrade needs a Host header")
+    assert problem(good, ("Host", "other")) == (400, "host must appear once")
+    assert problem(good, ("Sec-WebSocket-Key", "AAAAAAAAAAAAAAAAAAAAAA==")) == (
+        400, "sec-websocket-key must appear once")
+    assert problem(good, ("Sec-WebSocket-Version", "13")) == (
+        400, "sec-websocket-version must appear once")
+    assert problem({**good, "content-length": "40"}) == (400, "an upgrade request has no body")
+    assert problem({**good, "transfer-encoding": "chunked"}) == (
+        400, "an upgrade request has no body")
+    assert problem({**good, "content-length": "0"}) is None
 
 
 async def test_a_non_utf8_version_header_gets_400_not_a_traceback(server: ServerProcess) -> None:
@@ -258,7 +286,8 @@ async def test_a_non_utf8_version_header_gets_400_not_a_traceback(server: Server
         answer = await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()
-    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert answer.startswith(b"HTTP/1.1 426"), answer  # a version we do not speak
+    assert b"\r\nSec-WebSocket-Version: 13\r\n" in answer
     assert (await upgrade(server.host, server.port)).status == 101
     assert "Traceback" not in server.text()
 

@@ -342,3 +342,42 @@ async def test_refused_connections_do_not_linger_past_the_address_limit(launch: 
     finally:
         for _, writer in opened:
             writer.close()
+
+
+GOOD_UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        (b"X-A: one\ntwo\r\n", b"400"),  # a lone LF in a value: picows answered it, echoing it
+        (b"X-A: one\rtwo\r\n", b"400"),
+        (b"X-A: one\x00two\r\n", b"400"),
+        (b"Host: other\r\n", b"400"),  # two Host headers
+        (b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n", b"400"),
+        (b"Sec-WebSocket-Version: 13\r\n", b"400"),
+        (b"Content-Length: 12\r\n", b"400"),  # a body would be read as the first frames
+        (b"Transfer-Encoding: chunked\r\n", b"400"),
+    ],
+    ids=["lf", "cr", "nul", "two-hosts", "two-keys", "two-versions", "length", "chunked"],
+)
+async def test_malformed_upgrades_get_our_fixed_400(
+    launch: Launch, extra: bytes, status: bytes
+) -> None:
+    server = launch()
+    body = b"\x81\x8c" + b"\x00" * 4 + b'{"type":"x"}' if b"Content" in extra else b""
+    answer = await raw_request(server, GOOD_UPGRADE + extra + b"\r\n" + body)
+    assert answer.startswith(b"HTTP/1.1 " + status + b" "), answer
+    assert b"one" not in answer and b"other" not in answer  # nothing of the request echoed
+    metrics = (await raw_request(server, b"GET /metrics HTTP/1.1\r\n\r\n")).decode()
+    assert 'roomcast_handshakes_refused_total{reason="bad_request"} 1.0' in metrics
+    assert "ERROR" not in server.text()
+
+
+async def test_an_http_1_0_upgrade_is_a_plain_request(server: ServerProcess) -> None:
+    """RFC 9110 7.8: Upgrade is ignored in HTTP/1.0; the page is the answer, never a 101."""
+    answer = await raw_request(server, GOOD_UPGRADE.replace(b"HTTP/1.1", b"HTTP/1.0") + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:80]
