@@ -141,9 +141,8 @@ class ChatCore:
             self.chat(member, message.text, message.id)  # type: ignore[union-attr]
         elif kind is Join:
             join: Join = message  # type: ignore[assignment]
-            member.wants_typing = bool(join.typing)
             replay = join.since if join.since is not None else join.history
-            self.join(member, join.room, join.username, replay)
+            self.join(member, join.room, join.username, replay, typing=bool(join.typing))
         elif kind is Typing:
             self.typing(member)
         elif member.room is not None and not self._join_refused(member):
@@ -213,7 +212,11 @@ class ChatCore:
         room_name: str | None,
         username: str | None,
         replay: Replay = None,
+        *,
+        typing: bool = False,
     ) -> None:
+        """`typing`: whether the member asked for typing events; like everything else, it
+        changes only if the join is accepted (a refused join changes nothing)."""
         name = member.fixed_name
         if name is None:
             name = clean_name(username, DEFAULT_USERNAME, self.config.max_username_length)
@@ -247,6 +250,7 @@ class ChatCore:
         if room is None:
             room = self.rooms[room_key] = Room(room_key)
         self.counters.joins += 1
+        member.wants_typing = typing
         member.name = name
         member.room = room
         member.slot = -1

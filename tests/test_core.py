@@ -631,6 +631,22 @@ def test_typing_is_throttled_per_sender_and_not_a_chat(hub: Harness) -> None:
     assert hub.core.counters.chats == 0 and typer.messages() == []
 
 
+def test_a_refused_join_does_not_change_the_typing_subscription(hub: Harness) -> None:
+    watcher, typer = hub.client(), hub.client()
+    watcher.send({"type": "join", "username": "w", "typing": True})
+    typer.join("t")
+    hub.tick()
+    watcher.messages()
+    for refused in ({"username": "bad\u200bname"}, {"username": "w", "room": "r\u200b"}):
+        watcher.send({"type": "join", "typing": False, **refused})
+        hub.tick()
+        assert [m["type"] for m in watcher.messages()] == ["error"]
+    hub.clock.now += 5
+    typer.send({"type": "typing"})
+    hub.tick()
+    assert watcher.messages() == [{"type": "typing", "room": "general", "username": "t"}]
+
+
 def test_typing_outside_a_room_is_an_error(hub: Harness) -> None:
     lone = hub.client()
     lone.send({"type": "typing"})
