@@ -5,7 +5,8 @@ A name comes from a client's ``join`` or from a token's claims (server/auth.py);
 
 The rule (docs/protocol.md, docs/security.md): after trimming, at most ``max_length`` characters
 and none that is invisible or changes how the text around it is shown, so that no two names that
-look the same on screen are different strings. Refused:
+look the same on screen are different strings (canonically equivalent spellings are made one by
+NFC normalization). Refused:
 
 * the Unicode general categories Cc (controls), Cf (format: bidi marks and overrides, zero-width
   joiners and spaces, soft hyphen, tags, interlinear annotation...), Zl and Zp (line and
@@ -88,7 +89,9 @@ def clean_name(value: str | None, default: str, max_length: int) -> str | None:
     """The name to use, or None when it is invalid (too long, or a character the rule refuses).
 
     Missing, blank and whitespace-only names mean `default`, as in the seed; surrounding
-    whitespace is trimmed.
+    whitespace is trimmed. A non-ASCII name is put in Unicode NFC first, so that canonically
+    equivalent spellings (``é`` as one character or as ``e`` and a combining accent; a Hangul
+    syllable or its conjoining jamo), which look the same, are the same name and the same room.
     """
     if value is None:
         return default
@@ -99,4 +102,7 @@ def clean_name(value: str | None, default: str, max_length: int) -> str | None:
         return None
     if value.isascii():  # inlined: this runs for every join
         return None if _ASCII_CONTROL.search(value) else value
+    value = unicodedata.normalize("NFC", value)
+    if len(value) > max_length:  # NFC never lengthens, except a few compatibility cases
+        return None
     return value if is_allowed_in_name(value) else None

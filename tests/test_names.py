@@ -58,7 +58,7 @@ def test_each_class_of_invisible_or_control_character_is_refused(kind: str, char
     ],
 )
 def test_ordinary_names_in_any_script_are_accepted(name: str) -> None:
-    assert clean_name(name, DEFAULT_USERNAME, 32) == name.strip()
+    assert clean_name(name, DEFAULT_USERNAME, 32) == unicodedata.normalize("NFC", name.strip())
 
 
 def test_emoji_with_a_variation_selector_or_a_joiner_are_refused_by_design() -> None:
@@ -125,3 +125,22 @@ def test_no_accepted_name_contains_a_default_ignorable_or_format_character(name:
         assert unicodedata.category(ch) != "Cf", f"U+{ord(ch):04X}"
         assert not _refused_character(ch), f"U+{ord(ch):04X}"
     assert is_allowed_in_name(cleaned)
+
+
+@pytest.mark.parametrize(
+    ("spelled", "canonical"),
+    [
+        ("jose\u0301", "jos\u00e9"),  # e + combining acute: é
+        ("\u1112\u1161\u11ab", "\ud55c"),  # conjoining jamo: the syllable 한
+        ("cafe\u0301 lounge", "caf\u00e9 lounge"),
+        ("\u212b", "\u00c5"),  # ANGSTROM SIGN is canonically Å
+    ],
+)
+def test_names_that_look_the_same_are_the_same_name(spelled: str, canonical: str) -> None:
+    """Canonically equivalent spellings render identically: one name (and one room) in NFC."""
+    assert clean_name(spelled, "d", 32) == clean_name(canonical, "d", 32) == canonical
+
+
+def test_a_name_over_the_limit_once_normalized_is_refused() -> None:
+    assert clean_name("\u0958" * 4, "d", 4) is None  # NFC writes each as two characters
+    assert clean_name("\u0958" * 2, "d", 4) == "\u0915\u093c" * 2
