@@ -66,9 +66,16 @@ async def test_the_readme_terminal_session(server: ServerProcess) -> None:
     client.send_frame(TEXT, b'{"type":"join","username":"terminal-user","room":"general"}')
     welcome = await client.recv_json()
     assert welcome["text"] == "terminal-user joined #general"
+    # exactly the fields the README shows, in its order
+    assert list(welcome) == ["type", "text", "event", "room", "username", "count", "timestamp",
+                             "users", "epoch", "seq"]
+    assert (welcome["count"], welcome["users"], welcome["seq"]) == (
+        2, ["watcher", "terminal-user"], 0)
     client.send_frame(TEXT, b'{"type":"chat","text":"Hello from the terminal!"}')
     message = await until(lambda m: m["type"] == "chat", watcher)
     assert (message["username"], message["text"]) == ("terminal-user", "Hello from the terminal!")
+    own = await until(lambda m: m["type"] == "chat", client)
+    assert list(own) == ["type", "username", "text", "timestamp", "seq"] and own["seq"] == 1
 
 
 @pytest.mark.parametrize("how", ["leave", "close-frame", "reset"])
