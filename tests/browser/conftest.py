@@ -48,6 +48,7 @@ if not CHROMIUM.exists() and os.geteuid() != 0:
 from playwright.sync_api import (  # noqa: E402
     Browser,
     BrowserContext,
+    ConsoleMessage,
     Page,
     Playwright,
     sync_playwright,
@@ -92,6 +93,13 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 def _watch_errors(page: Page, errors: list[str]) -> Page:
     page.on("pageerror", lambda error: errors.append(f"{page.url}: {error}"))
+
+    def console(message: ConsoleMessage) -> None:
+        # what the page's Content-Security-Policy blocked: the page must need nothing it forbids
+        if message.type == "error" and "Content Security Policy" in message.text:
+            errors.append(f"{page.url}: {message.text}")
+
+    page.on("console", console)
     return page
 
 

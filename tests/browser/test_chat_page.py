@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import jwt
-from playwright.sync_api import Dialog, Page, expect
+from playwright.sync_api import Browser, Dialog, Page, expect
 
 from tests.browser.pages import chat_texts, join, member, say
 from tests.support import ServerProcess, free_port, start_server
@@ -251,3 +251,26 @@ def test_an_expired_token_stops_the_page_instead_of_reconnecting(
         re.compile("token has expired"), timeout=10_000
     )
     expect(page.locator("#status")).to_have_attribute("data-state", "expired")
+
+
+def test_the_page_runs_under_its_content_security_policy(
+    server: ServerProcess, browser: Browser
+) -> None:
+    """The page is served with a policy that allows only its own script, style and socket
+    (every other browser test fails on a violation it reports); an inline script is refused.
+    Its own context, not new_page's: the violation provoked here is expected."""
+    context = browser.new_context()
+    page = context.new_page()
+    response = page.goto(server.http_url)
+    assert response is not None
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    blocked: list[str] = []
+    page.on("console", lambda message: blocked.append(message.text))
+    page.evaluate(
+        "() => { const s = document.createElement('script'); s.textContent = 'window.ran = 1';"
+        " document.body.append(s); }"
+    )
+    assert page.evaluate("() => window.ran") is None
+    assert any("Content Security Policy" in text for text in blocked)
+    context.close()
