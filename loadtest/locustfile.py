@@ -44,6 +44,7 @@ would register every listener twice.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from locust import events
@@ -74,6 +75,11 @@ SCENARIO_CLASSES = {
 }
 
 _monitor: RunMonitor | None = None
+
+try:  # a misspelt SCENARIO is a one-line error before Locust starts, not a traceback in a hook
+    selected_scenario()
+except ValueError as bad_scenario:
+    sys.exit(f"locust: {bad_scenario}")
 
 
 @events.init_command_line_parser.add_listener

@@ -375,3 +375,17 @@ def test_seq_tracker_counts_gaps_duplicates_and_checks_the_resume_seam() -> None
                              "replayed": 3, "gaps": 2, "missing": 4, "duplicates": 1,
                              "reasons": {"epoch changed": 1}}
     assert totals.to_dict()["resumes"] == 0  # taken: counting starts again
+
+
+def test_a_misspelt_scenario_is_one_line_before_locust_starts() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
+         "--headless", "--users", "1", "--run-time", "1s", "--host", "ws://127.0.0.1:9"],
+        cwd=ROOT, env={**os.environ, "SCENARIO": "fanuot"}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "locust: SCENARIO must be one of capacity, fanout, swarm, resume, storm, all, "
+        "not 'fanuot'"
+    ], done.stderr[-2000:]
