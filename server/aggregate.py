@@ -5,9 +5,13 @@ text in, text out). Counters and histograms are summed over the workers; a worke
 (new pid) would make a sum go back, so what a worker had counted when it was last seen is kept as
 ``retired`` and added for good: the merged counters never decrease. Gauges are summed, except the
 ones where a sum means nothing: readiness and the Redis link (the minimum: the server is ready
-when every worker is), and each process's open and maximum descriptors, which keep a ``worker``
-label (a limit is per process). Per-worker detail that matters also has its own series:
-``roomcast_worker_connections{worker}``, ``roomcast_worker_up{worker}``.
+when every worker is), and the per-process facts (open and maximum descriptors, the process's
+start time), which keep a ``worker`` label: a limit or a start time is per process. The
+``_created`` gauges that go with a histogram (a creation time per process) are left out. The
+output is the Prometheus text format as one process writes it (a counter's ``# HELP``/``# TYPE``
+name carries its ``_total``) and passes ``promtool check metrics``. Per-worker detail that
+matters also has its own series: ``roomcast_worker_connections{worker}``,
+``roomcast_worker_up{worker}``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 SampleKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
 
 _MINIMUM = {"roomcast_ready", "roomcast_broker_up", "roomcast_build_info"}
-_PER_WORKER = {"process_open_fds", "process_max_fds"}
+_PER_WORKER = {"process_open_fds", "process_max_fds", "process_start_time_seconds"}
 _MONOTONIC_TYPES = {"counter", "histogram", "summary"}
 
 
@@ -51,14 +55,16 @@ class Merger:
             answered.add(worker)
             seen: dict[SampleKey, float] = {}
             for parsed in text_string_to_metric_families(text):
+                if _is_creation_time(parsed.name, parsed.type, families):
+                    continue  # a histogram's creation time: per process, summing means nothing
                 family = families.get(parsed.name)
                 if family is None:
                     family = families[parsed.name] = Family(
                         parsed.name, parsed.type, parsed.documentation
                     )
                 for sample in parsed.samples:
-                    if sample.name.endswith("_created"):
-                        continue  # a creation time: summing it means nothing
+                    if sample.name == parsed.name + "_created":
+                        continue  # a creation time (OpenMetrics input): means nothing summed
                     labels = dict(sample.labels)
                     if parsed.name in _PER_WORKER:
                         labels["worker"] = str(worker)
@@ -87,6 +93,16 @@ class Merger:
         return _render(families, per_worker, restarts)
 
 
+def _is_creation_time(name: str, kind: str, families: dict[str, Family]) -> bool:
+    """The ``<family>_created`` gauge the text format writes after a histogram, a summary or a
+    counter that has a creation time (it comes after its family, so that one is known; a bare
+    ``_created`` sample after a family's own lines parses as an untyped one)."""
+    if kind not in ("gauge", "unknown") or not name.endswith("_created"):
+        return False
+    base = families.get(name[: -len("_created")])
+    return base is not None and base.type in _MONOTONIC_TYPES
+
+
 def _family_of(sample: str, families: dict[str, Family]) -> str | None:
     for suffix in ("", "_total", "_bucket", "_sum", "_count", "_created"):
         if suffix and sample.endswith(suffix) and sample[: -len(suffix)] in families:
@@ -97,11 +113,31 @@ def _family_of(sample: str, families: dict[str, Family]) -> str | None:
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    """A label value: backslash, newline and double quote escaped."""
+    return _escape_help(value).replace('"', '\\"')
+
+
+def _escape_help(value: str) -> str:
+    """A # HELP text: backslash and newline escaped (quotes stay as they are)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _exposed(family: Family) -> tuple[str, str]:
+    """The name and type of a family's # HELP and # TYPE lines, as a process writes them: the
+    parser names a counter without its ``_total``, which the samples (and the lines) carry."""
+    if family.type == "counter":
+        return family.name + "_total", "counter"
+    if family.type == "unknown":
+        return family.name, "untyped"
+    return family.name, family.type
 
 
 def _number(value: float) -> str:
-    return "NaN" if math.isnan(value) else repr(float(value))
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
 
 
 def _render(
@@ -109,8 +145,9 @@ def _render(
 ) -> str:
     lines: list[str] = []
     for family in families.values():
-        lines.append(f"# HELP {family.name} {_escape(family.documentation)}")
-        lines.append(f"# TYPE {family.name} {family.type}")
+        exposed, kind = _exposed(family)
+        lines.append(f"# HELP {exposed} {_escape_help(family.documentation)}")
+        lines.append(f"# TYPE {exposed} {kind}")
         for (name, labels), value in family.samples.items():
             text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
             shown = f"{name}{{{text}}}" if text else name

@@ -7,7 +7,10 @@ room;
 ``flush()`` (requested once per event-loop tick) joins a room's queued frames into one buffer and
 writes the *same* bytes object to every member, so a broadcast costs one frame and one write per
 member per tick, whatever the number of messages in that tick. Counters move per room flush,
-never per recipient.
+never per recipient in the fan-out loop; the room frames a member gets in a write of its own
+(caught up before a direct frame or a leave, or kept while its join was held and written on its
+release) are counted as that one write, like a late member's. A welcome, an ack or an error is
+not a delivery.
 
 Ordering: every member's byte stream is exactly the sequence of events it took part in. Members
 who were placed during the current tick (or received a direct message while the room had queued
@@ -27,6 +30,18 @@ from .protocol import text_frame
 from .state import Counters
 
 __all__ = ["Delivery", "Member", "Room"]
+
+
+class _Kept(list[bytes]):
+    """What is kept for a held member, in order: the room's frames and its direct ones (acks,
+    errors). `frames` and `size` are the room's share, the deliveries its release writes."""
+
+    __slots__ = ("frames", "size")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+        self.size = 0
 
 
 class Room:
@@ -104,7 +119,7 @@ class Delivery:
         """Places an arriving member at this point of the room's stream, like ``admit``, but
         keeps what it receives until ``release`` writes its welcome first."""
         room.arriving -= 1
-        member.held = []
+        member.held = _Kept()
         member.cursor = len(room.pending)
         member.slot = len(room.held)
         room.held.append(member)
@@ -117,7 +132,12 @@ class Delivery:
             return
         _swap_remove(room.held, member)
         member.held = None
-        member.write(welcome + b"".join(held) if held else welcome)
+        if held:
+            member.write(welcome + b"".join(held))
+            if isinstance(held, _Kept) and held.frames:
+                self._counted(held.frames, held.size)
+        else:
+            member.write(welcome)
         self._place(room, member, member.cursor)
 
     def catch_up(self, member: Member) -> None:
@@ -126,8 +146,11 @@ class Delivery:
         if room is None or not room.pending or member.slot < 0 or member.held is not None:
             return
         start = member.cursor if member.late else 0
-        if start < len(room.pending):
-            member.write(b"".join(room.pending[start:]))
+        pending = room.pending
+        if start < len(pending):
+            tail = b"".join(pending[start:])
+            member.write(tail)
+            self._counted(len(pending) - start, len(tail))
 
     def remove(self, room: Room, member: Member) -> None:
         """Takes a member out of the room's lists; it receives nothing more from the room."""
@@ -174,7 +197,9 @@ class Delivery:
             room.late.append(member)
         member.cursor = len(pending)
         if start < len(pending):
-            member.write(b"".join(pending[start:]) + frame)
+            tail = b"".join(pending[start:])
+            member.write(tail + frame)
+            self._counted(len(pending) - start, len(tail))
         else:
             member.write(frame)
 
@@ -214,8 +239,10 @@ class Delivery:
             if start < len(pending):
                 tail = b"".join(pending[start:])
                 member.write(tail)
+                frames = len(pending) - start
                 counters.writes += 1
-                counters.deliveries += len(pending) - start
+                counters.deliveries += frames
+                counters.coalesced_frames += frames - 1
                 counters.bytes_sent += len(tail)
             member.late = False
             member.cursor = 0
@@ -230,10 +257,22 @@ class Delivery:
         into what is kept for it; its cursor then points past them."""
         queue = room.pending if pending is None else pending
         start = member.cursor
-        assert member.held is not None
+        held = member.held
+        assert isinstance(held, _Kept)
         if start < len(queue):
-            member.held.extend(queue[start:])
+            frames = queue[start:]
+            held.extend(frames)
+            held.frames += len(frames)
+            held.size += sum(map(len, frames))
         member.cursor = len(room.pending)
+
+    def _counted(self, frames: int, size: int) -> None:
+        """One write of `frames` of a room's frames (`size` bytes) to one member."""
+        counters = self.counters
+        counters.writes += 1
+        counters.deliveries += frames
+        counters.coalesced_frames += frames - 1
+        counters.bytes_sent += size
 
     @staticmethod
     def _place(room: Room, member: Member, cursor: int) -> None:
