@@ -81,6 +81,7 @@ class App:
         self.acceptor: Acceptor | None = None
         self.broker: RedisBroker | None = None
         self._all_gone = asyncio.Event()
+        self._cut_short = asyncio.Event()  # a second signal: stop waiting for the drain
         self._flush_seconds = self.metrics.flush_duration
         self.handshake_timeout = config.handshake_timeout
         self._websocket_protocol = websocket_protocol_factory(
@@ -207,8 +208,14 @@ class App:
         self.core.use_broker(broker)
         self.metrics.start_broker_probe(self.loop, broker)
 
+    def cut_drain_short(self) -> None:
+        """A second SIGTERM/SIGINT: `shutdown` stops waiting for the clients to go (it aborts
+        the ones still open at once) and still saves the history."""
+        self._cut_short.set()
+
     async def shutdown(self, code: CloseCode) -> None:
-        """Stops accepting, closes every client with `code`, waits (bounded) for them to go."""
+        """Stops accepting, closes every client with `code`, waits (bounded: --shutdown-timeout,
+        or until ``cut_drain_short``) for them to go, then saves the history."""
         self.state.draining = True
         if self.acceptor is not None:
             self.acceptor.close()
@@ -219,10 +226,18 @@ class App:
         for conn in list(self.connections):
             conn.close(code, "server shutting down")
         if self.connections:
-            try:
-                await asyncio.wait_for(self._all_gone.wait(), self.config.shutdown_timeout)
-            except TimeoutError:
-                log.warning("%d clients still open; aborting them", len(self.connections))
+            waits = [
+                asyncio.ensure_future(self._all_gone.wait()),
+                asyncio.ensure_future(self._cut_short.wait()),
+            ]
+            await asyncio.wait(
+                waits, timeout=self.config.shutdown_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for waiting in waits:
+                waiting.cancel()
+            if self.connections:
+                why = "drain cut short" if self._cut_short.is_set() else "drain timed out"
+                log.warning("%s: %d clients still open; aborting them", why, len(self.connections))
         for conn in list(self.connections):
             conn.transport.disconnect(graceful=False)
         if self.retention is not None:
@@ -357,22 +372,29 @@ async def serve(settings: Settings) -> int:
 
     def on_signal(sig: signal.Signals) -> None:
         received.append(sig)
-        stop.set()
+        if len(received) == 1:
+            stop.set()
+            return
+        # Another signal while shutting down means "stop waiting", not "die now": the
+        # handlers stay installed until we return, so the history file is still written.
+        log.warning("%s again: cutting the drain short", sig.name)
+        app.cut_drain_short()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await stop.wait()
+        # SIGTERM is how service managers restart us: 1012 tells clients to come back.
+        first = received[0]
+        code = CloseCode.SERVICE_RESTART if first is signal.SIGTERM else CloseCode.GOING_AWAY
+        log.info("%s: closing %d connections with %d", first.name, len(app.connections), code)
+        await app.shutdown(code)
+        if admin is not None:
+            admin.close()
+        if broker is not None:
+            await broker.close()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    # SIGTERM is how service managers restart us: 1012 tells clients to come back.
-    code = CloseCode.SERVICE_RESTART if received[0] is signal.SIGTERM else CloseCode.GOING_AWAY
-    log.info("%s: closing %d connections with %d", received[0].name, len(app.connections), code)
-    await app.shutdown(code)
-    if admin is not None:
-        admin.close()
-    if broker is not None:
-        await broker.close()
     log.info("stopped")
     return 0

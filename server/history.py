@@ -15,10 +15,11 @@ periodic ``sweep``). docs/history.md has the guarantees; in short:
   among them for deduplication, scoped by username.
 * A stream with members on this node (``open``) is never dropped: its seqs stay one increasing
   sequence for everyone connected. Once its room empties (``close``) it is kept ``ttl`` seconds.
-* Memory is capped by ``max_bytes`` over every stream (frames plus a measured overhead per
-  entry and per stream): idle streams go first, least recently active first (their epoch is lost);
-  if that is not enough, the oldest messages of the least recently active open streams are
-  dropped (their epoch and seq stay: resuming from before them is "too old").
+* Memory is capped by ``max_bytes`` over every stream (frames, the exact size of each id key,
+  room name, seq object and table, plus a measured overhead per entry and per stream; see "The
+  byte accounting" below): idle streams go first, least recently active first (their epoch is
+  lost); if that is not enough, the oldest messages of the least recently active open streams
+  are dropped (their epoch and seq stay: resuming from before them is "too old").
 * A replay (``last``, ``since``) is complete or says it is not (``recovered`` False and a reason),
   never a partial replay called recovered; it carries at most ``size`` messages and
   ``replay_bytes`` bytes of frames (``from_config``: twice --max-buffered-bytes).
@@ -27,6 +28,7 @@ periodic ``sweep``). docs/history.md has the guarantees; in short:
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,12 +39,27 @@ import msgspec
 from .config import Config
 from .protocol import ChatMessage, encode, frame_payload, text_frame
 
-# What a stored message costs beyond its frame's length, and what a stream costs with none:
-# measured with tracemalloc by `python -m bench.history_memory` (docs/history.md), rounded up.
-# They make --history-max-bytes a cap on the memory history really uses, not on payload bytes.
-ENTRY_OVERHEAD = 48  # measured 44: the bytes object's header and rounding, a deque slot
-ID_OVERHEAD = 136  # measured 124: the key string, its slot in `keys` and in the `ids` index
-STREAM_OVERHEAD = 1200  # measured 1,120: the Stream, its deque and dict, its slots in History
+# The byte accounting: --history-max-bytes caps the memory history really uses (never less than
+# tracemalloc sees, tests/test_history.py), not payload bytes. What varies with the content is
+# counted exactly, with sys.getsizeof (O(1), no allocation kept) rounded up to pymalloc's 16:
+# each id key (a str of 1, 2 or 4 bytes per character: a single astral character in a name or
+# an id makes the whole key 4 bytes per character), each room name, each seq object above 256
+# (smaller ints are shared), the `ids` dict and History's two tables (measured as they grow).
+# The fixed parts are constants, measured with tracemalloc by `python -m bench.history_memory`
+# (docs/history.md) and rounded up to cover pymalloc's rounding and the deques' spare blocks:
+ENTRY_OVERHEAD = 56  # the bytes object's header (33) and rounding (up to 15), its deque slot
+ID_OVERHEAD = 16  # beyond the key and seq objects and the dict: its slot in `keys`
+KEYS_OVERHEAD = 1300  # the `keys` deque, made with a room's first id (760 B and a spare block)
+STREAM_OVERHEAD = 1100  # the Stream, its epoch, deque and spare block, last seq, idle time
+SEQ_BYTES = 32  # an int above 256 (sys.getsizeof 28, rounded): the seq an id maps to
+_SHARED_INTS = 256  # CPython keeps one object for each int up to this: storing it costs nothing
+
+_sizeof = sys.getsizeof
+
+
+def _str_bytes(text: str) -> int:
+    """What one str object really takes: its size rounded up to pymalloc's 16-byte classes."""
+    return (_sizeof(text) + 15) & -16
 
 # Reasons a replay is not `recovered` (docs/protocol.md).
 DISABLED = "history disabled"
@@ -72,7 +89,9 @@ def sweep_interval(ttl: float) -> float:
 class Stream:
     """One room's history stream."""
 
-    __slots__ = ("bytes", "entries", "epoch", "ids", "keys", "last", "name", "occupied")
+    __slots__ = (
+        "bytes", "entries", "epoch", "ids", "ids_bytes", "keys", "last", "name", "occupied",
+    )
 
     def __init__(self, name: str, epoch: str, last: int = 0) -> None:
         self.name = name
@@ -83,7 +102,10 @@ class Stream:
         # 760 bytes even empty, and many rooms never see an id.
         self.keys: deque[Key | None] | None = None
         self.ids: dict[Key, int] = {}  # id -> seq, for the entries that have one
-        self.bytes = STREAM_OVERHEAD  # what this stream counts against max_bytes
+        self.ids_bytes = _sizeof(self.ids)  # its size when last measured (counted in `bytes`)
+        # What this stream counts against max_bytes; its slots in History's tables are counted
+        # by History. The name: one object here and as those tables' key.
+        self.bytes = STREAM_OVERHEAD + self.ids_bytes + _str_bytes(name)
         self.occupied = True  # members on this node: never dropped
 
     @property
@@ -98,10 +120,18 @@ class Stream:
         if key is not None:
             if keys is None:
                 keys = self.keys = deque(repeat(None, len(self.entries)))
-            self.ids[key] = seq
-            cost += ID_OVERHEAD
+                cost += KEYS_OVERHEAD + ID_OVERHEAD * len(self.entries)  # their slots in it
+            ids = self.ids
+            ids[key] = seq
+            cost += _str_bytes(key) + (SEQ_BYTES if seq > _SHARED_INTS else 0)
+            # The dict only grows (or is rebuilt smaller) on an insert, never on a delete:
+            # measuring it here keeps `ids_bytes` what it is.
+            size = _sizeof(ids)
+            cost += size - self.ids_bytes
+            self.ids_bytes = size
         if keys is not None:
             keys.append(key)
+            cost += ID_OVERHEAD  # every entry has its slot in `keys` once it exists
         self.entries.append(frame)
         self.bytes += cost
         return cost
@@ -111,11 +141,14 @@ class Stream:
         seq = self.first
         frame = self.entries.popleft()
         cost = len(frame) + ENTRY_OVERHEAD
-        key = self.keys.popleft() if self.keys is not None else None
-        if key is not None:
+        keys = self.keys
+        if keys is not None:
             cost += ID_OVERHEAD
-            if self.ids.get(key) == seq:
-                del self.ids[key]
+            key = keys.popleft()
+            if key is not None:  # what _append counted for it (the dict keeps its size)
+                cost += _str_bytes(key) + (SEQ_BYTES if seq > _SHARED_INTS else 0)
+                if self.ids.get(key) == seq:
+                    del self.ids[key]
         self.bytes -= cost
         return cost
 
@@ -147,11 +180,13 @@ class History:
         self.replay_bytes = replay_bytes  # most frame bytes in one replay
         self._clock = clock
         self._epochs = epochs
-        self.bytes = 0  # what every stream counts, together
         # Every stream, least recently active first; the closed ones also in `_idle`, in the
         # order their rooms emptied (which is the order of their last activity too).
         self._streams: OrderedDict[str, Stream] = OrderedDict()
         self._idle: OrderedDict[str, float] = OrderedDict()  # room -> when it emptied
+        self._tables = 0  # the two tables' size when last measured (`_measure_tables`)
+        self.bytes = 0  # what every stream counts, together, and the tables
+        self._measure_tables()
         self.dropped = 0  # streams lost to the TTL or the memory cap (their epochs with them)
 
     @classmethod
@@ -199,6 +234,7 @@ class History:
         if stream is None:
             stream = self._streams[room] = Stream(room, self._epochs())
             self.bytes += stream.bytes
+            self._measure_tables()
             self._enforce_cap()
         else:
             self._streams.move_to_end(room)
@@ -217,6 +253,7 @@ class History:
             return
         stream.occupied = False
         self._idle[room] = self._clock()
+        self._measure_tables()
         if self.bytes > self.max_bytes:  # open streams kept it over the cap: this one can go
             self._enforce_cap()
 
@@ -302,6 +339,13 @@ class History:
 
     # ---- the memory cap -----------------------------------------------------------------------
 
+    def _measure_tables(self) -> None:
+        """Counts the tables' growth (a slot per room, and what each resize allocates), after
+        an insert: an OrderedDict grows (or is rebuilt) only then, never on a delete."""
+        size = _sizeof(self._streams) + _sizeof(self._idle)
+        self.bytes += size - self._tables
+        self._tables = size
+
     def _drop(self, room: str) -> None:
         stream = self._streams.pop(room)
         self._idle.pop(room, None)
@@ -362,5 +406,6 @@ class History:
             self._idle[item.room] = now
             self.bytes += stream.bytes
             kept += 1
+        self._measure_tables()
         self._enforce_cap()
         return kept

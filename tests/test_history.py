@@ -4,6 +4,7 @@ chats, joins, leaves, disconnects and time, and the history file on a real file 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -242,10 +243,11 @@ def test_the_memory_cap_evicts_idle_rooms_least_recently_active_first() -> None:
 def test_under_pressure_rooms_with_members_lose_their_oldest_messages_not_their_epoch() -> None:
     probe, _ = make()
     probe.open("x")
-    empty = probe.bytes
+    probe.open("y")
+    empty = probe.bytes  # two rooms, nothing stored
     post(probe, "x", "m0")
     one = probe.bytes - empty
-    history, _ = make(size=10, max_bytes=2 * empty + 5 * one)
+    history, _ = make(size=10, max_bytes=empty + 5 * one)
     for n in range(4):
         post(history, "a", f"a{n}")
     for n in range(4):
@@ -258,21 +260,67 @@ def test_under_pressure_rooms_with_members_lose_their_oldest_messages_not_their_
     assert history.bytes <= history.max_bytes
 
 
-@pytest.mark.parametrize("ids", [False, True], ids=["plain", "with-ids"])
-def test_the_byte_accounting_covers_what_python_really_allocates(ids: bool) -> None:
-    """--history-max-bytes caps real memory: tracemalloc's count of a filled history is within
-    what the history counts (and not far below it)."""
-    history = History(100, 300.0, 1 << 40, 1 << 20)
-    tracemalloc.start()
-    before, _ = tracemalloc.get_traced_memory()
+ASTRAL = "\U0001f600"  # one character outside the BMP: a str holding it takes 4 bytes a character
+
+
+def fill_rooms(history: History, case: str) -> None:
+    """What the accounting test stores: 100 rooms of chats, or 10,000 rooms left empty."""
+    if case == "idle-rooms-with-astral-names":  # 64 characters each, every room expired later
+        for r in range(10_000):
+            name = ASTRAL * 59 + f"{r:05d}"
+            history.open(name)
+            history.close(name)
+        return
+    chats = 400 if case == "64-character-ids-past-seq-256" else 100  # the ring keeps 100
     for r in range(100):
         stream = history.open(f"room-{r:04d}")
-        for n in range(100):
-            chat_id = f"{r}-{n}-0123456789" if ids else None
+        for n in range(chats):
+            chat_id = {
+                "plain": None,
+                "with-ids": f"{r}-{n}-0123456789",
+                "64-astral-character-ids": ASTRAL * 57 + f"{r:03d}{n:04d}",
+                "64-character-ids-past-seq-256": f"{r:03d}{n:04d}".ljust(64, "x"),
+            }[case]
             history.add(stream, ChatMessage(f"user{n % 20}", "a typical message " * 3, n), chat_id)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "plain",
+        "with-ids",
+        "64-astral-character-ids",
+        "64-character-ids-past-seq-256",
+        "idle-rooms-with-astral-names",
+    ],
+)
+def test_the_byte_accounting_covers_what_python_really_allocates(case: str) -> None:
+    """--history-max-bytes caps real memory: tracemalloc's count of a filled history is within
+    what the history counts (and not far below it), whatever the ids and room names hold (a
+    str with one astral character takes 4 bytes a character) and however high the seqs go
+    (ints above 256 are objects of their own)."""
+    history = History(100, 300.0, 1 << 40, 1 << 20)
+    gc.collect()
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    fill_rooms(history, case)
     traced = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert traced <= history.bytes <= traced * 1.15, (traced, history.bytes)
+
+
+def test_the_byte_accounting_gives_back_exactly_what_it_counted() -> None:
+    """Evicting, expiring and dropping give back each message's and room's own count: emptied,
+    the history counts only its (grown) tables, whatever the ids, names and seqs were."""
+    history, clock = make(size=3, ttl=5.0)
+    for r, name in enumerate(["room", ASTRAL * 64, "é" * 10]):
+        for n in range(300):  # seqs past 256, the ring turning, ids of every width
+            post(history, name, "x" * n, chat_id=[None, f"i{n}", ASTRAL * 64][(n + r) % 3])
+        history.close(name)
+    assert history.bytes > history._tables
+    clock.now += 10
+    assert history.sweep() == 3 and len(history) == 0
+    assert history.bytes == history._tables  # measured when the last room was added
 
 
 # ---- saving and restoring ----------------------------------------------------------------------
@@ -291,7 +339,8 @@ def test_a_snapshot_restores_the_same_streams_ids_and_replays() -> None:
     assert list(a.entries) == list(history.get("a").entries)  # type: ignore[union-attr]
     assert back.acked(a, "u", "id3") == 4 and back.acked(a, "u", "id1") is None
     assert back.since(a, "e1", 2) == history.since(history.get("a"), "e1", 2)  # type: ignore[arg-type]
-    assert back.bytes == history.bytes
+    assert [s.bytes for s in back] == [s.bytes for s in history]
+    assert back.bytes - back._tables == history.bytes - history._tables
     assert post(back, "a", "next") == 6  # the stream goes on where it was
 
 

@@ -300,6 +300,41 @@ async def test_a_planned_restart_with_a_history_file_loses_nothing(
     assert echo["seq"] == seqs[-1] + 1  # the stream goes on
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_second_signal_cuts_the_drain_short_and_the_history_is_still_saved(
+    launch: Launch, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A client that never answers its CLOSE holds the drain open (here up to a minute); a
+    second signal means "stop waiting", not "die": the rest are aborted, logged, and the
+    history file is written before a clean exit (before: killed by the signal, no file)."""
+    path = tmp_path / "history.bin"
+    server = launch(
+        "--rate-limit", "0", "--history-file", str(path),
+        "--shutdown-timeout", "60", "--ping-timeout", "60",
+    )
+    session = await Session().run(server, "id")  # two clients that will never answer
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    server.proc.send_signal(sig)
+    while "closing 2 connections" not in server.text():
+        assert loop.time() - started < 10, server.text()
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # well inside the drain
+    assert server.proc.poll() is None, "still draining"
+    server.proc.send_signal(sig)
+    assert await exited(server) == 0
+    assert loop.time() - started < 10  # not the minute of --shutdown-timeout
+    output = server.text()
+    assert f"{sig.name} again: cutting the drain short" in output
+    assert "drain cut short: 2 clients still open; aborting them" in output
+    assert "saved the history of 1 rooms (3 messages" in output and path.exists()
+    assert "Traceback" not in output and "stopped" in output
+    second = launch("--rate-limit", "0", "--history-file", str(path))
+    _, history, _ = await join(second, "reader", since=session.position)
+    assert history is not None and history["recovered"] is True
+    assert [m["text"] for m in history["messages"]] == ["said 1", "said 2"]
+
+
 async def test_after_kill_9_resuming_clients_learn_the_stream_was_lost(
     launch: Launch, tmp_path: Path
 ) -> None:
