@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 
 import msgspec
 
@@ -98,20 +99,34 @@ class Retention:
 
 
 def load(path: str, history: History) -> int:
-    """Restores what `path` holds into `history` and deletes it; returns the streams restored."""
+    """Restores what `path` holds into `history` and deletes it; returns the streams restored.
+
+    A file that is not a whole history file (damaged, another format, or some other file the
+    option was pointed at) is moved aside to ``PATH.unreadable-<time>``, never overwritten by the
+    next save; one far larger than the history could have written is not even read."""
     try:
         with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > 2 * history.max_bytes + (1 << 20):  # far more than a save could hold
+                raise _NotHistory(f"{size} bytes, more than any history file of this server")
             data = file.read()
+        streams = decode_file(data)
     except FileNotFoundError:
         log.info("no saved history at %s: every room starts a new stream", path)
         return 0
     except OSError as exc:
         log.warning("cannot read history file %s (%s): every room starts a new stream", path, exc)
         return 0
-    try:
-        streams = decode_file(data)
-    except (msgspec.DecodeError, ValueError) as exc:
-        log.warning("ignoring history file %s (%s): every room starts a new stream", path, exc)
+    except (msgspec.DecodeError, ValueError, _NotHistory) as exc:
+        aside = f"{path}.unreadable-{int(time.time())}"
+        try:
+            os.replace(path, aside)
+        except OSError as error:
+            log.error("ignoring history file %s (%s) and cannot move it aside (%s): the next "
+                      "save replaces it", path, exc, error)
+        else:
+            log.warning("ignoring history file %s (%s): moved to %s; every room starts a new "
+                        "stream", path, exc, aside)
         return 0
     try:
         os.unlink(path)
@@ -128,6 +143,10 @@ def load(path: str, history: History) -> int:
         kept, history.messages(), path,
     )
     return kept
+
+
+class _NotHistory(Exception):
+    """A file the history could not have written."""
 
 
 def save(path: str, history: History) -> bool:

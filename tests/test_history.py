@@ -396,6 +396,18 @@ def test_a_corrupt_history_file_is_logged_and_ignored(
     with caplog.at_level(logging.WARNING, logger="roomcast.history"):
         assert load(str(path), history) == 0
     assert len(history) == 0 and "ignoring history file" in caplog.text
+    # moved aside, kept as it was: the save at shutdown must not overwrite what it was
+    [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("history.bin.unreadable-")]
+    assert aside.read_bytes() == content and not path.exists()
+
+
+def test_a_file_far_larger_than_any_history_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    with path.open("wb") as file:
+        file.truncate(3 * (1 << 20))  # sparse: 3 MiB of nothing, more than 2 x 1 KiB + 1 MiB
+    history = History(5, 60.0, 1024, 1 << 20)
+    assert load(str(path), history) == 0 and len(history) == 0
+    assert not path.exists() and len(list(tmp_path.iterdir())) == 1
 
 
 def test_a_history_file_damaged_anywhere_is_ignored_whole(tmp_path: Path) -> None:
