@@ -31,7 +31,7 @@ from .heartbeat import Heartbeat
 from .history import History
 from .http import NOT_FOUND, Response, Route, StaticSite
 from .http1 import Request
-from .listening import bound_socket
+from .listening import bound_socket, url_host
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .protocol import CloseCode
@@ -352,7 +352,7 @@ async def serve(settings: Settings) -> int:
         admin = Acceptor(loop, admin_sock, lambda peer: Front(Admin(app), peer), app.counters)
         admin.start()
         shown_host, shown_port = admin.address
-        print(f"roomcast metrics on http://{shown_host}:{shown_port}/metrics", flush=True)
+        print(f"roomcast metrics on http://{url_host(shown_host)}:{shown_port}/metrics", flush=True)
     broker = None
     if config.redis_url:
         # Imported only here: a single node never loads redis-py (about 7 MB per process).
@@ -364,8 +364,9 @@ async def serve(settings: Settings) -> int:
         await start_redis(broker)
     host, port = acceptor.address
     http, ws = ("https", "wss") if tls else ("http", "ws")
-    print(f"roomcast listening on {http}://{host}:{port}/", flush=True)
-    log.info("serving on %s://%s:%d (page at %s://%s:%d/)", ws, host, port, http, host, port)
+    shown = url_host(host)
+    print(f"roomcast listening on {http}://{shown}:{port}/", flush=True)
+    log.info("serving on %s://%s:%d (page at %s://%s:%d/)", ws, shown, port, http, shown, port)
 
     stop = asyncio.Event()
     received: list[signal.Signals] = []

@@ -43,3 +43,8 @@ def bound_socket(
         sock.close()
         raise
     return sock
+
+
+def url_host(host: str) -> str:
+    """`host` as it goes in a URL: an IPv6 address in brackets (RFC 3986 3.2.2)."""
+    return f"[{host}]" if ":" in host else host

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from .config import Config
 from .fleet import Fleet
-from .listening import CannotListen, bound_socket
+from .listening import CannotListen, bound_socket, url_host
 
 log = logging.getLogger("roomcast.supervisor")
 
@@ -117,7 +117,7 @@ class Supervisor:
         except OSError as exc:
             raise CannotListen("--metrics-listen", host.strip("[]"), int(port), exc) from None
         assert self.fleet.address is not None
-        shown = f"http://{self.fleet.address[0]}:{self.fleet.address[1]}/metrics"
+        shown = f"http://{url_host(self.fleet.address[0])}:{self.fleet.address[1]}/metrics"
         if listen:
             print(f"roomcast metrics on {shown}", flush=True)
         else:  # the public port's /metrics: each worker forwards it here

@@ -9,6 +9,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import urllib.request
 
 import pytest
@@ -302,3 +303,22 @@ async def test_graceful_restart_under_chatting_load() -> None:
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_an_ipv6_address_is_printed_in_brackets() -> None:
+    """`--host ::1`: the URLs the server prints are URLs (RFC 3986), not `http://::1:8080/`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server", "--host", "::1", "--port", "0",
+         "--metrics-listen", "[::1]:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(2)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert lines[0].startswith("roomcast metrics on http://[::1]:"), lines
+    assert lines[1].startswith("roomcast listening on http://[::1]:"), lines
