@@ -14,7 +14,10 @@
 
 (() => {
   // Limits mirror the server's defaults; the server stays the authority and refuses longer input.
-  const MAX_TEXT_LENGTH = 4000;
+  // The text limit counts code points (characters), as the server does, not UTF-16 units: an
+  // emoji is one. A welcome that carries `max_text_length` (the server's --max-text-length)
+  // replaces the default; today's servers send none, and refuse a longer chat as text_too_long.
+  const DEFAULT_MAX_TEXT_LENGTH = 4000;
   const MAX_USERNAME_LENGTH = 32;
   const MAX_ROOM_LENGTH = 64;
   const DEFAULT_ROOM = "general";
@@ -101,6 +104,8 @@
   const typers = new Map(); // username -> time (Date.now()) their indicator ends
   let typingTimer = null;
   let unread = 0; // chats from others that arrived while the tab was hidden
+  let myName = null; // the name the server confirmed last (a token's, with authentication on)
+  let maxTextLength = DEFAULT_MAX_TEXT_LENGTH;
 
   // ---------- wire: the one place that speaks the protocol (docs/protocol.md) ----------
 
@@ -607,6 +612,13 @@
     // A chat not on screen that comes before one that is goes before that one, in the room's
     // order (a join's last messages reach back past chats shown after a welcome without epoch).
     let waiting = [];
+    // Unread while the tab is hidden: a resume replays chats that went by while the connection
+    // was down, which the user has never seen, so they count as live ones do (from others,
+    // not shown already). A join's last messages (the Join button, a reload, a ?room= link, a
+    // reconnect with no position to resume from) are the room's context shown before the join,
+    // not news: they do not count.
+    const me = myName !== null ? myName : wanted.username;
+    let fresh = 0;
     for (const m of msg.messages) {
       if (!m || typeof m !== "object" || m.type !== "chat") continue;
       const sender = typeof m.username === "string" ? m.username : "?";
@@ -614,6 +626,7 @@
       const line = shownAlready(room, epoch, false, m, identity);
       if (line === null) {
         waiting.push(newChatLine(room, epoch, false, m, sender, identity));
+        if (sender !== me) fresh += 1;
       } else if (line !== true) {
         line.before(...waiting);
         waiting = [];
@@ -621,6 +634,10 @@
     }
     for (const li of waiting) append(li);
     trimLines();
+    if (resumed && fresh > 0 && document.visibilityState === "hidden") {
+      unread += fresh;
+      renderTitle();
+    }
   }
 
   // ---------- room state ----------
@@ -674,6 +691,10 @@
         assumed: epoch === null,
       };
       acks = epoch !== null;
+      myName = current.username;
+      if (Number.isSafeInteger(msg.max_text_length) && msg.max_text_length > 0) {
+        setMaxTextLength(msg.max_text_length);
+      }
       if (epoch !== null && room !== null) {
         setPosition(room, epoch, Number.isSafeInteger(msg.seq) ? msg.seq : 0);
         shownRooms.add(room);
@@ -816,10 +837,34 @@
     return el;
   }
 
-  // http(s) URLs in running text. A candidate ends at whitespace or a character that cannot be
-  // part of a URL typed in prose; trailing punctuation is trimmed by trimUrl.
-  const URL_CANDIDATE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
-  const TRAILING_PUNCTUATION = ".,;:!?*";
+  // http(s) URLs in running text. A candidate ends at whitespace, at a character that cannot
+  // be part of a URL typed in prose (a backslash too: the URL parser would turn it into a "/"),
+  // at every invisible character (Unicode's format controls, Cf: the bidi embeddings,
+  // overrides, isolates and marks U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, U+061C, the
+  // zero-width characters, the BOM, tags; and the other default-ignorable code points the
+  // server refuses in names), and at CJK sentence punctuation and brackets ("。" in a host
+  // would be read as a "."). So a link's text is always what its href opens: a bidi control
+  // cannot reorder what is shown of it ("files.example/\u202Efdp.exe" shown as ".../exe.pdf").
+  // Trailing punctuation is trimmed by trimUrl.
+  const URL_CANDIDATE = new RegExp(
+    "\\bhttps?://[^\\s<>\"'`\\\\\\p{Cf}"
+      + "\\u034F\\u115F\\u1160\\u17B4\\u17B5\\u180B-\\u180F\\u2800\\u3164\\uFE00-\\uFE0F\\uFFA0"
+      + "\\u{E0000}-\\u{E0FFF}"
+      + "\\u3001\\u3002\\u3008-\\u3011\\u3014-\\u301F"
+      + "\\uFF01\\uFF08\\uFF09\\uFF0C\\uFF0E\\uFF1A\\uFF1B\\uFF1F\\uFF61\\uFF64]+",
+    "giu",
+  );
+  // Punctuation that ends a sentence or a quotation rather than a URL (Unicode's Po "other",
+  // Pi/Pf quotation marks, Ps opening brackets): ".", ",", ";", ":", "!", "?", "*", "…", "。",
+  // "、", "“", "”", "«", "»"... Po also holds characters a URL may well end with: kept.
+  const TRAILING_PUNCTUATION = /[\p{Po}\p{Pi}\p{Pf}\p{Ps}]$/u;
+  const URL_END_OK = "/#%&@";
+  const CLOSING = /\p{Pe}$/u; // ")", "]", "}", "）", "」"...: trimmed unless the URL opened it
+  const OPENER = new Map([
+    [")", "("], ["]", "["], ["}", "{"], ["）", "（"], ["］", "［"], ["｝", "｛"],
+    ["〉", "〈"], ["》", "《"], ["」", "「"], ["』", "『"], ["】", "【"], ["〕", "〔"],
+    ["〗", "〖"], ["〙", "〘"], ["〛", "〚"], ["⟩", "⟨"], ["⟧", "⟦"],
+  ]);
 
   function count(text, ch) {
     let n = 0;
@@ -827,18 +872,19 @@
     return n;
   }
 
-  // "see http://x/a)." -> "http://x/a": sentence punctuation and a closing bracket that has no
-  // opening one inside the URL belong to the prose (Wikipedia's "/Foo_(bar)" keeps its own).
+  // "see http://x/a)." -> "http://x/a", "“http://x/q”" -> "http://x/q": sentence punctuation,
+  // quotation marks and a closing bracket that has no opening one inside the URL belong to the
+  // prose (Wikipedia's "/Foo_(bar)" keeps its own), as GitHub's and Slack's linkifiers do.
   function trimUrl(raw) {
     let url = raw;
     for (;;) {
-      const last = url.at(-1);
-      if (TRAILING_PUNCTUATION.includes(last)) {
-        url = url.slice(0, -1);
-      } else if (last === ")" && count(url, "(") < count(url, ")")) {
-        url = url.slice(0, -1);
-      } else if (last === "]" && count(url, "[") < count(url, "]")) {
-        url = url.slice(0, -1);
+      const last = Array.from(url).at(-1); // a code point: some punctuation is astral
+      const opener = OPENER.get(last);
+      if (TRAILING_PUNCTUATION.test(last) && !URL_END_OK.includes(last)) {
+        url = url.slice(0, -last.length);
+      } else if (CLOSING.test(last)
+        && (opener === undefined || count(url, opener) < count(url, last))) {
+        url = url.slice(0, -last.length);
       } else {
         return url;
       }
@@ -868,6 +914,7 @@
       a.href = href;
       a.target = "_blank";
       a.rel = "noopener noreferrer";
+      a.dir = "ltr"; // isolated (CSS): no bidi control around it can reorder what it shows
       a.textContent = candidate;
       el.append(a);
       done = match.index + candidate.length;
@@ -886,9 +933,11 @@
     if (Number.isSafeInteger(msg.seq)) li.dataset.seq = String(msg.seq);
     const who = document.createElement("span");
     who.className = "sender";
+    who.dir = "auto"; // isolated, each in its own direction (CSS): a name, a message in Arabic
     who.textContent = sender;
     const text = document.createElement("span");
     text.className = "text";
+    text.dir = "auto";
     renderText(text, typeof msg.text === "string" ? msg.text : "");
     li.append(timeElement(msg.timestamp), who, text);
     return li;
@@ -933,6 +982,7 @@
       li.dataset.username = name;
       const label = document.createElement("span");
       label.className = "member-name";
+      label.dir = "auto";
       label.textContent = name;
       li.append(label);
       const n = members.get(name);
@@ -956,14 +1006,20 @@
   }
 
   // "alice is typing…", "alice and bob are typing…", "alice, bob and carol are typing…",
-  // "alice, bob and 3 others are typing…": names in the order they started typing.
-  function typingText(names) {
-    switch (names.length) {
-      case 0: return "";
-      case 1: return `${names[0]} is typing…`;
-      case 2: return `${names[0]} and ${names[1]} are typing…`;
-      case 3: return `${names[0]}, ${names[1]} and ${names[2]} are typing…`;
-      default: return `${names[0]}, ${names[1]} and ${names.length - 2} others are typing…`;
+  // "alice, bob and 3 others are typing…": names in the order they started typing, each in a
+  // <bdi> (a right-to-left name does not reorder the sentence around it).
+  function typingParts(names) {
+    const n = names.map((name) => {
+      const el = document.createElement("bdi");
+      el.textContent = name;
+      return el;
+    });
+    switch (n.length) {
+      case 0: return [];
+      case 1: return [n[0], " is typing…"];
+      case 2: return [n[0], " and ", n[1], " are typing…"];
+      case 3: return [n[0], ", ", n[1], " and ", n[2], " are typing…"];
+      default: return [n[0], ", ", n[1], ` and ${n.length - 2} others are typing…`];
     }
   }
 
@@ -977,7 +1033,7 @@
       if (until <= now) typers.delete(name);
       else next = Math.min(next, until);
     }
-    ui.typing.textContent = typingText([...typers.keys()]);
+    ui.typing.replaceChildren(...typingParts([...typers.keys()]));
     if (next !== Infinity) typingTimer = setTimeout(renderTyping, next - now);
   }
 
@@ -1021,12 +1077,29 @@
     ui.input.style.height = `${ui.input.scrollHeight + borders}px`;
   }
 
+  // Characters as the server counts them (Python's len): code points, so an emoji is one,
+  // where String.length counts it two UTF-16 units.
+  function textLength(text) {
+    let n = 0;
+    for (const _ of text) n += 1;
+    return n;
+  }
+
+  function setMaxTextLength(limit) {
+    maxTextLength = limit;
+    // A code point takes one or two UTF-16 units, and maxlength counts units: twice the limit
+    // never cuts text the server would take (2,500 emoji are 5,000 units); beyond the limit
+    // the counter says so and Send is disabled.
+    ui.input.maxLength = 2 * limit;
+    updateCounter();
+  }
+
   function updateCounter() {
     fitInput();
-    const used = ui.input.value.length;
-    ui.counter.textContent = `${used} / ${MAX_TEXT_LENGTH}`;
-    ui.counter.dataset.level = used >= MAX_TEXT_LENGTH ? "full"
-      : used >= MAX_TEXT_LENGTH * 0.9 ? "near" : "ok";
+    const used = textLength(ui.input.value);
+    ui.counter.textContent = `${used} / ${maxTextLength}`;
+    ui.counter.dataset.level = used > maxTextLength ? "over" : used === maxTextLength ? "full"
+      : used >= maxTextLength * 0.9 ? "near" : "ok";
     ui.send.disabled = !canSend(ui.input.value);
   }
 
@@ -1034,7 +1107,7 @@
   // waits in the outbox and goes out after the rejoin.
   function canSend(text) {
     return pending === null && !stopped && wanted !== null && text.trim() !== ""
-      && text.length <= MAX_TEXT_LENGTH;
+      && textLength(text) <= maxTextLength;
   }
 
   // The composer says where its message is: on its way ("sending": no note, the text is only
@@ -1132,11 +1205,10 @@
 
   // ---------- start ----------
 
-  ui.input.maxLength = MAX_TEXT_LENGTH;
   ui.username.maxLength = MAX_USERNAME_LENGTH;
   ui.room.maxLength = MAX_ROOM_LENGTH;
-  const presetRoom = params.get("room");
-  if (presetRoom) ui.room.value = presetRoom.slice(0, MAX_ROOM_LENGTH);
+  const presetRoom = (params.get("room") || "").trim().slice(0, MAX_ROOM_LENGTH);
+  if (presetRoom) ui.room.value = presetRoom;
   try {
     const saved = sessionStorage.getItem(NAME_KEY);
     if (saved && !ui.username.value) ui.username.value = saved;
@@ -1145,6 +1217,11 @@
   } catch {
     // no storage: the user types a name
   }
+  // `/?room=dev` opens the room directly: a tab that has its name (a reload, a link opened in
+  // it again) joins at once, as soon as it is connected; a tab without one asks for the name
+  // first, the room filled in (Join, or Enter, then goes there).
+  const presetName = ui.username.value.trim();
+  if (presetRoom && presetName) wanted = { room: presetRoom, username: presetName };
 
   ui.joinForm.addEventListener("submit", join);
   ui.leave.addEventListener("click", leave);
@@ -1173,6 +1250,9 @@
 
   renderMembers();
   setComposerError(null);
+  setMaxTextLength(DEFAULT_MAX_TEXT_LENGTH);
   showRoom();
+  if (wanted !== null) ui.input.focus();
+  else if (presetRoom) ui.username.focus();
   connect();
 })();

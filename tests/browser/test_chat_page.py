@@ -163,7 +163,8 @@ def test_empty_messages_are_not_sent_and_the_limit_is_shown(
 ) -> None:
     alice = join(new_page(), server, "alice")
     bob = join(new_page(), server, "bob")
-    expect(alice.locator("#input")).to_have_attribute("maxlength", "4000")
+    # 4000 characters; the attribute counts UTF-16 units, two for an emoji
+    expect(alice.locator("#input")).to_have_attribute("maxlength", "8000")
     expect(alice.locator("#counter")).to_have_text("0 / 4000")
 
     alice.fill("#input", "   ")

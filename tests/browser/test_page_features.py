@@ -4,14 +4,16 @@ size (390x844), in Debian's Chromium against real server processes."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
 
 import jwt
 import pytest
-from playwright.sync_api import Dialog, Page, expect
+from playwright.sync_api import Dialog, Page, WebSocketRoute, expect
 
+from tests.browser.netfault import FaultyLink
 from tests.browser.pages import Frames, chat_texts, join, member, open_page, say, wait_until
 from tests.support import ServerProcess
 
@@ -26,6 +28,12 @@ def token_for(name: str, *, secret: str = SECRET, expires_in: float = 3600) -> s
     return jwt.encode(
         {"sub": name, "exp": int(time.time() + expires_in)}, secret, algorithm="HS256"
     )
+
+
+def visibility_is(page: Page, state: str) -> None:
+    """Waits until the page's document.visibilityState is `state` (polled with evaluate:
+    wait_for_function compiles its predicate with eval, which the page's CSP forbids)."""
+    wait_until(page, lambda: page.evaluate("document.visibilityState") == state)
 
 
 def no_horizontal_scroll(page: Page) -> bool:
@@ -103,7 +111,7 @@ def test_unread_count_in_the_title_while_the_tab_is_hidden(
     expect(reader).to_have_title("#general · roomcast")
 
     new_tab()  # another tab comes to the front: the reader's is hidden now, really
-    reader.wait_for_function("document.visibilityState === 'hidden'")
+    visibility_is(reader, "hidden")
     say(writer, "one")
     say(writer, "two")
     expect(reader).to_have_title("(2) #general · roomcast")
@@ -118,11 +126,177 @@ def test_unread_count_in_the_title_while_the_tab_is_hidden(
     expect(reader).to_have_title("(3) #general · roomcast")
 
     reader.bring_to_front()  # the user comes back to the tab
-    reader.wait_for_function("document.visibilityState === 'visible'")
+    visibility_is(reader, "visible")
     expect(reader).to_have_title("#general · roomcast")
     say(writer, "seen at once")
     expect(chat_texts(reader).last).to_have_text("seen at once")
     expect(reader).to_have_title("#general · roomcast")
+
+
+def test_chats_replayed_on_a_resume_count_as_unread_and_a_joins_context_does_not(
+    server: ServerProcess, new_tab: NewPage, new_page: NewPage, device: Device
+) -> None:
+    """What a resume replays went by while the connection was down: the user has not seen it.
+    The room's last messages a join shows first are its context, not news."""
+    net = FaultyLink(server.port)
+    try:
+        writer = join(new_page(), server, "writer", "lobby")
+        say(writer, "context one")
+        say(writer, "context two")
+        expect(chat_texts(writer)).to_have_count(2)
+
+        reader = open_page(new_tab(**device), net)
+        new_tab()  # the reader's tab is hidden from here on
+        visibility_is(reader, "hidden")
+        reader.evaluate(
+            "() => { document.getElementById('username').value = 'reader'; "
+            "document.getElementById('room').value = 'lobby'; "
+            "document.getElementById('join').click(); }"
+        )
+        expect(reader.locator("#app")).to_have_attribute("data-joined", "true")
+        expect(chat_texts(reader)).to_have_text(["context one", "context two"])
+        expect(reader).to_have_title("#lobby · roomcast")  # the join's context is not unread
+
+        net.refuse(True)
+        assert net.cut() == 1
+        expect(reader.locator("#status")).to_have_attribute("data-state", "reconnecting")
+        expect(member(writer, "reader")).to_have_count(0)
+        say(writer, "missed one")
+        say(join(new_page(), server, "reader", "lobby"), "mine, from another tab")
+        say(writer, "missed two")
+        expect(chat_texts(writer)).to_have_count(5)
+        net.refuse(False)
+
+        expect(reader.locator("#status")).to_have_attribute("data-state", "online", timeout=20_000)
+        expect(chat_texts(reader)).to_have_text(
+            ["context one", "context two", "missed one", "mine, from another tab", "missed two"]
+        )
+        expect(reader.locator("#messages .divider")).to_have_count(0)  # a complete resume
+        expect(reader).to_have_title("(2) #lobby · roomcast")  # not the reader's own
+        say(writer, "live")
+        expect(chat_texts(reader).last).to_have_text("live")
+        expect(reader).to_have_title("(3) #lobby · roomcast")
+
+        reader.bring_to_front()
+        visibility_is(reader, "visible")
+        expect(reader).to_have_title("#lobby · roomcast")
+        assert no_horizontal_scroll(reader)
+    finally:
+        net.close()
+
+
+# ---------- a room link ----------
+
+
+def test_a_room_link_opens_the_room_at_once_once_the_tab_has_a_name(
+    server: ServerProcess, new_page: NewPage, device: Device
+) -> None:
+    """README: "`/?room=dev` opens a room directly". A tab without a name asks for it first,
+    with the room filled in; a tab that has one (sessionStorage) goes straight in."""
+    page = new_page(**device)
+    frames = Frames(page)
+    page.goto(f"{server.http_url}/?room=dev")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    expect(page.locator("#room")).to_have_value("dev")
+    expect(page.locator("#username")).to_be_focused()
+    expect(page.locator("#app")).to_have_attribute("data-joined", "false")
+    assert frames.of_type("join") == []
+    page.keyboard.type("alice")
+    page.keyboard.press("Enter")
+    expect(page.locator("#room-name")).to_have_text("#dev")
+    expect(member(page, "alice")).to_have_count(1)
+
+    # The same tab follows a link to another room: it knows its name, so it joins at once.
+    page.goto(f"{server.http_url}/?room=ops")
+    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    expect(page.locator("#room-name")).to_have_text("#ops")
+    expect(member(page, "alice")).to_have_count(1)
+    expect(page.locator("#messages .system").last).to_have_text(re.compile("alice joined #ops"))
+    expect(page.locator("#input")).to_be_focused()
+    expect(page).to_have_title("#ops · roomcast")
+    assert frames.of_type("join")[-1]["room"] == "ops"
+    say(page, "straight in")
+    expect(chat_texts(page)).to_have_text(["straight in"])
+    # A link without a room, or a new tab (no name yet), does not join anything by itself.
+    page.goto(f"{server.http_url}/")
+    expect(page.locator("#status")).to_have_attribute("data-state", "online")
+    expect(page.locator("#app")).to_have_attribute("data-joined", "false")
+    other = new_page(same_context_as=page)
+    other.goto(f"{server.http_url}/?room=ops")
+    expect(other.locator("#status")).to_have_attribute("data-state", "online")
+    expect(other.locator("#username")).to_be_focused()
+    expect(other.locator("#app")).to_have_attribute("data-joined", "false")
+    assert no_horizontal_scroll(page)
+
+
+# ---------- the length limit ----------
+
+
+def test_the_length_limit_counts_characters_as_the_server_does_not_utf16_units(
+    server: ServerProcess, new_page: NewPage, device: Device
+) -> None:
+    alice = join(new_page(**device), server, "alice")
+    bob = join(new_page(), server, "bob")
+    expect(member(alice, "bob")).to_have_count(1)
+    box = alice.locator("#input")
+
+    emoji = "\U0001f642" * 2500  # 2,500 characters for the server, 5,000 UTF-16 units
+    box.fill(emoji)
+    assert box.input_value() == emoji, "cut"  # not to 2,000 (no diff of 5,000 characters)
+    expect(alice.locator("#counter")).to_have_text("2500 / 4000")
+    expect(alice.locator("#send")).to_be_enabled()
+    alice.click("#send")
+    expect(chat_texts(bob)).to_have_count(1)
+    assert chat_texts(bob).last.text_content() == emoji, "not delivered whole"
+    expect(box).to_have_value("")
+    expect(alice.locator("#composer-error")).to_be_hidden()
+
+    box.fill("\U0001f642" * 4000)
+    expect(alice.locator("#counter")).to_have_text("4000 / 4000")
+    expect(alice.locator("#counter")).to_have_attribute("data-level", "full")
+    expect(alice.locator("#send")).to_be_enabled()
+    over = "x" * 4001  # one character more than the server takes: said, not cut
+    box.fill(over)
+    assert box.input_value() == over, "cut"
+    expect(alice.locator("#counter")).to_have_text("4001 / 4000")
+    expect(alice.locator("#counter")).to_have_attribute("data-level", "over")
+    expect(alice.locator("#send")).to_be_disabled()
+    assert no_horizontal_scroll(alice)
+
+
+def test_a_limit_the_server_announces_in_its_welcome_replaces_the_default(
+    launch: Launch, new_page: NewPage, device: Device
+) -> None:
+    """Today's server announces no limit; one that put `max_text_length` in its welcome (here
+    added on the way, as such a server would) sets the page's counter and Send button."""
+    server = launch("--max-text-length", "10")
+    page = new_page(**device)
+
+    def announce(ws: WebSocketRoute) -> None:
+        upstream = ws.connect_to_server()
+
+        def to_page(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "system" and isinstance(frame.get("users"), list):
+                frame["max_text_length"] = 10
+            ws.send(json.dumps(frame))
+
+        upstream.on_message(to_page)
+        ws.on_message(upstream.send)
+
+    page.route_web_socket(re.compile(r"/ws"), announce)
+    bob = join(new_page(), server, "bob")
+    join(page, server, "alice")
+    expect(page.locator("#counter")).to_have_text("0 / 10")
+    page.fill("#input", "\U0001f642" * 10)
+    expect(page.locator("#counter")).to_have_text("10 / 10")
+    expect(page.locator("#send")).to_be_enabled()
+    page.click("#send")
+    expect(chat_texts(bob)).to_have_text(["\U0001f642" * 10])
+    page.fill("#input", "eleven long")
+    expect(page.locator("#counter")).to_have_text("11 / 10")
+    expect(page.locator("#send")).to_be_disabled()
+    assert no_horizontal_scroll(page)
 
 
 # ---------- refused messages ----------
