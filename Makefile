@@ -4,8 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-HOST ?= 127.0.0.1
-PORT ?= 8080
 
 .PHONY: setup run test lint bench loadtest system-deps node-deps clean
 
@@ -25,10 +23,12 @@ system-deps:
 node-deps:
 	@scripts/ensure-node-peer.sh
 
-# make run [HOST=...] [PORT=...] [ARGS="--rate-limit 0 --log-level debug"]: ARGS go to the server
+# make run [HOST=...] [PORT=...] [ARGS="--rate-limit 0 --log-level debug"]: ARGS go to the server,
+# after --host/--port from HOST/PORT (so ARGS win), which win over ROOMCAST_*; with none of them
+# the server's defaults, 127.0.0.1:8080. The server prints the URL it really listens on.
 run: setup
-	@echo "roomcast: open http://$(HOST):$(PORT)/ in a browser, or: npx wscat -c ws://$(HOST):$(PORT)"
-	$(PY) -m server --host $(HOST) --port $(PORT) $(ARGS)
+	@echo "roomcast: open the URL it prints below in a browser, or: npx wscat -c ws://HOST:PORT"
+	$(PY) -m server $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT)) $(ARGS)
 
 test: setup system-deps node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

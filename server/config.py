@@ -9,16 +9,17 @@ together are checked after that.
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import difflib
 import math
 import os
 import re
-import socket
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
 from .about import version_line
+from .addresses import PATH, listen_problem, origin_port_problem, redis_url_problem
 
 ENV_PREFIX = "ROOMCAST_"
 
@@ -88,11 +89,22 @@ class ConfigError(ValueError):
         super().__init__(self.describe())
 
     def describe(self) -> str:
+        """One line: control characters in the value (``--host $'a\\nb'``) are escaped."""
         if self.source == "env":
-            where = f"{ENV_PREFIX}{self.option.upper()}={self.value!s}"
+            where = f"{ENV_PREFIX}{self.option.upper()}"
+            where += "" if self.value is None else f"={self.value!s}"
         else:
-            where = f"--{self.option.replace('_', '-')} {self.value!s}"
-        return f"{where}: {self.problem}"
+            where = f"--{self.option.replace('_', '-')}"
+            where += "" if self.value is None else f" {self.value!s}"
+        return one_line(f"{where}: {self.problem}")
+
+
+def one_line(text: str) -> str:
+    """`text` with every unprintable character (newline, tab, NUL, bidi controls...) escaped
+    as Python writes it in a string literal, so that a message stays one readable line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,38 +118,50 @@ class Rule:
     file: bool = False  # a readable file (when set)
 
 
+# Every number has an upper bound as well as a lower one: past it a value breaks something at
+# run time (an OverflowError in picows or the rate limiter, a non-integer TTL sent to Redis, an
+# array of 8 bytes per allowed event in every client) or makes no sense for a chat server.
+# Durations have a floor too: a timer every microsecond is a busy loop.
+_GIB = 1 << 30
+_DAY = 86_400.0
 _RULES: dict[str, Rule] = {
     "port": Rule(low=0, high=65535),
-    "rate_limit": Rule(low=0),
-    "rate_window": Rule(above=0),
-    "join_rate_limit": Rule(low=0),
-    "max_message_bytes": Rule(low=1),
-    "max_text_length": Rule(low=1),
-    "max_username_length": Rule(low=1),
-    "max_room_length": Rule(low=1),
-    "max_users_list": Rule(low=0),
-    "max_buffered_bytes": Rule(low=1),
-    "ping_interval": Rule(above=0),
-    "ping_timeout": Rule(above=0),
-    "shutdown_timeout": Rule(low=0),
+    "rate_limit": Rule(low=0, high=10_000),  # each client's window is 8 bytes per allowed chat
+    "rate_window": Rule(low=0.1, high=_DAY),
+    "join_rate_limit": Rule(low=0, high=10_000),
+    "max_message_bytes": Rule(low=1, high=_GIB),  # picows's read buffer grows to twice this
+    "max_text_length": Rule(low=1, high=_GIB),
+    "max_username_length": Rule(low=1, high=1024),
+    "max_room_length": Rule(low=1, high=1024),
+    "max_users_list": Rule(low=0, high=10_000),
+    "max_buffered_bytes": Rule(low=1, high=_GIB),
+    "ping_interval": Rule(low=0.1, high=_DAY),
+    "ping_timeout": Rule(low=0.1, high=3600),
+    "shutdown_timeout": Rule(low=0, high=3600),
     "history_size": Rule(low=0, high=100_000),
-    "history_ttl": Rule(low=0),
-    "history_max_bytes": Rule(low=1),
+    "history_ttl": Rule(low=0, high=30 * _DAY),
+    "history_max_bytes": Rule(low=1, high=64 * _GIB),
     "log_level": Rule(choices=("debug", "info", "warning", "error")),
     "log_format": Rule(choices=("text", "json")),
     "certfile": Rule(file=True),
     "keyfile": Rule(file=True),
-    "node_ttl": Rule(above=0),
+    "node_ttl": Rule(low=1, high=_DAY),  # sent to Redis in whole milliseconds
     "workers": Rule(low=1, high=256),
     "jwt_public_key": Rule(file=True),
-    "jwt_leeway": Rule(low=0),
-    "token_sweep_interval": Rule(above=0),
-    "max_connections": Rule(low=0),
-    "max_connections_per_ip": Rule(low=0),
-    "handshake_rate": Rule(low=0),
-    "handshake_window": Rule(above=0),
-    "handshake_timeout": Rule(above=0),
+    "jwt_leeway": Rule(low=0, high=3600),
+    "token_sweep_interval": Rule(low=0.1, high=3600),
+    "max_connections": Rule(low=0, high=10_000_000),
+    "max_connections_per_ip": Rule(low=0, high=10_000_000),
+    "handshake_rate": Rule(low=0, high=10_000),
+    "handshake_window": Rule(low=0.1, high=_DAY),
+    "handshake_timeout": Rule(low=0.1, high=3600),
 }
+
+# ROOMCAST_* variables that are not options but are legitimately in a server's environment.
+_OTHER_VARIABLES = frozenset({
+    "ROOMCAST_WORKER_OF",  # set by the --workers supervisor for its workers (server/app.py)
+    "ROOMCAST_FUZZ_SEED",  # replays a run of tests/test_fuzz.py, whose servers inherit it
+})
 
 _HELP: dict[str, str] = {
     "host": "address to listen on",
@@ -211,13 +235,20 @@ _HELP: dict[str, str] = {
 
 
 def _describe_range(kind: str, rule: Rule) -> str:
+    parts = []
     if rule.above is not None:
-        return f"must be a number > {rule.above:g}"
-    if rule.low is not None and rule.high is not None:
-        return f"must be {kind} from {rule.low:g} to {rule.high:g}"
+        parts.append(f"> {rule.above:g}")
     if rule.low is not None:
-        return f"must be {kind} >= {rule.low:g}"
-    return f"must be {kind}"
+        parts.append(f">= {rule.low:g}")
+    if rule.high is not None:
+        parts.append(f"<= {rule.high:.15g}")
+    return f"must be {kind} {' and '.join(parts)}" if parts else f"must be {kind}"
+
+
+# What int() and float() accept beyond plain numbers (8_0, "٨٠", " 80", "0x50" for neither, but
+# underscores and non-ASCII digits for both) is refused: a port of 8_0 is not 80.
+_INTEGER = re.compile(r"-?[0-9]+")
+_NUMBER = re.compile(r"-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
 
 
 def _convert(name: str, default: object, text: str) -> object:
@@ -232,10 +263,9 @@ def _convert(name: str, default: object, text: str) -> object:
         raise ValueError("must be true or false")
     if isinstance(default, int | float):
         kind = "an integer" if isinstance(default, int) else "a number"
-        try:
-            value: float = int(text) if isinstance(default, int) else float(text)
-        except ValueError:
-            raise ValueError(_describe_range(kind, rule)) from None
+        if not (_INTEGER if isinstance(default, int) else _NUMBER).fullmatch(text):
+            raise ValueError(_describe_range(kind, rule))
+        value: float = int(text) if isinstance(default, int) else float(text)
         if (
             not math.isfinite(value)
             or (rule.low is not None and value < rule.low)
@@ -250,18 +280,35 @@ def _convert(name: str, default: object, text: str) -> object:
             raise ValueError(f"must be one of {', '.join(rule.choices)}")
         return lowered
     if rule.file and text:
-        if not os.path.isfile(text):
-            raise ValueError("no such file")
+        problem = _not_a_regular_file(text)
+        if problem:
+            raise ValueError(problem)
         if not os.access(text, os.R_OK):
             raise ValueError("file is not readable")
     return text
+
+
+def _not_a_regular_file(path: str) -> str:
+    """Why `path` is not an existing regular file ("" when it is one). A FIFO would hang the
+    start on open(), a directory fails later with a less helpful error."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, socket or device)"
+    return ""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but an error is one line, not the whole usage."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 class _Version(argparse.Action):
@@ -301,6 +348,7 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     """The options from flags over the environment over the defaults; raises ConfigError."""
     env = os.environ if env is None else env
     namespace = build_parser().parse_args(argv)
+    _check_variables(env)
     defaults = Config()
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -328,6 +376,20 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     return config
 
 
+def _check_variables(env: Mapping[str, str]) -> None:
+    """A ROOMCAST_* variable that is no option is a typo (ROOMCAST_JWT_SECERT would otherwise
+    start the server with authentication off): refused, naming the likely intended one. The
+    value is not shown: it may be a secret."""
+    known = sorted(f.name.upper() for f in fields(Config))
+    for name in sorted(env):
+        option = name[len(ENV_PREFIX) :]
+        if not name.startswith(ENV_PREFIX) or option in known or name in _OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(option, known, n=1)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        raise ConfigError(option.lower(), None, f"is not a roomcast option{hint}", source="env")
+
+
 def _check_together(config: Config) -> None:
     if bool(config.certfile) != bool(config.keyfile):
         missing = "keyfile" if config.certfile else "certfile"
@@ -342,10 +404,10 @@ def _check_together(config: Config) -> None:
             "needs --redis-url: the workers are separate processes and only reach each other's "
             "clients through Redis",
         )
-    if config.redis_url and not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(
-            "redis_url", config.redis_url, "must start with redis://, rediss:// or unix://"
-        )
+    if config.redis_url:
+        problem = redis_url_problem(config.redis_url, cluster=config.redis_cluster)
+        if problem:
+            raise ConfigError("redis_url", config.redis_url, problem)
     if config.jwt_algorithms and not config.auth_enabled:
         raise ConfigError(
             "jwt_algorithms", config.jwt_algorithms, "needs --jwt-secret or --jwt-public-key"
@@ -356,34 +418,30 @@ def _check_together(config: Config) -> None:
             raise ConfigError(
                 "metrics_listen", config.metrics_listen, "must be HOST:PORT, e.g. 127.0.0.1:9100"
             )
-        _check_listenable("metrics_listen", config.metrics_listen, host.strip("[]"))
+        problem = listen_problem(host.strip("[]"))
+        if problem:
+            raise ConfigError("metrics_listen", config.metrics_listen, problem)
     if config.history_file:
         _check_history_file(config)
-    if config.echo_path and not config.echo_path.startswith("/"):
-        raise ConfigError("echo_path", config.echo_path, "must be a path starting with /")
+    if config.allowed_origins:
+        problem = origin_port_problem(config.allowed_origins)
+        if problem:
+            raise ConfigError("allowed_origins", config.allowed_origins, problem)
+    if config.echo_path and not PATH.fullmatch(config.echo_path):
+        raise ConfigError(
+            "echo_path",
+            config.echo_path,
+            "must be a path starting with / of printable ASCII characters, without spaces, "
+            "? or #",
+        )
     if not config.host:
         raise ConfigError("host", "''", "must be an address to listen on")
-    _check_listenable("host", config.host, config.host)
+    problem = listen_problem(config.host)
+    if problem:
+        raise ConfigError("host", config.host, problem)
 
 
-_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
-
-def _check_listenable(option: str, value: str, host: str) -> None:
-    """An IP address, or a host name this machine resolves (``localhost``, /etc/hosts). What is
-    neither a well-formed name nor an address (999.1.1.1, a slash) is refused without a lookup."""
-    problem = "must be an IP address or a host name this machine resolves"
-    try:
-        ipaddress.ip_address(host)
-        return
-    except ValueError:
-        pass
-    if not _HOST_NAME.fullmatch(host) or host.rstrip(".").rsplit(".", 1)[-1].isdigit():
-        raise ConfigError(option, value, problem)
-    try:
-        socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (OSError, UnicodeError):
-        raise ConfigError(option, value, problem) from None
 
 
 def _check_history_file(config: Config) -> None:
@@ -392,8 +450,10 @@ def _check_history_file(config: Config) -> None:
         raise ConfigError(
             "history_file", path, "is for a single node and cannot be combined with --redis-url"
         )
-    if os.path.isdir(path):
-        raise ConfigError("history_file", path, "is a directory, not a file")
+    if os.path.exists(path):
+        problem = _not_a_regular_file(path)
+        if problem:  # a FIFO would hang the start reading it back
+            raise ConfigError("history_file", path, problem)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ConfigError("history_file", path, f"its directory {directory} does not exist")
