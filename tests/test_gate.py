@@ -20,7 +20,8 @@ SECRET = "a secret long enough for HS256 tokens"
 
 def upgrade(**extra: str) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict(
-        {"Connection": "Upgrade", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": KEY}
+        {"Host": "chat.example", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+         "Sec-WebSocket-Key": KEY}
     )
     for name, value in extra.items():
         headers[name.replace("_", "-")] = value
