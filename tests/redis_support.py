@@ -84,7 +84,6 @@ class RedisServer:
             stop_process(self.proc)
         self.proc = None
 
-
     def close(self) -> None:
         """Stops the server and removes its working directory."""
         self.stop()
@@ -173,6 +172,12 @@ class LosingProxy:
     def arm(self, marker: bytes, *, mute_all: bool) -> None:
         with self.lock:
             self.marker, self.mute_all = marker, mute_all
+
+    def refuse(self, seconds: float) -> None:
+        """Closes every connection and refuses new ones for `seconds`: the node behind this
+        proxy reconnects no sooner, whatever Redis does meanwhile."""
+        self.refusing_until = time.monotonic() + seconds
+        self._close_all()
 
     def close(self) -> None:
         self.closed = True

@@ -245,3 +245,21 @@ def test_a_round_trip_carries_at_most_a_batch_and_the_rest_keeps_its_order() -> 
     assert not pipeline.queued
     pipeline.wake.clear()
     assert pipeline.take(held_back=()) == [] and not pipeline.wake.is_set()
+
+
+def test_a_repair_into_a_new_epoch_delivers_the_new_stream_from_its_start() -> None:
+    """The node was at seq 10 of e1; Redis lost that stream and e2 holds seqs 3..6 of its 6 (1
+    and 2 trimmed): all of e2 that is left is delivered, and the 2 missing ones are told, whatever
+    seq the node had reached in e1 (repairs.py reads a new epoch from its start)."""
+    positions = Positions()
+    for seq in range(1, 11):
+        assert positions.judge("r", "e1", seq) == DELIVER
+    assert positions.start("r")
+    positions.marker("r")
+    fetched = [(seq, chat(str(seq), seq)) for seq in range(3, 7)]
+    positions.read("r", "e2", 6, fetched)
+    outcome = positions.finish("r", [])
+    assert outcome is not None and outcome.reset
+    assert outcome.deliver == [payload for _, payload in fetched]
+    assert outcome.missing == 2 and (outcome.epoch, outcome.seq) == ("e2", 6)
+    assert positions.judge("r", "e2", 7) == DELIVER

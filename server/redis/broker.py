@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import time
 
@@ -52,7 +51,7 @@ from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link
 from .outage import deliver_held, deliver_unanswered
 from .pipeline import JOIN, LEAVE, OTHER, PUBLISH, Op, Pipeline
 from .positions import GAP, Positions
-from .registry import changes
+from .registry import registration
 from .repairs import Repairs, deliver_judged, tell
 from .subscriptions import Interest
 from .wire import (
@@ -66,10 +65,9 @@ from .wire import (
     channel_name,
     join_head,
     member_field,
-    members_key,
     node_of,
+    node_rooms_key,
     open_envelope,
-    swept_key,
     typing_head,
 )
 from .wire import (
@@ -118,6 +116,7 @@ class RedisBroker:
         self.registered: dict[str, tuple[str, str]] = {}  # field -> (room, name) Redis knows
         self.tasks: list[asyncio.Task[None]] = []
         self.recovering: asyncio.Task[None] | None = None
+        self.reregistering: asyncio.Task[None] | None = None
         self.down_since: float | None = None
         self.told_clients = False
         self.first_attempt = asyncio.Event()  # set once the first connection attempt ended
@@ -158,7 +157,7 @@ class RedisBroker:
                 await asyncio.wait_for(
                     self.leases.give_up(), max(0.1, deadline - time.monotonic())
                 )
-        tasks = [t for t in (*self.tasks, self.recovering) if t is not None]
+        tasks = [t for t in (*self.tasks, self.recovering, self.reregistering) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -400,41 +399,36 @@ class RedisBroker:
             self.recovering = asyncio.get_running_loop().create_task(self._recover(first=False))
 
     def _lease_expired(self) -> None:
-        self._up = False
-        self.recovering = asyncio.get_running_loop().create_task(self._resync_now())
+        """Redis answers but forgot this node (FLUSHALL, or a pause longer than --node-ttl, and
+        maybe the sweeper removed its members): it registers again without leaving the Redis
+        path, so its chats keep their one numbering on every node meanwhile."""
+        if self.reregistering is None or self.reregistering.done():
+            self.reregistering = asyncio.get_running_loop().create_task(self._reregister())
 
-    async def _resync_now(self) -> None:
+    async def _reregister(self) -> None:
         try:
-            await self._resync()
+            swept = await self.leases.take()
         except REDIS_ERRORS as exc:
-            self._up = True
             self._lost(exc)
+            return
+        if not self._up:  # lost meanwhile: the resync after the outage registers everything
+            return
+        # The subscriptions never dropped; what Redis lost is the list of them (for the sweeper)
+        # and the member lists. Sent before anything queued; nothing awaits from here.
+        ops = [Op(OTHER, ("SADD", node_rooms_key(self.node), name))
+               for name in self.interest.subscribed]
+        self.pipeline.push_first(ops + self._registration(swept))
 
     async def _recover(self, *, first: bool) -> None:
-        await self.link.disconnect()
-        delay = 0.1
-        attempts = 0
-        while True:
-            try:
-                await self.link.connect()
-                await scripts.load(self.link.client)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                attempts += 1
-                self.first_attempt.set()
-                if attempts == 1:
-                    if first:
-                        log.error(
-                            "cannot reach Redis at %s: %s; serving local rooms only, "
-                            "retrying with backoff", self.link.url, exc,
-                        )
-                    else:
-                        log.info("Redis still unreachable (%s); retrying with backoff", exc)
-                await self.link.disconnect()
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 5.0)
+        def failed(attempts: int, exc: BaseException) -> None:
+            self.first_attempt.set()
+            if attempts == 1 and first:
+                log.error("cannot reach Redis at %s: %s; serving local rooms only, retrying "
+                          "with backoff", self.link.url, exc)
+            elif attempts == 1:
+                log.info("Redis still unreachable (%s); retrying with backoff", exc)
+
+        attempts, delay = await self.link.connect_with_backoff(scripts.load, failed)
         try:
             await self._resync()
         except asyncio.CancelledError:
@@ -460,32 +454,17 @@ class RedisBroker:
         """Resubscribes every room served here, makes Redis's member lists match this node and
         repairs every room's stream from where this node's delivery stopped."""
         swept = await self.leases.take()
-        served = [name for name in self.interest.refs if name in self.core.rooms]
+        # Every room is held for its repair (what other nodes said meanwhile, before what
+        # follows) before it is subscribed: a chat arriving before the repair is asked for
+        # would otherwise be delivered ahead of what this node missed (a new epoch's first
+        # messages skipped behind a reset at its seq).
+        for name in [name for name in self.interest.refs if name in self.core.rooms]:
+            self.repairs.start(name)
         # Subscriptions first, so the notices published below come back to this node's rooms.
         self.interest.want_all()
         await self.pipeline.send(self.link.client, await self.interest.reconcile(self.link))
         # From here to `self._up = True` nothing awaits: the snapshot is exact.
-        current: dict[str, tuple[str, str]] = {}
-        for room in self.core.rooms.values():
-            for member in room.all_members():
-                current[self.field(member)] = (room.name, member.name)
-        ops: list[Op] = []
-        if swept:
-            ops.append(Op(OTHER, ("DEL", swept_key(self.node))))
-        head = announced_head(self.node)
-        for change in changes({} if swept else self.registered, current, int(time.time() * 1e3)):
-            if change.kind == "leave":
-                ops.append(self._leave_op(change.room, change.field, change.notice, head,
-                                          force=True))
-            elif change.kind == "keep":
-                ops.append(Op(OTHER, ("HSET", members_key(change.room), change.field,
-                                      change.name)))
-            else:
-                notice = SystemMessage(f"{change.name} joined #{change.room}", "join",
-                                       change.room, change.name, 0, int(time.time() * 1e3))
-                ops.append(self._join_op(change.room, change.field, change.name, notice,
-                                         head=head, limit=0, reply_expected=False))
-        self.registered = current
+        ops = self._registration(swept)
         self._up = True
         if self.told_clients:
             self.told_clients = False
@@ -493,8 +472,17 @@ class RedisBroker:
                 if len(room):
                     tell(self.core, room, "recovered", "Reconnected to the other chat servers")
         self.pipeline.push_first(ops)
-        for name in served:  # what other nodes said meanwhile, before what follows
-            self.repairs.start(name)
+
+    def _registration(self, swept: bool) -> list[Op]:
+        """The commands that make Redis's member lists say who is here now (registry.py)."""
+        head = announced_head(self.node)
+        ops, self.registered = registration(
+            self.core.rooms.values(), self.field, self.registered, node=self.node, swept=swept,
+            leave=lambda c: self._leave_op(c.room, c.field, c.notice, head, force=True),
+            join=lambda c, notice: self._join_op(c.room, c.field, c.name, notice, head=head,
+                                                 limit=0, reply_expected=False),
+        )
+        return ops
 
 
 async def start(broker: RedisBroker) -> None:

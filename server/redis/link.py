@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -139,6 +140,31 @@ class Link:
         await asyncio.wait_for(client.ping(), COMMAND_TIMEOUT)
         if not self.cluster:
             await self.subscriber_for(b"")
+
+    async def connect_with_backoff(
+        self,
+        prepare: Callable[[Any], Awaitable[None]],
+        failed: Callable[[int, BaseException], None],
+    ) -> tuple[int, float]:
+        """Connects afresh and runs `prepare(client)`, retrying with a jittered backoff up to
+        5 s (`failed(attempts so far, why)` after each failure); returns the failed attempts and
+        the delay reached."""
+        await self.disconnect()
+        delay = 0.1
+        attempts = 0
+        while True:
+            try:
+                await self.connect()
+                await prepare(self.client)
+                return attempts, delay
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempts += 1
+                failed(attempts, exc)
+                await self.disconnect()
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 5.0)
 
     async def subscriber_for(self, channel: bytes) -> Subscriber:
         """The live subscriber connection for `channel`'s shard, connected if need be."""

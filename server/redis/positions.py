@@ -8,7 +8,8 @@ starts a **repair**; a new epoch means Redis lost the stream, and the room's mem
 A repair must deliver what the node missed without breaking the channel's order, in which the
 node's own joiners are placed. So: everything arriving for the room is held; one script
 publishes a **marker** carrying the stream's last seq B and, on the command connection right
-after it, the node reads the stream after its last delivered seq. When both the marker (back
+after it, the node reads the stream after its last delivered seq
+(from its start if the stream is another epoch). When both the marker (back
 through the subscription, in channel order) and the read are in, the node delivers the read
 messages that precede everything held (those published before its subscription saw them; what
 came after is all in the held part, in order), then the held part up to the marker, through
@@ -222,8 +223,9 @@ class Positions:
                         had += 1
                         continue
                 outcome.deliver.append(payload)
-        if not outcome.reset:
-            outcome.missing = max(0, upto - after - len(outcome.deliver) - had)
+        # A reset's read is the new stream from its start (repairs.py): what it no longer holds
+        # of the new epoch is missing here too.
+        outcome.missing = max(0, upto - after - len(outcome.deliver) - had)
         outcome.epoch = epoch
         outcome.seq = max(after, upto)
         self.epochs[room], self.seqs[room] = epoch, outcome.seq

@@ -57,15 +57,20 @@ class Repairs:
 
         def fetched(reply: object) -> None:
             epoch, bound = mark[0]
-            positions.read(name, epoch, bound, scripts.parse_fetch_reply(reply))
+            read_epoch, entries = scripts.parse_repair_fetch_reply(reply)
+            # The read is of the marker's stream unless Redis lost it between the two (then
+            # nothing is read, and what the node lacks is told as a gap, never skipped).
+            positions.read(name, epoch, bound, entries if read_epoch == epoch else [])
             self.finish(name)
 
         command = scripts.mark_command(self._publish_command(), name, self._node)
         self._pipeline.push(Op(OTHER, command, room=name, on_reply=marked))
-        after = known[1] if known is not None else 0
-        self._pipeline.push(
-            Op(OTHER, scripts.fetch_command(name, after), room=name, on_reply=fetched)
-        )
+        # After this node's position, or from the start of a stream of another epoch (a reset:
+        # the new stream's messages are all new here).
+        epoch, after = known if known is not None else ("", 0)
+        self._pipeline.push(Op(
+            OTHER, scripts.repair_fetch_command(name, epoch, after), room=name, on_reply=fetched
+        ))
 
     def marker(self, name: str) -> None:
         """This node's marker came back through the room's subscription."""
@@ -91,8 +96,8 @@ class Repairs:
             return
         room = self._core.rooms.get(name)
         if room is not None:
-            if outcome.reset:
-                tell_reset(self._core, room, outcome.epoch, outcome.seq - len(outcome.deliver))
+            if outcome.reset:  # the new stream from its start: what it holds, then the gap
+                tell_reset(self._core, room, outcome.epoch, 0)
             for payload in outcome.deliver:
                 self._core.deliver(room, payload)
             if outcome.missing:

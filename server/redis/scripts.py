@@ -13,7 +13,9 @@ order of the scripts on the shard is the order of the channel:
   point, with the stream's epoch and last seq: the replay ends exactly where live delivery
   begins for the joiner, on any node;
 * ``LEAVE``: the member unregistered, its notice published; when the room is empty its history
-  starts its ``--history-ttl``.
+  starts its ``--history-ttl``;
+* ``MARK`` and ``FETCH``: a repair's marker on the channel, then the read of what the node lacks
+  (server/redis/positions.py).
 
 Scripts are sent as EVALSHA once loaded (``load``), the text itself never per message.
 """
@@ -162,7 +164,17 @@ redis.call(ARGV[1], ARGV[2], ARGV[3] .. epoch .. ':' .. seq .. '\\n{}')
 return {epoch, seq}
 """
 
-SCRIPTS = {"chat": CHAT, "join": JOIN, "leave": LEAVE, "mark": MARK}
+# KEYS: meta, history. ARGV: 1 the epoch this node delivered ('' for none), 2 its last seq.
+# Returns {epoch or '', entries}: the stored messages after that seq, or, when the stream is
+# another epoch (Redis lost the one the node knew), every message the new stream still holds.
+FETCH = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch') or ''
+local after = 0
+if epoch == ARGV[1] then after = tonumber(ARGV[2]) end
+return {epoch, redis.call('XRANGE', KEYS[2], '0-' .. (after + 1), '+')}
+"""
+
+SCRIPTS = {"chat": CHAT, "join": JOIN, "leave": LEAVE, "mark": MARK, "fetch": FETCH}
 SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 
 
@@ -259,6 +271,18 @@ def parse_mark_reply(reply: Any) -> tuple[str, int]:
 def fetch_command(room: str, after: int, upto: int | None = None) -> tuple[object, ...]:
     """The stored messages of seqs after `after` (up to `upto`), for a node repairing a gap."""
     return ("XRANGE", history_key(room), f"0-{after + 1}", "+" if upto is None else f"0-{upto}")
+
+
+def repair_fetch_command(room: str, epoch: str, after: int) -> tuple[object, ...]:
+    """The EVALSHA that reads what a repairing node lacks: the stored messages after its
+    position (`epoch`, `after`), or all of them if the stream is no longer that epoch."""
+    return ("EVALSHA", SHA["fetch"], 2, meta_key(room), history_key(room), epoch, after)
+
+
+def parse_repair_fetch_reply(reply: Any) -> tuple[str, list[tuple[int, bytes]]]:
+    """(the stream's epoch or '', [(seq, payload)]) of the repair's read."""
+    epoch, entries = reply
+    return epoch.decode(), parse_fetch_reply(entries)
 
 
 def parse_fetch_reply(reply: Any) -> list[tuple[int, bytes]]:
