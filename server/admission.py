@@ -253,6 +253,18 @@ class Refusal:
         return headers
 
 
+def _count_up(table: dict[str, int], address: str) -> None:
+    table[address] = table.get(address, 0) + 1
+
+
+def _count_down(table: dict[str, int], address: str) -> None:
+    left = table.get(address, 0) - 1
+    if left > 0:
+        table[address] = left
+    else:
+        table.pop(address, None)
+
+
 class Limits:
     """Global and per-address connection limits and a per-address handshake rate.
 
@@ -272,6 +284,7 @@ class Limits:
         self.window = window
         self._refill = rate / window if rate and window > 0 else 0.0
         self.open_per_ip: dict[str, int] = {}
+        self.lingering_per_ip: dict[str, int] = {}  # answered connections not closed yet
         self._buckets: dict[str, list[float]] = {}  # address -> [tokens, last update]
         self._prune_at = 1024
 
@@ -306,14 +319,24 @@ class Limits:
         return None
 
     def opened(self, address: str) -> None:
-        self.open_per_ip[address] = self.open_per_ip.get(address, 0) + 1
+        _count_up(self.open_per_ip, address)
 
     def closed(self, address: str) -> None:
-        left = self.open_per_ip.get(address, 0) - 1
-        if left > 0:
-            self.open_per_ip[address] = left
-        else:
-            self.open_per_ip.pop(address, None)
+        _count_down(self.open_per_ip, address)
+
+    def may_linger(self, address: str) -> bool:
+        """Whether an answered connection from `address` may linger (holding its descriptor a
+        little longer): while the address has fewer lingering than ``max_per_ip`` (any number
+        without that limit). Counted until ``lingered``."""
+        if not self.max_per_ip:
+            return True
+        if self.lingering_per_ip.get(address, 0) >= self.max_per_ip:
+            return False
+        _count_up(self.lingering_per_ip, address)
+        return True
+
+    def lingered(self, address: str) -> None:
+        _count_down(self.lingering_per_ip, address)
 
     def _take(self, address: str, now: float) -> float:
         """Takes one handshake from the address's bucket; returns seconds to wait, 0 if taken."""

@@ -232,18 +232,13 @@ class Delivery:
                 self._delayed(len(room), self._clock() - room.queued_at)
 
     def _settle_late(self, room: Room, pending: list[bytes]) -> None:
-        counters = self.counters
         members = room.members
         for member in room.late:
             start = member.cursor
             if start < len(pending):
                 tail = b"".join(pending[start:])
                 member.write(tail)
-                frames = len(pending) - start
-                counters.writes += 1
-                counters.deliveries += frames
-                counters.coalesced_frames += frames - 1
-                counters.bytes_sent += len(tail)
+                self._counted(len(pending) - start, len(tail))
             member.late = False
             member.cursor = 0
             member.slot = len(members)

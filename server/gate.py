@@ -79,7 +79,6 @@ class Gate:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: Deadlines[Expirable] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._lingering: dict[str, int] = {}  # answered connections still open, by address
 
     def refuse(
         self, label: str, status: int, text: str, headers: dict[str, str] | None = None
@@ -115,25 +114,13 @@ class Gate:
             self.limits.closed(peer)
 
     def may_linger(self, peer: str) -> bool:
-        """An answered connection from `peer` may linger while the address has fewer lingering
-        than ``--max-connections-per-ip`` (any number without that limit, or from a trusted
-        proxy); counted until ``lingered``."""
-        cap = self.limits.max_per_ip
-        if not cap or self.behind_proxy(peer):
-            return True
-        lingering = self._lingering
-        if lingering.get(peer, 0) >= cap:
-            return False
-        lingering[peer] = lingering.get(peer, 0) + 1
-        return True
+        """Whether an answered connection from `peer` may linger (Limits.may_linger; a trusted
+        proxy's always may: it carries many clients)."""
+        return self.behind_proxy(peer) or self.limits.may_linger(peer)
 
     def lingered(self, peer: str) -> None:
-        lingering = self._lingering
-        left = lingering.get(peer, 0) - 1
-        if left > 0:
-            lingering[peer] = left
-        else:
-            lingering.pop(peer, None)
+        if not self.behind_proxy(peer):
+            self.limits.lingered(peer)
 
     def behind_proxy(self, peer: str) -> bool:
         """Whether `peer` is a trusted proxy (its clients are told by X-Forwarded-For)."""

@@ -296,3 +296,12 @@ async def test_firefox_style_connection_header_is_accepted(server: ServerProcess
     """Firefox sends `Connection: keep-alive, Upgrade`; picows alone refuses it with 400."""
     answer = await upgrade(server.host, server.port, "/", {"Connection": "keep-alive, Upgrade"})
     assert answer.status == 101
+
+
+def test_an_address_lingers_no_more_connections_than_its_slots() -> None:
+    limits = Limits(max_per_ip=2)
+    assert [limits.may_linger("192.0.2.1") for _ in range(3)] == [True, True, False]
+    assert limits.may_linger("192.0.2.2")  # another address has its own
+    limits.lingered("192.0.2.1")
+    assert limits.may_linger("192.0.2.1")
+    assert all(Limits().may_linger("192.0.2.1") for _ in range(100))  # no limit: no bound

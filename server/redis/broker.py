@@ -478,7 +478,8 @@ class RedisBroker:
         head = announced_head(self.node)
         ops, self.registered = registration(
             self.core.rooms.values(), self.field, self.registered, node=self.node, swept=swept,
-            leave=lambda c: self._leave_op(c.room, c.field, c.notice, head, force=True),
+            leave=lambda c, notice: self._leave_op(c.room, c.field, encode(notice), head,
+                                                   force=True),
             join=lambda c, notice: self._join_op(c.room, c.field, c.name, notice, head=head,
                                                  limit=0, reply_expected=False),
         )

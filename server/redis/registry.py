@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from ..core import Member, Room
-from ..protocol import SystemMessage, encode
+from ..protocol import SystemMessage
 from .pipeline import OTHER, Op
 from .wire import members_key, swept_key
 
@@ -25,12 +25,14 @@ Registered = dict[str, tuple[str, str]]  # member field -> (room, username)
 class Change:
     __slots__ = ("field", "kind", "name", "notice", "room")
 
-    def __init__(self, kind: str, field: str, room: str, name: str, notice: bytes) -> None:
+    def __init__(
+        self, kind: str, field: str, room: str, name: str, notice: SystemMessage | None
+    ) -> None:
         self.kind = kind  # "leave", "join" or "keep"
         self.field = field
         self.room = room
         self.name = name
-        self.notice = notice  # the encoded notice with count 0 (empty for "keep")
+        self.notice = notice  # the notice with count 0 (None for "keep")
 
 
 def changes(known: Mapping[str, tuple[str, str]], current: Registered, now_ms: int
@@ -39,13 +41,13 @@ def changes(known: Mapping[str, tuple[str, str]], current: Registered, now_ms: i
     for field, (room, name) in known.items():
         if field not in current:  # left while Redis was away
             notice = SystemMessage(f"{name} left #{room}", "leave", room, name, 0, now_ms)
-            yield Change("leave", field, room, name, encode(notice))
+            yield Change("leave", field, room, name, notice)
     for field, (room, name) in current.items():
         if known.get(field) == (room, name):
-            yield Change("keep", field, room, name, b"")
+            yield Change("keep", field, room, name, None)
         else:  # joined while Redis was away (or this node was swept meanwhile)
             notice = SystemMessage(f"{name} joined #{room}", "join", room, name, 0, now_ms)
-            yield Change("join", field, room, name, encode(notice))
+            yield Change("join", field, room, name, notice)
 
 
 def registration(
@@ -55,7 +57,7 @@ def registration(
     *,
     node: str,
     swept: bool,
-    leave: Callable[[Change], Op],
+    leave: Callable[[Change, SystemMessage], Op],
     join: Callable[[Change, SystemMessage], Op],
 ) -> tuple[list[Op], Registered]:
     """The commands that make Redis list who is in `rooms` now, when it listed `known` (nothing
@@ -67,12 +69,11 @@ def registration(
     ops = [Op(OTHER, ("DEL", swept_key(node)))] if swept else []
     now = int(time.time() * 1e3)
     for change in changes({} if swept else known, current, now):
-        if change.kind == "leave":
-            ops.append(leave(change))
-        elif change.kind == "keep":
+        notice = change.notice
+        if notice is None:  # kept: registered again, nothing announced
             ops.append(Op(OTHER, ("HSET", members_key(change.room), change.field, change.name)))
+        elif change.kind == "leave":
+            ops.append(leave(change, notice))
         else:
-            notice = SystemMessage(f"{change.name} joined #{change.room}", "join", change.room,
-                                   change.name, 0, now)
             ops.append(join(change, notice))
     return ops, current
