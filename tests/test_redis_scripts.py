@@ -30,6 +30,11 @@ from server.redis.wire import (
 from tests.redis_support import start_redis
 
 
+def stored_after(room: str, after: int, upto: int | None = None) -> tuple[object, ...]:
+    """The XRANGE of a room's stored messages of seqs after `after` (up to `upto`)."""
+    return ("XRANGE", history_key(room), f"0-{after + 1}", "+" if upto is None else f"0-{upto}")
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[aioredis.Redis]:
     server = await asyncio.to_thread(start_redis)
@@ -92,10 +97,10 @@ async def test_chats_are_numbered_stored_capped_and_published_with_their_seq(
         assert json.loads(payload) == {
             "type": "chat", "username": "ann", "text": f"m{n}", "timestamp": 1, "seq": n
         }
-    stored = scripts.parse_fetch_reply(await client.execute_command(*scripts.fetch_command("r", 0)))
+    stored = scripts.parse_fetch_reply(await client.execute_command(*stored_after("r", 0)))
     assert [seq for seq, _ in stored] == [3, 4, 5]  # capped at --history-size (3)
     assert [json.loads(p)["text"] for _, p in stored] == ["m3", "m4", "m5"]
-    later = await client.execute_command(*scripts.fetch_command("r", 3, 4))
+    later = await client.execute_command(*stored_after("r", 3, 4))
     assert [seq for seq, _ in scripts.parse_fetch_reply(later)] == [4]
 
 
@@ -118,7 +123,7 @@ async def test_a_lost_stream_gets_a_new_epoch_and_starts_over(client: aioredis.R
     await chat(client, "b")
     await client.delete(meta_key("r"))  # what a Redis restart without persistence leaves
     assert await chat(client, "c", epoch="e2") == (True, 1, "e2")
-    stored = scripts.parse_fetch_reply(await client.execute_command(*scripts.fetch_command("r", 0)))
+    stored = scripts.parse_fetch_reply(await client.execute_command(*stored_after("r", 0)))
     assert [json.loads(p)["text"] for _, p in stored] == ["c"]  # nothing of e1 survives
 
 

@@ -268,11 +268,6 @@ def parse_mark_reply(reply: Any) -> tuple[str, int]:
     return epoch.decode(), int(seq)
 
 
-def fetch_command(room: str, after: int, upto: int | None = None) -> tuple[object, ...]:
-    """The stored messages of seqs after `after` (up to `upto`), for a node repairing a gap."""
-    return ("XRANGE", history_key(room), f"0-{after + 1}", "+" if upto is None else f"0-{upto}")
-
-
 def repair_fetch_command(room: str, epoch: str, after: int) -> tuple[object, ...]:
     """The EVALSHA that reads what a repairing node lacks: the stored messages after its
     position (`epoch`, `after`), or all of them if the stream is no longer that epoch."""
