@@ -107,7 +107,7 @@ def test_per_address_limits_count_the_client_behind_a_trusted_proxy() -> None:
 
 async def test_one_sweep_closes_expired_tokens_with_4001() -> None:
     door, counters = gate(jwt_secret=SECRET, token_sweep_interval=0.05, jwt_leeway=0)
-    soon = jwt.encode({"sub": "ann", "exp": int(time.time()) + 1}, SECRET, algorithm="HS256")
+    soon = jwt.encode({"sub": "ann", "exp": int(time.time()) + 2}, SECRET, algorithm="HS256")
     later = jwt.encode({"sub": "bob", "exp": int(time.time()) + 3600}, SECRET, algorithm="HS256")
     closed: list[tuple[str, int]] = []
 
