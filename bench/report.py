@@ -336,7 +336,8 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("- Every server is started the same way (`bench/servers.py`): its own process, `taskset` "
       "to the server CPU, the same 20,000 file-descriptor limit, ready when it prints "
       "`roomcast listening on http://HOST:PORT/`; a fresh server per configuration. roomcast "
-      "runs with `--rate-limit 0 --log-level warning --ping-interval 600`.")
+      "runs with `--rate-limit 0 --max-frames-per-second 0 --log-level warning "
+      "--ping-interval 600`.")
     w("- The peers implement the same chat protocol: **uws** (`bench/peers/uws`) is roomcast's "
       "protocol (constant-size presence notices, the member list only in the joiner's copy) "
       "on uWebSockets.js's native pub/sub (a topic per room, `app.publish` per chat; npm "

@@ -44,9 +44,10 @@ class ServerKind:
         return [*self.argv, "--host", host, "--port", str(port)]
 
 
+# Limits a benchmark's publishers would trip (they send thousands of chats a second), off.
 ROOMCAST_ARGV = (
-    sys.executable, "-m", "server", "--rate-limit", "0", "--log-level", "warning",
-    "--ping-interval", "600",
+    sys.executable, "-m", "server", "--rate-limit", "0", "--max-frames-per-second", "0",
+    "--log-level", "warning", "--ping-interval", "600",
 )
 
 SERVER_KINDS: dict[str, ServerKind] = {

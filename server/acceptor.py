@@ -52,7 +52,7 @@ def websocket_protocol_factory(
             20.0,
             20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,  # enable_auto_pong
+            False,  # enable_auto_pong: server/connection.py answers pings, counted
             max_frame_size,
             None,  # extra_headers (client side only)
             2048,  # read_buffer_init_size: picows never allocates less

@@ -66,6 +66,7 @@ class App:
         self._echo_path = config.echo_path
         self.max_message_bytes = config.max_message_bytes
         self.max_buffered_bytes = config.max_buffered_bytes
+        self.frame_budget = config.max_frames_per_second
         self.close_grace = config.ping_timeout
         self.connections: list[Connection] = []
         self.slow: set[Connection] = set()  # connections with unsent bytes waiting

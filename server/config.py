@@ -37,6 +37,7 @@ class Config:
     max_room_length: int = 64
     max_users_list: int = 500
     max_buffered_bytes: int = 1 << 20
+    max_frames_per_second: int = 2000
     ping_interval: float = 30.0
     ping_timeout: float = 10.0
     shutdown_timeout: float = 5.0
@@ -135,6 +136,7 @@ _RULES: dict[str, Rule] = {
     "max_room_length": Rule(low=1, high=1024),
     "max_users_list": Rule(low=0, high=10_000),
     "max_buffered_bytes": Rule(low=1, high=_GIB),
+    "max_frames_per_second": Rule(low=0, high=1_000_000),
     "ping_interval": Rule(low=0.1, high=_DAY),
     "ping_timeout": Rule(low=0.1, high=3600),
     "shutdown_timeout": Rule(low=0, high=3600),
@@ -178,6 +180,9 @@ _HELP: dict[str, str] = {
     "max_users_list": "most member names sent to a joiner (the total is always in `count`)",
     "max_buffered_bytes": "unsent bytes allowed per connection before it is dropped "
     "as a slow consumer (close 4000)",
+    "max_frames_per_second": "WebSocket frames (data, control and fragments) a client may "
+    "send in any one-second window; past it the connection is closed with 1008 (0 disables "
+    "the limit)",
     "ping_interval": "seconds of silence after which a client is pinged",
     "ping_timeout": "seconds a pinged client has to answer before it is dropped (close 1001)",
     "shutdown_timeout": "seconds to wait for closing handshakes and writes on shutdown",

@@ -37,9 +37,11 @@ _TEXT = WSMsgType.TEXT
 _CONTINUATION = WSMsgType.CONTINUATION
 _BINARY = WSMsgType.BINARY
 _CLOSE = WSMsgType.CLOSE
+_PING = WSMsgType.PING
 _PONG = WSMsgType.PONG
 _DATA = (_TEXT, _BINARY, _CONTINUATION)
 _CLOSE_FRAME = 0x88  # first byte of an unfragmented CLOSE frame
+_UNLIMITED = 1 << 62  # frames a connection may send when --max-frames-per-second is 0
 
 
 class Owner(Protocol):
@@ -50,6 +52,7 @@ class Owner(Protocol):
     loop: asyncio.AbstractEventLoop
     max_message_bytes: int
     max_buffered_bytes: int
+    frame_budget: int  # --max-frames-per-second (0: no limit)
     close_grace: float  # seconds a closed client has to read its CLOSE before it is aborted
 
     def attach(self, conn: Connection) -> None: ...
@@ -86,10 +89,12 @@ class Connection(WSListener):
     __slots__ = (
         "abort_timer",
         "awaiting_pong",
+        "batch_started",
         "client_ip",
         "closing",
         "counted",
         "fragments",
+        "frames_left",
         "heard",
         "identity",
         "member",
@@ -113,6 +118,10 @@ class Connection(WSListener):
         self.picows_close: bytes | None = None  # a CLOSE picows decided on, held for one tick
         self.abort_timer: asyncio.TimerHandle | None = None
         self.slot = 0
+        # --max-frames-per-second counts frames in runs of that many: `frames_left` of this run
+        # are still allowed, and the run must not end less than a second after it began.
+        self.frames_left = owner.frame_budget or _UNLIMITED
+        self.batch_started = owner.loop.time()
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -144,6 +153,10 @@ class Connection(WSListener):
                 transport.disconnect(graceful=True)
             return
         self.heard = True
+        frames_left = self.frames_left - 1
+        self.frames_left = frames_left
+        if not frames_left and self._too_many_frames():
+            return
         try:
             if self.picows_close is not None:
                 # picows found a protocol error in what follows: nothing more is processed,
@@ -171,9 +184,33 @@ class Connection(WSListener):
             log.exception("internal error handling a frame from %s", self.peer())
             self.close(CloseCode.INTERNAL_ERROR, "internal error")
 
+    def _too_many_frames(self) -> bool:
+        """A run of --max-frames-per-second frames has ended: if it took less than a second,
+        the client is closed with 1008 and nothing more it sends is read (every frame costs
+        CPU, whatever it says, and a flood of tiny ones would starve every other client)."""
+        owner = self.owner
+        now = owner.loop.time()
+        if now - self.batch_started >= 1.0:
+            self.batch_started = now
+            self.frames_left = owner.frame_budget
+            return False
+        owner.counters.frame_floods += 1
+        log.warning(
+            "closing %s (%s): %d frames in under a second > --max-frames-per-second",
+            self.peer(),
+            self.member.name,
+            owner.frame_budget,
+        )
+        self.transport.underlying_transport.pause_reading()  # the rest is not even parsed
+        self.close(CloseCode.POLICY_VIOLATION, "too many frames")
+        return True
+
     def _slow_path(self, kind: WSMsgType, frame: WSFrame) -> None:
         if kind is _CLOSE:
             self._answer_close(frame)
+        elif kind is _PING:
+            # Answered here, not by picows, so that pings count against the frame budget too.
+            self.transport.send_pong(frame.get_payload_as_bytes())
         elif kind in _DATA:
             self.fragments, outcome = reassemble(
                 self.fragments,

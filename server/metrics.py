@@ -59,6 +59,11 @@ _COUNTERS = (
         "connections dropped for not answering a ping",
     ),
     (
+        "roomcast_frame_floods",
+        "frame_floods",
+        "connections closed with 1008 for sending more frames than --max-frames-per-second",
+    ),
+    (
         "roomcast_tokens_expired",
         "tokens_expired",
         "connections closed with 4001 because their token expired",

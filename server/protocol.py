@@ -23,6 +23,7 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001  # server shutting down, or the peer stopped answering pings
     PROTOCOL_ERROR = 1002
     INVALID_TEXT = 1007  # a text message that is not UTF-8
+    POLICY_VIOLATION = 1008  # more frames in a second than --max-frames-per-second
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011  # our fault; details are in the server log, never sent to the peer
     SERVICE_RESTART = 1012

@@ -28,6 +28,7 @@ class Counters:
         "deliveries",
         "duplicate_chats",
         "errors",
+        "frame_floods",
         "heartbeat_timeouts",
         "joins",
         "leaves",
@@ -65,6 +66,7 @@ class Counters:
         self.accept_exhausted = 0  # episodes of accept() failing for lack of descriptors
         self.slow_consumers_dropped = 0
         self.heartbeat_timeouts = 0
+        self.frame_floods = 0  # clients closed with 1008 for --max-frames-per-second
         # the upgrade gate (server/gate.py)
         self.tokens_expired = 0
         self.refused: collections.Counter[str] = collections.Counter()  # by reason label

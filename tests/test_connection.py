@@ -15,10 +15,13 @@ import pytest
 
 from tests.conftest import Launch
 from tests.rawws import (
+    BINARY,
     CLOSE,
     CONTINUATION,
     PING,
+    PONG,
     TEXT,
+    Frame,
     RawClient,
     chat_until_left,
     encode_frame,
@@ -119,8 +122,10 @@ async def test_a_dropped_slow_consumer_reads_close_4000_as_its_last_frame(launch
 
 
 async def test_unread_error_replies_count_and_a_good_client_keeps_chatting(launch: Launch) -> None:
+    # the frame budget would close the flooder first: these replies must be counted anyway
     server = launch(
-        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--ping-timeout", "60"
+        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--ping-timeout", "60",
+        "--max-frames-per-second", "0",
     )
     good = await joined(server, "good")
     flooder = await RawClient.connect(server.host, server.port)
@@ -145,7 +150,9 @@ async def test_unread_error_replies_count_and_a_good_client_keeps_chatting(launc
 
 
 async def test_pongs_are_counted_like_any_other_write(launch: Launch) -> None:
-    server = launch("--rate-limit", "0", "--max-buffered-bytes", str(LIMIT))
+    server = launch(
+        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--max-frames-per-second", "0"
+    )
     good = await joined(server, "good")
     flooder = await RawClient.connect(server.host, server.port)
     stalled_socket(flooder)
@@ -245,6 +252,89 @@ async def test_memory_of_a_slow_client_stays_bounded_whatever_the_room_sends(
     # 20 stalled clients hold at most the limit each in the server (the kernel holds the rest)
     assert growth < 20 * LIMIT * 2 // 1024 + 8 * 1024, f"server grew {growth} KiB"
     assert server.text().count("dropping slow consumer") == 20
+
+
+async def flood(client: RawClient, blob: bytes, times: int) -> Frame:
+    """Writes `blob` `times` times, as fast as the server reads, reading meanwhile: returns the
+    CLOSE the server ends it with (the server stops reading a flooder, so a write would wait)."""
+    closed = asyncio.ensure_future(client.expect_close(timeout=30))
+    with contextlib.suppress(ConnectionError):
+        for _ in range(times):
+            client.writer.write(blob)
+            drained = asyncio.ensure_future(client.writer.drain())
+            await asyncio.wait({drained, closed}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+            if closed.done():
+                break
+    frame = await closed
+    # The server reads nothing more from a flooder, so not its FIN either: it aborts the
+    # connection after the grace time. A test need not wait for that.
+    client.writer.transport.abort()
+    return frame
+
+
+async def test_tiny_frame_floods_are_cut_off_and_a_calm_client_keeps_chatting(
+    launch: Launch,
+) -> None:
+    """Floods of frames a few bytes long (junk, chats, pings, pongs): each costs a callback
+    whatever it says, and before the frame budget 20 such connections delayed a calm client's
+    round trip by 5-10 s (each of their reads held hundreds of thousands of frames)."""
+    # the default --max-frames-per-second (2000); a flooder, whose FIN the server does not read,
+    # is aborted after --ping-timeout: not 10 s, so that the server stops at once
+    server = launch("--rate-limit", "0", "--ping-timeout", "1")
+    good = await joined(server, "good")
+    before = rss_kib(server.proc.pid)
+    chatter = await joined(server, "chatter", room="flood")
+    flooders = [chatter] + [await RawClient.connect(server.host, server.port) for _ in range(7)]
+    kinds = [
+        encode_frame(TEXT, b'{"type":"chat","text":"x"}'),
+        encode_frame(TEXT, b"not json"),
+        encode_frame(PING, b""),
+        encode_frame(PONG, b"p"),
+        encode_frame(BINARY, b"b"),
+        encode_frame(TEXT, b"{}"),
+        encode_frame(PING, b"p" * 125),
+        encode_frame(TEXT, b'{"type":"typing"}'),
+    ]
+    floods = asyncio.gather(
+        *(flood(client, kind * 5000, 200) for client, kind in zip(flooders, kinds, strict=True))
+    )  # a million frames each if nothing stopped them
+    slowest = 0.0
+    n = 0
+    while not floods.done():
+        n += 1
+        slowest = max(slowest, await roundtrip(good, f"during the floods {n}"))
+        await asyncio.wait({floods}, timeout=0.02)
+    for frame in await floods:
+        assert (frame.close_code, frame.payload[2:]) == (1008, b"too many frames")
+    assert slowest < 2.0, f"a well-behaved client waited {slowest:.2f} s"
+    growth = rss_kib(server.proc.pid) - before
+    assert growth < 8 * 1024, f"server grew {growth} KiB"
+    assert metric(server, "roomcast_frame_floods_total") == len(flooders)
+    assert server.text().count("frames in under a second > --max-frames-per-second") == 8
+
+
+async def test_a_client_under_the_frame_budget_is_never_closed(launch: Launch) -> None:
+    """Frames are counted in runs of --max-frames-per-second: a run that lasts a second or more
+    is fine, a run that ends sooner closes with 1008. Pings count like any frame."""
+    server = launch("--max-frames-per-second", "20", "--ping-timeout", "1")
+    client = await RawClient.connect(server.host, server.port)
+    started = time.monotonic()
+    for i in range(19):  # the first run: 19 frames at once...
+        client.send_frame(PING, b"%d" % i)
+    for i in range(19):
+        assert (await client.recv_frame()).payload == b"%d" % i
+    await asyncio.sleep(max(0.0, started + 1.1 - time.monotonic()))
+    for i in range(19):  # ...and its 20th more than a second after it began: a new run
+        client.send_frame(PING, b"again %d" % i)
+    for i in range(19):
+        assert (await client.recv_frame()).payload == b"again %d" % i
+    for i in range(2):  # the new run's 19th and 20th frames, well within its second
+        client.send_frame(PING, b"last %d" % i)
+    assert (await client.recv_frame()).payload == b"last 0"
+    frame = await client.expect_close()
+    assert (frame.close_code, frame.payload[2:]) == (1008, b"too many frames")
+    client.writer.transport.abort()  # (it would not hear our FIN: see flood())
 
 
 async def test_fragment_floods_are_cut_off_and_cost_little(launch: Launch) -> None:
