@@ -228,6 +228,23 @@ async def test_redis_restart_mid_conversation(launch: Launch, redis_server: Redi
         await client.aclose()
 
 
+async def test_sigterm_while_redis_is_down_stops_the_node_at_once(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    """A node retrying an unreachable Redis still stops on SIGTERM (it once hung until killed
+    when the signal found its recovery closing a subscriber connection)."""
+    a = node(launch, redis_server)
+    alice, _ = await joined(a, "alice", "outage")
+    redis_server.stop()
+    await until(alice, lambda m: m.get("event") == "outage")
+    await alice.close()
+    await wait_for(
+        lambda: asyncio.sleep(0, "retrying with backoff" in a.text()), what="a retry"
+    )
+    assert a.stop(timeout=5) == 0, a.text()[-2000:]
+    assert "stopped" in a.text()
+
+
 async def test_unreachable_redis_at_start_serves_locally_then_links(launch: Launch) -> None:
     port = free_port()
     url = f"redis://127.0.0.1:{port}"

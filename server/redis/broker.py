@@ -160,9 +160,10 @@ class RedisBroker:
         tasks = [t for t in (*self.tasks, self.recovering, self.reregistering) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=CLOSE_DRAIN_SECONDS)
+            for task in stuck:  # ours: a task that does not end when cancelled is a bug
+                log.error("a Redis task did not stop when cancelled; exiting anyway: %r", task)
         await self.link.disconnect()
 
     # ---- the broker interface (called by the core, synchronous) -------------------------------

@@ -97,8 +97,11 @@ class Subscriber:
         self.changed.set()
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+            # asyncio.wait, not `await self.task` under suppress(CancelledError): that would
+            # also swallow a cancellation of the task running close() (a recovery being
+            # stopped at shutdown, which then went on retrying Redis and never let the
+            # process exit).
+            await asyncio.wait({self.task})
         with contextlib.suppress(Exception):
             await self.conn.disconnect()
 
