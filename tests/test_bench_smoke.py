@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bench import flood
 from bench.scenarios import Context, capacity, fanout, joinstorm, twonode
 from bench.servers import RunningServer, cpu_split, start_server
 from bench.suite import parse_id
@@ -803,3 +804,12 @@ def test_receipt_pace_is_the_median_per_message_spacing_up_to_its_99th_percentil
     ids.append(2)
     assert _receipt_pace(lat, ids)["receipt_pace_us"] == pytest.approx(7.0)
     assert _receipt_pace(lat, array("i"))["receipt_pace_us"] is None  # read in Python: no ids
+
+
+@pytest.mark.parametrize("budget", [2000, 0], ids=["budget", "no-budget"])
+def test_flood_smoke(budget: int) -> None:
+    """bench.flood runs: the calm client's round trips are timed, and the flooders are closed
+    for the frame budget exactly when there is one (never asserting on the times)."""
+    result = flood.run(flooders=2, kind="ping", seconds=1.5, budget=budget)
+    assert result.round_trips and result.rss_peak >= result.rss_before > 0
+    assert result.closed == (2 if budget else 0)
