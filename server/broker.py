@@ -66,9 +66,10 @@ def join_locally(
 ) -> None:
     """A join decided on this node alone: a notice to the others, then the joiner's own copy.
 
-    The joiner's copy carries the member list (itself included) and, with a `stream`, its epoch
-    and last seq; it is written at once, after `before` (a `history` frame), so the joiner's
-    stream starts here, before any frame queued after its cursor.
+    The joiner's copy carries the member list (itself included), with a `stream` its epoch and
+    last seq, and the server's --max-text-length; it is written at once, after `before` (a
+    `history` frame), so the joiner's stream starts here, before any frame queued after its
+    cursor.
     """
     present = len(room)
     notice = core.notice(room, member, "join", present + 1)
@@ -79,6 +80,7 @@ def join_locally(
     if stream is not None:
         notice.epoch = stream.epoch
         notice.seq = stream.last
+    notice.max_text_length = core.config.max_text_length
     member.write(before + text_frame(encode(notice)))
 
 

@@ -142,6 +142,9 @@ class SystemMessage(msgspec.Struct, tag_field="type", tag="system", omit_default
     # position a later `since` resumes from (docs/history.md).
     epoch: str | None = None
     seq: int | None = None
+    # Only the joiner's own copy: the longest chat text this server accepts, in characters
+    # (--max-text-length), so that a client can stop its user typing more than gets through.
+    max_text_length: int | None = None
 
 
 class TypingMessage(msgspec.Struct, tag_field="type", tag="typing", gc=False):

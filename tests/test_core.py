@@ -114,6 +114,7 @@ def test_join_gives_the_joiner_the_member_list_and_others_a_notice(hub: Harness)
             "users": ["alice"],
             "epoch": "e1",
             "seq": 0,
+            "max_text_length": 4000,
         }
     ]
     alice.chat("hi")
@@ -123,7 +124,7 @@ def test_join_gives_the_joiner_the_member_list_and_others_a_notice(hub: Harness)
     assert welcome[0]["users"] == ["alice", "bob"] and welcome[0]["count"] == 2
     assert (welcome[0]["epoch"], welcome[0]["seq"]) == ("e1", 1)  # the room's, at its join
     [_, notice] = alice.messages()
-    own = ("users", "epoch", "seq")  # only the joiner's copy carries these
+    own = ("users", "epoch", "seq", "max_text_length")  # only the joiner's copy carries these
     assert notice == {k: v for k, v in welcome[0].items() if k not in own}
 
 

@@ -621,7 +621,7 @@ def test_a_seed_client_sees_only_the_additive_fields() -> None:
     seen = got + seed.messages()
     assert [(m["type"], sorted(m)) for m in seen] == [
         ("system", sorted(["type", "text", "event", "room", "username", "count", "timestamp",
-                           "users", "epoch", "seq"])),  # its own welcome: + epoch, seq
+                           "users", "epoch", "seq", "max_text_length"])),  # its own welcome
         ("system", sorted(["type", "text", "event", "room", "username", "count", "timestamp"])),
         ("chat", sorted(["type", "username", "text", "timestamp", "seq"])),  # + seq
         ("chat", sorted(["type", "username", "text", "timestamp", "seq"])),

@@ -414,7 +414,7 @@ async def test_a_seed_client_sees_todays_messages_plus_only_the_additive_fields(
     notice = ["type", "text", "event", "room", "username", "count", "timestamp"]
     chat = ["type", "username", "text", "timestamp", "seq"]
     assert [(m["type"], sorted(m)) for m in seen] == [
-        ("system", sorted([*notice, "users", "epoch", "seq"])),
+        ("system", sorted([*notice, "users", "epoch", "seq", "max_text_length"])),
         ("system", sorted(notice)),
         ("chat", sorted(chat)),
         ("system", sorted(notice)),

@@ -51,6 +51,21 @@ async def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: st
         await asyncio.sleep(0.05)
 
 
+async def test_the_welcome_says_each_node_s_text_limit_and_only_the_welcome(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    a = node(launch, redis_server, "--max-text-length", "500")
+    b = node(launch, redis_server, "--max-text-length", "300")
+    alice, welcome = await joined(a, "alice", "limits")
+    assert welcome["max_text_length"] == 500
+    bob, welcome = await joined(b, "bob", "limits")
+    assert welcome["max_text_length"] == 300  # its own node's limit: that node takes the chat
+    notice = await alice.recv_json()
+    assert notice["text"] == "bob joined #limits" and "max_text_length" not in notice
+    await alice.close()
+    await bob.close()
+
+
 async def test_clients_on_two_nodes_chat_both_ways(
     launch: Launch, redis_server: RedisServer
 ) -> None:

@@ -68,9 +68,9 @@ async def test_the_readme_terminal_session(server: ServerProcess) -> None:
     assert welcome["text"] == "terminal-user joined #general"
     # exactly the fields the README shows, in its order
     assert list(welcome) == ["type", "text", "event", "room", "username", "count", "timestamp",
-                             "users", "epoch", "seq"]
-    assert (welcome["count"], welcome["users"], welcome["seq"]) == (
-        2, ["watcher", "terminal-user"], 0)
+                             "users", "epoch", "seq", "max_text_length"]
+    assert (welcome["count"], welcome["users"], welcome["seq"], welcome["max_text_length"]) == (
+        2, ["watcher", "terminal-user"], 0, 4000)
     client.send_frame(TEXT, b'{"type":"chat","text":"Hello from the terminal!"}')
     message = await until(lambda m: m["type"] == "chat", watcher)
     assert (message["username"], message["text"]) == ("terminal-user", "Hello from the terminal!")

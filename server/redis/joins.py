@@ -40,10 +40,12 @@ class Joining:
         self.before = b""  # the `history` frame, when the joiner asked for one
         self.positioned = False  # its notice came back through the subscription
 
-    def welcome(self) -> bytes:
+    def welcome(self, max_text_length: int) -> bytes:
+        """The joiner's own copy of its notice (the others' was encoded before any of this)."""
         notice = self.notice
         notice.count = self.count
         notice.users = self.users
+        notice.max_text_length = max_text_length
         return self.before + text_frame(encode(notice))
 
 
@@ -93,6 +95,7 @@ class Joins:
         self._placed = placed
         self._size = history_size
         self._replay_bytes = replay_bytes
+        self._max_text_length = core.config.max_text_length
         self.pending: dict[str, Joining] = {}  # member field -> its join in progress
 
     def expect(
@@ -113,7 +116,7 @@ class Joins:
         if joining.users is not None:
             del self.pending[field]
             self._placed(room.name, joining.notice.epoch or "", joining.notice.seq or 0)
-            self._core.admit(room, joining.member, joining.welcome())
+            self._core.admit(room, joining.member, joining.welcome(self._max_text_length))
         else:
             self._core.hold(room, joining.member)
 
@@ -138,7 +141,7 @@ class Joins:
         if joining.positioned:
             del self.pending[field]
             self._placed(joining.room.name, reply.epoch, reply.last)
-            self._core.release(joining.member, joining.welcome())
+            self._core.release(joining.member, joining.welcome(self._max_text_length))
 
     def fail_over(self, max_users: int) -> None:
         """Redis is gone: every join in progress completes on this node alone (a resume is told
@@ -165,7 +168,7 @@ class Joins:
             joining.count = len(room)
             if joining.replay is not None and not joining.before:
                 joining.before = unavailable(room.name)
-            self._core.release(member, joining.welcome())
+            self._core.release(member, joining.welcome(self._max_text_length))
         else:
             before = unavailable(room.name) if joining.replay is not None else b""
             join_locally(self._core, room, member, before=before)

@@ -15,8 +15,8 @@
 (() => {
   // Limits mirror the server's defaults; the server stays the authority and refuses longer input.
   // The text limit counts code points (characters), as the server does, not UTF-16 units: an
-  // emoji is one. A welcome that carries `max_text_length` (the server's --max-text-length)
-  // replaces the default; today's servers send none, and refuse a longer chat as text_too_long.
+  // emoji is one. The welcome carries `max_text_length` (the server's --max-text-length), which
+  // replaces the default; a server that sends none still refuses a longer chat as text_too_long.
   const DEFAULT_MAX_TEXT_LENGTH = 4000;
   const MAX_USERNAME_LENGTH = 32;
   const MAX_ROOM_LENGTH = 64;

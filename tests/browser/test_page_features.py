@@ -267,24 +267,10 @@ def test_the_length_limit_counts_characters_as_the_server_does_not_utf16_units(
 def test_a_limit_the_server_announces_in_its_welcome_replaces_the_default(
     launch: Launch, new_page: NewPage, device: Device
 ) -> None:
-    """Today's server announces no limit; one that put `max_text_length` in its welcome (here
-    added on the way, as such a server would) sets the page's counter and Send button."""
+    """The welcome carries the server's --max-text-length: the page's counter and Send button
+    follow it, counted in characters as the server counts them."""
     server = launch("--max-text-length", "10")
     page = new_page(**device)
-
-    def announce(ws: WebSocketRoute) -> None:
-        upstream = ws.connect_to_server()
-
-        def to_page(message: str | bytes) -> None:
-            frame = json.loads(message)
-            if frame.get("type") == "system" and isinstance(frame.get("users"), list):
-                frame["max_text_length"] = 10
-            ws.send(json.dumps(frame))
-
-        upstream.on_message(to_page)
-        ws.on_message(upstream.send)
-
-    page.route_web_socket(re.compile(r"/ws"), announce)
     bob = join(new_page(), server, "bob")
     join(page, server, "alice")
     expect(page.locator("#counter")).to_have_text("0 / 10")
@@ -302,11 +288,28 @@ def test_a_limit_the_server_announces_in_its_welcome_replaces_the_default(
 # ---------- refused messages ----------
 
 
+def without_announced_limit(ws: WebSocketRoute) -> None:
+    """Passes a page's WebSocket through, minus the welcome's `max_text_length`."""
+    upstream = ws.connect_to_server()
+
+    def to_page(message: str | bytes) -> None:
+        frame = json.loads(message)
+        frame.pop("max_text_length", None)
+        ws.send(json.dumps(frame))
+
+    upstream.on_message(to_page)
+    ws.on_message(upstream.send)
+
+
 def test_a_refused_message_stays_in_the_composer_until_one_is_accepted(
     launch: Launch, new_page: NewPage, device: Device
 ) -> None:
     server = launch("--rate-limit", "0", "--max-text-length", "20")
-    alice = join(new_page(**device), server, "alice")
+    alice_page = new_page(**device)
+    # A server that does not announce its limit in the welcome (as before it did): the page
+    # lets a longer text go, and the server refuses it.
+    alice_page.route_web_socket(re.compile(r"/ws"), without_announced_limit)
+    alice = join(alice_page, server, "alice")
     bob = join(new_page(), server, "bob")
     expect(member(alice, "bob")).to_have_count(1)
 
