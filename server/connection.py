@@ -89,12 +89,10 @@ class Connection(WSListener):
     __slots__ = (
         "abort_timer",
         "awaiting_pong",
-        "batch_started",
         "client_ip",
         "closing",
         "counted",
         "fragments",
-        "frames_left",
         "heard",
         "identity",
         "member",
@@ -118,17 +116,17 @@ class Connection(WSListener):
         self.picows_close: bytes | None = None  # a CLOSE picows decided on, held for one tick
         self.abort_timer: asyncio.TimerHandle | None = None
         self.slot = 0
-        # --max-frames-per-second counts frames in runs of that many: `frames_left` of this run
-        # are still allowed, and the run must not end less than a second after it began.
-        self.frames_left = owner.frame_budget or _UNLIMITED
-        self.batch_started = owner.loop.time()
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         raw = transport.underlying_transport
         # The connection itself is the member's writer and picows's (its __call__): no bound
         # method object per connection for either.
-        self.member = Member(self)
+        member = self.member = Member(self)
+        # --max-frames-per-second counts frames in runs of that many: `frames_left` of this run
+        # are still allowed, and the run must not end less than a second after it began.
+        member.frames_left = self.owner.frame_budget or _UNLIMITED
+        member.frames_since = self.owner.loop.time()
         identity = self.identity
         if identity is not None:
             self.member.fixed_name = identity.name
@@ -153,8 +151,9 @@ class Connection(WSListener):
                 transport.disconnect(graceful=True)
             return
         self.heard = True
-        frames_left = self.frames_left - 1
-        self.frames_left = frames_left
+        member = self.member
+        frames_left = member.frames_left - 1
+        member.frames_left = frames_left
         if not frames_left and self._too_many_frames():
             return
         try:
@@ -189,10 +188,11 @@ class Connection(WSListener):
         the client is closed with 1008 and nothing more it sends is read (every frame costs
         CPU, whatever it says, and a flood of tiny ones would starve every other client)."""
         owner = self.owner
+        member = self.member
         now = owner.loop.time()
-        if now - self.batch_started >= 1.0:
-            self.batch_started = now
-            self.frames_left = owner.frame_budget
+        if now - member.frames_since >= 1.0:
+            member.frames_since = now
+            member.frames_left = owner.frame_budget
             return False
         owner.counters.frame_floods += 1
         log.warning(

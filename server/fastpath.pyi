@@ -25,6 +25,8 @@ class Member:
     first_join: float
     wants_typing: bool
     typing_at: float
+    frames_left: int
+    frames_since: float
     def __init__(self, write: Write, name: str = ...) -> None: ...
 
 def fanout(members: list[Member], blob: bytes) -> None: ...

@@ -48,7 +48,8 @@ cdef class Member:
     ``fd`` also has ``rest(bytes)`` for what a ``send()`` left). Where the member is in its
     room (``slot``, ``late``, ``held``, ``cursor``) is server/delivery.py's business; who it is
     and what it may do (``name``, ``fixed_name``, ``allowed_rooms``, the rate rings, typing) the
-    core's.
+    core's; its frame budget (``frames_left``, ``frames_since``) server/connection.py's. Counts
+    and times are C fields: no Python object per member for them.
     """
 
     cdef public object write
@@ -66,6 +67,8 @@ cdef class Member:
     cdef public double first_join
     cdef public bint wants_typing
     cdef public double typing_at
+    cdef public Py_ssize_t frames_left
+    cdef public double frames_since
 
     def __init__(self, write, str name="Anonymous"):
         self.write = write
@@ -87,6 +90,8 @@ cdef class Member:
         self.first_join = float("nan")  # when its first join or leave counted (NaN: none yet)
         self.wants_typing = False  # its join asked for `typing` events
         self.typing_at = float("-inf")  # when its last typing event went out
+        self.frames_left = 0  # frames its connection may still send in this run of the budget
+        self.frames_since = 0.0  # when that run began
 
 
 def fanout(list members, bytes blob):
