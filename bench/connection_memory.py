@@ -14,12 +14,10 @@ quotes a run of it.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import gc
 import json
 import os
-import socket
 import sys
 import time
 import tracemalloc
@@ -28,6 +26,7 @@ from multiprocessing import Process
 
 import uvloop
 
+from bench.rawclient import client_frame, connect
 from server.app import build, listen
 from server.settings import load
 
@@ -47,20 +46,9 @@ def _clients(port: int, count: int, ready: str) -> None:  # pragma: no cover - c
     sockets = []
     for index in range(count):
         source = f"127.0.0.{2 + index // CLIENTS_PER_ADDRESS}"
-        sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
-        key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall(
-            f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            answer += sock.recv(4096)
+        sock = connect(port, source, timeout=None)
         join = json.dumps({"type": "join", "room": f"r{index // 10}", "username": f"u{index}"})
-        payload = join.encode()
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        sock.sendall(bytes((0x81, 0x80 | len(payload))) + mask + masked)
+        sock.sendall(client_frame(0x1, join.encode()))
         sockets.append(sock)
     with open(ready, "w") as done:
         done.write("ok")

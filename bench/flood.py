@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import multiprocessing
@@ -28,6 +27,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from bench.rawclient import client_frame, connect, upgrade_request
 from bench.servers import RunningServer, cpu_split, start_server
 
 KINDS = {  # what one flooding frame says
@@ -39,37 +39,8 @@ KINDS = {  # what one flooding frame says
 BATCH = 4000  # frames per send()
 
 
-def upgrade_request() -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-def client_frame(opcode: int, payload: bytes) -> bytes:
-    """A masked client frame of at most 125 bytes."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
-
-
-def _connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    sock.sendall(upgrade_request())
-    answer = b""
-    while b"\r\n\r\n" not in answer:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during the upgrade")
-        answer += chunk
-    if b" 101 " not in answer.split(b"\r\n", 1)[0]:
-        raise ConnectionError(answer.split(b"\r\n", 1)[0].decode(errors="replace"))
-    return sock
-
-
 def _flood_once(port: int, blob: bytes, until: float, pause: float, reconnect: bool) -> None:
-    sock = _connect(port)
+    sock = connect(port)
     # A flooder does not read: what the server answers waits in a small window.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(0.5)
