@@ -106,7 +106,8 @@ async def read_until_close(client: RawClient, timeout: float = 30.0) -> tuple[in
 async def test_a_dropped_slow_consumer_reads_close_4000_as_its_last_frame(launch: Launch) -> None:
     # --ping-timeout is also the grace time a dropped client has to read its CLOSE
     server = launch(
-        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--ping-timeout", "60"
+        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--ping-timeout", "60",
+        "--max-frames-per-second", "0",
     )
     talker = await joined(server, "talker")
     stalled = await RawClient.connect(server.host, server.port)
@@ -180,7 +181,8 @@ async def test_a_dropped_client_that_never_reads_is_cut_off_after_the_grace_time
 ) -> None:
     # --ping-timeout is the grace time; the heartbeat (30 s) cannot be what ends it
     server = launch(
-        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--ping-timeout", "1"
+        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--ping-timeout", "1",
+        "--max-frames-per-second", "0",
     )
     talker = await joined(server, "talker")
     stalled = await RawClient.connect(server.host, server.port)
@@ -236,7 +238,10 @@ async def test_an_oversized_frame_and_what_follows_never_reach_the_room(launch: 
 async def test_memory_of_a_slow_client_stays_bounded_whatever_the_room_sends(
     launch: Launch,
 ) -> None:
-    server = launch("--rate-limit", "0", "--max-buffered-bytes", str(LIMIT))
+    # the talker sends 2,200 frames as fast as the loop takes them: past the default frame budget
+    server = launch(
+        "--rate-limit", "0", "--max-buffered-bytes", str(LIMIT), "--max-frames-per-second", "0"
+    )
     talker = await joined(server, "talker")
     quiet = [await RawClient.connect(server.host, server.port) for _ in range(20)]
     for index, client in enumerate(quiet):

@@ -182,7 +182,7 @@ async def test_a_slow_consumer_dropped_with_4000_resumes_with_no_gap(launch: Lau
     limit = 262144
     server = launch(
         "--rate-limit", "0", "--max-buffered-bytes", str(limit), "--ping-timeout", "60",
-        "--history-size", "2000",
+        "--history-size", "2000", "--max-frames-per-second", "0",
     )
     talker, _, _ = await join(server, "talker")
     stalled = await RawClient.connect(server.host, server.port)

@@ -210,7 +210,7 @@ async def test_a_tls_client_that_stops_reading_is_dropped_and_the_room_goes_on(
     cert, key = certificate
     server = launch(
         "--certfile", str(cert), "--keyfile", str(key),
-        "--rate-limit", "0", "--max-buffered-bytes", "262144",
+        "--rate-limit", "0", "--max-buffered-bytes", "262144", "--max-frames-per-second", "0",
     )
     tls = client_tls(cert)
     talker = await RawClient.connect(server.host, server.port, tls=tls)
