@@ -36,10 +36,10 @@ def ping(port: int) -> bool:
     return result.stdout.strip() == "PONG"
 
 
-def cli(port: int, *args: str) -> str:
+def cli(port: int, *args: str, timeout: float = 10) -> str:
     _, path = require_redis()
     result = subprocess.run(
-        [path, "-p", str(port), *args], capture_output=True, text=True, timeout=10
+        [path, "-p", str(port), *args], capture_output=True, text=True, timeout=timeout
     )
     if result.returncode != 0:
         raise RuntimeError(f"redis-cli {args}: {result.stderr}{result.stdout}")
@@ -126,6 +126,7 @@ def start_cluster(shards: int = 3) -> list[RedisServer]:
         cli(
             nodes[0].port, "--cluster", "create",
             *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-yes",
+            timeout=40,  # it waits for the nodes' gossip to agree: 10 s was once too little
         )
         deadline = time.monotonic() + 20
         while not all("cluster_state:ok" in cli(n.port, "cluster", "info") for n in nodes):

@@ -28,6 +28,7 @@ class ServerProcess:
     host: str
     port: int
     output: list[str] = field(default_factory=list)
+    grown: threading.Condition = field(default_factory=threading.Condition)  # a line came
     pump: threading.Thread | None = None
     scheme: str = "http"
 
@@ -57,6 +58,15 @@ class ServerProcess:
     def text(self) -> str:
         """Everything the server has written so far (stdout and stderr are merged)."""
         return "".join(self.output)
+
+    def wait_for_text(self, needle: str, timeout: float = 10.0) -> bool:
+        """Whether `needle` is in the output within `timeout` seconds. For what the server logs
+        next to what a client is told: the log reaches the test through a pipe and a thread, so
+        it may trail the socket (from async code: ``await asyncio.to_thread(...)``)."""
+        with self.grown:
+            return self.grown.wait_for(
+                lambda: needle in self.text() or self.proc.poll() is not None, timeout
+            ) and needle in self.text()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -93,13 +103,17 @@ def start_server(
     def pump() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            server.output.append(line)
+            with server.grown:
+                server.output.append(line)
+                server.grown.notify_all()
             match = READY_LINE.search(line)
             if match and not ready.is_set():
                 server.host, server.port = match["host"], int(match["port"])
                 server.scheme = match["scheme"]
                 ready.set()
         ready.set()  # EOF: the process is gone
+        with server.grown:
+            server.grown.notify_all()
 
     server.pump = threading.Thread(target=pump, daemon=True)
     server.pump.start()

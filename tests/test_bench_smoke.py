@@ -512,6 +512,18 @@ def test_a_storm_against_a_server_that_ignores_since_says_so() -> None:
     assert "120 chats missing over all members" in out["problems"]
 
 
+def test_a_storm_whose_cpu_was_read_late_says_its_figure_misses_the_start() -> None:
+    from bench.resume import _verdict  # noqa: PLC0415
+
+    fig = {"clients": 10, "publishers": 2, "join_ok": True, "storm_complete": True,
+           "resumes_sent": 10, "recovered": 10, "live_again": 10, "server_cpu_storm_s": 0.0}
+    assert _verdict(fig, two=False)["problems"] == []
+    out = _verdict(fig | {"cpu_read_late_ms": 12.4}, two=False)
+    assert out["problems"] == ["the server CPU counters were read 12 ms after the storm began: "
+                               "server_cpu_storm_s misses its start"]
+    assert out["lossless"] == 1.0  # what the clients got is not in doubt
+
+
 def test_resume_storm_counts_what_a_server_without_history_loses(ctx: Context) -> None:
     from bench.resume import resume  # noqa: PLC0415
 
