@@ -6,9 +6,11 @@ is bound; tests pass ``--port 0`` and read the port from that line, so they neve
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -28,7 +30,10 @@ class ServerProcess:
     host: str
     port: int
     output: list[str] = field(default_factory=list)
-    grown: threading.Condition = field(default_factory=threading.Condition)  # a line came
+    lock: threading.Lock = field(default_factory=threading.Lock)  # held while bytes move
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
+    )
     pump: threading.Thread | None = None
     scheme: str = "http"
 
@@ -52,21 +57,32 @@ class ServerProcess:
         if self.pump is not None:
             self.pump.join(timeout)
         if self.proc.stdout is not None:
-            self.proc.stdout.close()
+            with self.lock:  # not while _take reads from it
+                self.proc.stdout.close()
         return self.proc.returncode
 
     def text(self) -> str:
-        """Everything the server has written so far (stdout and stderr are merged)."""
-        return "".join(self.output)
+        """Everything the server has written so far (stdout and stderr are merged), up to this
+        call: what the pipe holds is taken first, so a line the server logged before a client
+        saw what followed it is in the text (the pump thread alone could trail the socket)."""
+        with self.lock:
+            self._take()
+            return "".join(self.output)
 
-    def wait_for_text(self, needle: str, timeout: float = 10.0) -> bool:
-        """Whether `needle` is in the output within `timeout` seconds. For what the server logs
-        next to what a client is told: the log reaches the test through a pipe and a thread, so
-        it may trail the socket (from async code: ``await asyncio.to_thread(...)``)."""
-        with self.grown:
-            return self.grown.wait_for(
-                lambda: needle in self.text() or self.proc.poll() is not None, timeout
-            ) and needle in self.text()
+    def _take(self) -> bool:
+        """Moves what the pipe holds into `output`, with `lock` held; False once it is at EOF.
+        Bytes leave the pipe only under the lock, so none are ever between pipe and `output`
+        while `text()` looks."""
+        stdout = self.proc.stdout
+        if stdout is None or stdout.closed:
+            return False
+        fd = stdout.fileno()
+        while select.select([fd], [], [], 0)[0]:
+            data = os.read(fd, 65536)
+            if not data:
+                return False
+            self.output.append(self.decoder.decode(data))
+        return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -101,19 +117,24 @@ def start_server(
     ready = threading.Event()
 
     def pump() -> None:
+        # The server must never block on a full pipe, so the output is taken as it comes.
         assert proc.stdout is not None
-        for line in proc.stdout:
-            with server.grown:
-                server.output.append(line)
-                server.grown.notify_all()
-            match = READY_LINE.search(line)
-            if match and not ready.is_set():
-                server.host, server.port = match["host"], int(match["port"])
-                server.scheme = match["scheme"]
-                ready.set()
+        fd = proc.stdout.fileno()
+        try:
+            while True:
+                select.select([fd], [], [])
+                with server.lock:
+                    alive = server._take()
+                    match = None if ready.is_set() else READY_LINE.search("".join(server.output))
+                if match:
+                    server.host, server.port = match["host"], int(match["port"])
+                    server.scheme = match["scheme"]
+                    ready.set()
+                if not alive:
+                    break
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us (stop() gave up waiting for this thread)
         ready.set()  # EOF: the process is gone
-        with server.grown:
-            server.grown.notify_all()
 
     server.pump = threading.Thread(target=pump, daemon=True)
     server.pump.start()

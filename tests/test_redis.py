@@ -233,7 +233,6 @@ async def test_redis_restart_mid_conversation(launch: Launch, redis_server: Redi
     await until(alice, chat_text("and back"))
     assert a.proc.poll() is None and b.proc.poll() is None
     for server in (a, b):  # outage and recovery logged once each, not per message
-        assert await asyncio.to_thread(server.wait_for_text, "is back after"), server.text()
         assert server.text().count("lost Redis") == 1, server.text()
         assert server.text().count("is back after") == 1, server.text()
     # Membership was re-registered in the restarted (empty) Redis.
