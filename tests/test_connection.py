@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import struct
 import time
@@ -317,6 +318,28 @@ async def test_tiny_frame_floods_are_cut_off_and_a_calm_client_keeps_chatting(
     assert growth < 8 * 1024, f"server grew {growth} KiB"
     assert metric(server, "roomcast_frame_floods_total") == len(flooders)
     assert server.text().count("frames in under a second > --max-frames-per-second") == 8
+
+
+async def test_a_flood_closed_client_is_let_go_after_a_second_not_after_the_ping_timeout(
+    launch: Launch,
+) -> None:
+    """A flooder is no longer read, so its answer to the 1008 is never seen: it is aborted a
+    second after its CLOSE instead of holding its descriptor for --ping-timeout, and a shutdown
+    right after it does not wait --shutdown-timeout for it."""
+    server = launch(
+        "--max-frames-per-second", "100", "--ping-timeout", "60", "--shutdown-timeout", "30"
+    )
+    client = await RawClient.connect(server.host, server.port)
+    for i in range(150):
+        client.send_frame(PING, b"%d" % i)
+    frame = await client.expect_close()
+    assert (frame.close_code, frame.payload[2:]) == (1008, b"too many frames")
+    client.send_frame(CLOSE, struct.pack("!H", 1000))  # a polite answer, never read
+    server.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(asyncio.to_thread(server.proc.wait), 10) == 0
+    assert "did not hang up within the grace time" in server.text()
+    assert "drain timed out" not in server.text()
+    assert await client.wait_eof()
 
 
 async def test_a_client_under_the_frame_budget_is_never_closed(launch: Launch) -> None:
