@@ -42,10 +42,10 @@ _PONG = WSMsgType.PONG
 _DATA = (_TEXT, _BINARY, _CONTINUATION)
 _CLOSE_FRAME = 0x88  # first byte of an unfragmented CLOSE frame
 _UNLIMITED = 1 << 62  # frames a connection may send when --max-frames-per-second is 0
-# A flooder is no longer read, so its answer to our CLOSE (or its hang-up) is never seen: waiting
-# the usual grace would only hold its descriptor, and a shutdown's drain, for nothing. A second
-# is time enough for a client that reads at all to read the 1008 before the abort.
-_FLOOD_CLOSE_GRACE = 1.0
+# A connection no longer read (a flooder) never shows its answer to our CLOSE or its hang-up:
+# waiting the usual grace would only hold its descriptor, and a shutdown's drain, for nothing. A
+# second is time enough for a client that reads at all to read the CLOSE before the abort.
+_UNREAD_CLOSE_GRACE = 1.0
 
 
 class Owner(Protocol):
@@ -206,7 +206,7 @@ class Connection(WSListener):
             owner.frame_budget,
         )
         self.transport.underlying_transport.pause_reading()  # the rest is not even parsed
-        self.close(CloseCode.POLICY_VIOLATION, "too many frames", grace=_FLOOD_CLOSE_GRACE)
+        self.close(CloseCode.POLICY_VIOLATION, "too many frames")
         return True
 
     def _slow_path(self, kind: WSMsgType, frame: WSFrame) -> None:
@@ -343,20 +343,14 @@ class Connection(WSListener):
     # ---- closing ------------------------------------------------------------------------------
 
     def close(
-        self,
-        code: int,
-        reason: str,
-        *,
-        abort: bool = False,
-        answering: bool = False,
-        grace: float | None = None,
+        self, code: int, reason: str, *, abort: bool = False, answering: bool = False
     ) -> None:
         """Leaves the room, sends CLOSE with `code` as the last frame and closes the socket.
 
         `answering` a peer's CLOSE, the socket closes once our CLOSE is sent; with `abort`, at
         once. Otherwise we spoke first: the connection is half-closed once our CLOSE is sent and
-        goes when the peer answers or hangs up, or is aborted after `grace` seconds (the
-        owner's close grace unless given). Half-closing
+        goes when the peer answers or hangs up, or is aborted after the grace time (a second
+        if we no longer read it: its answer would never be seen). Half-closing
         and reading on (a lingering close) matters: a socket closed while the peer's bytes still
         arrive is answered with a TCP reset, and a reset makes the peer's kernel discard what it
         had not read yet, our CLOSE included.
@@ -369,6 +363,7 @@ class Connection(WSListener):
         self.fragments = None
         transport = self.transport
         raw = transport.underlying_transport
+        read_on = raw.is_reading()  # asked before anything below closes the transport
         outbox = self.outbox
         if outbox is not None and outbox.frames and code != CloseCode.SLOW_CONSUMER:
             raw.write(b"".join(outbox.frames))  # what was queued goes before the CLOSE
@@ -386,9 +381,8 @@ class Connection(WSListener):
             raw.write_eof()  # FIN once everything is sent; frames read meanwhile are ignored
         else:
             transport.disconnect(graceful=True)  # TLS cannot half-close
-        self.abort_timer = self.owner.loop.call_later(
-            self.owner.close_grace if grace is None else grace, self._abort_unread
-        )
+        grace = self.owner.close_grace if read_on else _UNREAD_CLOSE_GRACE
+        self.abort_timer = self.owner.loop.call_later(grace, self._abort_unread)
 
     def _abort_unread(self) -> None:
         self.abort_timer = None
