@@ -85,11 +85,39 @@ class ServerProcess:
         return True
 
 
+# Ports for tests that must know theirs before the process binds (a restart on the same port,
+# a proxy's config file). They come from below the kernel's ephemeral range (32768-60999 here), so
+# no client socket and no `--port 0` server can take one between free_port and the bind; each
+# pytest-xdist worker draws from its own slice, so two workers never hand out the same port.
+_FIXED_PORTS = range(10000, 20000)  # + 10000 stays below 32768 too: Redis Cluster's bus ports
+_fixed_port_cursor = 0
+
+
+def _worker_slice() -> range:
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    workers = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), 1)
+    size = len(_FIXED_PORTS) // workers
+    start = _FIXED_PORTS.start + (worker % workers) * size
+    return range(start, start + size)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago; only for tests that must restart on the same port."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port free now that nothing else in the test run will take; for tests that must know it
+    before the process binds. Successive calls in one worker give different ports."""
+    global _fixed_port_cursor
+    ports = _worker_slice()
+    if _fixed_port_cursor == 0:
+        _fixed_port_cursor = os.getpid() % len(ports)  # runs in parallel checkouts start apart
+    for _ in range(len(ports)):
+        port = ports[_fixed_port_cursor % len(ports)]
+        _fixed_port_cursor += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {ports}")
 
 
 def start_server(
