@@ -375,7 +375,8 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "to its 99th-percentile member (all rooms together), the median over messages: the pace "
       "of the slower of the server's writes and the driver's reads, which is what spreads a "
       "broadcast's latencies over its members. "
-      "Server CPU = user+sys of the server's process tree from `/proc/<pid>/stat` "
+      "Server CPU = on-CPU time of the server's process tree (`/proc/<pid>/task/*/schedstat`, "
+      "ns-precise: the same time as user+sys without its 10 ms ticks) "
       "over the measured window, divided by deliveries. For roomcast the bench also scrapes "
       f"`/metrics` just before and after the window and reports `{FLUSH_METRIC}` over the "
       "window (bucket counts subtracted, p50/p99 interpolated inside the buckets): per room "
@@ -437,7 +438,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
       "deliveries). In `saturate` the driver's reading speed bounds the fastest server (watch "
       "the server CPU utilisation: below 100% means the server was waiting for the driver). "
       "In `joinstorm` the driver must read all N(N+1)/2 presence frames, which bounds a fast "
-      "server's time from below. CPU time comes in 10 ms ticks. The machine is shared with "
+      "server's time from below. The machine is shared with "
       "other work (load averages above; servers and driver run at `nice` "
       "-10 when root), which adds noise to tail latencies: compare runs, not single maxima.")
     w("")
@@ -581,7 +582,7 @@ HINTS = {
     "join or broadcast) and the server output in the run file.",
     "history": "history on vs off: per chat the history numbers, stores and (once the ring "
     "is full) evicts one frame, nothing per recipient, so at chat rates the difference should "
-    "be well under 10%; a miss is either noise (CPU in 10 ms ticks on a shared machine: "
+    "be well under 10%; a miss is either noise (a shared machine: "
     "compare the on/off rows of several runs) or per-message work that grew (look for "
     "`server/history.py` frames under `ChatCore.chat` in the flamegraph; `History.add` is also "
     "where every chat is encoded and framed, once, which happens with history off too).",
@@ -971,8 +972,8 @@ def _history_section(w: Any, records: dict[str, dict[str, Any]],
         w("")
         w("With several pairs, the CPU columns are each side's median and *on/off* is the median "
           "of the pairs' ratios (pairs run in alternating order: off then on, on then off); the "
-          "other columns are the first pair's, as in the fanout and saturate tables. CPU time "
-          "comes in 10 ms ticks, and this machine is shared with other work: single pairs "
+          "other columns are the first pair's, as in the fanout and saturate tables. This "
+          "machine is shared with other work: single pairs "
           "differ by up to 20% here, which is why the target is judged on the median.")
         w("")
     for rec in mem:

@@ -214,8 +214,9 @@ class RunningServer:
         return self.proc.poll() is None
 
     def cpu_seconds(self) -> float:
-        """user+sys CPU time of the server's process tree so far (waited-for children included)."""
-        return sum(_cpu_ticks(p) for p in _tree_pids(self.pid)) / CLK_TCK
+        """On-CPU time of the server's living process tree so far, ns-precise: a short or light
+        window reads as what it cost, never as 0 or one 10 ms tick of ``/proc/<pid>/stat``."""
+        return oncpu_seconds(self.pid)
 
     def oncpu_seconds(self, pids: list[int] | None = None) -> float:
         return oncpu_seconds(self.pid, pids)

@@ -712,7 +712,7 @@ def test_run_config_runs_ours_the_variant_and_the_paired_peer_in_alternating_pai
     from bench.servers import NOHISTORY  # noqa: PLC0415
     from bench.suite import fanout as fanout_config  # noqa: PLC0415
 
-    # enough deliveries (5,000 a second) for the CPU figures to be more than zero ticks
+    # 5,000 deliveries a second: a few ms of server CPU, which schedstat reads (ticks read 0)
     cfg = fanout_config(2, 50, 50, size=64, duration=1.0, variants=(NOHISTORY,), pairs=3,
                         paired_peers=("uws",))
     cfg.params["warmup"] = 0.2  # nine runs: the order is what is checked, not steady figures
@@ -740,6 +740,29 @@ def test_run_config_runs_ours_the_variant_and_the_paired_peer_in_alternating_pai
         assert len(paired["ratios"]) == 3 and paired["median_ratio"] is not None
         assert paired["ours"] == [
             f["cpu_per_delivery_us"] for f in (first["roomcast"], *repeats["roomcast"])]
+
+
+def test_server_cpu_is_read_finer_than_a_clock_tick() -> None:
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from bench.servers import SERVER_KINDS  # noqa: PLC0415
+
+    # a child that burns 3 ms of CPU when told to, then waits: 10 ms ticks read it as 0 or 0.01
+    code = ("import sys,time\nprint(flush=True)\nsys.stdin.readline()\nt=time.perf_counter()\n"
+            "while time.perf_counter()-t<0.003: pass\nprint(flush=True)\nsys.stdin.readline()")
+    with subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        server = RunningServer(SERVER_KINDS["roomcast"], proc, "127.0.0.1", 0, [])
+        proc.stdout.readline()  # started: the interpreter's start-up CPU is outside the window
+        before = server.cpu_seconds()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        proc.stdout.readline()
+        spent = server.cpu_seconds() - before
+        proc.kill()
+    assert 0 < spent < 0.01  # ticks read 0 or 0.01; preemption can only make it less than 3 ms
 
 
 def test_a_target_against_the_best_peer_is_judged_on_its_pairs_when_it_ran_in_pairs() -> None:
