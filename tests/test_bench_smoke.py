@@ -494,6 +494,29 @@ def test_resume_storm_smoke(ctx: Context) -> None:
     assert sum(1 for c in two["server_commands"] if "--redis-url" in c) == 2
 
 
+START_NS = 1_000_000_000
+
+
+@pytest.mark.parametrize(("woke_at", "kept", "ahead"), [
+    (START_NS - 50_000_000, "second", 50_000_000),  # on time: the reading 50 ms ahead
+    (START_NS + 88_000_000, "first", 300_000_000),  # descheduled past the storm's start
+])
+def test_the_storm_cpu_reading_precedes_the_storm_even_when_the_driver_wakes_late(
+    woke_at: int, kept: str, ahead: int,
+) -> None:
+    from bench.resume import read_before  # noqa: PLC0415
+
+    now = [START_NS - 300_000_000]
+    readings = iter(["first", "second"])
+
+    def sleep_until(_ns: int) -> None:
+        now[0] = woke_at
+
+    reading, ns_ahead = read_before(lambda: next(readings), START_NS, clock=lambda: now[0],
+                                    sleep_until=sleep_until)
+    assert (reading, ns_ahead) == (kept, ahead)
+
+
 def test_a_storm_against_a_server_that_ignores_since_says_so() -> None:
     """What the two-node storm reported before Redis mode served `since`: the welcomes carry
     no epoch and no resume gets a `history` answer; said in words, and the target missed."""
