@@ -559,11 +559,10 @@ HINTS = {
     "saturate": "saturate: CPU per delivery falls as messages queue up (one write "
     "then carries several frames per member); on two cores the one-CPU driver bounds "
     "how far any server is saturated (see the server CPU utilisation below 100%); the "
-    "rest is the per-member write in the fan-out loop, and it is the kernel's: `perf record "
-    "-e cpu-clock` under this configuration put 87-90% of roomcast's CPU and 88% of uWS's in "
-    "the kernel, the same loopback TCP functions in the same proportions, and 10-13% of "
-    "roomcast's in its own process against 12% of uWS's (docs/performance.md); the ratio "
-    "moves with how the one-CPU driver paces both, not with code either side could cut.",
+    "rest is the per-member write in the fan-out loop, and it is the kernel's: profiled with "
+    "`perf` against uWS (docs/performance.md), both spend most of their CPU in the same "
+    "loopback TCP functions and about the same in their own code; the ratio moves with how "
+    "the one-CPU driver paces both, not with code either side could cut.",
     "fanout-4x100": "steady fanout: at chat rates every server makes one `send()` per "
     "member per message, and the kernel's loopback TCP work under it is most of the "
     "cost; uWS runs at about 2x the cost of a bare C `send()` loop, so what separates "

@@ -8,7 +8,6 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import ssl
 import struct
 import time
@@ -68,29 +67,10 @@ class RawClient:
         path: str = "/",
         headers: dict[str, str] | None = None,
         tls: ssl.SSLContext | None = None,
-        *,
-        rcvbuf: int | None = None,
     ) -> RawClient:
-        """`rcvbuf` fixes the receive buffer before the connection is made: set afterwards, the
-        window already advertised is larger than the buffer, the kernel drops what overflows it
-        and both directions can back off for seconds (seen as a hoarder's writes hanging 30 s)."""
-        sock = None
-        if rcvbuf is not None:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            sock.setblocking(False)
-            try:
-                connecting = asyncio.get_running_loop().sock_connect(sock, (host, port))
-                await asyncio.wait_for(connecting, TIMEOUT)
-            except BaseException:
-                sock.close()
-                raise
-        opening = (
-            asyncio.open_connection(host, port, ssl=tls)
-            if sock is None
-            else asyncio.open_connection(sock=sock, ssl=tls, server_hostname=host if tls else None)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=tls), TIMEOUT
         )
-        reader, writer = await asyncio.wait_for(opening, TIMEOUT)
         client = cls(reader, writer)  # registered first: a cancelled handshake is closed too
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import struct
 import time
 from pathlib import Path
@@ -228,9 +229,10 @@ class Fuzzer:
 
 
 HOARD_ATTEMPTS = 3
-# A drain this long means the flood is stuck in TCP itself: the hoarder's full receive buffer
-# drops the server's segments, and the ACKs for the hoarder's own data go with them, so both
-# sides back off (cwnd 1, RTO backoff 4 seen with ss; about one hoarder in 20 here).
+# A drain this long means the flood is stuck in TCP itself: seen with ss, the server's end had
+# nothing unread while both ends sat at cwnd 1 with RTO backoff 4 and the kernel counted
+# receive-queue prunes and drops (the hoarder's full, small receive buffer); about one hoarder
+# in 20 here, whether the buffer is set before or after connecting.
 HOARD_STALL = 10.0
 
 
@@ -247,7 +249,8 @@ async def hoard(server: ServerProcess, rng: random.Random) -> int:
 
 
 async def _hoard_once(server: ServerProcess, rng: random.Random) -> int | None:
-    client = await RawClient.connect(server.host, server.port, rcvbuf=65536)
+    client = await RawClient.connect(server.host, server.port)
+    client.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     junk = frame(0x1, b"not json") * 500
     pings = frame(PING, b"p" * 125) * 250
     try:
