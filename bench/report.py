@@ -629,21 +629,29 @@ def flamegraph_quote(fg: dict[str, Any] | None, own_run: str | None) -> str:
             f"own samples in {top}{hist}.")
 
 
+def _missed_cpu(target: dict[str, Any]) -> bool:
+    """Whether a CPU figure is among what the target missed (a latency miss is the driver's
+    and a server's pace, which a CPU flamegraph does not show)."""
+    return any(c.get("met") is False and str(c.get("figure", "")).startswith("cpu")
+               for c in target.get("checks", []))
+
+
 def gap_hints(missed: list[dict[str, Any]], records: dict[str, dict[str, Any]],
               runs: list[dict[str, Any]]) -> list[str]:
     """One line per kind of missed target; CPU misses quote the hot frames of the flamegraph
     recorded in the same run as the missed figure (else the latest one, named)."""
-    out: list[str] = []
-    seen: set[str] = set()
     latest = _latest_flamegraph(runs)
+    by_key: dict[str, list[dict[str, Any]]] = {}
     for t in missed:
         key = _hint_key(t)
-        if key is None or key in seen:
-            continue
-        seen.add(key)
+        if key is not None:
+            by_key.setdefault(key, []).append(t)
+    out: list[str] = []
+    for key, targets in by_key.items():
         text = HINTS[key]
-        if key in PROFILED:
-            run = records.get(t["config"], {}).get("_run", {})
+        cpu = [t for t in targets if _missed_cpu(t)]
+        if key in PROFILED and cpu:
+            run = records.get(cpu[0]["config"], {}).get("_run", {})
             own = run.get("flamegraph")
             fg = {**own, "_file": run.get("_file")} if own else latest
             text += " Profile: " + flamegraph_quote(fg, run.get("_file"))

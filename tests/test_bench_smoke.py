@@ -691,6 +691,20 @@ def test_a_hint_names_the_run_of_a_flamegraph_from_another_run() -> None:
     assert "no `server/history.py` frame among its hottest" in flamegraph_quote(cold, "old.json")
 
 
+def test_only_a_missed_cpu_figure_quotes_the_flamegraph() -> None:
+    from bench.report import gap_hints  # noqa: PLC0415
+
+    def target(figure: str) -> dict[str, object]:
+        checks = [{"figure": f, "met": f != figure} for f in ("p99_ms", "cpu_per_delivery_us")]
+        return {"config": "fanout-1x1000-r20-s100", "hint": None, "checks": checks}
+
+    (latency,) = gap_hints([target("p99_ms")], {}, [])
+    assert latency.startswith("fanout into 1,000 members") and "Profile:" not in latency
+    # the p99 row first, the CPU row second: one line for the configuration, with the profile
+    (both,) = gap_hints([target("p99_ms"), target("cpu_per_delivery_us")], {}, [])
+    assert both.startswith(latency) and "Profile: no flamegraph was recorded" in both
+
+
 def test_history_on_off_is_judged_on_the_median_of_the_pairs() -> None:
     from bench.report import evaluate_targets, pair_figures  # noqa: PLC0415
     from bench.servers import NOHISTORY  # noqa: PLC0415
