@@ -33,7 +33,7 @@ from .http import NOT_FOUND, Response, Route, StaticSite
 from .http1 import Request
 from .listening import bound_socket, url_host
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
+from .metrics import Metrics, Timings
 from .protocol import CloseCode
 from .retention import Retention
 from .settings import Settings
@@ -70,12 +70,13 @@ class App:
         self.close_grace = config.ping_timeout
         self.connections: list[Connection] = []
         self.slow: set[Connection] = set()  # connections with unsent bytes waiting
+        timings = Timings()
         self.core = ChatCore(
             config, self.request_flush, counters=counters,
-            delayed=self._delayed,
+            delayed=timings.delayed,
         )
         self.state = ServerState(counters, self.connections, self.core.rooms, self.slow)
-        self.metrics = Metrics(self.state)
+        self.metrics = Metrics(self.state, timings)
         self.heartbeat = Heartbeat(
             loop, lambda: self.connections, config.ping_interval, config.ping_timeout
         )
@@ -83,7 +84,7 @@ class App:
         self.broker: RedisBroker | None = None
         self._all_gone = asyncio.Event()
         self._cut_short = asyncio.Event()  # a second signal: stop waiting for the drain
-        self._flush_seconds = self.metrics.flush_duration
+        self._flush_seconds = timings.flush
         self.handshake_timeout = config.handshake_timeout
         self._websocket_protocol = websocket_protocol_factory(
             _quiet_picows(), max_frame_size=config.max_message_bytes
@@ -182,10 +183,6 @@ class App:
     def request_flush(self) -> None:
         """The core queued frames: flush them once, at the end of this event-loop tick."""
         self.loop.call_soon(self._flush_tick)
-
-    def _delayed(self, recipients: int, seconds: float) -> None:
-        # The core exists before the metrics (they read its rooms): look them up per call.
-        self.metrics.delayed(recipients, seconds)
 
     def _flush_tick(self) -> None:
         started = time.perf_counter()

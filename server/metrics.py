@@ -4,19 +4,28 @@ Nothing here runs per message or per recipient: the counters are plain integers 
 bumped per message or per room flush, and a custom collector turns them into metric families only
 when /metrics is scraped. Reads the server's ``ServerState`` (and what ``about`` says of the
 build) and imports nothing else of it. The
-histograms are observed once per event-loop tick (fan-out flush) and once per probe interval
-(loop lag, Redis round trip).
+histograms (``Timings``) are observed once per event-loop tick (fan-out flush), once per room
+flush (fan-out delay) and once per probe interval (loop lag, Redis round trip): plain counts
+behind a bisect, turned into metric families at scrape time like the counters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from .about import HOT_PATH_LIBRARIES, VERSION, git_revision, library_versions
 from .state import BrokerHealth, ServerState
@@ -177,37 +186,109 @@ class _ServerCollector(Collector):
             )
 
 
-class Metrics:
-    def __init__(self, state: ServerState) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.loop_lag = Histogram(
+class Buckets:
+    """One histogram's counts, observed on the hot path and read at scrape time.
+
+    A bisect and two additions: 0.18 µs an observation, where prometheus_client's
+    ``Histogram.observe`` takes 1.14 µs (``python -m timeit``, both), two locks included that a
+    server observing from its one event-loop thread does not need.
+    """
+
+    __slots__ = ("bounds", "counts", "created", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)  # sorted upper bounds; +Inf is implied
+        self.counts = [0] * (len(self.bounds) + 1)  # per bucket, not cumulative; last: +Inf
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        # bisect_left: the first bound >= value, Prometheus's `le`
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class Timings:
+    """The server's histograms. Made before the chat core, which observes each room flush's
+    delay through ``delayed``; exported by ``Metrics``."""
+
+    __slots__ = ("broker_roundtrip", "fanout_delay", "flush", "loop_lag")
+
+    def __init__(self) -> None:
+        self.loop_lag = Buckets((0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                 1.0))
+        self.flush = Buckets((0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                              0.025, 0.1))
+        delay = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032,
+                 0.064, 0.128, 0.5)
+        self.fanout_delay = tuple(Buckets(delay) for _ in ROOM_SIZES)
+        self.broker_roundtrip = Buckets((0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                         0.05, 0.25, 1.0))
+
+    def delayed(self, recipients: int, seconds: float) -> None:
+        """One room flush's delay (server/delivery.py), by room size class."""
+        by_size = self.fanout_delay
+        if recipients <= 10:
+            by_size[0].observe(seconds)
+        elif recipients <= 100:
+            by_size[1].observe(seconds)
+        else:
+            by_size[2 if recipients <= 1000 else 3].observe(seconds)
+
+
+def _histogram(
+    name: str, doc: str, children: Sequence[tuple[tuple[str, ...], Buckets]],
+    labels: Sequence[str] = (),
+) -> HistogramMetricFamily:
+    """A metric family in the form prometheus_client's own ``Histogram`` writes: cumulative
+    buckets, count, sum and a ``_created`` time per child."""
+    family = HistogramMetricFamily(name, doc, labels=list(labels))
+    for values, buckets in children:
+        les = [*map(floatToGoString, buckets.bounds), "+Inf"]
+        cumulative = [float(count) for count in accumulate(buckets.counts)]
+        family.add_metric(list(values), list(zip(les, cumulative, strict=True)), buckets.sum)
+        family.add_sample(
+            f"{name}_created", dict(zip(labels, values, strict=True)), buckets.created
+        )
+    return family
+
+
+class _TimingsCollector(Collector):
+    def __init__(self, timings: Timings) -> None:
+        self._timings = timings
+
+    def collect(self) -> Iterator[Metric]:
+        timings = self._timings
+        yield _histogram(
             "roomcast_event_loop_lag_seconds",
             "how late a timer fires: time the loop was busy with other work",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-            registry=self.registry,
+            [((), timings.loop_lag)],
         )
-        self.flush_duration = Histogram(
+        yield _histogram(
             "roomcast_fanout_flush_seconds",
             "duration of one tick's fan-out flush over all rooms with queued messages",
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
-            registry=self.registry,
+            [((), timings.flush)],
         )
-        self.fanout_delay = Histogram(
+        yield _histogram(
             "roomcast_fanout_delay_seconds",
             "per room flush: from its first message of the tick being queued to the write to its "
             "last member, by the room's size on this node (a latency the load driver cannot blur)",
-            labelnames=["room_size"],
-            buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032,
-                     0.064, 0.128, 0.5),
-            registry=self.registry,
+            [((size,), buckets)
+             for size, buckets in zip(ROOM_SIZES, timings.fanout_delay, strict=True)],
+            labels=("room_size",),
         )
-        self._delay_by_size = [self.fanout_delay.labels(size) for size in ROOM_SIZES]
-        self.broker_roundtrip = Histogram(
+        yield _histogram(
             "roomcast_broker_roundtrip_seconds",
             "round trip of a PING to Redis, probed every second (the broker's own latency)",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0),
-            registry=self.registry,
+            [((), timings.broker_roundtrip)],
         )
+
+
+class Metrics:
+    def __init__(self, state: ServerState, timings: Timings) -> None:
+        self.timings = timings
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_TimingsCollector(timings))
         self.registry.register(_ServerCollector(state))
         # process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total: what a
         # capacity test needs to read from a remote server
@@ -215,16 +296,6 @@ class Metrics:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.TimerHandle | None = None
         self._broker_probe: asyncio.Task[None] | None = None
-
-    def delayed(self, recipients: int, seconds: float) -> None:
-        """One room flush's delay (server/delivery.py), by room size class."""
-        if recipients <= 10:
-            index = 0
-        elif recipients <= 100:
-            index = 1
-        else:
-            index = 2 if recipients <= 1000 else 3
-        self._delay_by_size[index].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -246,7 +317,7 @@ class Metrics:
             while True:
                 seconds = await broker.roundtrip()
                 if seconds is not None:
-                    self.broker_roundtrip.observe(seconds)
+                    self.timings.broker_roundtrip.observe(seconds)
                 await asyncio.sleep(BROKER_PROBE_INTERVAL)
 
         self._broker_probe = loop.create_task(probe())
@@ -256,5 +327,7 @@ class Metrics:
         self._probe = self._loop.call_later(LAG_PROBE_INTERVAL, self._on_probe, time.monotonic())
 
     def _on_probe(self, scheduled_at: float) -> None:
-        self.loop_lag.observe(max(0.0, time.monotonic() - scheduled_at - LAG_PROBE_INTERVAL))
+        self.timings.loop_lag.observe(
+            max(0.0, time.monotonic() - scheduled_at - LAG_PROBE_INTERVAL)
+        )
         self._schedule_probe()
