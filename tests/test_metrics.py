@@ -19,9 +19,8 @@ def family_lines(text: str, name: str) -> list[str]:
         bare = line.removeprefix("# HELP ").removeprefix("# TYPE ")
         if not bare.startswith(name):
             continue
-        if bare.startswith(f"{name}_created") and not line.startswith("#"):
-            line = line.rsplit(" ", 1)[0]
-        out.append(line)
+        created_value = bare.startswith(f"{name}_created") and not line.startswith("#")
+        out.append(line.rsplit(" ", 1)[0] if created_value else line)
     return out
 
 
