@@ -120,14 +120,16 @@ def _number(value: Any) -> bool:
 
 def best_peer(rec: dict[str, Any], figure: str) -> tuple[str | None, Any]:
     """(peer, value) of the best peer for ``figure`` in this record: the lowest value for a
-    cost, the highest otherwise; peers that failed or reported problems do not count."""
+    cost, the highest otherwise; peers that failed or reported problems do not count. A peer
+    that ran in the record's pairs is ranked by its median over them, not by its first run."""
     found = []
     for peer in PEERS:
         run = rec.get("runs", {}).get(peer) or {}
         value = run.get(figure)
         if run.get("error") or run.get("problems") or not _number(value):
             continue
-        found.append((value, peer))
+        median = rec.get("pairs", {}).get(peer, {}).get(figure, {}).get("median_other")
+        found.append((median if _number(median) else value, peer))
     if not found:
         return None, None
     value, peer = (min if figure in LOWER_IS_BETTER else max)(found)
