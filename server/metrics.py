@@ -33,6 +33,7 @@ from .state import BrokerHealth, ServerState
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LAG_PROBE_INTERVAL = 0.25
 ROOM_SIZES = ("1-10", "11-100", "101-1000", "1001+")  # the room_size label of the delay
+ROOM_SIZE_LIMITS = (10, 100, 1000)  # the largest room of each class but the last
 BROKER_PROBE_INTERVAL = 1.0
 
 _COUNTERS = (
@@ -227,13 +228,7 @@ class Timings:
 
     def delayed(self, recipients: int, seconds: float) -> None:
         """One room flush's delay (server/delivery.py), by room size class."""
-        by_size = self.fanout_delay
-        if recipients <= 10:
-            by_size[0].observe(seconds)
-        elif recipients <= 100:
-            by_size[1].observe(seconds)
-        else:
-            by_size[2 if recipients <= 1000 else 3].observe(seconds)
+        self.fanout_delay[bisect_left(ROOM_SIZE_LIMITS, recipients)].observe(seconds)
 
 
 def _histogram(
