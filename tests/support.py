@@ -190,6 +190,30 @@ def rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@dataclass(frozen=True)
+class TcpSocket:
+    """One IPv4 TCP socket of this machine, as /proc/net/tcp lists it."""
+
+    local_port: int
+    remote_port: int
+    rx_queue: int  # bytes received and not yet read by its owner
+    inode: str  # what /proc/<pid>/fd/<n> links to as socket:[inode]
+
+
+def tcp_sockets() -> Iterator[TcpSocket]:
+    """Every IPv4 TCP socket of this machine (/proc/net/tcp: addresses and queues in hex)."""
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            yield TcpSocket(
+                local_port=int(fields[1].split(":")[1], 16),
+                remote_port=int(fields[2].split(":")[1], 16),
+                rx_queue=int(fields[4].split(":")[1], 16),
+                inode=fields[9],
+            )
+
+
 def metric(server: ServerProcess, name: str) -> float:
     """One unlabelled sample of the server's /metrics."""
     with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:

@@ -18,11 +18,10 @@ import random
 import socket
 import struct
 import time
-from pathlib import Path
 
 from tests.conftest import Launch
 from tests.rawws import CLOSE, PING, PONG, RawClient
-from tests.support import ServerProcess, rss_kib
+from tests.support import ServerProcess, rss_kib, tcp_sockets
 
 FRAMES = 3000
 FUZZERS = 6
@@ -281,12 +280,10 @@ async def server_unread_bytes(server_port: int, peer_port: int, within: float = 
 
 
 def _unread_now(server_port: int, peer_port: int) -> int:
-    """rx_queue of the server's end of the connection, from /proc/net/tcp."""
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        ports = (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16))
-        if ports == (server_port, peer_port):
-            return int(fields[4].split(":")[1], 16)
+    """rx_queue of the server's end of the connection."""
+    for sock in tcp_sockets():
+        if (sock.local_port, sock.remote_port) == (server_port, peer_port):
+            return sock.rx_queue
     raise AssertionError("the server's socket for the hoarder is gone")
 
 

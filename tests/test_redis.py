@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from tests.conftest import Launch
 from tests.rawws import RawClient, until
 from tests.redis_support import RedisServer, start_cluster
-from tests.support import ServerProcess, free_port
+from tests.support import ServerProcess, free_port, tcp_sockets
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
 
@@ -414,14 +414,7 @@ def _owner_pid(client: RawClient, pids: set[int]) -> int:
     """The worker process that holds the server side of `client`'s TCP connection."""
     sock = client.writer.get_extra_info("socket")
     local_port = sock.getsockname()[1]
-    inodes = set()
-    with open("/proc/net/tcp") as fh:
-        next(fh)
-        for line in fh:
-            parts = line.split()
-            remote_port = int(parts[2].split(":")[1], 16)
-            if remote_port == local_port:
-                inodes.add(parts[9])
+    inodes = {sock.inode for sock in tcp_sockets() if sock.remote_port == local_port}
     for pid in pids:
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
