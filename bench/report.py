@@ -312,6 +312,9 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("| `make bench BENCH_ARGS=\"--only fanout-4x100-r50-s100 --servers roomcast --pairs 5\"` "
       f"| history on vs off alone: roomcast and `{NOHISTORY}`, five alternating pairs "
       "(`--servers roomcast,uws`: and uws, five pairs too) |")
+    w("| `.venv/bin/python -m bench.pooled --since 2026-12-03` | every pair of every full run "
+      "in `runs/` on the latest run's CPU model, pooled per configuration (`--figure p99_ms` "
+      "for the p99): the spread one run's verdict is drawn from |")
     w("")
     w("Every run writes `results/runs/<timestamp>.json` (machine, CPU model, versions, "
       "parameters, every figure, the exact command) and past runs are kept. The tables below "
