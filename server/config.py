@@ -181,8 +181,8 @@ _HELP: dict[str, str] = {
     "max_buffered_bytes": "unsent bytes allowed per connection before it is dropped "
     "as a slow consumer (close 4000)",
     "max_frames_per_second": "WebSocket frames (data, control and fragments) a client may "
-    "send in any one-second window; past it the connection is closed with 1008 (0 disables "
-    "the limit)",
+    "send per second, counted in runs of that many: a run shorter than a second closes the "
+    "connection with 1008 (0 disables the limit)",
     "ping_interval": "seconds of silence after which a client is pinged",
     "ping_timeout": "seconds a pinged client has to answer before it is dropped (close 1001)",
     "shutdown_timeout": "seconds to wait for closing handshakes and writes on shutdown",
@@ -215,7 +215,7 @@ _HELP: dict[str, str] = {
     "empty: HS256 with --jwt-secret, RS256,ES256,EdDSA with --jwt-public-key)",
     "jwt_audience": "required `aud` of tokens (empty: not checked)",
     "jwt_issuer": "required `iss` of tokens (empty: not checked)",
-    "jwt_leeway": "seconds of clock skew allowed on exp and nbf",
+    "jwt_leeway": "seconds of clock skew allowed on exp, nbf and iat",
     "token_sweep_interval": "seconds between sweeps that close connections whose token "
     "expired (close 4001)",
     "allowed_origins": "comma-separated Origins allowed to open a WebSocket: exact "
@@ -225,8 +225,8 @@ _HELP: dict[str, str] = {
     "believed for the client address",
     "max_connections": "open WebSockets allowed in total; past it upgrades get 503 (0: no "
     "limit but the file-descriptor limit)",
-    "max_connections_per_ip": "open WebSockets per client address; past it upgrades get 429 "
-    "(0: no limit)",
+    "max_connections_per_ip": "open WebSockets and unfinished upgrade requests per client "
+    "address; past it connections get 429 (0: no limit)",
     "handshake_rate": "upgrades allowed per client address per --handshake-window; past it "
     "429 with Retry-After (0: no limit)",
     "handshake_window": "length in seconds of the handshake-rate window",
