@@ -340,13 +340,17 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     app = build(settings, loop)
     tls = settings.security.tls
-    acceptor = listen(app, tls)
-    admin = None
+    admin_sock = None
     if config.metrics_listen:
+        # Bound before the listener starts, which reads (and deletes) the history file: a
+        # refused bind must end the server with the saved history still on disk.
         admin_host, _, admin_port = config.metrics_listen.rpartition(":")
         admin_sock = bound_socket(
             admin_host.strip("[]"), int(admin_port), option="--metrics-listen"
         )
+    acceptor = listen(app, tls)
+    admin = None
+    if admin_sock is not None:
         admin = Acceptor(loop, admin_sock, lambda peer: Front(Admin(app), peer), app.counters)
         admin.start()
         shown_host, shown_port = admin.address

@@ -9,7 +9,7 @@ periodic ``sweep``). docs/history.md has the guarantees; in short:
   evicted it), so a position (epoch, seq) never names two different messages.
 * It keeps the newest ``--history-size`` messages as the **frames that were sent live**: a chat
   is encoded once, framed once, and that one bytes object is both queued for the room and stored
-  (a replay strips the 2-byte header; seqs are consecutive, so none is stored). The frame and
+  (a replay strips the frame header; seqs are consecutive, so none is stored). The frame and
   not msgspec's payload, because msgspec returns its growth buffer unshrunk (up to 1.5 times the
   payload's size) while the frame is an exact copy made anyway. It also keeps the client ids
   among them for deduplication, scoped by username.

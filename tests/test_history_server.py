@@ -385,6 +385,28 @@ async def test_a_corrupt_history_file_is_logged_and_the_server_starts(
     assert await say(talker, ["works"]) == [1]
 
 
+async def test_a_refused_metrics_address_leaves_the_saved_history_on_disk(
+    launch: Launch, tmp_path: Path
+) -> None:
+    path = tmp_path / "history.bin"
+    first = launch("--rate-limit", "0", "--history-file", str(path))
+    session = await Session().run(first, "id")
+    first.proc.send_signal(signal.SIGTERM)
+    await session.closed_with(1012)
+    assert await exited(first) == 0
+    saved = path.read_bytes()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(RuntimeError, match="--metrics-listen"):
+            launch("--rate-limit", "0", "--history-file", str(path), "--metrics-listen", busy)
+    assert path.read_bytes() == saved, "a server that never served must not consume the file"
+    second = launch("--rate-limit", "0", "--history-file", str(path))
+    _, history, _ = await join(second, "reader", since=session.position)
+    assert history is not None and history["recovered"] is True
+
+
 def test_a_history_file_in_a_missing_directory_is_refused_at_start(
     launch: Launch, tmp_path: Path
 ) -> None:

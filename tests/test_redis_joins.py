@@ -169,6 +169,10 @@ def test_an_incomplete_replay_is_never_called_recovered() -> None:
     assert replayed(Position("e1", 7), ok, 100, 15) == ([b"y" * 10], False, "too many")
     old = JoinReply([1, [b"a"], b"e1", 9, b"too old", b"y" * 10])
     assert replayed(Position("e1", 1), old, 100, 1 << 20) == ([b"y" * 10], False, "too old")
+    # cut to one replay's limit, an incomplete replay still says why it is incomplete
+    lost = JoinReply([1, [b"a"], b"e2", 9, b"epoch changed", b"x" * 10, b"y" * 10])
+    assert replayed(Position("e1", 1), lost, 100, 15) == ([b"y" * 10], False, "epoch changed")
+    assert replayed(Position("e1", 1), old, 100, 5) == ([], False, "too old")
     last = JoinReply([1, [b"a"], b"e1", 9, b"ok", b"y" * 10])
     assert replayed(5, last, 100, 1 << 20)[1:] == (False, "too old")  # 5 asked, 1 stored
     assert replayed(200, last, 100, 1 << 20)[1:] == (False, "too many")  # > --history-size

@@ -78,7 +78,9 @@ def replayed(
                 break
             kept.append(payload)
         kept.reverse()
-        return kept, False, TOO_MANY
+        # An incomplete replay keeps its own reason (`epoch changed`, `too old`...), as on one
+        # node; only a complete one that does not fit is `too many`.
+        return kept, False, reason or TOO_MANY
     return payloads, recovered, reason
 
 
