@@ -57,7 +57,11 @@ _COUNTERS = (
         "coalesced_frames",
         "deliveries that rode in another message's write (saved writes)",
     ),
-    ("roomcast_bytes_sent", "bytes_sent", "bytes written by room flushes"),
+    (
+        "roomcast_bytes_sent",
+        "bytes_sent",
+        "bytes of room frames written to members (flushes and catch-up writes)",
+    ),
     (
         "roomcast_slow_consumers_dropped",
         "slow_consumers_dropped",
