@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.report import PAIRED_FIGURES, load_runs, pair_figures
+from bench.report import PAIRED_FIGURES, load_runs, median, pair_figures
 from bench.servers import OURS
 
 RUNS = Path(__file__).resolve().parent.parent / "results" / "runs"
@@ -37,13 +37,7 @@ class Pooled:
 
     @property
     def median(self) -> float:
-        return _median(self.ratios)
-
-
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+        return median(self.ratios) or 0.0  # a Pooled holds at least one ratio
 
 
 def full_runs(runs: list[dict[str, Any]], cpu_model: str | None,
@@ -74,7 +68,7 @@ def pool(runs: list[dict[str, Any]], figure: str) -> list[Pooled]:
                 entry.ratios.extend(ratios)
                 entry.ours_first.extend(ratios[0::2])
                 entry.theirs_first.extend(ratios[1::2])
-                entry.per_run[run.get("_file", "?")] = _median(ratios)
+                entry.per_run[run.get("_file", "?")] = median(ratios) or 0.0
     return sorted(pooled.values(), key=lambda p: (p.config, p.against))
 
 
@@ -85,7 +79,7 @@ def table(pooled: list[Pooled], figure: str) -> str:
     for p in pooled:
         runs = ", ".join(f"{name.removesuffix('.json')} {m:.2f}x"
                          for name, m in sorted(p.per_run.items()))
-        order = " / ".join(f"{_median(side):.3f}x" if side else "-"
+        order = " / ".join(f"{median(side) or 0:.3f}x" if side else "-"
                            for side in (p.ours_first, p.theirs_first))
         spread = f"{min(p.ratios):.2f}x-{max(p.ratios):.2f}x"
         lines.append(f"| {p.config} | {p.against} | {p.median:.3f}x | {len(p.ratios)} | "

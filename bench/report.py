@@ -139,7 +139,7 @@ def best_peer(rec: dict[str, Any], figure: str) -> tuple[str | None, Any]:
 PAIRED_FIGURES = ("cpu_per_delivery_us", "p99_ms")
 
 
-def _median(values: list[float]) -> float | None:
+def median(values: list[float]) -> float | None:
     if not values:
         return None
     v = sorted(values)
@@ -165,8 +165,8 @@ def pair_figures(rec: dict[str, Any], variant: str) -> dict[str, dict[str, Any]]
                 a.append(va)
                 b.append(vb)
                 ratios.append(va / vb)
-        out[key] = {"ours": a, "other": b, "ratios": ratios, "median_ours": _median(a),
-                    "median_other": _median(b), "median_ratio": _median(ratios)}
+        out[key] = {"ours": a, "other": b, "ratios": ratios, "median_ours": median(a),
+                    "median_other": median(b), "median_ratio": median(ratios)}
     return out
 
 

@@ -273,16 +273,22 @@ async def exited(server: ServerProcess) -> int:
     return code
 
 
+async def saved_by_a_planned_restart(launch: Launch, path: Path) -> tuple[ServerProcess, Session]:
+    """A server with `--history-file path` runs a Session and is stopped with SIGTERM."""
+    first = launch("--rate-limit", "0", "--history-file", str(path))
+    session = await Session().run(first, "id")
+    first.proc.send_signal(signal.SIGTERM)
+    await session.closed_with(1012)
+    assert await exited(first) == 0
+    return first, session
+
+
 async def test_a_planned_restart_with_a_history_file_loses_nothing(
     launch: Launch, tmp_path: Path
 ) -> None:
     path = tmp_path / "history.bin"
-    first = launch("--rate-limit", "0", "--history-file", str(path))
-    session = await Session().run(first, "id")
+    first, session = await saved_by_a_planned_restart(launch, path)
     position, seqs = session.position, session.seqs
-    first.proc.send_signal(signal.SIGTERM)
-    await session.closed_with(1012)
-    assert await exited(first) == 0
     assert path.exists() and "saved the history of 1 rooms" in first.text()
     second = launch("--rate-limit", "0", "--history-file", str(path))
     assert not path.exists(), "read back, then deleted"
@@ -389,11 +395,7 @@ async def test_a_refused_metrics_address_leaves_the_saved_history_on_disk(
     launch: Launch, tmp_path: Path
 ) -> None:
     path = tmp_path / "history.bin"
-    first = launch("--rate-limit", "0", "--history-file", str(path))
-    session = await Session().run(first, "id")
-    first.proc.send_signal(signal.SIGTERM)
-    await session.closed_with(1012)
-    assert await exited(first) == 0
+    _, session = await saved_by_a_planned_restart(launch, path)
     saved = path.read_bytes()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
