@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from .state import RefusalReason
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -54,8 +56,8 @@ def handshake_problem(headers: Any) -> Refusal | None:
             return _bad("Connection header must include 'Upgrade'")
     if headers.get("sec-websocket-version") != "13":
         # RFC 6455 4.2.2: 426 naming the version this server speaks
-        return Refusal(426, "unsupported Sec-WebSocket-Version (use 13)", label="bad_request",
-                       extra={"Sec-WebSocket-Version": "13"})
+        return Refusal(426, "unsupported Sec-WebSocket-Version (use 13)",
+                       RefusalReason.BAD_REQUEST, extra={"Sec-WebSocket-Version": "13"})
     key = headers.get("sec-websocket-key")
     try:
         if (
@@ -69,7 +71,7 @@ def handshake_problem(headers: Any) -> Refusal | None:
 
 
 def _bad(reason: str) -> Refusal:
-    return Refusal(400, reason, label="bad_request")
+    return Refusal(400, reason, RefusalReason.BAD_REQUEST)
 
 
 # ---- Origin -----------------------------------------------------------------------------------
@@ -240,9 +242,9 @@ def client_address(
 @dataclass(frozen=True, slots=True)
 class Refusal:
     status: int  # 400, 403, 426, 429 or 503
-    reason: str  # short text for the response body and the refusal counter
+    reason: str  # short text for the response body and the first refusal's log line
+    label: RefusalReason  # the `reason` label of roomcast_handshakes_refused_total
     retry_after: int | None = None  # seconds, for the Retry-After header
-    label: str = "limit"  # the `reason` label of roomcast_handshakes_refused_total
     extra: dict[str, str] | None = None  # more response headers
 
     @property
@@ -294,7 +296,8 @@ class Limits:
         a slowloris cannot hold more descriptors than ``max_per_ip``."""
         if self.max_per_ip and self.open_per_ip.get(address, 0) >= self.max_per_ip:
             return Refusal(
-                429, "too many connections from this address", self.PER_IP_RETRY_AFTER, "per_ip"
+                429, "too many connections from this address", RefusalReason.PER_IP,
+                self.PER_IP_RETRY_AFTER,
             )
         return None
 
@@ -304,17 +307,19 @@ class Limits:
         """None to admit (and count a handshake), or why not. `holding`: this request already
         holds one of the address's slots (taken at accept)."""
         if self.max_connections and open_connections >= self.max_connections:
-            return Refusal(503, "server is at its connection limit", None, "max_connections")
+            return Refusal(503, "server is at its connection limit", RefusalReason.MAX_CONNECTIONS)
         if self._refill:
             wait = self._take(address, now)
             if wait:
                 return Refusal(
-                    429, "too many handshakes from this address", math.ceil(wait), "handshake_rate"
+                    429, "too many handshakes from this address", RefusalReason.HANDSHAKE_RATE,
+                    math.ceil(wait),
                 )
         held = self.open_per_ip.get(address, 0) - (1 if holding else 0)
         if self.max_per_ip and held >= self.max_per_ip:
             return Refusal(
-                429, "too many connections from this address", self.PER_IP_RETRY_AFTER, "per_ip"
+                429, "too many connections from this address", RefusalReason.PER_IP,
+                self.PER_IP_RETRY_AFTER,
             )
         return None
 

@@ -37,7 +37,7 @@ from .metrics import Metrics, Timings
 from .protocol import CloseCode
 from .retention import Retention
 from .settings import Settings
-from .state import Counters, ServerState
+from .state import Counters, RefusalReason, ServerState
 
 if TYPE_CHECKING:
     from .redis.broker import RedisBroker
@@ -105,7 +105,7 @@ class App:
     def end(self, peer: str) -> None:
         self.gate.end(peer)
 
-    def note(self, label: str, text: str) -> None:
+    def note(self, label: RefusalReason, text: str) -> None:
         self.gate.note(label, text)
 
     def may_linger(self, peer: str) -> bool:
@@ -120,7 +120,7 @@ class App:
 
     def upgrade(self, request: Request, peer: str) -> Refused | Admitted:
         if self.state.draining:
-            return self.gate.refuse("draining", 503, "server is shutting down")
+            return self.gate.refuse(RefusalReason.DRAINING, 503, "server is shutting down")
         return self.gate.check(
             request.target, request.headers, peer, len(self.connections), self.loop.time()
         )
@@ -280,7 +280,7 @@ class Admin:
     def lingered(self, peer: str) -> None:
         pass
 
-    def note(self, label: str, text: str) -> None:
+    def note(self, label: RefusalReason, text: str) -> None:
         self._app.note(label, text)
 
     def respond(self, request: Request) -> Response | Awaitable[Response]:

@@ -36,11 +36,13 @@ from .http1 import (
     render,
     upgrade_for_picows,
 )
+from .state import RefusalReason
 
 log = logging.getLogger("roomcast")
 
 LINGER_SECONDS = 2.0  # how long a refused client may go on sending before it is cut off
-_LABELS = {405: "method", 431: "too_large"}  # refusal reasons of requests we cannot parse
+# the refusal reasons of requests we cannot parse, by status
+_LABELS = {405: RefusalReason.METHOD, 431: RefusalReason.TOO_LARGE}
 
 
 class FrontOwner(Protocol):
@@ -55,7 +57,7 @@ class FrontOwner(Protocol):
     def end(self, peer: str) -> None:
         """A connection `begin` let through is gone before it became a WebSocket."""
 
-    def note(self, label: str, text: str) -> None:
+    def note(self, label: RefusalReason, text: str) -> None:
         """Counts a refused request by reason."""
 
     def may_linger(self, peer: str) -> bool:
@@ -126,7 +128,7 @@ class Front(asyncio.Protocol):
                 return
             request = parse_head(bytes(buffer[:end]))
         except HttpError as error:
-            self._owner.note(_LABELS.get(error.status, "bad_request"), error.reason)
+            self._owner.note(_LABELS.get(error.status, RefusalReason.BAD_REQUEST), error.reason)
             self._answer(error_response(error))
             return
         rest = bytes(buffer[end:])
@@ -181,7 +183,7 @@ class Front(asyncio.Protocol):
 
     def _failed(self, request: Request) -> None:
         log.exception("internal error answering %s %s", request.method, request.path)
-        self._owner.note("internal_error", "the server failed to answer a request")
+        self._owner.note(RefusalReason.INTERNAL_ERROR, "the server failed to answer a request")
 
     def _answer(self, response: bytes) -> None:
         """Writes the whole answer and closes, lingering a little: closing while the client
@@ -205,7 +207,7 @@ class Front(asyncio.Protocol):
     def _too_slow(self) -> None:
         self._timer = None
         self._open = False
-        self._owner.note("handshake_timeout", "no complete request within the timeout")
+        self._owner.note(RefusalReason.HANDSHAKE_TIMEOUT, "no complete request within the timeout")
         self._transport.abort()
         self._release()
 

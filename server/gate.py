@@ -21,7 +21,7 @@ from .deadlines import Deadlines
 from .identity import AuthError, Identity
 from .protocol import CloseCode
 from .security import Security
-from .state import Counters
+from .state import Counters, RefusalReason
 
 log = logging.getLogger("roomcast")
 
@@ -81,17 +81,17 @@ class Gate:
         self._timer: asyncio.TimerHandle | None = None
 
     def refuse(
-        self, label: str, status: int, text: str, headers: dict[str, str] | None = None
+        self, label: RefusalReason, status: int, text: str, headers: dict[str, str] | None = None
     ) -> Refused:
         """A refusal, counted under `label` (roomcast_handshakes_refused_total's reason)."""
         self.note(label, text)
         return Refused(status, text.encode() + b"\n", headers or {})
 
-    def note(self, label: str, text: str) -> None:
+    def note(self, label: RefusalReason, text: str) -> None:
         """Counts a refused request under `label`; the first of each kind is logged at INFO
         (one line per kind, not per request: a flood of refusals must not flood the log)."""
         refused = self._counters.refused
-        if not refused[label]:
+        if not refused[label]:  # (every reason starts at 0: RefusalReason)
             log.info("refused a request (%s: %s); further ones are counted, not logged", label,
                      text)
         refused[label] += 1
@@ -135,7 +135,7 @@ class Gate:
         if problem is not None:
             return self.refuse(problem.label, problem.status, problem.reason, problem.headers)
         if not self._security.origins.allows(headers.get("origin"), headers.get("host")):
-            return self.refuse("origin", 403, "origin not allowed")
+            return self.refuse(RefusalReason.ORIGIN, 403, "origin not allowed")
         address = peer
         if self._security.proxies:
             forwarded = headers.getall("x-forwarded-for", ())
@@ -149,7 +149,7 @@ class Gate:
         try:
             identity, subprotocol = self._verifier.authenticate(path, headers)
         except AuthError as exc:
-            return self.refuse("unauthorized", 401, exc.reason, _BEARER)
+            return self.refuse(RefusalReason.UNAUTHORIZED, 401, exc.reason, _BEARER)
         return Admitted(address, identity, subprotocol, holding)
 
     def token_problem(self, path: str, headers: Headers) -> str | None:

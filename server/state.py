@@ -9,8 +9,30 @@ connection event, never per recipient.
 from __future__ import annotations
 
 import collections
+import enum
 from collections.abc import Collection, Mapping, Sized
 from typing import Protocol
+
+
+class RefusalReason(enum.StrEnum):
+    """The ``reason`` label of roomcast_handshakes_refused_total: why an upgrade was refused.
+
+    Every reason is exported from the first scrape, at 0 until it happens: a series that first
+    appears at 1 is one that ``increase()`` and ``rate()`` cannot see rise, so an alert on it
+    would miss the first refusal of its kind.
+    """
+
+    DRAINING = "draining"  # 503: shutting down
+    BAD_REQUEST = "bad_request"  # 400/426: not a valid upgrade
+    METHOD = "method"  # 405
+    TOO_LARGE = "too_large"  # 431: request head over the limit
+    HANDSHAKE_TIMEOUT = "handshake_timeout"  # no complete request in time
+    ORIGIN = "origin"  # 403: --allowed-origins
+    UNAUTHORIZED = "unauthorized"  # 401: the token
+    MAX_CONNECTIONS = "max_connections"  # 503: --max-connections
+    PER_IP = "per_ip"  # 429: --max-connections-per-ip
+    HANDSHAKE_RATE = "handshake_rate"  # 429: --handshake-rate
+    INTERNAL_ERROR = "internal_error"  # ours: answering the request failed (logged)
 
 
 class Counters:
@@ -69,7 +91,9 @@ class Counters:
         self.frame_floods = 0  # clients closed with 1008 for --max-frames-per-second
         # the upgrade gate (server/gate.py)
         self.tokens_expired = 0
-        self.refused: collections.Counter[str] = collections.Counter()  # by reason label
+        self.refused: collections.Counter[RefusalReason] = collections.Counter(
+            dict.fromkeys(RefusalReason, 0)
+        )
         # the Redis link (server/redis/)
         self.broker_outages = 0
         self.broker_resubscribes = 0  # subscriber connections lost and remade (no outage)

@@ -317,7 +317,7 @@ async def test_what_arrives_after_the_answer_is_never_parsed(
     assert b"HTTP/1.1 " not in rest, rest
     writer.close()
     metrics = (await raw_request(server, b"GET /metrics HTTP/1.1\r\n\r\n")).decode()
-    assert 'reason="internal_error"' not in metrics
+    assert 'roomcast_handshakes_refused_total{reason="internal_error"} 0.0' in metrics
     assert "Traceback" not in server.text() and "ERROR" not in server.text()
 
 

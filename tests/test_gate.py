@@ -40,7 +40,7 @@ def test_an_open_server_admits_with_the_peer_address() -> None:
     decision = door.check("/", upgrade(), "192.0.2.1", 0, 0.0)
     # its slot was taken at accept (begin): the WebSocket keeps it
     assert decision == Admitted("192.0.2.1", None, None, counted=True)
-    assert not counters.refused
+    assert not +counters.refused  # (+: the reasons with a count above 0)
 
 
 def test_unfinished_requests_hold_their_address_slots() -> None:
@@ -55,7 +55,7 @@ def test_unfinished_requests_hold_their_address_slots() -> None:
     assert door.begin("192.0.2.1") is None
     # a request that holds a slot passes the per-address check at the upgrade
     assert isinstance(door.check("/", upgrade(), "192.0.2.1", 3, 0.0), Admitted)
-    assert counters.refused == {"per_ip": 1}
+    assert +counters.refused == {"per_ip": 1}
 
 
 def test_each_refusal_has_its_status_and_reason_label() -> None:
@@ -73,7 +73,7 @@ def test_each_refusal_has_its_status_and_reason_label() -> None:
     for headers, path, open_now, status, _ in cases:
         decision = door.check(path, headers, "192.0.2.1", open_now, 0.0)
         assert isinstance(decision, Refused) and decision.status == status, (status, decision)
-    assert counters.refused == {"bad_request": 1, "origin": 1, "max_connections": 1,
+    assert +counters.refused == {"bad_request": 1, "origin": 1, "max_connections": 1,
                                 "unauthorized": 2}
     refused = door.check("/", upgrade(), "192.0.2.1", 0, 0.0)
     assert isinstance(refused, Refused) and "WWW-Authenticate" in refused.headers
@@ -102,7 +102,7 @@ def test_per_address_limits_count_the_client_behind_a_trusted_proxy() -> None:
     door.closed(conn, first.client_ip)
     assert isinstance(door.check("/", upgrade(X_Forwarded_For="203.0.113.5"), "10.0.0.1", 0,
                                  0.0), Admitted)
-    assert counters.refused == {"per_ip": 1}
+    assert +counters.refused == {"per_ip": 1}
 
 
 async def test_one_sweep_closes_expired_tokens_with_4001() -> None:

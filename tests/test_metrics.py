@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from server.metrics import Buckets, Metrics, Timings
-from server.state import Counters, ServerState
+from server.state import Counters, RefusalReason, ServerState
 
 FLUSH = "roomcast_fanout_flush_seconds"
 DELAY = "roomcast_fanout_delay_seconds"
@@ -60,3 +60,15 @@ def test_a_flush_delay_is_counted_by_the_size_of_its_room() -> None:
         assert f'{DELAY}_count{{room_size="{size}"}} {count:.1f}' in text
         assert f'{DELAY}_bucket{{le="0.001",room_size="{size}"}} {count:.1f}' in text
         assert f'{DELAY}_bucket{{le="0.0005",room_size="{size}"}} 0.0' in text
+
+
+def test_every_refusal_reason_is_exported_at_zero_before_its_first_refusal() -> None:
+    # a series that first appears at 1 never rises for increase(): the alert on it would miss
+    # the first refusal of its kind
+    counters = Counters()
+    ours = Metrics(ServerState(counters, [], {}, set()), Timings())
+    text = ours.render().decode()
+    for reason in RefusalReason:
+        assert f'roomcast_handshakes_refused_total{{reason="{reason}"}} 0.0' in text
+    counters.refused[RefusalReason.PER_IP] += 1
+    assert 'roomcast_handshakes_refused_total{reason="per_ip"} 1.0' in ours.render().decode()

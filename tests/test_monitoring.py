@@ -36,6 +36,7 @@ import pytest
 import websocket
 import yaml
 
+from server.state import RefusalReason
 from tests.redis_support import RedisServer, start_redis
 from tests.support import ServerProcess, free_port, running_server, start_server, stop_process
 
@@ -620,7 +621,19 @@ def test_every_dashboard_query_returns_data_in_prometheus(stack: Stack) -> None:
     refused = stack.prometheus.query(
         next(expr for title, expr in queries if title.startswith("Upgrades refused"))
     )
-    assert [s["metric"] for s in refused] == [{"reason": "bad_request"}]
+    # every reason has its series from the first scrape (0 until it happens)
+    assert sorted(s["metric"]["reason"] for s in refused) == sorted(RefusalReason)
+
+
+@pytest.mark.timeout(90)
+def test_the_first_refusal_of_its_kind_rises_in_increase(stack: Stack) -> None:
+    """Its reason was scraped at 0 before it happened, so increase() sees the one refusal; a
+    series born at 1 reads 0 there for ever, and an alert such as RoomcastAtConnectionLimit
+    (``increase(...{reason="max_connections"}[5m]) > 0``) would miss the first refusal."""
+    series = f'roomcast_handshakes_refused_total{{instance="{stack.target}", reason="bad_request"}}'
+    risen = poll("the refusal in increase()",
+                 lambda: stack.prometheus.query(f"increase({series}[1m]) > 0"))
+    assert [s["metric"]["reason"] for s in risen] == ["bad_request"]
 
 
 @pytest.mark.timeout(90)
