@@ -22,7 +22,8 @@ periodic ``sweep``). docs/history.md has the guarantees; in short:
   are dropped (their epoch and seq stay: resuming from before them is "too old").
 * A replay (``last``, ``since``) is complete or says it is not (``recovered`` False and a reason),
   never a partial replay called recovered; it carries at most ``size`` messages and
-  ``replay_bytes`` bytes of frames (``from_config``: twice --max-buffered-bytes).
+  ``replay_bytes`` bytes of payloads (``from_config``: twice --max-buffered-bytes), counted as
+  the Redis broker counts them (server/redis/joins.py), so a replay fits on both or on neither.
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ class SavedStream(msgspec.Struct, array_like=True, gc=False):
     keys: list[Key | None]  # the id of each entry; empty when none had one
 
 
+def _payload_size(frame: bytes) -> int:
+    return len(frame_payload(frame))
+
+
 class History:
     def __init__(
         self,
@@ -177,7 +182,7 @@ class History:
         self.size = size  # messages kept per room (0: none, and seqs only)
         self.ttl = ttl  # seconds a stream is kept after its room emptied
         self.max_bytes = max_bytes
-        self.replay_bytes = replay_bytes  # most frame bytes in one replay
+        self.replay_bytes = replay_bytes  # most payload bytes in one replay
         self._clock = clock
         self._epochs = epochs
         # Every stream, least recently active first; the closed ones also in `_idle`, in the
@@ -321,7 +326,7 @@ class History:
         missing = stream.last - after
         entries = stream.entries
         frames = list(islice(entries, len(entries) - missing, None)) if missing else []
-        if sum(map(len, frames)) > self.replay_bytes:
+        if sum(map(_payload_size, frames)) > self.replay_bytes:
             return self._newest(stream), False, TOO_MANY
         return frames, True, None
 
@@ -330,7 +335,7 @@ class History:
         budget = self.replay_bytes
         newest: list[bytes] = []
         for frame in reversed(stream.entries):
-            budget -= len(frame)
+            budget -= _payload_size(frame)
             if budget < 0:
                 break
             newest.append(frame)
