@@ -7,7 +7,8 @@ counterpart (a peer, or a roomcast variant such as ``roomcast-nohistory``): how 
 runs, the median of the pairs' ratios (ours / theirs), their spread, and each run's own median,
 so a single verdict can be read against the distribution it was drawn from, and the medians
 of the pairs in which roomcast ran first and of those in which the other did (the bench
-alternates: roomcast first in pairs 1, 3, 5...), which shows whether the order biases a pair.
+alternates; each run's start time says which ran first, so a pair left out for an error does
+not shift the rest), which shows whether the order biases a pair.
 The runs may hold different versions of the code: ``--since`` keeps the pooled ones recent.
 """
 
@@ -61,13 +62,14 @@ def pool(runs: list[dict[str, Any]], figure: str) -> list[Pooled]:
             for against in rec.get("repeats", {}):
                 if against == OURS:  # our own repeats are one side of every pair
                     continue
-                ratios = pair_figures(rec, against)[figure]["ratios"]
+                pairs = pair_figures(rec, against)[figure]
+                ratios = pairs["ratios"]
                 if not ratios:
                     continue
                 entry = pooled.setdefault((rec["id"], against), Pooled(rec["id"], against))
                 entry.ratios.extend(ratios)
-                entry.ours_first.extend(ratios[0::2])
-                entry.theirs_first.extend(ratios[1::2])
+                for ratio, ours_first in zip(ratios, pairs["ours_first"], strict=True):
+                    (entry.ours_first if ours_first else entry.theirs_first).append(ratio)
                 entry.per_run[run.get("_file", "?")] = median(ratios) or 0.0
     return sorted(pooled.values(), key=lambda p: (p.config, p.against))
 

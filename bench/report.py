@@ -150,14 +150,15 @@ def median(values: list[float]) -> float | None:
 def pair_figures(rec: dict[str, Any], variant: str) -> dict[str, dict[str, Any]]:
     """Ours vs ``variant`` over every pair the record ran (the first runs, then ``repeats``,
     pair i being the i-th run of each): per figure, both sides' values, the pairs' ratios and
-    their median. A run with an error or problems leaves its pair out."""
+    their median, and per ratio whether ours ran first in its pair. A run with an error or
+    problems leaves its pair out."""
     repeats = rec.get("repeats", {})
     ours = [rec["runs"].get(OURS, {}), *repeats.get(OURS, [])]
     other = [rec["runs"].get(variant, {}), *repeats.get(variant, [])]
     out: dict[str, dict[str, Any]] = {}
     for key in PAIRED_FIGURES:
-        a, b, ratios = [], [], []
-        for x, y in zip(ours, other, strict=False):
+        a, b, ratios, ours_first = [], [], [], []
+        for index, (x, y) in enumerate(zip(ours, other, strict=False)):
             if any(r.get("error") or r.get("problems") for r in (x, y)):
                 continue
             va, vb = x.get(key), y.get(key)
@@ -165,9 +166,20 @@ def pair_figures(rec: dict[str, Any], variant: str) -> dict[str, dict[str, Any]]
                 a.append(va)
                 b.append(vb)
                 ratios.append(va / vb)
+                ours_first.append(_ran_first(x, y, index))
         out[key] = {"ours": a, "other": b, "ratios": ratios, "median_ours": median(a),
-                    "median_other": median(b), "median_ratio": median(ratios)}
+                    "median_other": median(b), "median_ratio": median(ratios),
+                    "ours_first": ours_first}
     return out
+
+
+def _ran_first(ours: dict[str, Any], other: dict[str, Any], pair: int) -> bool:
+    """Whether ours ran before the other in their pair: from the runs' start times, or (in run
+    files older than those) from the bench's alternation, ours first in pairs 1, 3, 5..."""
+    a, b = ours.get("started_monotonic"), other.get("started_monotonic")
+    if isinstance(a, float | int) and isinstance(b, float | int):
+        return a < b
+    return pair % 2 == 0
 
 
 def evaluate_check(rec: dict[str, Any], check: Check,

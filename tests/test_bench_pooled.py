@@ -53,6 +53,23 @@ def test_pairs_of_every_full_run_on_the_latest_model_are_pooled(tmp_path: Path) 
     assert sat.theirs_first == [1.0]
 
 
+def test_a_pair_left_out_for_an_error_does_not_shift_the_order_of_the_rest(
+    tmp_path: Path,
+) -> None:
+    def run(cpu: float, started: float, error: bool = False) -> dict[str, Any]:
+        return {"cpu_per_delivery_us": cpu, "started_monotonic": started,
+                **({"error": "driver died"} if error else {})}
+    # pairs: ours first (2.0), theirs first but ours failed, ours first (4.0), theirs first (0.5)
+    ours = [run(2.0, 1), run(9.0, 4, error=True), run(4.0, 5), run(0.5, 8)]
+    uws = [run(1.0, 2), run(1.0, 3), run(1.0, 6), run(1.0, 7)]
+    record = {"id": "sat", "runs": {"roomcast": ours[0], "uws": uws[0]},
+              "repeats": {"roomcast": ours[1:], "uws": uws[1:]}}
+    runs_dir = _write(tmp_path, {"a": _run("2026-12-03T10:00", "AMD", [record])})
+    (sat,) = pooled.pool(load_runs(runs_dir), "cpu_per_delivery_us")
+    assert sat.ratios == [2.0, 4.0, 0.5]
+    assert (sat.ours_first, sat.theirs_first) == ([2.0, 4.0], [0.5])
+
+
 def test_since_and_model_choose_the_runs(tmp_path: Path) -> None:
     runs_dir = _write(tmp_path, {
         "a": _run("2026-12-02T10:00", "AMD", [_record("sat", [2.0], [1.0])]),
