@@ -736,9 +736,9 @@ def test_the_standard_history_comparisons_run_in_pairs() -> None:
     from bench.suite import STANDARD  # noqa: PLC0415
 
     paired = {c.id: (c.pairs, c.paired_peers) for c in STANDARD if c.variants}
-    assert paired == {"saturate-4x250-d8-s100": (3, ("uws",)),
-                      "fanout-4x100-r50-s100": (3, ("uws",)),
-                      "fanout-1x1000-r20-s100": (3, ("uws", "node_ws", "py_websockets"))}
+    assert paired == {"saturate-4x250-d8-s100": (5, ("uws",)),
+                      "fanout-4x100-r50-s100": (5, ("uws",)),
+                      "fanout-1x1000-r20-s100": (5, ("uws", "node_ws", "py_websockets"))}
 
 
 @needs_uws
