@@ -292,7 +292,7 @@ def write_readme(results: Path, runs: list[dict[str, Any]], plots: list[str]) ->
     w("")
     w("| command | what it runs |")
     w("|---|---|")
-    w("| `make bench` | the standard suite (about 20 minutes on 2 cores): every configuration "
+    w("| `make bench` | the standard suite (about 22 minutes on 2 cores): every configuration "
       "below against roomcast, the uWebSockets.js peer, the Node.js `ws` peer and the Python "
       "`websockets` peer, the 200,000-connection scaleout, the flamegraph, the plots, this "
       "README |")
