@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from bench.promstats import FLUSH_METRIC
 from bench.servers import NOHISTORY, OURS, PEERS, SERVER_KINDS, VARIANTS
@@ -114,7 +114,7 @@ _OPS: dict[str, Any] = {
 _OP_TEXT = {"le": "<=", "lt": "<", "ge": ">=", "gt": ">", "eq": "="}
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -177,7 +177,7 @@ def _ran_first(ours: dict[str, Any], other: dict[str, Any], pair: int) -> bool:
     """Whether ours ran before the other in their pair: from the runs' start times, or (in run
     files older than those) from the bench's alternation, ours first in pairs 1, 3, 5..."""
     a, b = ours.get("started_monotonic"), other.get("started_monotonic")
-    if isinstance(a, float | int) and isinstance(b, float | int):
+    if _number(a) and _number(b):
         return a < b
     return pair % 2 == 0
 

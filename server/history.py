@@ -32,7 +32,7 @@ import secrets
 import sys
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice, repeat
 
 import msgspec
@@ -166,6 +166,20 @@ class SavedStream(msgspec.Struct, array_like=True, gc=False):
 
 def _payload_size(frame: bytes) -> int:
     return len(frame_payload(frame))
+
+
+def newest_within(items: Sequence[bytes], budget: int, size: Callable[[bytes], int]) -> list[bytes]:
+    """The newest of `items` (oldest first) whose sizes add up to at most `budget`, oldest
+    first: what a replay carries when everything it should carry does not fit (here and in
+    server/redis/joins.py, the same rule on frames and on payloads)."""
+    newest: list[bytes] = []
+    for item in reversed(items):
+        budget -= size(item)
+        if budget < 0:
+            break
+        newest.append(item)
+    newest.reverse()
+    return newest
 
 
 class History:
@@ -332,15 +346,7 @@ class History:
 
     def _newest(self, stream: Stream) -> list[bytes]:
         """The newest stored messages that fit in one replay, oldest first."""
-        budget = self.replay_bytes
-        newest: list[bytes] = []
-        for frame in reversed(stream.entries):
-            budget -= _payload_size(frame)
-            if budget < 0:
-                break
-            newest.append(frame)
-        newest.reverse()
-        return newest
+        return newest_within(stream.entries, self.replay_bytes, _payload_size)
 
     # ---- the memory cap -----------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from ..broker import join_locally
 from ..core import ChatCore, Member, Replay, Room
-from ..history import DISABLED, TOO_MANY, TOO_OLD
+from ..history import DISABLED, TOO_MANY, TOO_OLD, newest_within
 from ..protocol import Position, SystemMessage, encode, payload_history_frame, text_frame
 from .scripts import JoinReply
 
@@ -70,14 +70,7 @@ def replayed(
         if len(payloads) < min(count, reply.last):  # seqs start at 1: no more than `last`
             recovered, reason = False, TOO_MANY if count > size else TOO_OLD
     if sum(map(len, payloads)) > max_bytes:  # one replay's limit: the newest that fit
-        kept: list[bytes] = []
-        budget = max_bytes
-        for payload in reversed(payloads):
-            budget -= len(payload)
-            if budget < 0:
-                break
-            kept.append(payload)
-        kept.reverse()
+        kept = newest_within(payloads, max_bytes, len)
         # An incomplete replay keeps its own reason (`epoch changed`, `too old`...), as on one
         # node; only a complete one that does not fit is `too many`.
         return kept, False, reason or TOO_MANY
