@@ -220,6 +220,8 @@ class App:
         self.heartbeat.stop()
         self.metrics.stop()
         self.gate.stop()
+        if self.retention is not None:
+            self.retention.hold()  # the rooms the drain empties stay for the save
         self.core.flush()
         for conn in list(self.connections):
             conn.close(code, "server shutting down")

@@ -28,6 +28,7 @@ periodic ``sweep``). docs/history.md has the guarantees; in short:
 
 from __future__ import annotations
 
+import math
 import secrets
 import sys
 import time
@@ -275,6 +276,11 @@ class History:
         self._measure_tables()
         if self.bytes > self.max_bytes:  # open streams kept it over the cap: this one can go
             self._enforce_cap()
+
+    def keep_until_saved(self) -> None:
+        """A planned shutdown has begun: the rooms its drain empties keep their streams for the
+        save whatever ``ttl`` says (even 0), since their members are told to come back."""
+        self.ttl = math.inf
 
     def sweep(self) -> int:
         """Forgets the streams whose room has been empty for ``ttl`` seconds; returns how many."""

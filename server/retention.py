@@ -83,9 +83,15 @@ class Retention:
             self._timer.cancel()
             self._timer = None
 
-    def finish(self) -> None:
-        """At a planned shutdown, after the drain: stops sweeping and saves (with a file)."""
+    def hold(self) -> None:
+        """A planned shutdown begins: nothing is forgotten any more, neither by the sweep nor by
+        the drain emptying rooms (``--history-ttl 0`` included), so the save holds it all."""
         self.stop()
+        self.history.keep_until_saved()
+
+    def finish(self) -> None:
+        """At a planned shutdown, after the drain: saves (with a file)."""
+        self.hold()
         if self.path:
             save(self.path, self.history)
 

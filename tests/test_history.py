@@ -218,6 +218,22 @@ def test_a_room_with_members_is_never_swept_and_ttl_0_forgets_at_once() -> None:
     assert now.get("r") is None
 
 
+def test_from_a_planned_shutdown_on_rooms_emptied_by_the_drain_are_kept_for_the_save() -> None:
+    """Before: with --history-ttl 0 (or a sweep during a long drain) the drain emptied every room
+    and the file saved none of them: a planned restart lost all, and a retried id posted twice."""
+    at_once, _ = make(ttl=0)
+    post(at_once, "r", "m")
+    at_once.keep_until_saved()
+    at_once.close("r")
+    assert at_once.get("r") is not None and at_once.snapshot()[0].room == "r"
+    soon, clock = make(ttl=1.0)
+    post(soon, "r", "m")
+    soon.keep_until_saved()
+    soon.close("r")
+    clock.now += 10_000
+    assert soon.sweep() == 0 and soon.get("r") is not None
+
+
 def test_sweep_interval_is_a_tenth_of_the_ttl_within_bounds() -> None:
     assert sweep_interval(300) == 10.0 and sweep_interval(5) == 0.5 and sweep_interval(0) == 0.05
 

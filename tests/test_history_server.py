@@ -273,9 +273,11 @@ async def exited(server: ServerProcess) -> int:
     return code
 
 
-async def saved_by_a_planned_restart(launch: Launch, path: Path) -> tuple[ServerProcess, Session]:
+async def saved_by_a_planned_restart(
+    launch: Launch, path: Path, *options: str
+) -> tuple[ServerProcess, Session]:
     """A server with `--history-file path` runs a Session and is stopped with SIGTERM."""
-    first = launch("--rate-limit", "0", "--history-file", str(path))
+    first = launch("--rate-limit", "0", "--history-file", str(path), *options)
     session = await Session().run(first, "id")
     first.proc.send_signal(signal.SIGTERM)
     await session.closed_with(1012)
@@ -304,6 +306,20 @@ async def test_a_planned_restart_with_a_history_file_loses_nothing(
     talker.send_json({"type": "chat", "text": "after the restart"})
     [echo] = await chats(talker, 1)
     assert echo["seq"] == seqs[-1] + 1  # the stream goes on
+
+
+async def test_a_planned_restart_keeps_the_rooms_its_drain_empties_even_with_ttl_0(
+    launch: Launch, tmp_path: Path
+) -> None:
+    """--history-ttl 0 forgets a room when its last member leaves; the drain's 1012 is not such
+    a leave (before: "saved the history of 0 rooms", resume said epoch changed)."""
+    path = tmp_path / "history.bin"
+    first, session = await saved_by_a_planned_restart(launch, path, "--history-ttl", "0")
+    assert "saved the history of 1 rooms (3 messages" in first.text()
+    second = launch("--rate-limit", "0", "--history-file", str(path), "--history-ttl", "0")
+    _, history, _ = await join(second, "reader", since=session.position)
+    assert history is not None and history["recovered"] is True
+    assert [m["text"] for m in history["messages"]] == ["said 1", "said 2"]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
