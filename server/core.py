@@ -134,7 +134,7 @@ class ChatCore:
         except InvalidUTF8:
             return CloseCode.INVALID_TEXT
         except DecodeFailure as failure:
-            self.send_error(member, failure.code, failure.text)
+            self.send_error(member, failure.code, failure.text, chat_id=failure.chat_id)
             return None
         kind = type(message)
         if kind is Chat:

@@ -201,10 +201,11 @@ encode = encoder.encode
 class DecodeFailure(Exception):
     """A text message that is not a valid client message, with the error to send back."""
 
-    def __init__(self, code: ErrorCode, text: str) -> None:
+    def __init__(self, code: ErrorCode, text: str, chat_id: str | None = None) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
+        self.chat_id = chat_id  # a refused chat's valid id, echoed so its sender can match it
 
 
 class InvalidUTF8(Exception):
@@ -233,7 +234,9 @@ def decode(payload: bytes) -> ClientMessage:
                 ErrorCode.UNKNOWN_TYPE,
                 "Unknown message type (expected join, chat, leave or typing)",
             ) from None
-        raise DecodeFailure(ErrorCode.INVALID_MESSAGE, f"Invalid message: {detail}") from None
+        raise DecodeFailure(
+            ErrorCode.INVALID_MESSAGE, f"Invalid message: {detail}", _refused_chat_id(payload)
+        ) from None
     except msgspec.DecodeError:
         # msgspec reports bad UTF-8 outside strings as malformed JSON; RFC 6455 wants 1007 then.
         _refuse_invalid_utf8(payload)
@@ -242,12 +245,31 @@ def decode(payload: bytes) -> ClientMessage:
         _refuse_invalid_utf8(payload)
         raise DecodeFailure(
             ErrorCode.INVALID_MESSAGE, "Invalid message: nested too deeply"
-        ) from None
+        ) from None  # no id: reading it would have to skip the same nesting
     # msgspec skips the strings of unknown fields without checking their UTF-8; RFC 6455 wants
     # the whole text checked. ASCII, the common case, needs no decoding.
     if not payload.isascii():
         _refuse_invalid_utf8(payload)
     return message
+
+
+class _RefusedChat(msgspec.Struct, gc=False):
+    """What is read of a message refused as invalid: whether it was a chat, and its id."""
+
+    type: object = None
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)] | None = None
+
+
+_refused_decoder = msgspec.json.Decoder(_RefusedChat)
+
+
+def _refused_chat_id(payload: bytes) -> str | None:
+    """The id of a refused chat, when it carried a valid one (only on the error path)."""
+    try:
+        refused = _refused_decoder.decode(payload)
+    except (msgspec.MsgspecError, RecursionError):  # the nesting after the first error
+        return None
+    return refused.id if refused.type == "chat" else None
 
 
 def _refuse_invalid_utf8(payload: bytes) -> None:

@@ -665,10 +665,12 @@ def test_a_refused_chat_with_an_id_names_it_in_the_error(hub: Harness) -> None:
     client.send({"type": "chat", "text": "ok", "id": "c3"})
     client.send({"type": "chat", "text": "too fast", "id": "c4"})
     client.send({"type": "chat", "text": "no id either"})
+    client.send({"type": "chat", "text": 5, "id": "c5"})
     hub.tick()
     errors = [m for m in client.messages() if m["type"] == "error"]
     assert [(e["code"], e.get("id")) for e in errors] == [
-        ("empty_text", "c2"), ("rate_limited", "c4"), ("rate_limited", None)
+        ("empty_text", "c2"), ("rate_limited", "c4"), ("rate_limited", None),
+        ("invalid_message", "c5"),
     ]
 
 

@@ -45,6 +45,26 @@ def test_the_seeds_messages_decode() -> None:
 
 
 @pytest.mark.parametrize(
+    ("raw", "chat_id"),
+    [
+        (b'{"type":"chat","text":5,"id":"abc"}', "abc"),
+        (b'{"type":"chat","id":"abc"}', "abc"),  # no text
+        (b'{"id":"abc","type":"chat","text":5,"a":' + b"[" * 3000 + b"]" * 3000 + b"}", None),
+        (b'{"type":"chat","text":5,"id":5}', None),  # an id that is no id is not echoed
+        (b'{"type":"chat","text":5,"id":"' + b"x" * 65 + b'"}', None),
+        (b'{"type":"join","room":5,"id":"abc"}', None),  # not a chat
+    ],
+)
+def test_an_invalid_chat_names_its_id_in_the_failure(raw: bytes, chat_id: str | None) -> None:
+    """Before: only text_too_long, empty_text and rate_limited carried the id, so a client
+    matching errors to its pending ids never learnt what became of these."""
+    with pytest.raises(DecodeFailure) as failure:
+        decode(raw)
+    assert failure.value.code is ErrorCode.INVALID_MESSAGE
+    assert failure.value.chat_id == chat_id
+
+
+@pytest.mark.parametrize(
     ("raw", "code"),
     [
         (b"", ErrorCode.INVALID_JSON),
