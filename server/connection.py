@@ -287,18 +287,19 @@ class Connection(WSListener):
         connection) and the frames picows writes itself (pongs, pings, its CLOSE)."""
         if self.closing:
             return  # our CLOSE is written (or queued first): nothing may follow it
-        outbox = self.outbox
-        if outbox is not None:
-            if not outbox.dropped:
-                self._enqueue(outbox, data)
-            return
         if data[0] == _CLOSE_FRAME:  # only picows writes one through here
             # picows answers a protocol error it finds while parsing ahead with a CLOSE of its
             # own, before the frames in front of it reached us: hold it for this tick, so that a
             # peer's CLOSE in front of it (RFC 6455 7.1.2: two CLOSE frames) is answered first.
+            # Also, and above all, when writes queue: then it ends the connection all the same.
             if self.picows_close is None:
                 self.picows_close = data
                 self.owner.loop.call_soon(self._send_picows_close)
+            return
+        outbox = self.outbox
+        if outbox is not None:
+            if not outbox.dropped:
+                self._enqueue(outbox, data)
             return
         self.transport.underlying_transport.write(data)
 
@@ -337,8 +338,16 @@ class Connection(WSListener):
             return  # we answered a CLOSE in front of the error: that answer stands
         self.closing = True
         self.owner.core.disconnect(self.member)
+        self.member.fd = -1
         self.fragments = None
-        self.transport.underlying_transport.write(data)  # picows disconnects on its own
+        raw = self.transport.underlying_transport
+        outbox = self.outbox
+        if outbox is not None and outbox.frames:
+            raw.write(b"".join(outbox.frames))  # what was queued goes before the CLOSE
+            outbox.frames = []
+        raw.write(data)
+        # picows disconnects on its own, gracefully: never done if the peer does not read
+        self.abort_timer = self.owner.loop.call_later(self.owner.close_grace, self._abort_unread)
 
     # ---- closing ------------------------------------------------------------------------------
 

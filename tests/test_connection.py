@@ -236,6 +236,42 @@ async def test_an_oversized_frame_and_what_follows_never_reach_the_room(launch: 
     assert seen == ["sender left #general", "mine"]
 
 
+@pytest.mark.parametrize(
+    ("bad_frame", "code"),
+    [(encode_frame(TEXT, b"x" * 5000), 1009), (encode_frame(3, b""), 1002)],
+    ids=["oversized", "reserved-opcode"],
+)
+async def test_a_protocol_error_ends_a_connection_whose_writes_queue(
+    launch: Launch, bad_frame: bytes, code: int
+) -> None:
+    """Before: picows's CLOSE was queued behind a backed-up client's data like any frame, the
+    member stayed in the room (room traffic queued after the CLOSE) until a heartbeat timeout."""
+    server = launch(
+        "--rate-limit", "0", "--max-frames-per-second", "0", "--max-message-bytes", "4096",
+        "--max-buffered-bytes", str(64 << 20), "--ping-timeout", "60",
+    )
+    watcher = await joined(server, "watcher")
+    attacker = await RawClient.connect(server.host, server.port)
+    stalled_socket(attacker)
+    attacker.send_json({"type": "join", "username": "attacker"})
+    assert (await watcher.recv_json())["text"] == "attacker joined #general"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while metric(server, "roomcast_slow_consumers_watched") < 1:  # its writes now queue
+        assert loop.time() < deadline, "the attacker's writes never backed up"
+        for _ in range(200):
+            watcher.send_json({"type": "chat", "text": "y" * 3900})
+        await roundtrip(watcher, "tick")
+    attacker.writer.write(bad_frame + encode_frame(TEXT, b'{"type":"chat","text":"after"}'))
+    while (message := await watcher.recv_json(timeout=5)).get("event") != "leave":
+        assert message.get("text") != "after"
+    assert message["text"] == "attacker left #general"  # at once, not at a heartbeat timeout
+    assert "heartbeat timeout" not in server.text()
+    # everything queued, then the CLOSE as the last frame: no room traffic after it
+    frames, close_code = await read_until_close(attacker)
+    assert close_code == code and frames > 0
+
+
 async def test_memory_of_a_slow_client_stays_bounded_whatever_the_room_sends(
     launch: Launch,
 ) -> None:
