@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from . import httpclient
 from .aggregate import Merger
@@ -79,6 +80,21 @@ class Fleet:
         scrapes = await asyncio.gather(*(one(w) for w in self._workers))
         return self._merger.merge([s for s in scrapes if s is not None], self._restarts())
 
+    async def ready(self) -> bool:
+        """Every worker runs and its own /readyz says ready (its Redis link, not draining)."""
+
+        async def one(worker: Member) -> bool:
+            url = worker.metrics_url
+            if not worker.is_ready or url is None:
+                return False
+            try:
+                await httpclient.get(urlunsplit(urlsplit(url)._replace(path="/readyz")))
+            except httpclient.FetchError:  # 503 included
+                return False
+            return True
+
+        return all(await asyncio.gather(*(one(w) for w in self._workers)))
+
     async def _scrape_forever(self) -> None:
         while True:
             await asyncio.sleep(SCRAPE_INTERVAL)
@@ -105,7 +121,7 @@ class Fleet:
                 elif request.path == "/healthz":
                     writer.write(render(200, b"ok\n", head_only=head_only))
                 elif request.path == "/readyz":
-                    ready = all(w.is_ready for w in self._workers)
+                    ready = await self.ready()
                     writer.write(render(200 if ready else 503,
                                         b"ready\n" if ready else b"not ready\n",
                                         head_only=head_only))

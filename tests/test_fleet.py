@@ -159,6 +159,35 @@ async def test_metrics_listen_with_workers_is_the_supervisors(
         writer.close()
 
 
+async def test_the_servers_readiness_is_every_workers_own(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    """Before: the supervisor's /readyz said ready whenever the workers ran, while each of them
+    answered 503 with Redis down (the address nginx.conf tells health checks to use)."""
+    port = free_port()
+    launch("--redis-url", redis_server.url, "--workers", "2",
+           "--metrics-listen", f"127.0.0.1:{port}")
+
+    async def status() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer.split(b" ", 2)[1]
+
+    async def becomes(wanted: bytes) -> None:
+        deadline = time.monotonic() + 20
+        while (seen := await status()) != wanted:
+            assert time.monotonic() < deadline, f"/readyz stayed {seen!r}, not {wanted!r}"
+            await asyncio.sleep(0.1)
+
+    await becomes(b"200")
+    redis_server.stop()
+    await becomes(b"503")
+    redis_server.start()
+    await becomes(b"200")
+
+
 def test_version_names_the_build() -> None:
     done = subprocess.run([sys.executable, "-m", "server", "--version"], capture_output=True,
                           text=True, timeout=30, check=False)
