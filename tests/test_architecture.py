@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SERVER = Path(__file__).resolve().parent.parent / "server"
@@ -59,14 +60,105 @@ def _imports(path: Path, root: Path = SERVER) -> set[str]:
 def _path_of(module: str, root: Path = SERVER) -> Path | None:
     relative = Path(*module.split("."))
     base = root.parent
-    for candidate in (base / relative.with_suffix(".py"), base / relative / "__init__.py"):
+    for candidate in (
+        base / relative.with_suffix(".py"),
+        base / relative.with_suffix(".pyx"),  # compiled (fastpath): a module all the same
+        base / relative / "__init__.py",
+    ):
         if candidate.exists():
             return candidate
     return None
 
 
+_CYTHON_IMPORT = re.compile(r"^\s*(?:from\s+(\S+)\s+c?import|c?import\s+(\S+))", re.MULTILINE)
+
+
+def _cython_imports(path: Path) -> set[str]:
+    """Every module a .pyx imports or cimports (Cython is no Python: read line by line)."""
+    return {m.group(1) or m.group(2) for m in _CYTHON_IMPORT.finditer(path.read_text())}
+
+
+def _modules(root: Path = SERVER) -> list[Path]:
+    return sorted([*root.rglob("*.py"), *root.rglob("*.pyx")])
+
+
 def _graph() -> dict[str, set[str]]:
-    return {_module_name(path): _imports(path) for path in sorted(SERVER.rglob("*.py"))}
+    graph = {}
+    for path in _modules():
+        if path.suffix == ".pyx":
+            graph[_module_name(path)] = {
+                name for name in _cython_imports(path) if name.startswith("server")
+            }
+        else:
+            graph[_module_name(path)] = _imports(path)
+    return graph
+
+
+def _libraries(path: Path) -> set[str]:
+    """The top-level packages outside server/ that `path` imports, at run time or not."""
+    if path.suffix == ".pyx":
+        return {name.split(".")[0] for name in _cython_imports(path) if not name.startswith(".")}
+    tree = ast.parse(path.read_text())
+    return {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and not node.level
+    }
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in graph.get(todo.pop(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+# The layers of docs/architecture.md, top first: a module imports from its own layer (the graph
+# has no cycle) or from those below it, never from one above. A new module must be placed here.
+LAYERS: list[tuple[str, set[str]]] = [
+    ("entry", {"__main__", "supervisor", "fleet"}),
+    ("wiring", {"app", "settings"}),
+    ("adapters", {
+        "front", "connection", "acceptor", "listening", "http", "gate", "metrics", "retention",
+        "heartbeat", "security", "logs", "httpclient", "aggregate", "redis", "redis.broker",
+        "redis.joins", "redis.subscriptions", "redis.leases", "redis.repairs", "redis.outage",
+        "redis.registry", "redis.positions", "redis.pipeline", "redis.scripts", "redis.link",
+        "redis.wire",
+    }),
+    ("core", {"broker", "core", "history", "delivery"}),
+    ("pure parts", {
+        "auth", "identity", "admission", "reassembly", "deadlines", "http1", "ratelimit",
+    }),
+    ("bottom", {
+        "state", "protocol", "names", "config", "addresses", "about", "fastpath", "",
+    }),
+]
+
+
+def _layer_of(module: str) -> int:
+    short = module.removeprefix("server").removeprefix(".")
+    for index, (_, members) in enumerate(LAYERS):
+        if short in members:
+            return index
+    raise AssertionError(f"{module} is in no layer of LAYERS (and docs/architecture.md)")
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{module} ({LAYERS[_layer_of(module)][0]}) imports {target} "
+        f"({LAYERS[_layer_of(target)][0]})"
+        for module, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if _layer_of(target) < _layer_of(module)
+    ]
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -103,7 +195,25 @@ def test_the_import_graph_finds_a_planted_cycle() -> None:
 def test_imports_flow_one_way() -> None:
     graph = _graph()
     assert "server.core" in graph and graph["server.app"], "the graph was read"
+    assert "server.fastpath" in graph["server.delivery"], "compiled modules are in the graph"
     assert _cycle(graph) is None
+
+
+def test_no_module_imports_from_a_layer_above_its_own() -> None:
+    graph = _graph()
+    assert _upward(graph) == []
+    planted = {**graph, "server.names": {"server.metrics"}}  # the bottom reaching up
+    assert _upward(planted) == ["server.names (bottom) imports server.metrics (adapters)"]
+
+
+def test_every_module_is_drawn_in_the_architecture_page() -> None:
+    page = (SERVER.parent / "docs" / "architecture.md").read_text()
+    drawn = page[page.index("## Layers") : page.index("## The path of a connection")]
+    for _, members in LAYERS:
+        for module in members - {""}:
+            assert re.search(rf"(?<![\w./]){re.escape(module.split('.')[-1])}(?![\w])", drawn), (
+                f"{module} is not in docs/architecture.md's layers"
+            )
 
 
 def test_function_local_imports_count_and_type_checking_ones_do_not(tmp_path: Path) -> None:
@@ -123,33 +233,42 @@ def test_function_local_imports_count_and_type_checking_ones_do_not(tmp_path: Pa
 
 
 def test_no_module_is_over_the_size_limit_and_each_says_what_it_owns() -> None:
-    for path in sorted(SERVER.rglob("*.py")):
+    for path in _modules():
         lines = len(path.read_text().splitlines())
         assert lines <= MAX_LINES, f"{path.relative_to(SERVER)} has {lines} lines"
+        if path.suffix == ".pyx":
+            docstring = path.read_text().lstrip().startswith(('"""', "#"))
+            assert docstring, f"{path.relative_to(SERVER)} does not open with what it owns"
+            continue
         docstring = ast.get_docstring(ast.parse(path.read_text()))
         assert docstring and len(docstring) > 30, f"{path.relative_to(SERVER)} has no docstring"
 
 
+IO = {"asyncio", "socket", "picows", "uvloop", "redis", "ssl", "selectors"}
+# Checking options at start resolves --host and parses --redis-url with redis-py's own parser;
+# the parts below only read the Config that produced.
+CHECKED_AT_START = {"server.addresses"}
+
+
 def test_the_core_is_pure_and_metrics_reads_only_the_server_state() -> None:
+    """What decides what a client sees reaches no I/O library through anything it imports; the
+    core's one way out is the fan-out's send(), in the compiled server.fastpath, which delivery
+    hands socket numbers (and which member writers stand in for in the core's tests)."""
     graph = _graph()
     assert graph["server.metrics"] == {"server.state", "server.about"}  # about: a leaf
     pure_modules = (
-        "server.core", "server.delivery", "server.names", "server.protocol", "server.reassembly",
-        "server.admission", "server.auth", "server.deadlines", "server.state", "server.ratelimit",
+        "server.names", "server.protocol", "server.reassembly", "server.admission",
+        "server.auth", "server.identity", "server.deadlines", "server.state", "server.ratelimit",
+        "server.http1", "server.history",
     )
     for pure in pure_modules:
-        source = (_path_of(pure) or Path()).read_text()
-        tree = ast.parse(source)
-        imported = {
-            alias.name.split(".")[0]
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Import)
-            for alias in node.names
-        } | {
-            (node.module or "").split(".")[0]
-            for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and not node.level
-        }
-        assert not imported & {"asyncio", "socket", "picows", "uvloop", "redis"}, pure
+        for module in _reachable(graph, pure) - CHECKED_AT_START:
+            used = _libraries(_path_of(module) or Path()) & IO
+            assert not used, f"{pure} reaches {sorted(used)} through {module}"
+    for decider in ("server.core", "server.delivery", "server.broker"):
+        for module in _reachable(graph, decider) - CHECKED_AT_START - {"server.fastpath"}:
+            used = _libraries(_path_of(module) or Path()) & IO
+            assert not used, f"{decider} reaches {sorted(used)} through {module}"
+    assert _libraries(SERVER / "fastpath.pyx") & IO == {"picows"}  # the seam, and only it
     # the core does not build a broker: it is handed one
     assert not {"server.broker", "server.redis"} & graph["server.core"]

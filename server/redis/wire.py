@@ -1,8 +1,10 @@
-"""What travels through Redis and where it lives: keys, channels, Lua scripts, the envelope.
+"""What travels through Redis and where it lives: keys, channels, the envelope.
 
-Like websockets' ``frames.py``, this is the one module that knows the byte layout; the rest of
-server/redis/ calls these functions. The ``{NAME}`` hash tag puts a room's keys and channel in
-one Redis Cluster slot, so a room's scripts run atomically on one shard.
+Like websockets' ``frames.py``, this is the one Python module that knows the byte layout; the
+rest of server/redis/ calls these functions. The Lua scripts (``scripts.py``) build the same
+envelopes inside Redis; tests/test_redis_scripts.py reads what they publish with this module.
+The ``{NAME}`` hash tag puts a room's keys and channel in one Redis Cluster slot, so a room's
+scripts run atomically on one shard.
 
 A message on a room's channel is one of:
 
