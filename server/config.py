@@ -24,6 +24,9 @@ from .addresses import PATH, listen_problem, origin_port_problem, redis_url_prob
 ENV_PREFIX = "ROOMCAST_"
 
 
+DEFAULT_HISTORY_MAX_BYTES = 64 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
@@ -44,7 +47,7 @@ class Config:
     # ---- room history (docs/history.md) ----
     history_size: int = 100
     history_ttl: float = 300.0
-    history_max_bytes: int = 64 << 20
+    history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
     history_file: str = ""
     log_level: str = "info"
     log_format: str = "text"
@@ -192,7 +195,7 @@ _HELP: dict[str, str] = {
     "at once)",
     "history_max_bytes": "memory all room history may use: past it the rooms nobody is in go "
     "first, least recently active first (their stream is lost), then the oldest messages of "
-    "the least recently active rooms",
+    "the least recently active rooms (one node: refused with --redis-url)",
     "history_file": "file the history is written to on SIGTERM/SIGINT, after the drain, and "
     "read back (then deleted) at start, so a planned restart loses nothing (empty: history "
     "lives and dies with the process)",
@@ -428,6 +431,12 @@ def _check_together(config: Config) -> None:
             raise ConfigError("metrics_listen", config.metrics_listen, problem)
     if config.history_file:
         _check_history_file(config)
+    if config.redis_url and config.history_max_bytes != DEFAULT_HISTORY_MAX_BYTES:
+        raise ConfigError(
+            "history_max_bytes", str(config.history_max_bytes),
+            "caps one node's memory and does nothing with --redis-url, where the history lives "
+            "in Redis: bound it with --history-size and --history-ttl, and Redis's maxmemory",
+        )
     if config.allowed_origins:
         problem = origin_port_problem(config.allowed_origins)
         if problem:
@@ -444,9 +453,6 @@ def _check_together(config: Config) -> None:
     problem = listen_problem(config.host)
     if problem:
         raise ConfigError("host", config.host, problem)
-
-
-
 
 
 def _check_history_file(config: Config) -> None:

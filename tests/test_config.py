@@ -200,6 +200,11 @@ BIG = "99999999999999999999999"
         (["--redis-url", "redis://127.0.0.1?nosuch=1"], {}, "unknown parameter 'nosuch'"),
         (["--redis-url", "redis://127.0.0.1/1", "--redis-cluster", "true"], {},
          "--redis-url redis://127.0.0.1/1: a Redis Cluster has only database 0"),
+        # an option that would do nothing is refused, not ignored
+        (["--redis-url", "redis://127.0.0.1", "--history-max-bytes", "1000"], {},
+         "--history-max-bytes 1000: caps one node's memory and does nothing with --redis-url"),
+        ([], {"ROOMCAST_REDIS_URL": "redis://127.0.0.1", "ROOMCAST_HISTORY_MAX_BYTES": "1000"},
+         "ROOMCAST_HISTORY_MAX_BYTES=1000: caps one node's memory"),
         # a misspelt variable is no silent default (here: authentication off); its value unshown
         ([], {"ROOMCAST_JWT_SECERT": "hush"},
          "ROOMCAST_JWT_SECERT: is not a roomcast option; did you mean ROOMCAST_JWT_SECRET?"),
