@@ -253,8 +253,8 @@ class Verifier:
         return identity_from_claims(claims, self._max_username_length)
 
     def _check_times(self, claims: dict[str, Any]) -> None:
-        """PyJWT's rules (an ``exp`` up to `leeway` ago has expired; ``nbf`` or ``iat`` more
-        than `leeway` ahead is not yet valid), on times that are known to be numbers."""
+        """PyJWT's rules (expired once ``exp`` is `leeway` or more in the past; ``nbf`` or
+        ``iat`` more than `leeway` ahead is not yet valid), on times known to be numbers."""
         exp, nbf, iat = (numeric_date(claims, claim) for claim in TIME_CLAIMS)
         now = self._clock()
         if exp is not None and exp <= now - self.leeway:
