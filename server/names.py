@@ -6,7 +6,7 @@ A name comes from a client's ``join`` or from a token's claims (server/auth.py);
 The rule (docs/protocol.md, docs/security.md): after trimming, at most ``max_length`` characters
 and none that is invisible or changes how the text around it is shown, so that no two names that
 look the same on screen are different strings (canonically equivalent spellings are made one by
-NFC normalization). Refused:
+NFC normalization, and every run of spaces, of whatever kind, one U+0020). Refused:
 
 * the Unicode general categories Cc (controls), Cf (format: bidi marks and overrides, zero-width
   joiners and spaces, soft hyphen, tags, interlinear annotation...), Zl and Zp (line and
@@ -89,7 +89,9 @@ def clean_name(value: str | None, default: str, max_length: int) -> str | None:
     """The name to use, or None when it is invalid (too long, or a character the rule refuses).
 
     Missing, blank and whitespace-only names mean `default`, as in the seed; surrounding
-    whitespace is trimmed. A non-ASCII name is put in Unicode NFC first, so that canonically
+    whitespace is trimmed, and each run of spaces inside (U+0020, no-break, thin, ideographic:
+    every space separator) becomes one U+0020, since a page shows them all as one space. A
+    non-ASCII name is put in Unicode NFC first, so that canonically
     equivalent spellings (``é`` as one character or as ``e`` and a combining accent; a Hangul
     syllable or its conjoining jamo), which look the same, are the same name and the same room.
     """
@@ -101,8 +103,12 @@ def clean_name(value: str | None, default: str, max_length: int) -> str | None:
     if len(value) > max_length:
         return None
     if value.isascii():  # inlined: this runs for every join
-        return None if _ASCII_CONTROL.search(value) else value
+        if _ASCII_CONTROL.search(value):
+            return None
+        return " ".join(value.split()) if "  " in value else value
     value = unicodedata.normalize("NFC", value)
     if len(value) > max_length:  # NFC never lengthens, except a few compatibility cases
         return None
-    return value if is_allowed_in_name(value) else None
+    if not is_allowed_in_name(value):
+        return None
+    return " ".join(value.split())  # every run of spaces (no-break, thin...) is one space

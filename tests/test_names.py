@@ -54,11 +54,20 @@ def test_each_class_of_invisible_or_control_character_is_refused(kind: str, char
     [
         "alice", "Bob Smith", "o'brien-2", "Zoë", "e\u0301te",  # a combining accent is visible
         "日本語", "한국어", "Ωmega", "мария", "مرحبا", "שלום", "हिन्दी", "🙂", "ok 👍🏽",
-        "\u00a0a\u00a0b",  # a no-break space inside is visible as a space
     ],
 )
 def test_ordinary_names_in_any_script_are_accepted(name: str) -> None:
     assert clean_name(name, DEFAULT_USERNAME, 32) == unicodedata.normalize("NFC", name.strip())
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["Bob  Smith", "Bob\u00a0Smith", "Bob\u2009Smith", "Bob\u3000Smith", "Bob \u00a0\u202f Smith",
+     "\u00a0Bob\u00a0Smith\u00a0"],
+)
+def test_names_that_differ_only_in_their_spaces_are_one_name(spelling: str) -> None:
+    """Before: "Bob\u00a0Smith" was another user than "Bob Smith", shown the same."""
+    assert clean_name(spelling, DEFAULT_USERNAME, 32) == "Bob Smith"
 
 
 def test_emoji_with_a_variation_selector_or_a_joiner_are_refused_by_design() -> None:
