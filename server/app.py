@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from . import httpclient
 from .acceptor import Acceptor, websocket_protocol_factory
 from .broker import LocalBroker
-from .config import Config
+from .config import WORKER_OF, Config
 from .connection import Connection, EchoConnection
 from .core import ChatCore
 from .front import Front
@@ -244,7 +244,6 @@ class App:
             self.retention.finish()  # after the drain: everything delivered is in the file
 
 
-WORKER_OF = "ROOMCAST_WORKER_OF"  # set by the supervisor: where its merged /metrics is
 
 
 async def merged_metrics(supervisor: str) -> Response:

@@ -22,6 +22,7 @@ from .about import version_line
 from .addresses import PATH, listen_problem, origin_port_problem, redis_url_problem
 
 ENV_PREFIX = "ROOMCAST_"
+WORKER_OF = "ROOMCAST_WORKER_OF"  # set by the supervisor for its workers: where its /metrics is
 
 
 DEFAULT_HISTORY_MAX_BYTES = 64 << 20
@@ -164,7 +165,7 @@ _RULES: dict[str, Rule] = {
 
 # ROOMCAST_* variables that are not options but are legitimately in a server's environment.
 _OTHER_VARIABLES = frozenset({
-    "ROOMCAST_WORKER_OF",  # set by the --workers supervisor for its workers (server/app.py)
+    WORKER_OF,
     "ROOMCAST_FUZZ_SEED",  # replays a run of tests/test_fuzz.py, whose servers inherit it
 })
 

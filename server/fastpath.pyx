@@ -32,6 +32,8 @@ from picows.picows cimport MemoryBuffer, WSTransport
 
 import gc
 
+from .names import DEFAULT_USERNAME
+
 
 cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int sockfd, const void* buf, size_t length, int flags)
@@ -70,7 +72,7 @@ cdef class Member:
     cdef public Py_ssize_t frames_left
     cdef public double frames_since
 
-    def __init__(self, write, str name="Anonymous"):
+    def __init__(self, write, str name=DEFAULT_USERNAME):
         self.write = write
         self.fd = -1
         # From an authenticated identity (server/auth.py): the name every join uses whatever the

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from .config import Config
+from .config import WORKER_OF, Config
 from .fleet import Fleet
 from .listening import CannotListen, bound_socket, url_host
 
@@ -29,7 +29,6 @@ log = logging.getLogger("roomcast.supervisor")
 
 READY = re.compile(rb"roomcast listening on https?://")
 METRICS_LINE = re.compile(rb"roomcast metrics on (http://[^ \s]+)")
-WORKER_OF = "ROOMCAST_WORKER_OF"  # tells a worker where the merged /metrics is (server/app.py)
 RESTART_INTERVAL = 1.0
 START_TIMEOUT = 30.0
 _PR_SET_PDEATHSIG = 1
