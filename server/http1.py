@@ -58,6 +58,11 @@ def head_end(buffer: bytes | bytearray) -> int:
     """Where the head ends (the index after its blank line), -1 if not yet; raises HttpError
     when the head is already longer than allowed."""
     end = buffer.find(b"\r\n\r\n")
+    head = buffer if end < 0 else buffer[: end + 4]
+    # A line ended by LF alone: answered now, not left to wait for a CRLF CRLF that a client
+    # ending its lines so never sends (it held a connection slot until --handshake-timeout).
+    if head.count(b"\n") != head.count(b"\r\n"):
+        raise HttpError(400, "malformed request: every line must end with CRLF")
     if end < 0:
         if len(buffer) > MAX_HEAD_BYTES:
             raise HttpError(431, "request header fields too large")

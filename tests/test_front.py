@@ -70,6 +70,28 @@ def test_the_head_is_bounded_before_it_ends() -> None:
         head_end(b"GET / HTTP/1.1\r\nX: " + b"y" * MAX_HEAD_BYTES)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\n",
+        b"GET /healthz HTTP/1.1\r\nHost: a\n\n",
+        b"GET / HTTP/1.1\r\nA: b\n\r\n\r\n",
+    ],
+)
+def test_a_line_ended_by_lf_alone_is_a_400_at_once(head: bytes) -> None:
+    with pytest.raises(HttpError) as caught:
+        head_end(head)
+    assert caught.value.status == 400
+    assert head_end(b"GET / HTTP/1.1\r\n\r\n\n") == 18  # what follows the head is not the head
+
+
+async def test_a_bare_lf_request_is_answered_not_left_to_time_out(server: ServerProcess) -> None:
+    """Before: no answer until --handshake-timeout, counted as handshake_timeout."""
+    answer = await raw_request(server, b"GET /healthz HTTP/1.1\nHost: a\n\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"every line must end with CRLF" in answer
+
+
 def test_picows_gets_only_what_it_checks() -> None:
     minimal = upgrade_for_picows(parse_head(UPGRADE))
     assert b"Cookie" not in minimal and b"Mozilla" not in minimal
