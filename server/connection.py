@@ -68,6 +68,20 @@ class Owner(Protocol):
     def resumed(self, conn: Connection) -> None: ...
 
 
+class HeldClose:
+    """picows's CLOSE for a protocol error, held until the frames sent before the error are in.
+
+    `front`: the one frame picows parsed in front of the bad one has not come yet. (picows hands
+    it over right after writing its CLOSE, in the same read; were the bad frame the first of a
+    read, the next frame to come is from after it, and passes every check of our own anyway.)"""
+
+    __slots__ = ("data", "front")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.front = True
+
+
 class Outbox:
     """What waits for a connection whose transport holds unsent bytes."""
 
@@ -117,7 +131,7 @@ class Connection(WSListener):
         self.closing = False
         self.fragments: Fragments | None = None
         self.outbox: Outbox | None = None  # not None while the transport holds unsent bytes
-        self.picows_close: bytes | None = None  # a CLOSE picows decided on, held for one tick
+        self.picows_close: HeldClose | None = None  # a CLOSE picows decided on, held a tick
         self.abort_timer: asyncio.TimerHandle | None = None
         self.slot = 0
 
@@ -161,12 +175,18 @@ class Connection(WSListener):
         if not frames_left and self._too_many_frames():
             return
         try:
-            if self.picows_close is not None:
-                # picows found a protocol error in what follows: nothing more is processed,
-                # but a CLOSE the peer sent before it is answered as a CLOSE.
-                if frame.msg_type is _CLOSE:
-                    self._answer_close(frame)
-                return
+            held = self.picows_close
+            if held is not None:
+                # picows found a protocol error while parsing one frame ahead. The frame it
+                # parsed before the bad one comes right after its CLOSE, as the last of that
+                # read: it was sent before the error and is handled as usual (a CLOSE among
+                # them answered as a CLOSE). Nothing after it is processed.
+                if not (held.front and frame.last_in_buffer):
+                    held.front = False
+                    if frame.msg_type is _CLOSE:
+                        self._answer_close(frame)
+                    return
+                held.front = False
             if frame.rsv1 or frame.rsv2 or frame.rsv3:
                 # No extension is negotiated, so RFC 6455 section 5.2 requires failing.
                 self.close(CloseCode.PROTOCOL_ERROR, "reserved bits set")
@@ -293,7 +313,7 @@ class Connection(WSListener):
             # peer's CLOSE in front of it (RFC 6455 7.1.2: two CLOSE frames) is answered first.
             # Also, and above all, when writes queue: then it ends the connection all the same.
             if self.picows_close is None:
-                self.picows_close = data
+                self.picows_close = HeldClose(data)
                 self.owner.loop.call_soon(self._send_picows_close)
             return
         outbox = self.outbox
@@ -333,8 +353,8 @@ class Connection(WSListener):
         owner.loop.call_soon(self.close, CloseCode.SLOW_CONSUMER, "slow consumer")
 
     def _send_picows_close(self) -> None:
-        data = self.picows_close
-        if self.closing or data is None:
+        held = self.picows_close
+        if self.closing or held is None:
             return  # we answered a CLOSE in front of the error: that answer stands
         self.closing = True
         self.owner.core.disconnect(self.member)
@@ -345,7 +365,7 @@ class Connection(WSListener):
         if outbox is not None and outbox.frames:
             raw.write(b"".join(outbox.frames))  # what was queued goes before the CLOSE
             outbox.frames = []
-        raw.write(data)
+        raw.write(held.data)
         # picows disconnects on its own, gracefully: never done if the peer does not read
         self.abort_timer = self.owner.loop.call_later(self.owner.close_grace, self._abort_unread)
 

@@ -14,11 +14,13 @@ bytes, cannot keep a message open forever.
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 
 from .protocol import CloseCode
 
 CONTINUATION, TEXT, BINARY = 0x0, 0x1, 0x2
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 # Most frames one message may take, the first included (empty ones count too). 1,024 carries a
 # message of the default 64 KiB limit in 64-byte fragments, the smallest fragment size any
@@ -33,12 +35,17 @@ MAX_FRAGMENTS = 1024
 class Fragments:
     """A fragmented message in progress: its payload so far and how many frames brought it."""
 
-    __slots__ = ("binary", "frames", "payload")
+    __slots__ = ("binary", "frames", "payload", "utf8")
 
     def __init__(self, binary: bool) -> None:
         self.binary = binary
         self.payload = bytearray()
         self.frames = 0
+        # A text message's UTF-8 is checked fragment by fragment (a character may span two), so
+        # that invalid text fails at the fragment that breaks it (RFC 6455 section 8.1: "fail
+        # fast"), not only once the whole message is in; the complete message is checked again
+        # where every text message is.
+        self.utf8 = None if binary else _utf8_decoder()
 
     @property
     def size(self) -> int:
@@ -62,6 +69,7 @@ class Violation:
 Outcome = Message | Violation | None
 
 TOO_BIG = Violation(CloseCode.MESSAGE_TOO_BIG, "message too big")
+INVALID_UTF8 = Violation(CloseCode.INVALID_TEXT, "invalid UTF-8 in text message")
 TOO_MANY_FRAGMENTS = Violation(CloseCode.MESSAGE_TOO_BIG, "too many fragments")
 
 
@@ -103,5 +111,10 @@ def reassemble(
         return None, TOO_BIG
     state.payload += payload
     if not fin:
+        if state.utf8 is not None:
+            try:
+                state.utf8.decode(payload)
+            except UnicodeDecodeError:
+                return None, INVALID_UTF8
         return state, None
     return None, Message(state.binary, bytes(state.payload))

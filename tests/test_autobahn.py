@@ -30,6 +30,10 @@ def test_the_echo_endpoint_passes_every_autobahn_protocol_case(
     if run.failures():
         # the listing says it all; pytest's repr of the verdicts would bury it
         pytest.fail(run.listing(), pytrace=False)
+    non_strict = [v.case_id for v in run.verdicts.values() if v.behavior == "NON-STRICT"]
+    # Only where picows leaves us no choice: it hands over whole frames, so invalid UTF-8 inside
+    # one frame that arrives in pieces is found once the frame is in, not at the bad piece.
+    assert non_strict == ["6.4.3", "6.4.4"], run.listing()
 
 
 def test_the_harness_reads_failures_as_failures(launch: Launch, tmp_path: Path) -> None:

@@ -241,6 +241,30 @@ async def test_an_oversized_frame_and_what_follows_never_reach_the_room(launch: 
     [(encode_frame(TEXT, b"x" * 5000), 1009), (encode_frame(3, b""), 1002)],
     ids=["oversized", "reserved-opcode"],
 )
+async def test_a_chat_sent_just_before_a_protocol_error_still_reaches_the_room(
+    launch: Launch, bad_frame: bytes, code: int
+) -> None:
+    """picows parses one frame ahead: it raises on the bad frame, sends its CLOSE, and only then
+    hands over the frame in front of it. That frame was sent before the error and was dropped."""
+    server = launch("--rate-limit", "0", "--max-message-bytes", "4096")
+    watcher = await joined(server, "watcher")
+    sender = await joined(server, "sender")
+    await watcher.recv_json()  # sender's join notice
+    before = encode_frame(TEXT, b'{"type":"chat","text":"before"}')
+    after = encode_frame(TEXT, b'{"type":"chat","text":"after"}')
+    sender.writer.write(before + bad_frame + after)
+    assert (await sender.expect_close()).close_code == code
+    texts = [(await watcher.recv_json())["text"] for _ in range(2)]
+    assert texts == ["before", "sender left #general"]
+    watcher.send_json({"type": "chat", "text": "mine"})
+    assert (await watcher.recv_json())["text"] == "mine"  # nothing from after the error
+
+
+@pytest.mark.parametrize(
+    ("bad_frame", "code"),
+    [(encode_frame(TEXT, b"x" * 5000), 1009), (encode_frame(3, b""), 1002)],
+    ids=["oversized", "reserved-opcode"],
+)
 async def test_a_protocol_error_ends_a_connection_whose_writes_queue(
     launch: Launch, bad_frame: bytes, code: int
 ) -> None:
@@ -403,9 +427,11 @@ async def test_a_client_under_the_frame_budget_is_never_closed(launch: Launch) -
 
 async def test_fragment_floods_are_cut_off_and_cost_little(launch: Launch) -> None:
     """One connection sends a TEXT frame without FIN and then empty CONTINUATION frames without
-    end (it took the server from 51 to 406 MB before the frame cap); 50 others park 65,400-byte
-    partial messages in 2-byte fragments (about 30x the byte limit each before the partial
-    message became one buffer). A well-behaved client chats throughout."""
+    end (it took the server from 51 to 406 MB before the frame cap); 50 others park partial
+    messages in 2-byte fragments up to the frame cap (an object per fragment made such a message
+    cost about 30x its bytes before it became one buffer), then 50 more park 65,280-byte partial
+    messages in 64-byte fragments, the most the two caps let through. A well-behaved client
+    chats throughout."""
     server = launch("--rate-limit", "0")
     good = await joined(server, "good")
     before = rss_kib(server.proc.pid)
@@ -435,6 +461,16 @@ async def test_fragment_floods_are_cut_off_and_cost_little(launch: Launch) -> No
         parker.writer.write(piece)
     for parker in parkers[:5]:
         assert (await parker.expect_close()).close_code == 1009
+    before = rss_kib(server.proc.pid)
+    fullest = [await RawClient.connect(server.host, server.port) for _ in range(50)]
+    piece = encode_frame(CONTINUATION, b"x" * 64, fin=False)
+    for parker in fullest:
+        parker.writer.write(encode_frame(TEXT, b"x" * 64, fin=False) + piece * 1019)
+        await parker.writer.drain()
+    assert await roundtrip(good, "still chatting") < 2.0
+    growth = rss_kib(server.proc.pid) - before
+    # 50 x 65,280 bytes parked is 3.1 MiB; measured +4.6 MiB with the connections themselves
+    assert growth < 10 * 1024, f"server grew {growth} KiB"
 
 
 async def test_deeply_nested_json_gets_an_error_and_the_connection_stays_usable(

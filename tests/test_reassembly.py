@@ -38,9 +38,13 @@ def test_reassembly_never_raises_and_respects_both_limits(
 ) -> None:
     state: Fragments | None = None
     for opcode, fin, payload in sequence:
+        text = state is not None and not state.binary
         state, outcome = reassemble(state, opcode, fin, payload, LIMIT, max_fragments=max_fragments)
         if isinstance(outcome, Violation):
-            assert outcome.code in (CloseCode.PROTOCOL_ERROR, CloseCode.MESSAGE_TOO_BIG)
+            allowed = {CloseCode.PROTOCOL_ERROR, CloseCode.MESSAGE_TOO_BIG}
+            if text or (opcode == TEXT and not fin):
+                allowed.add(CloseCode.INVALID_TEXT)  # only a text message's fragments are decoded
+            assert outcome.code in allowed
             assert state is None
             return  # the connection is closed: nothing after a violation is read
         if isinstance(outcome, Message):
@@ -51,15 +55,15 @@ def test_reassembly_never_raises_and_respects_both_limits(
             assert state.size <= LIMIT and state.frames <= max_fragments
 
 
+# A text message is valid UTF-8 (cut anywhere, inside a character too); a binary one is any bytes.
+texts = st.tuples(st.just(False), st.text(max_size=LIMIT // 4).map(str.encode))
+binaries = st.tuples(st.just(True), st.binary(max_size=LIMIT))
+cuts = st.lists(st.integers(0, LIMIT), max_size=5)
+cut_messages = st.tuples(st.one_of(texts, binaries), cuts).map(lambda m: (*m[0], m[1]))
+
+
 @SETTINGS
-@given(
-    st.lists(
-        st.tuples(
-            st.booleans(), st.binary(max_size=LIMIT), st.lists(st.integers(0, LIMIT), max_size=5)
-        ),
-        max_size=8,
-    )
-)
+@given(st.lists(cut_messages, max_size=8))
 def test_fragmented_messages_come_back_whole(messages: list[Any]) -> None:
     """Any valid fragmentation of messages within the limits yields exactly those messages."""
     state: Fragments | None = None
@@ -131,6 +135,32 @@ def test_autobahn_6_2_3_one_byte_fragments_pass() -> None:
         state, outcome = reassemble(state, CONTINUATION, index == len(text) - 1,
                                     text[index : index + 1], 65536)
     assert outcome == Message(False, text)
+
+
+def test_invalid_utf8_fails_at_the_fragment_that_brings_it() -> None:
+    """RFC 6455 section 8.1: fail fast. Autobahn 6.4.1/6.4.2 send more frames after the bad one
+    and expect the close before they are read; the whole message is never waited for."""
+    state, outcome = reassemble(None, TEXT, False, "κόσμε".encode(), 65536)
+    assert outcome is None
+    state, outcome = reassemble(state, CONTINUATION, False, b"\xce\xba\xe1\xbd\xb9\xf4\x90", 65536)
+    assert outcome == Violation(CloseCode.INVALID_TEXT, "invalid UTF-8 in text message")
+    assert state is None
+
+
+def test_a_character_split_across_fragments_is_not_invalid() -> None:
+    euro = "€".encode()  # three bytes, one per fragment
+    state, outcome = reassemble(None, TEXT, False, euro[:1], LIMIT)
+    state, outcome = reassemble(state, CONTINUATION, False, euro[1:2], LIMIT)
+    assert outcome is None
+    _, outcome = reassemble(state, CONTINUATION, True, euro[2:], LIMIT)
+    assert outcome == Message(False, euro)
+
+
+def test_binary_fragments_are_never_decoded() -> None:
+    state, outcome = reassemble(None, BINARY, False, b"\xff\xfe", LIMIT)
+    assert outcome is None
+    _, outcome = reassemble(state, CONTINUATION, True, b"\xc0", LIMIT)
+    assert outcome == Message(True, b"\xff\xfe\xc0")
 
 
 def test_a_full_size_message_fits_in_64_byte_fragments() -> None:
