@@ -76,23 +76,6 @@ def _check_redis_url(url: str, *, cluster: bool, connection: Any, example: str) 
 _REDIS_DBS = 16  # Redis's `databases` default: SELECT of any other fails, retried forever
 
 
-def origin_port_problem(text: str) -> str | None:
-    """The port of each --allowed-origins entry, if it has one, is a TCP port (the rest of the
-    entry is checked by server/admission.py when the settings are built)."""
-    for item in text.split(","):
-        scheme, sep, rest = item.strip().partition("://")
-        rest = (rest if sep else scheme).rstrip("/")
-        if rest.startswith("[") and "]:" in rest:  # [2001:db8::1]:8443
-            port = rest.rpartition("]:")[2]
-        elif rest.count(":") == 1:
-            port = rest.rpartition(":")[2]
-        else:
-            continue
-        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
-            return f"port {port} of {item.strip()} must be from 1 to 65535"
-    return None
-
-
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 

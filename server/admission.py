@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -99,28 +100,55 @@ def _split_origin(origin: str) -> tuple[str, str, int | None] | None:
     return scheme, host.lower(), port if port is not None else _DEFAULT_PORTS.get(scheme)
 
 
+# What a rule may be: [scheme://][*.]host[:port], the host a DNS name or an IP address, so that a
+# typo ("ht!tp://x", "https://exa mple.com") is refused at start instead of matching nothing.
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_DNS_NAME = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)(\.(?!-)[a-z0-9_-]{1,63}(?<!-))*")
+
+
 def _parse_rule(text: str) -> _OriginRule:
     text = text.strip()
+    problem = f"not an origin or *.domain pattern: {text!r}"
     if "://" in text:
         scheme, _, rest = text.partition("://")
         scheme = scheme.lower()
+        if not _SCHEME.fullmatch(scheme):
+            raise ValueError(f"bad scheme in origin pattern: {text!r}")
     else:
         scheme, rest = "", text
-    rest = rest.rstrip("/")
+    rest = rest.removesuffix("/")
     wildcard = rest.startswith("*.")
     if wildcard:
         rest = rest[2:]
-    host, colon, port_text = rest.rpartition(":") if rest.count(":") == 1 else (rest, "", "")
-    if not host or "*" in host or "/" in host:
-        raise ValueError(f"not an origin or *.domain pattern: {text!r}")
+    if rest.startswith("["):  # [2001:db8::1]:8080
+        host, bracket, port_part = rest[1:].partition("]")
+        if not bracket or (port_part and not port_part.startswith(":")):
+            raise ValueError(problem)
+        colon, port_text = port_part[:1], port_part[1:]
+        if wildcard or not _is_ip(host):
+            raise ValueError(problem)
+    else:
+        host, colon, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        if not _DNS_NAME.fullmatch(host.lower()) and not (not wildcard and _is_ip(host)):
+            raise ValueError(problem)
     port: int | None = None
     if colon:
-        if not port_text.isdigit():
+        if not (port_text.isascii() and port_text.isdigit()):
             raise ValueError(f"bad port in origin pattern: {text!r}")
+        if not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"port {port_text} of {text} must be from 1 to 65535")
         port = int(port_text)
     elif scheme:
         port = _DEFAULT_PORTS.get(scheme)
     return _OriginRule(scheme or None, host.lower(), wildcard, port)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class OriginPolicy:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from typing import Any, NoReturn
 
 from .about import version_line
-from .addresses import PATH, listen_problem, origin_port_problem, redis_url_problem
+from .addresses import PATH, listen_problem, redis_url_problem
 
 ENV_PREFIX = "ROOMCAST_"
 WORKER_OF = "ROOMCAST_WORKER_OF"  # set by the supervisor for its workers: where its /metrics is
@@ -102,6 +102,12 @@ class ConfigError(ValueError):
             where = f"--{self.option.replace('_', '-')}"
             where += "" if self.value is None else f" {self.value!s}"
         return one_line(f"{where}: {self.problem}")
+
+    def given_as(self, sources: Mapping[str, str]) -> ConfigError:
+        """The same error naming the option as the user gave it: a flag or ROOMCAST_<OPTION>."""
+        return ConfigError(
+            self.option, self.value, self.problem, source=sources.get(self.option, "")
+        )
 
 
 def one_line(text: str) -> str:
@@ -355,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
     """The options from flags over the environment over the defaults; raises ConfigError."""
+    return read_config(argv, env)[0]
+
+
+def read_config(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
+) -> tuple[Config, Mapping[str, str]]:
+    """``load_config``, and where each option given came from ("flag" or "env"), so that a
+    later check of a value names it as the user gave it (``ConfigError.given_as``)."""
     env = os.environ if env is None else env
     namespace = build_parser().parse_args(argv)
     _check_variables(env)
@@ -378,11 +392,9 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     config = Config(**values)
     try:
         _check_together(config)
-    except ConfigError as exc:  # name it as the user gave it: a flag or ROOMCAST_<OPTION>
-        raise ConfigError(
-            exc.option, exc.value, exc.problem, source=sources.get(exc.option, "")
-        ) from None
-    return config
+    except ConfigError as exc:
+        raise exc.given_as(sources) from None
+    return config, sources
 
 
 def _check_variables(env: Mapping[str, str]) -> None:
@@ -438,10 +450,6 @@ def _check_together(config: Config) -> None:
             "caps one node's memory and does nothing with --redis-url, where the history lives "
             "in Redis: bound it with --history-size and --history-ttl, and Redis's maxmemory",
         )
-    if config.allowed_origins:
-        problem = origin_port_problem(config.allowed_origins)
-        if problem:
-            raise ConfigError("allowed_origins", config.allowed_origins, problem)
     if config.echo_path and not PATH.fullmatch(config.echo_path):
         raise ConfigError(
             "echo_path",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .config import Config, ConfigError, exit_with, load_config
+from .config import Config, ConfigError, exit_with, read_config
 from .security import Security
 
 
@@ -23,7 +23,10 @@ class Settings:
 def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """The settings; exits with status 2 and one line naming the bad option otherwise."""
     try:
-        config = load_config(argv, env)
-        return Settings(config, Security.load(config))
+        config, sources = read_config(argv, env)
+        try:
+            return Settings(config, Security.load(config))
+        except ConfigError as exc:
+            raise exc.given_as(sources) from None
     except ConfigError as exc:
         exit_with(exc)

@@ -42,6 +42,12 @@ def test_exact_origins_and_subdomain_patterns() -> None:
     assert policy.allows(None)  # not a browser: Origin is a browser-side defence
 
 
+def test_ip_address_origins_match_as_browsers_send_them() -> None:
+    policy = OriginPolicy.from_option("http://127.0.0.1:8080, http://[::1]:8080", allow_all=True)
+    assert policy.allows("http://127.0.0.1:8080") and policy.allows("http://[::1]:8080")
+    assert not policy.allows("http://[::1]:8081") and not policy.allows("http://127.0.0.2:8080")
+
+
 def test_defaults_allow_all_without_auth_and_same_origin_with_it() -> None:
     open_policy = OriginPolicy.from_option("", allow_all=True)
     assert open_policy.allows("https://anything.example", "chat.example.com")
@@ -53,7 +59,14 @@ def test_defaults_allow_all_without_auth_and_same_origin_with_it() -> None:
     assert OriginPolicy.from_option("*", allow_all=False).allows("https://evil.example")
 
 
-@pytest.mark.parametrize("bad", ["https://*", "*.", "https://a.com:port", "a/b"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "https://*", "*.", "https://a.com:port", "a/b", "ht!tp://x", "https://exa mple.com",
+        "https://a.com:0", "https://a.com:99999", "https://a..com", "https://-a.com",
+        "https://[::1", "*.[::1]", "https://a.com/path", "://a.com", "https://",
+    ],
+)
 def test_bad_origin_patterns_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError):
         OriginPolicy.from_option(bad, allow_all=True)

@@ -93,6 +93,13 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
         (["--certfile", "/no/such.pem", "--keyfile", "/no/such.pem"], {},
          "--certfile /no/such.pem: no such file"),
         (["--jwt-public-key", "/no/key.pem"], {}, "--jwt-public-key /no/key.pem: no such file"),
+        # checked where the objects are built (server/security.py), still named as given
+        ([], {"ROOMCAST_JWT_PUBLIC_KEY": "/no/key.pem"},
+         "ROOMCAST_JWT_PUBLIC_KEY=/no/key.pem: no such file"),
+        ([], {"ROOMCAST_TRUSTED_PROXIES": "banana"}, "ROOMCAST_TRUSTED_PROXIES=banana: "),
+        (["--allowed-origins", "ht!tp://x"], {}, "--allowed-origins ht!tp://x: bad scheme"),
+        ([], {"ROOMCAST_ALLOWED_ORIGINS": "https://exa mple.com"},
+         "ROOMCAST_ALLOWED_ORIGINS=https://exa mple.com: not an origin"),
         (["--certfile", "/etc/hostname"], {}, "--certfile /etc/hostname: needs --keyfile too"),
         (["--metrics-listen", "9100"], {}, "--metrics-listen 9100: must be HOST:PORT"),
         (["--host", "999.1.1.1"], {}, "--host 999.1.1.1: must be an IP address or a host name"),
@@ -307,3 +314,16 @@ def test_make_run_listens_where_its_arguments_say_and_says_so(
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_the_shipped_environment_file_loads_and_sets_what_the_proxy_configs_ask_for() -> None:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    lines = (root / "deploy" / "roomcast.env").read_text().splitlines()
+    env = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    config = load_config([], env=env)
+    # nginx.conf and the Caddyfile tell the operator to start roomcast with these two
+    assert (config.trusted_proxies, config.metrics_listen) == ("127.0.0.1/32", "127.0.0.1:9100")
+    for proxy in ("nginx.conf", "Caddyfile"):
+        text = (root / "deploy" / proxy).read_text()
+        assert "--trusted-proxies 127.0.0.1/32" in text
+        assert "--metrics-listen 127.0.0.1:9100" in text
