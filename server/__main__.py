@@ -38,8 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervise(config, sys.argv[1:] if argv is None else argv)
     from .app import serve  # noqa: PLC0415  (the supervisor does not need the server itself)
 
-    limit = raise_fd_limit()
-    log.info("file-descriptor limit: %d", limit)
+    raise_fd_limit()  # logged with the address served on, so a refused bind stays one line
     try:
         return uvloop.run(serve(settings))
     except CannotListen as exc:

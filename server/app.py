@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import ssl
 import time
@@ -369,7 +370,10 @@ async def serve(settings: Settings) -> int:
     http, ws = ("https", "wss") if tls else ("http", "ws")
     shown = url_host(host)
     print(f"roomcast listening on {http}://{shown}:{port}/", flush=True)
-    log.info("serving on %s://%s:%d (page at %s://%s:%d/)", ws, shown, port, http, shown, port)
+    log.info(
+        "serving on %s://%s:%d (page at %s://%s:%d/), file-descriptor limit %d",
+        ws, shown, port, http, shown, port, resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+    )
 
     stop = asyncio.Event()
     received: list[signal.Signals] = []

@@ -154,6 +154,7 @@ def test_an_address_in_use_is_reported_with_the_option_that_named_it(
     assert f"cannot listen on 127.0.0.1:{port} (from {named}): Address already in use" in (
         done.stderr
     ), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # that line alone
     assert "Traceback" not in done.stderr
 
 
