@@ -71,9 +71,13 @@ class Owner(Protocol):
 class HeldClose:
     """picows's CLOSE for a protocol error, held until the frames sent before the error are in.
 
-    `front`: the one frame picows parsed in front of the bad one has not come yet. (picows hands
-    it over right after writing its CLOSE, in the same read; were the bad frame the first of a
-    read, the next frame to come is from after it, and passes every check of our own anyway.)"""
+    `front`: the one frame picows parsed in front of the bad one has not come yet. picows hands
+    it over right after writing its CLOSE, as the last frame of that read. Were the bad frame the
+    first of its read, no frame is in front; the CLOSE goes out on the next loop tick, before
+    any later read is handed over, except when a read that filled picows's buffer is followed in
+    the same tick by another whose only frame is one sent after the error: that frame is then
+    handled like any (our own checks all apply), which gives the peer nothing it could not have
+    had by sending that frame before the bad one."""
 
     __slots__ = ("data", "front")
 
