@@ -204,7 +204,11 @@ def _same_host(name: str, port: int | None, host_header: str) -> bool:
         return False
     if host is None or host.lower() != name:
         return False
-    return host_port is None or host_port == port
+    if host_port is None:
+        # The page's own port was its scheme's default, or the browser would have written it;
+        # which default (80 or 443) cannot be told behind a proxy that terminates TLS.
+        return port in (80, 443)
+    return host_port == port
 
 
 # ---- client address ---------------------------------------------------------------------------

@@ -39,7 +39,9 @@ BROKER_PROBE_INTERVAL = 1.0
 _COUNTERS = (
     # (metric name, state.Counters attribute, help)
     ("roomcast_messages_received", "messages_in", "WebSocket messages received from clients"),
-    ("roomcast_chat_messages", "chats", "chat messages accepted and broadcast"),
+    ("roomcast_chat_messages", "chats",
+     "chat messages accepted, retries of an id the room holds included (acked, not posted again: "
+     "roomcast_duplicate_chats_total)"),
     ("roomcast_joins", "joins", "room joins"),
     ("roomcast_leaves", "leaves", "room leaves, disconnects included"),
     ("roomcast_errors_sent", "errors", "error messages sent to clients (bad input)"),
@@ -227,8 +229,7 @@ class Timings:
         delay = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032,
                  0.064, 0.128, 0.5)
         self.fanout_delay = tuple(Buckets(delay) for _ in ROOM_SIZES)
-        self.broker_roundtrip = Buckets((0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                         0.05, 0.25, 1.0))
+        self.broker_roundtrip: Buckets | None = None  # made when a broker is probed (Redis)
 
     def delayed(self, recipients: int, seconds: float) -> None:
         """One room flush's delay (server/delivery.py), by room size class."""
@@ -276,11 +277,12 @@ class _TimingsCollector(Collector):
              for size, buckets in zip(ROOM_SIZES, timings.fanout_delay, strict=True)],
             labels=("room_size",),
         )
-        yield _histogram(
-            "roomcast_broker_roundtrip_seconds",
-            "round trip of a PING to Redis, probed every second (the broker's own latency)",
-            [((), timings.broker_roundtrip)],
-        )
+        if timings.broker_roundtrip is not None:
+            yield _histogram(
+                "roomcast_broker_roundtrip_seconds",
+                "round trip of a PING to Redis, probed every second (the broker's own latency)",
+                [((), timings.broker_roundtrip)],
+            )
 
 
 class Metrics:
@@ -312,11 +314,15 @@ class Metrics:
             self._broker_probe = None
 
     def start_broker_probe(self, loop: asyncio.AbstractEventLoop, broker: BrokerHealth) -> None:
+        roundtrip = self.timings.broker_roundtrip = Buckets(
+            (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+        )
+
         async def probe() -> None:
             while True:
                 seconds = await broker.roundtrip()
                 if seconds is not None:
-                    self.timings.broker_roundtrip.observe(seconds)
+                    roundtrip.observe(seconds)
                 await asyncio.sleep(BROKER_PROBE_INTERVAL)
 
         self._broker_probe = loop.create_task(probe())

@@ -56,6 +56,10 @@ def test_defaults_allow_all_without_auth_and_same_origin_with_it() -> None:
     assert closed.allows("http://127.0.0.1:8080", "127.0.0.1:8080")
     assert not closed.allows("http://127.0.0.1:9999", "127.0.0.1:8080")
     assert not closed.allows("https://evil.example", "chat.example.com")
+    # a Host without a port is a page on a default port: another port of the host is not it
+    assert closed.allows("http://chat.example.com", "chat.example.com")
+    assert not closed.allows("https://chat.example.com:8443", "chat.example.com")
+    assert not closed.allows("http://chat.example.com:1234", "chat.example.com")
     assert OriginPolicy.from_option("*", allow_all=False).allows("https://evil.example")
 
 
