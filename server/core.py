@@ -145,7 +145,7 @@ class ChatCore:
             self.join(member, join.room, join.username, replay, typing=bool(join.typing))
         elif kind is Typing:
             self.typing(member)
-        elif member.room is not None and not self._join_refused(member):
+        elif member.room is not None and not self._join_refused(member, "leave"):
             self.leave(member)
         return None
 
@@ -242,7 +242,7 @@ class ChatCore:
                 member, ErrorCode.FORBIDDEN_ROOM, f"Your token does not allow room #{room_key}"
             )
             return
-        if self._join_refused(member):
+        if self._join_refused(member, "join"):
             return  # nothing changes: still in its room, nobody told anything
         if member.room is not None:
             self.leave(member)
@@ -297,10 +297,12 @@ class ChatCore:
         retry_after_ms: int | None = None,
         *,
         chat_id: str | None = None,
+        refused: str | None = None,
     ) -> None:
-        """An error to the member at fault; `chat_id` names the refused chat when it had one."""
+        """An error to the member at fault; `chat_id` names the refused chat when it had one,
+        `refused` the type of a join or leave the presence rate limit refused."""
         self.counters.errors += 1
-        self.send_direct(member, error_frame(code, text, retry_after_ms, chat_id))
+        self.send_direct(member, error_frame(code, text, retry_after_ms, chat_id, refused))
 
     # ---- internals ----------------------------------------------------------------------------
 
@@ -309,9 +311,10 @@ class ChatCore:
         self.counters.leaves += 1
         self.broker.leave(room, member)
 
-    def _join_refused(self, member: Member) -> bool:
+    def _join_refused(self, member: Member, kind: str) -> bool:
         """Spends one of the member's joins and leaves: False when the limit allows it (or is
-        off); else sends it `rate_limited` and returns True, and the caller changes nothing."""
+        off); else sends it `rate_limited` naming the `kind` refused ("join" or "leave", so that
+        a client can tell it from a refused chat) and returns True: the caller changes nothing."""
         if not self._join_rate_limit:
             return False
         now = self._clock()
@@ -329,7 +332,9 @@ class ChatCore:
             return False
         self.counters.presence_rate_limited += 1
         wait = max(1, int(retry_after * 1000))
-        self.send_error(member, ErrorCode.RATE_LIMITED, self._join_slow_down, retry_after_ms=wait)
+        self.send_error(
+            member, ErrorCode.RATE_LIMITED, self._join_slow_down, retry_after_ms=wait, refused=kind
+        )
         return True
 
 

@@ -191,6 +191,7 @@ class ErrorMessage(msgspec.Struct, tag_field="type", tag="error", omit_defaults=
     text: str
     retry_after_ms: int | None = None
     id: str | None = None  # the refused chat's `id`, when it carried one
+    refused: str | None = None  # "join" or "leave": the message a `rate_limited` is about
 
 
 decoder = msgspec.json.Decoder(ClientMessage)
@@ -306,9 +307,13 @@ def close_frame(code: int, reason: str = "") -> bytes:
 
 
 def error_frame(
-    code: ErrorCode, text: str, retry_after_ms: int | None = None, chat_id: str | None = None
+    code: ErrorCode,
+    text: str,
+    retry_after_ms: int | None = None,
+    chat_id: str | None = None,
+    refused: str | None = None,
 ) -> bytes:
-    return text_frame(encode(ErrorMessage(code, text, retry_after_ms, chat_id)))
+    return text_frame(encode(ErrorMessage(code, text, retry_after_ms, chat_id, refused)))
 
 
 def ack_frame(chat_id: str, seq: int) -> bytes:

@@ -473,7 +473,7 @@ def test_join_rate_limit_refuses_joins_and_leaves_and_changes_nothing() -> None:
     [error] = [m for m in got if m["type"] == "error"]
     assert error == {
         "type": "error", "code": "rate_limited", "retry_after_ms": 7000,
-        "text": "Slow down! Max 3 joins and leaves/10s",
+        "text": "Slow down! Max 3 joins and leaves/10s", "refused": "join",
     }
     assert spammer.member.room is None and spammer.member.name == "spam2"
     hub.clock.now = 1010.0  # the first join has left the window
@@ -485,7 +485,9 @@ def test_join_rate_limit_refuses_joins_and_leaves_and_changes_nothing() -> None:
     spammer.join("spam4", room="elsewhere")  # 2 and 3 are still in the window: refused
     spammer.send({"type": "leave"})  # refused too: it stays, nobody hears a thing
     hub.tick()
-    assert [m["code"] for m in spammer.messages()] == ["rate_limited", "rate_limited"]
+    assert [(m["code"], m["refused"]) for m in spammer.messages()] == [
+        ("rate_limited", "join"), ("rate_limited", "leave"),
+    ]
     assert hub.core.counters.presence_rate_limited == 3 and hub.core.counters.rate_limited == 0
     assert witness.messages() == []
     # declared: mypy would keep it narrowed to None from before the joins above

@@ -28,6 +28,10 @@
   const MAX_REASON_LENGTH = 200; // a refusal's reason is shown to the user: keep it short
   const RETRY_FIRST_MS = 500; // first retry waits 250-500 ms
   const RETRY_CAP_MS = 5000;
+  // A connection counts as a success, and the backoff starts over, once it has lasted this long:
+  // a server that accepts and then closes at once (an error after the join, a page dropped as a
+  // slow consumer again and again) is retried ever more slowly, like one that refuses.
+  const STABLE_AFTER_MS = RETRY_CAP_MS;
   const TOKEN_EXPIRED = 4001; // close code: the JWT this connection was opened with expired
   const SLOW_CONSUMER = 4000; // close code: the page fell too far behind reading
   const BOTTOM_SLACK_PX = 40; // "at the bottom" tolerance for auto-scroll
@@ -81,8 +85,9 @@
 
   let ws = null;
   let online = false;
-  let attempt = 0; // consecutive failed connection attempts
+  let attempt = 0; // connection attempts since the last one that lasted STABLE_AFTER_MS
   let retryTimer = null;
+  let stableTimer = null;
   let everConnected = false;
   let stopped = false; // the page gave up: a retry could not succeed (token refused or expired)
   let wanted = null; // {room, username} we asked for; re-sent after every reconnect
@@ -100,6 +105,16 @@
   let unavailableTimer = null;
   let acks = false; // the server acks chats that carry an id (the room has an epoch)
   let lastJoin = null; // {room, resume}: the join this page sent last, and whether with `since`
+  // Joins sent on this connection and not answered yet. The server answers each join, in order,
+  // with its welcome (after its `history`, if any) or an error; an answer while a later join is
+  // still to be answered is for a join the page has since superseded, and changes nothing.
+  let joinsUnanswered = 0;
+  // A leave the server may still refuse (its rate limit: `rate_limited` with `refused: "leave"`,
+  // and then nothing changed): {wanted, current, members, memberTotal, held}. Until the page
+  // sends its next join, what the server sends about the room is held, not shown, so that a
+  // refused leave puts everything back as it was, the messages that came meanwhile included.
+  let leaving = null;
+  const MAX_HELD = 500;
   let lastTypingSent = -Infinity;
   const typers = new Map(); // username -> time (Date.now()) their indicator ends
   let typingTimer = null;
@@ -134,6 +149,32 @@
       return; // the server only sends JSON text; ignore anything else
     }
     if (!msg || typeof msg !== "object") return;
+    const answered = joinAnswer(msg);
+    if (answered) joinsUnanswered = Math.max(0, joinsUnanswered - 1);
+    const superseded = answered ? joinsUnanswered > 0
+      : msg.type === "history" && joinsUnanswered > 1;
+    if (superseded) {
+      if (msg.type === "error") showError(msg); // still worth saying; it changes nothing
+      return;
+    }
+    if (leaving !== null && msg.type !== "error" && msg.type !== "ack") {
+      if (leaving.held.length < MAX_HELD) leaving.held.push(msg);
+      return;
+    }
+    dispatch(msg);
+  }
+
+  // Whether `msg` answers a join: its welcome (the joiner's own notice, with `users`), or an
+  // error that refuses a join. The page's chats carry an id, so an `invalid_message` without
+  // one is about a join (the only other message it could be about).
+  function joinAnswer(msg) {
+    if (msg.type === "system") return msg.event === "join" && Array.isArray(msg.users);
+    if (msg.type !== "error") return false;
+    return JOIN_REFUSALS.has(msg.code) || (msg.code === "rate_limited" && msg.refused === "join")
+      || (msg.code === "invalid_message" && msg.id === undefined);
+  }
+
+  function dispatch(msg) {
     const settled = settlement(msg);
     if (settled === "accepted") acceptPending();
     switch (msg.type) {
@@ -184,7 +225,12 @@
       return current !== null && msg.username === current.username && msg.text === pending.text
         ? "accepted" : null;
     }
-    if (msg.type === "error" && CHAT_REFUSALS.has(msg.code)) return "refused";
+    if (msg.type === "error" && CHAT_REFUSALS.has(msg.code)) {
+      // A join's or a leave's rate limit says which it refused; a chat's refusal carries the
+      // chat's id (a server that predates ids sends none: then any chat refusal is this one).
+      if (msg.refused !== undefined || joinAnswer(msg)) return null;
+      return msg.id === undefined || msg.id === pending.id ? "refused" : null;
+    }
     if (msg.type === "error" && msg.code === CHAT_UNAVAILABLE
       && (msg.id === undefined || msg.id === pending.id)) return "unavailable";
     return null;
@@ -304,7 +350,11 @@
       if (ws !== sock) return;
       opened = true;
       online = true;
-      attempt = 0;
+      joinsUnanswered = 0;
+      clearTimeout(stableTimer);
+      stableTimer = setTimeout(() => {
+        attempt = 0;
+      }, STABLE_AFTER_MS);
       if (everConnected) addLine("system", "Reconnected.");
       everConnected = true;
       setStatus("online", "Online");
@@ -318,6 +368,10 @@
       ws = null;
       const wasOnline = online;
       online = false;
+      clearTimeout(stableTimer);
+      stableTimer = null;
+      joinsUnanswered = 0;
+      leaving = null; // the server forgot this connection, and every room it was in
       forgetRoomState();
       outboxInterrupted();
       if (event.code === TOKEN_EXPIRED) {
@@ -549,7 +603,10 @@
     lastJoin = { room: target.room, resume };
     const replay = resume ? { since: { epoch: pos.epoch, seq: pos.seq } }
       : { history: HISTORY_ON_JOIN };
-    return wire.join(target, replay);
+    leaving = null; // a join after a leave: the server has that leave (refused or not) first
+    const sent = wire.join(target, replay);
+    if (sent) joinsUnanswered += 1;
+    return sent;
   }
 
   // Each documented `reason` of an incomplete `history` answer (docs/protocol.md), as the
@@ -783,21 +840,49 @@
   }
 
   function onError(msg) {
-    const code = typeof msg.code === "string" ? msg.code : "error";
-    // The page sends only the protocol's types plus the additive `typing`, which a server that
-    // predates it answers with unknown_type: nothing the user did, nothing to show.
-    if (code === "unknown_type") return;
-    const text = typeof msg.text === "string" && msg.text ? msg.text : code;
-    if (JOIN_REFUSALS.has(code)) {
+    if (joinAnswer(msg)) {
+      // The server keeps the page where it was, in its room or in none.
       wanted = current;
       // a chat waiting for the refused join can no longer go where it was written for
       if (pending && !pending.sent && (wanted === null || wanted.room !== pending.room)) {
         releasePending();
       }
+    } else if (msg.code === "rate_limited" && msg.refused === "leave") {
+      leaveRefused();
     }
+    showError(msg);
+    showRoom();
+  }
+
+  function showError(msg) {
+    const code = typeof msg.code === "string" ? msg.code : "error";
+    // The page sends only the protocol's types plus the additive `typing`, which a server that
+    // predates it answers with unknown_type: nothing the user did, nothing to show.
+    if (code === "unknown_type") return;
+    let text = typeof msg.text === "string" && msg.text ? msg.text : code;
+    if (code === "rate_limited" && Number.isFinite(msg.retry_after_ms)) {
+      text += ` (try again in ${Math.ceil(msg.retry_after_ms / 1000)} s)`;
+    }
+    if (msg.refused === "join") text = `Not joined: ${text}`;
+    else if (msg.refused === "leave") text = `Not left: ${text}`;
     const line = addLine("error", text);
     line.dataset.code = code;
+  }
+
+  // The server refused our leave and changed nothing: the page is back in the room as it was,
+  // and shows what the room sent while it believed it had left.
+  function leaveRefused() {
+    const before = leaving;
+    leaving = null;
+    if (before === null) return; // a join went out since: its answer decides
+    wanted = before.wanted;
+    current = before.current;
+    for (const [name, count] of before.members) members.set(name, count);
+    memberTotal = before.memberTotal;
+    renderMembers();
     showRoom();
+    addLine("system", `You are still in #${(current || wanted).room}.`);
+    for (const msg of before.held) dispatch(msg);
   }
 
   // ---------- rendering ----------
@@ -1168,7 +1253,8 @@
     const shown = current || wanted;
     if (!shown) return;
     // Offline there is nothing to tell the server: not rejoining on reconnect is the leave.
-    wire.leave();
+    const snapshot = { wanted, current, members: new Map(members), memberTotal, held: [] };
+    leaving = wire.leave() ? snapshot : null;
     wanted = null;
     forgetRoomState();
     if (pending) releasePending();
