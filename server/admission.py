@@ -44,7 +44,7 @@ def handshake_problem(headers: Any) -> Refusal | None:
     for name in _ONCE:
         if len(headers.getall(name, ())) > 1:
             return _bad(f"{name} must appear once")
-    if "host" not in headers:
+    if not headers.get("host", "").strip():
         return _bad("an upgrade needs a Host header")
     if headers.get("content-length", "0").strip() != "0" or "transfer-encoding" in headers:
         return _bad("an upgrade request has no body")

@@ -168,9 +168,22 @@ class Connection(WSListener):
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if self.closing:
             # Frames still in the read buffer, or arriving while we wait for the peer to hang
-            # up: ignored, but its CLOSE ends the wait (both sides have sent theirs).
+            # up: ignored, but its CLOSE ends the wait (both sides have sent theirs). Still
+            # counted: picows parses each, and a peer flooding frames after our CLOSE (one bad
+            # byte, then pings, until the grace time ends) would otherwise escape the budget.
             if frame.msg_type is _CLOSE:
                 transport.disconnect(graceful=True)
+                return
+            frames_left = self.member.frames_left - 1
+            self.member.frames_left = frames_left
+            if not frames_left and self._too_many_frames():
+                # No longer read: let go a second from now, as a flooder closed with 1008 is
+                # (aborting at once would reset the connection and discard our unread CLOSE).
+                if self.abort_timer is not None:
+                    self.abort_timer.cancel()
+                self.abort_timer = self.owner.loop.call_later(
+                    _UNREAD_CLOSE_GRACE, self._abort_unread
+                )
             return
         self.heard = True
         member = self.member
@@ -224,7 +237,8 @@ class Connection(WSListener):
             return False
         owner.counters.frame_floods += 1
         log.warning(
-            "closing %s (%s): %d frames in under a second > --max-frames-per-second",
+            "%s %s (%s): %d frames in under a second > --max-frames-per-second",
+            "aborting" if self.closing else "closing",
             self.peer(),
             self.member.name,
             owner.frame_budget,

@@ -265,6 +265,8 @@ def test_handshake_problems_are_found_before_picows_sees_them() -> None:
 
     assert problem(good) is None
     assert problem({**good, "connection": "keep-alive"}) is not None
+    assert problem({**good, "host": ""}) == (400, "an upgrade needs a Host header")
+    assert problem({**good, "host": "  "}) == (400, "an upgrade needs a Host header")
     firefox = {**good, "connection": "keep-alive, Upgrade"}
     assert problem(firefox) is None
     assert firefox == {**good, "connection": "keep-alive, Upgrade"}  # pure: nothing rewritten

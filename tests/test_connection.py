@@ -380,6 +380,52 @@ async def test_tiny_frame_floods_are_cut_off_and_a_calm_client_keeps_chatting(
     assert server.text().count("frames in under a second > --max-frames-per-second") == 8
 
 
+@pytest.mark.parametrize(
+    "trigger",
+    [bytes([0x80 | 0x40 | TEXT]) + encode_frame(TEXT, b"x")[1:], encode_frame(TEXT, b"\xff")],
+    ids=["reserved-bit", "invalid-utf8"],
+)
+async def test_frames_after_the_servers_close_still_count_against_the_budget(
+    launch: Launch, trigger: bytes
+) -> None:
+    """One bad frame makes the server close (1002, 1007) and read on for the grace time, for
+    the peer's answer. Before: the frames read meanwhile were not counted, so 20 connections
+    each sending one bad byte and then pings held a calm client's round trip at 0.8-2.3 s and
+    grew the server by 50 MB, with no flood ever counted."""
+    server = launch("--rate-limit", "0", "--ping-timeout", "60")
+    good = await joined(server, "good")
+    flooders = [await RawClient.connect(server.host, server.port) for _ in range(8)]
+    pings = encode_frame(PING, b"") * 5000
+
+    async def bad_then_pings(client: RawClient) -> int:
+        client.writer.write(trigger)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # a million frames if nothing stopped them
+                client.writer.write(pings)
+                await asyncio.wait_for(client.writer.drain(), 30)
+        try:
+            return int(await client.wait_eof())
+        except ConnectionError:  # aborted while our writes were in flight: cut off all the same
+            return 1
+
+    floods = asyncio.gather(*(bad_then_pings(client) for client in flooders))
+    slowest = 0.0
+    n = 0
+    while not floods.done():
+        n += 1
+        slowest = max(slowest, await roundtrip(good, f"during the floods {n}"))
+        await asyncio.wait({floods}, timeout=0.02)
+    assert await floods == [1] * len(flooders)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while metric(server, "roomcast_connections") > 1:  # let go, long before the 60 s grace
+        assert loop.time() < deadline, "the flooders were held for the grace time"
+        await asyncio.sleep(0.05)
+    assert slowest < 2.0, f"a well-behaved client waited {slowest:.2f} s"
+    assert metric(server, "roomcast_frame_floods_total") == len(flooders)
+    assert server.text().count("aborting") >= len(flooders)
+
+
 async def test_a_flood_closed_client_is_let_go_after_a_second_not_after_the_ping_timeout(
     launch: Launch,
 ) -> None:
@@ -438,15 +484,23 @@ async def test_fragment_floods_are_cut_off_and_cost_little(launch: Launch) -> No
     flooder = await RawClient.connect(server.host, server.port)
     empties = encode_frame(CONTINUATION, b"", fin=False) * 10_000
     flooder.writer.write(encode_frame(TEXT, b"", fin=False))
+    # read while writing: frames flooded after the server's CLOSE count against the frame
+    # budget too, and then the server stops reading (a write would wait) and aborts
+    closed = asyncio.ensure_future(flooder.expect_close(timeout=30))
     slowest = 0.0
     with contextlib.suppress(ConnectionError):
         for batch in range(100):  # a million empty frames if nothing stopped it
             flooder.writer.write(empties)
-            await flooder.writer.drain()
+            drained = asyncio.ensure_future(flooder.writer.drain())
+            await asyncio.wait({drained, closed}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+            if closed.done():
+                break
             if batch % 10 == 0:
                 slowest = max(slowest, await roundtrip(good, f"during the flood {batch}"))
     assert slowest < 2.0, f"a well-behaved client waited {slowest:.2f} s"
-    frame = await flooder.expect_close(timeout=10)
+    frame = await closed
+    flooder.writer.transport.abort()
     assert frame.close_code == 1009 and b"fragments" in frame.payload
     parkers = [await RawClient.connect(server.host, server.port) for _ in range(50)]
     piece = encode_frame(CONTINUATION, b"xy", fin=False)

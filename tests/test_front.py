@@ -55,6 +55,18 @@ def test_a_request_head_is_parsed_case_insensitively_in_latin_1() -> None:
         (b"GET * HTTP/1.1\r\n\r\n", 400),  # "*" is for OPTIONS only
         (b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 129 + b"\r\n", 431),
+        # what the attacker audit found passing through to picows (whose 400 echoed it) or on
+        (b"GET / HTTP/1.1\r\nHost: evil\x1b]0;title\x07\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nSec-WebSocket-Protocol: \x1b[2Jpwned\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX-A: del\x7f\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX\x00A: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nX\x1bA: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n(A): b\r\n\r\n", 400),
+        (b"GET /a\x00b HTTP/1.1\r\n\r\n", 400),
+        (b"GET /a\x1bb HTTP/1.1\r\n\r\n", 400),
+        (b"GET /caf\xe9 HTTP/1.1\r\n\r\n", 400),
+        (b"GET /a\rb HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 6\r\n\r\n", 400),
     ],
 )
 def test_bad_requests_are_4xx_with_a_reason(head: bytes, status: int) -> None:
@@ -383,8 +395,13 @@ GOOD_UPGRADE = (
         (b"Sec-WebSocket-Version: 13\r\n", b"400"),
         (b"Content-Length: 12\r\n", b"400"),  # a body would be read as the first frames
         (b"Transfer-Encoding: chunked\r\n", b"400"),
+        (b"Sec-WebSocket-Protocol: one\x1b[2J\r\n", b"400"),  # was picows's 400, echoing it
+        (b"Content-Length: 0\r\nContent-Length: 12\r\n", b"400"),  # only the first was read
     ],
-    ids=["lf", "cr", "nul", "two-hosts", "two-keys", "two-versions", "length", "chunked"],
+    ids=[
+        "lf", "cr", "nul", "two-hosts", "two-keys", "two-versions", "length", "chunked",
+        "escape-in-protocol", "two-lengths",
+    ],
 )
 async def test_malformed_upgrades_get_our_fixed_400(
     launch: Launch, extra: bytes, status: bytes
