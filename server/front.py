@@ -232,6 +232,7 @@ class Front(asyncio.Protocol):
         if getattr(listener, "transport", None) is None:
             # picows refused our copy of a request the gate checked: a bug, not the peer's
             log.error("picows did not complete the handshake of %s", self._peer)
+            self._owner.note(RefusalReason.INTERNAL_ERROR, "picows refused a checked upgrade")
             self._release()
             return
         # From here the slot belongs to the WebSocket (released when it closes).
