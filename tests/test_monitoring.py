@@ -339,7 +339,8 @@ def test_referenced_metrics_are_exported_by_a_real_server() -> None:
     with running_server("--log-level", "warning") as plain:
         single = exposition_names(scrape(plain))
     missing = wanted - single  # the broker's gauges exist only with --redis-url
-    assert {"roomcast_broker_up", "roomcast_broker_roundtrip_seconds"} <= missing
+    assert "roomcast_broker_up" in missing
+    assert any(n.startswith("roomcast_broker_roundtrip_seconds") for n in missing)  # no probe
     assert sorted(n for n in missing if not n.startswith("roomcast_broker_")) == []
 
 

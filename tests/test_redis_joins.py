@@ -10,6 +10,9 @@ from server.config import Config
 from server.core import ChatCore, Member, Replay, Room
 from server.protocol import ChatMessage, Position, encode
 from server.redis.joins import Joins, replayed
+from server.redis.pipeline import Pipeline
+from server.redis.positions import Positions
+from server.redis.repairs import Repairs
 from server.redis.scripts import JoinReply
 from tests.frames import server_messages
 
@@ -177,3 +180,49 @@ def test_an_incomplete_replay_is_never_called_recovered() -> None:
     assert replayed(5, last, 100, 1 << 20)[1:] == (False, "too old")  # 5 asked, 1 stored
     assert replayed(200, last, 100, 1 << 20)[1:] == (False, "too many")  # > --history-size
     assert replayed(5, last, 0, 1 << 20) == ([], False, "history disabled")
+
+
+# ---- a join whose notice was lost with the subscription (server/redis/repairs.py) -------------
+
+
+def test_a_join_whose_notice_was_lost_is_placed_by_the_repair_where_its_script_ran() -> None:
+    """The audit's stuck joins: a join script that ran while the node's subscription was dead
+    (CLIENT KILL TYPE pubsub) published its notice to nobody; the joiner got no history, no
+    welcome and no chats for ever, though it was a member. The repair after the resubscription
+    now places it after the chat whose seq its script read."""
+    world = World()
+    positions = Positions()
+    world.joins = Joins(world.core, 100, 1 << 20, positions.placed)
+    pipeline = Pipeline()
+    repairs = Repairs(
+        world.core, positions, pipeline, world.joins, node="n1",
+        publish_command=lambda: "PUBLISH", replay=lambda channel, data: None,
+    )
+    world.member("bob")
+    room = world.core.rooms["r"]
+    world.joins.replied("bob", reply(1, [b"bob"], last=0))
+    world.joins.positioned("bob", room)
+    for seq in (1, 2):
+        positions.judge("r", "e1", seq)  # bob's node delivered the stream up to seq 2
+    world.member("ann")
+    world.joins.replied("ann", reply(2, [b"bob", b"ann"], last=3))  # at seq 3; notice lost
+    world.core.flush()
+    world.received("bob")
+
+    positions.restart("r")  # the subscription is gone: resubscribe and repair
+    repairs.start("r")
+    marker, read = pipeline.take(held_back=())
+    repairs.marker("r")  # back through the new subscription
+    assert marker.on_reply is not None and read.on_reply is not None
+    marker.on_reply([b"e1", 5])
+    stream = [(f"{seq}-{seq}".encode(), {b"p": b'{"type":"chat","text":"c%d"}' % seq})
+              for seq in (3, 4, 5)]
+    read.on_reply([b"e1", stream])
+    world.core.flush()
+
+    ann = world.received("ann")
+    assert ann[0]["users"] == ["bob", "ann"] and ann[0]["seq"] == 3  # her welcome first
+    assert [m["text"] for m in ann[1:]] == ["c4", "c5"]  # then what came after her join
+    bob = world.received("bob")
+    assert [m["text"] for m in bob] == ["c3", "ann joined #r", "c4", "c5"]
+    assert not world.joins.pending and not room.held

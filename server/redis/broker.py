@@ -108,7 +108,7 @@ class RedisBroker:
             on_lost=self._lost,
         )
         self.repairs = Repairs(
-            core, self.positions, self.pipeline, node=self.node,
+            core, self.positions, self.pipeline, self.joins, node=self.node,
             publish_command=lambda: self.link.publish_command, replay=self._on_message,
         )
         self._up = False

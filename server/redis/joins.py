@@ -8,6 +8,11 @@ where the joiner's stream starts), and the script's reply (count, names, epoch, 
 replay). When the notice comes first the member is placed at once and ``hold``-ed by the core;
 the reply ``release``-s it with its ``history`` message and welcome written before everything
 kept for it. So the replay ends exactly where live delivery begins, on whichever node.
+
+A notice published while the node's subscription was dead (killed, or dropping messages) never
+comes back: the repair that follows (server/redis/repairs.py) places such a **stranded** join
+itself, at its position in the room's order (after the chat whose seq the script read), so that
+no joiner waits for ever.
 """
 
 from __future__ import annotations
@@ -26,11 +31,14 @@ UNAVAILABLE = "history unavailable"  # the reason a resume gets while Redis is u
 class Joining:
     """A local member between its join request and its welcome."""
 
-    __slots__ = ("before", "count", "member", "notice", "positioned", "replay", "room", "users")
+    __slots__ = (
+        "before", "count", "member", "notice", "order", "positioned", "replay", "room", "users"
+    )
 
     def __init__(
-        self, member: Member, room: Room, notice: SystemMessage, replay: Replay
+        self, member: Member, room: Room, notice: SystemMessage, replay: Replay, order: int
     ) -> None:
+        self.order = order  # joins asked for on this node before it, plus one
         self.member = member
         self.room = room
         self.notice = notice
@@ -47,6 +55,13 @@ class Joining:
         notice.users = self.users
         notice.max_text_length = max_text_length
         return self.before + text_frame(encode(notice))
+
+    def announced(self) -> bytes:
+        """The notice as the room's other members get it (Redis fills in the count)."""
+        notice = self.notice
+        return encode(SystemMessage(
+            notice.text, notice.event, notice.room, notice.username, self.count, notice.timestamp
+        ))
 
 
 def replayed(
@@ -92,11 +107,26 @@ class Joins:
         self._replay_bytes = replay_bytes
         self._max_text_length = core.config.max_text_length
         self.pending: dict[str, Joining] = {}  # member field -> its join in progress
+        self.asked = 0  # joins asked for so far: a repair knows which came before it
 
     def expect(
         self, field: str, member: Member, room: Room, notice: SystemMessage, replay: Replay
     ) -> None:
-        self.pending[field] = Joining(member, room, notice, replay)
+        self.asked += 1
+        self.pending[field] = Joining(member, room, notice, replay, self.asked)
+
+    def stranded(self, room: Room, asked: int, arrived: set[str]) -> list[tuple[str, Joining]]:
+        """The joins into `room` asked for before a repair (the first `asked`) whose script has
+        replied but whose notice did not come back before the repair's marker, nor is held by
+        the repair (`arrived`): published while the subscription was dead, it never will. In
+        the order of their positions."""
+        found = [
+            (field, joining) for field, joining in self.pending.items()
+            if joining.room is room and joining.order <= asked and not joining.positioned
+            and joining.users is not None and field not in arrived
+        ]
+        found.sort(key=lambda item: item[1].notice.seq or 0)
+        return found
 
     def cancel(self, field: str) -> None:
         """The member left (or went) before its welcome; the core has already let it go."""

@@ -55,10 +55,11 @@ class Repair:
 class Outcome:
     """What finishing a repair means for the room: what to deliver first and what to tell."""
 
-    __slots__ = ("deliver", "epoch", "held", "missing", "reset", "seq")
+    __slots__ = ("deliver", "epoch", "held", "missing", "reset", "seq", "seqs")
 
     def __init__(self) -> None:
         self.deliver: list[bytes] = []  # payloads, before the held messages
+        self.seqs: list[int] = []  # and their seqs
         self.held: list[Held] = []  # then these, through the normal path
         self.reset = False  # the stream was lost: tell the members the new position
         self.epoch = ""
@@ -223,6 +224,7 @@ class Positions:
                         had += 1
                         continue
                 outcome.deliver.append(payload)
+                outcome.seqs.append(seq)
         # A reset's read is the new stream from its start (repairs.py): what it no longer holds
         # of the new epoch is missing here too.
         outcome.missing = max(0, upto - after - len(outcome.deliver) - had)

@@ -13,13 +13,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..core import ChatCore, Room
 from ..protocol import StatusMessage, encode
 from . import scripts
+from .joins import Joins
 from .pipeline import OTHER, Op, Pipeline
-from .positions import DELIVER, RESET, Held, Positions
+from .positions import DELIVER, RESET, Held, Outcome, Positions
 from .wire import CHAT, UnknownEnvelope, chat_position, open_envelope
+from .wire import JOIN as JOIN_NOTICE
 
 log = logging.getLogger("roomcast.redis")
 
@@ -30,6 +33,7 @@ class Repairs:
         core: ChatCore,
         positions: Positions,
         pipeline: Pipeline,
+        joins: Joins,
         *,
         node: str,
         publish_command: Callable[[], str],
@@ -39,6 +43,8 @@ class Repairs:
         self._core = core
         self._positions = positions
         self._pipeline = pipeline
+        self._joins = joins
+        self._joins_before: dict[str, int] = {}  # room -> joins asked for before its repair
         self._node = node
         self._publish_command = publish_command
         self._replay = replay
@@ -49,6 +55,7 @@ class Repairs:
         positions = self._positions
         if not positions.start(name, held):
             return
+        self._joins_before[name] = self._joins.asked
         known = positions.last(name)
         mark: list[tuple[str, int]] = []  # the marker's reply comes just before the read's
 
@@ -83,6 +90,7 @@ class Repairs:
         if repair is None:
             return
         seqs: list[int | None] = []
+        arrived: set[str] = set()  # local joiners whose notice the repair holds
         for _, data in repair.held:
             seq = None
             with contextlib.suppress(UnknownEnvelope, ValueError):
@@ -90,22 +98,44 @@ class Repairs:
                 if kind == CHAT:
                     epoch, number = chat_position(sender)
                     seq = number if epoch == repair.stream_epoch else None
+                elif kind == JOIN_NOTICE:
+                    arrived.add(sender)
             seqs.append(seq)
         outcome = positions.finish(name, seqs)
         if outcome is None:
             return
+        asked = self._joins_before.pop(name, 0)
         room = self._core.rooms.get(name)
         if room is not None:
             if outcome.reset:  # the new stream from its start: what it holds, then the gap
                 tell_reset(self._core, room, outcome.epoch, 0)
-            for payload in outcome.deliver:
-                self._core.deliver(room, payload)
+            stranded = self._joins.stranded(room, asked, arrived)
+            self._deliver_placing_stranded(room, outcome, stranded)
             if outcome.missing:
                 tell(self._core, room, "gap", f"{outcome.missing} messages could not be "
                      "recovered: they are no longer in the room's history")
             send_due_acks(self._core, positions, room)
         for channel, data in outcome.held:
             self._replay(channel, data)
+
+
+    def _deliver_placing_stranded(self, room: Room, outcome: Outcome, stranded: list[Any]) -> None:
+        """The repaired chats, each stranded join placed among them where its script ran:
+        after the chat whose seq it read, so its replay ends where its live delivery begins."""
+        core = self._core
+        missed = list(zip(outcome.seqs, outcome.deliver, strict=True))
+        index = 0
+        for field, joining in stranded:
+            position = joining.notice.seq or 0 if joining.notice.epoch == outcome.epoch else -1
+            while index < len(missed) and missed[index][0] <= position:
+                core.deliver(room, missed[index][1])
+                index += 1
+            log.warning("placing %s in #%s: its join notice was lost with the subscription",
+                        joining.member.name, room.name)
+            core.deliver(room, joining.announced())
+            self._joins.positioned(field, room)
+        for _, payload in missed[index:]:
+            core.deliver(room, payload)
 
 
 def deliver_judged(
