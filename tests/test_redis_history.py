@@ -19,7 +19,7 @@ from server.redis.joins import replayed
 from server.redis.scripts import JoinReply
 from tests.conftest import Launch
 from tests.rawws import RawClient, until
-from tests.redis_support import LosingProxy, RedisServer, start_redis
+from tests.redis_support import LosingProxy, RedisServer, cli, start_redis
 from tests.support import ServerProcess
 
 pytestmark = pytest.mark.usefixtures("raw_clients")
@@ -695,3 +695,38 @@ async def test_what_redis_refuses_is_told_to_the_joiner_and_the_sender(
             break
         await asyncio.sleep(0.05)
     assert logged in a.text()
+
+
+async def test_a_redis_back_from_an_older_snapshot_is_told_and_its_new_chats_delivered(
+    launch: Launch, redis_server: RedisServer
+) -> None:
+    """Redis is killed and restarts from a snapshot taken 5 chats earlier (same epoch, seq 5
+    where both nodes had delivered 10): it numbers the new chats 6, 7, 8 again. Before, every
+    node took them for duplicates and delivered them to nobody, the sender included, while
+    the sender was acked; now each node tells its members (`reset` at seq 5, same epoch) and
+    delivers them, and logs why."""
+    a, b = node(launch, redis_server), node(launch, redis_server)
+    ann, _, welcome = await join(a, "ann")
+    bob, _, _ = await join(b, "bob")
+    for n in range(10):
+        if n == 5:
+            await chats_until(bob, "old4")
+            cli(redis_server.port, "SAVE")  # the snapshot Redis comes back from
+        ann.send_json({"type": "chat", "text": f"old{n}"})
+    await chats_until(bob, "old9")
+    await chats_until(ann, "old9")
+    assert redis_server.proc is not None
+    redis_server.proc.kill()  # no chance to save what came after the snapshot
+    redis_server.proc.wait()
+    redis_server.start()
+    for client in (ann, bob):
+        await until(client, lambda m: m.get("event") == "recovered", timeout=20)
+    for n in range(3):
+        ann.send_json({"type": "chat", "text": f"new{n}", "id": f"n{n}"})
+    for client in (ann, bob):
+        seen = await received_until(client, lambda m: m.get("text") == "new2")
+        [reset] = [m for m in seen if m.get("event") == "reset"]
+        assert (reset["epoch"], reset["seq"]) == (welcome["epoch"], 5)
+        chats = [(m["seq"], m["text"]) for m in seen if m.get("type") == "chat"]
+        assert chats == [(6, "new0"), (7, "new1"), (8, "new2")]
+    assert "went back from seq 10 to 5" in a.text() + b.text()

@@ -73,6 +73,23 @@ def test_an_ack_of_an_epoch_the_room_left_goes_and_one_of_the_next_epoch_waits()
     assert positions.judge("r", "e2", 2) == DELIVER and positions.acks_due("r") == []
 
 
+def test_a_stream_that_went_back_is_told_and_its_new_chats_are_delivered() -> None:
+    """The audit: Redis killed and restarted from an older snapshot (seq 20 where this node had
+    delivered 30, same epoch) numbered new chats 21-30 again; every node took them for
+    duplicates and delivered them to nobody, while their senders were acked."""
+    positions = Positions()
+    for seq in range(1, 31):
+        positions.judge("r", "e1", seq)
+    assert positions.start("r")
+    positions.marker("r")
+    positions.read("r", "e1", 20, [])
+    outcome = positions.finish("r", [21])  # a new chat 21 held during the repair
+    assert outcome is not None
+    assert (outcome.reset, outcome.rolled_back, outcome.epoch, outcome.seq) == (True, 30, "e1", 20)
+    assert outcome.deliver == [] and outcome.missing == 0
+    assert positions.judge("r", "e1", 21) == DELIVER  # the new 21, not a duplicate
+
+
 def test_a_repair_delivers_what_the_node_missed_in_order() -> None:
     positions = Positions()
     positions.judge("r", "e1", 1)

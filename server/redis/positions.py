@@ -55,7 +55,7 @@ class Repair:
 class Outcome:
     """What finishing a repair means for the room: what to deliver first and what to tell."""
 
-    __slots__ = ("deliver", "epoch", "held", "missing", "reset", "seq", "seqs")
+    __slots__ = ("deliver", "epoch", "held", "missing", "reset", "rolled_back", "seq", "seqs")
 
     def __init__(self) -> None:
         self.deliver: list[bytes] = []  # payloads, before the held messages
@@ -65,6 +65,9 @@ class Outcome:
         self.epoch = ""
         self.seq = 0  # the position the node's delivery continues from
         self.missing = 0  # messages gone from the stream that this node never delivered
+        # The stream went back to an older copy of itself, same epoch (a Redis restarted from
+        # an older snapshot): the last seq this node had delivered, else 0.
+        self.rolled_back = 0
 
 
 class Positions:
@@ -210,6 +213,12 @@ class Positions:
             return outcome
         after = known[1] if known[0] == epoch else 0
         outcome.reset = known[0] != epoch
+        if not outcome.reset and repair.bound < after:
+            # Redis numbers from its older copy again: seqs this node delivered will name new
+            # chats. Taken for duplicates, they would reach nobody here; delivery continues
+            # from Redis's position instead, and the members are told (a reset, same epoch).
+            outcome.rolled_back, after = after, repair.bound
+            outcome.reset = True
         held_chats = [seq for seq in chat_seqs if seq is not None]
         # Everything published after the subscription is held, in order: the read adds only
         # what came before the first of those (and never past the marker's bound).

@@ -107,7 +107,15 @@ class Repairs:
         asked = self._joins_before.pop(name, 0)
         room = self._core.rooms.get(name)
         if room is not None:
-            if outcome.reset:  # the new stream from its start: what it holds, then the gap
+            if outcome.rolled_back:
+                log.error(
+                    "Redis's stream of #%s went back from seq %d to %d in epoch %s (restarted "
+                    "from an older snapshot?): the messages after %d are lost; persist with "
+                    "appendonly yes, or not at all (then the epoch changes)",
+                    name, outcome.rolled_back, outcome.seq, outcome.epoch, outcome.seq,
+                )
+                tell_reset(self._core, room, outcome.epoch, outcome.seq)
+            elif outcome.reset:  # the new stream from its start: what it holds, then the gap
                 tell_reset(self._core, room, outcome.epoch, 0)
             stranded = self._joins.stranded(room, asked, arrived)
             self._deliver_placing_stranded(room, outcome, stranded)
