@@ -110,11 +110,17 @@ class Repairs:
             if outcome.rolled_back:
                 log.error(
                     "Redis's stream of #%s went back from seq %d to %d in epoch %s (restarted "
-                    "from an older snapshot?): the messages after %d are lost; persist with "
-                    "appendonly yes, or not at all (then the epoch changes)",
+                    "from an older snapshot?): the messages after %d are lost, and the stream "
+                    "starts over in a new epoch; persist with appendonly yes, or not at all",
                     name, outcome.rolled_back, outcome.seq, outcome.epoch, outcome.seq,
                 )
+                # What Redis numbered again until now is delivered after this reset; then the
+                # stream goes, so that a resume from a position past `seq` is `epoch changed`,
+                # never answered with the new chats as if nothing were missing.
                 tell_reset(self._core, room, outcome.epoch, outcome.seq)
+                self._pipeline.push(
+                    Op(OTHER, scripts.forget_command(name, outcome.epoch), room=name)
+                )
             elif outcome.reset:  # the new stream from its start: what it holds, then the gap
                 tell_reset(self._core, room, outcome.epoch, 0)
             stranded = self._joins.stranded(room, asked, arrived)

@@ -15,7 +15,10 @@ order of the scripts on the shard is the order of the channel:
 * ``LEAVE``: the member unregistered, its notice published; when the room is empty its history
   starts its ``--history-ttl``;
 * ``MARK`` and ``FETCH``: a repair's marker on the channel, then the read of what the node lacks
-  (server/redis/positions.py).
+  (server/redis/positions.py);
+* ``FORGET``: the room's stream dropped if it is still of an epoch a repair found gone back to
+  an older copy of itself (a restart from an older snapshot), so that the next chat or join
+  starts a new epoch, as after a loss: a position never names two messages.
 
 Scripts are sent as EVALSHA once loaded (``load``), the text itself never per message.
 """
@@ -174,7 +177,16 @@ if epoch == ARGV[1] then after = tonumber(ARGV[2]) end
 return {epoch, redis.call('XRANGE', KEYS[2], '0-' .. (after + 1), '+')}
 """
 
-SCRIPTS = {"chat": CHAT, "join": JOIN, "leave": LEAVE, "mark": MARK, "fetch": FETCH}
+# KEYS: meta, history, ids. ARGV: 1 the epoch that went back. Returns 1 if it was dropped.
+FORGET = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return 1
+"""
+
+SCRIPTS = {
+    "chat": CHAT, "join": JOIN, "leave": LEAVE, "mark": MARK, "fetch": FETCH, "forget": FORGET,
+}
 SHA = {name: hashlib.sha1(text.encode()).hexdigest() for name, text in SCRIPTS.items()}
 
 
@@ -272,6 +284,11 @@ def repair_fetch_command(room: str, epoch: str, after: int) -> tuple[object, ...
     """The EVALSHA that reads what a repairing node lacks: the stored messages after its
     position (`epoch`, `after`), or all of them if the stream is no longer that epoch."""
     return ("EVALSHA", SHA["fetch"], 2, meta_key(room), history_key(room), epoch, after)
+
+
+def forget_command(room: str, epoch: str) -> tuple[object, ...]:
+    """The EVALSHA that drops the room's stream if it is still of `epoch` (``FORGET``)."""
+    return ("EVALSHA", SHA["forget"], 3, *_room_keys(room), epoch)
 
 
 def parse_repair_fetch_reply(reply: Any) -> tuple[str, list[tuple[int, bytes]]]:
