@@ -226,3 +226,26 @@ def test_a_join_whose_notice_was_lost_is_placed_by_the_repair_where_its_script_r
     bob = world.received("bob")
     assert [m["text"] for m in bob] == ["c3", "ann joined #r", "c4", "c5"]
     assert not world.joins.pending and not room.held
+
+
+def test_the_reply_of_an_overtaken_join_never_describes_the_next_one() -> None:
+    """Join #r, then #r2 before #r's script ran: both scripts are queued, and a member's join in
+    progress is keyed by the member. #r's reply came first and was taken for #r2's: the welcome
+    of #r2 listed #r's members and epoch (found by the page test of a superseded join)."""
+    world = World()
+    ann = world.member("ann")
+    overtaken = world.joins.pending["ann"]
+    world.core.join(ann, "r2", "ann")  # the core leaves #r; the broker cancels that join
+    world.joins.cancel("ann")
+    room2, arrived = world.broker.arrivals[-1]
+    notice = world.core.notice(room2, arrived, "join", 0)
+    latest = world.joins.expect("ann", arrived, room2, notice, None)
+    world.joins.replied("ann", reply(1, [b"ann"], epoch=b"epoch-of-r"), overtaken)
+    world.joins.failed("ann", 100, overtaken)  # nor does its error, had Redis refused it
+    world.joins.positioned("ann", room2)
+    world.joins.replied("ann", reply(2, [b"bob", b"ann"], epoch=b"epoch-of-r2"), latest)
+    world.core.flush()
+    [welcome] = world.received("ann")
+    assert (welcome["room"], welcome["users"], welcome["epoch"]) == (
+        "r2", ["bob", "ann"], "epoch-of-r2"
+    )

@@ -45,7 +45,7 @@ from ..protocol import (
 )
 from ..state import Counters
 from . import scripts
-from .joins import Joins, unavailable
+from .joins import Joining, Joins, unavailable
 from .leases import Leases
 from .link import COMMAND_TIMEOUT, REDIS_ERRORS, Link
 from .outage import deliver_held, deliver_unanswered
@@ -234,10 +234,10 @@ class RedisBroker:
             return
         notice = self.core.notice(room, member, "join", 0)
         field = self.field(member)
-        self.joins.expect(field, member, room, notice, replay)
+        joining = self.joins.expect(field, member, room, notice, replay)
         self.registered[field] = (room.name, member.name)
         self.pipeline.push(self._join_op(room.name, field, member.name, notice,
-                                         head=join_head(field), replay=replay))
+                                         head=join_head(field), replay=replay, joining=joining))
 
     def leave(self, room: Room, member: Member) -> None:
         self.interest.remove(room.name)
@@ -266,6 +266,7 @@ class RedisBroker:
     def _join_op(
         self, room: str, field: str, username: str, notice: SystemMessage, *, head: bytes,
         limit: int | None = None, replay: Replay = None, reply_expected: bool = True,
+        joining: Joining | None = None,
     ) -> Op:
         asked: tuple[str, int, str] = ("", 0, "")
         if isinstance(replay, Position):
@@ -282,8 +283,8 @@ class RedisBroker:
             return Op(JOIN, args, room=room)
         return Op(
             JOIN, args, room=room,
-            on_reply=lambda reply: self.joins.replied(field, scripts.JoinReply(reply)),
-            on_error=lambda: self.joins.failed(field, self.config.max_users_list),
+            on_reply=lambda reply: self.joins.replied(field, scripts.JoinReply(reply), joining),
+            on_error=lambda: self.joins.failed(field, self.config.max_users_list, joining),
         )
 
     def _leave_op(self, room: str, field: str, notice: bytes, head: bytes, *, force: bool) -> Op:

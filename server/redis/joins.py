@@ -111,9 +111,10 @@ class Joins:
 
     def expect(
         self, field: str, member: Member, room: Room, notice: SystemMessage, replay: Replay
-    ) -> None:
+    ) -> Joining:
         self.asked += 1
-        self.pending[field] = Joining(member, room, notice, replay, self.asked)
+        joining = self.pending[field] = Joining(member, room, notice, replay, self.asked)
+        return joining
 
     def stranded(self, room: Room, asked: int, arrived: set[str]) -> list[tuple[str, Joining]]:
         """The joins into `room` asked for before a repair (the first `asked`) whose script has
@@ -145,10 +146,13 @@ class Joins:
         else:
             self._core.hold(room, joining.member)
 
-    def replied(self, field: str, reply: JoinReply) -> None:
-        """The join script's reply: the room at the notice's position."""
-        joining = self.pending.get(field)
+    def replied(self, field: str, reply: JoinReply, joining: Joining | None = None) -> None:
+        """The join script's reply: the room at the notice's position. `joining`: the join it
+        answers; a member's pending join is keyed by the member, and the reply of a join it
+        overtook (cancelled, its script already queued) must not describe the next one."""
         if joining is None:
+            joining = self.pending.get(field)
+        if joining is None or self.pending.get(field) is not joining:
             return
         joining.count, joining.users = reply.count, reply.names
         joining.notice.epoch, joining.notice.seq = reply.epoch, reply.last
@@ -175,13 +179,15 @@ class Joins:
         for joining in pending.values():
             self._alone(joining, max_users)
 
-    def failed(self, field: str, max_users: int) -> None:
+    def failed(self, field: str, max_users: int, joining: Joining | None = None) -> None:
         """Redis refused the join's script (an error it answered, logged by the pipeline): the
         join completes on this node alone, as in an outage, so that the joiner is not left
-        waiting for a welcome that will never come."""
-        joining = self.pending.pop(field, None)
-        if joining is not None:
-            self._alone(joining, max_users)
+        waiting for a welcome that will never come. (`joining` as for ``replied``.)"""
+        current = self.pending.get(field)
+        if current is None or (joining is not None and current is not joining):
+            return
+        del self.pending[field]
+        self._alone(current, max_users)
 
     def _alone(self, joining: Joining, max_users: int) -> None:
         room = joining.room

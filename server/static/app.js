@@ -105,14 +105,11 @@
   let unavailableTimer = null;
   let acks = false; // the server acks chats that carry an id (the room has an epoch)
   let lastJoin = null; // {room, resume}: the join this page sent last, and whether with `since`
-  // Joins sent on this connection and not answered yet. The server answers each join, in order,
-  // with its welcome (after its `history`, if any) or an error; an answer while a later join is
-  // still to be answered is for a join the page has since superseded, and changes nothing.
-  let joinsUnanswered = 0;
   // A leave the server may still refuse (its rate limit: `rate_limited` with `refused: "leave"`,
-  // and then nothing changed): {wanted, current, members, memberTotal, held}. Until the page
-  // sends its next join, what the server sends about the room is held, not shown, so that a
-  // refused leave puts everything back as it was, the messages that came meanwhile included.
+  // and then nothing changed): {wanted, current, members, memberTotal, held}. Until its fate is
+  // known, what the server sends about rooms is held, not shown, so that a refused leave puts
+  // everything back as it was, the messages that came meanwhile included. The answer to a join
+  // sent after the leave proves the leave went through (the server handles frames in order).
   let leaving = null;
   const MAX_HELD = 500;
   let lastTypingSent = -Infinity;
@@ -149,26 +146,33 @@
       return; // the server only sends JSON text; ignore anything else
     }
     if (!msg || typeof msg !== "object") return;
-    const answered = joinAnswer(msg);
-    if (answered) joinsUnanswered = Math.max(0, joinsUnanswered - 1);
-    const superseded = answered ? joinsUnanswered > 0
-      : msg.type === "history" && joinsUnanswered > 1;
-    if (superseded) {
-      if (msg.type === "error") showError(msg); // still worth saying; it changes nothing
-      return;
-    }
     if (leaving !== null && msg.type !== "error" && msg.type !== "ack") {
-      if (leaving.held.length < MAX_HELD) leaving.held.push(msg);
-      return;
+      if (!answersTheLatestJoin(msg)) {
+        if (leaving.held.length < MAX_HELD) leaving.held.push(msg);
+        return;
+      }
+      leaving = null; // the leave went through: what it held was from before it
     }
     dispatch(msg);
   }
 
-  // Whether `msg` answers a join: its welcome (the joiner's own notice, with `users`), or an
-  // error that refuses a join. The page's chats carry an id, so an `invalid_message` without
-  // one is about a join (the only other message it could be about).
+  // The server's spelling of a room name, as far as the page can tell: trimmed, each run of
+  // spaces one space, Unicode NFC (docs/protocol.md). An answer names the room that way.
+  function roomKey(name) {
+    return typeof name === "string" ? name.trim().replace(/\s+/gu, " ").normalize("NFC") : "";
+  }
+
+  // Whether `msg` is the `history` or the welcome of the join the page sent last. An answer for
+  // another room is for a join since superseded (a Redis node never answers those at all).
+  function answersTheLatestJoin(msg) {
+    const joinReply = msg.type === "history"
+      || (msg.type === "system" && msg.event === "join" && Array.isArray(msg.users));
+    return joinReply && wanted !== null && roomKey(msg.room) === roomKey(wanted.room);
+  }
+
+  // Whether `msg` is an error that refuses a join. The page's chats carry an id, so an
+  // `invalid_message` without one is about a join (the only other message it could be about).
   function joinAnswer(msg) {
-    if (msg.type === "system") return msg.event === "join" && Array.isArray(msg.users);
     if (msg.type !== "error") return false;
     return JOIN_REFUSALS.has(msg.code) || (msg.code === "rate_limited" && msg.refused === "join")
       || (msg.code === "invalid_message" && msg.id === undefined);
@@ -350,7 +354,6 @@
       if (ws !== sock) return;
       opened = true;
       online = true;
-      joinsUnanswered = 0;
       clearTimeout(stableTimer);
       stableTimer = setTimeout(() => {
         attempt = 0;
@@ -370,7 +373,6 @@
       online = false;
       clearTimeout(stableTimer);
       stableTimer = null;
-      joinsUnanswered = 0;
       leaving = null; // the server forgot this connection, and every room it was in
       forgetRoomState();
       outboxInterrupted();
@@ -603,10 +605,7 @@
     lastJoin = { room: target.room, resume };
     const replay = resume ? { since: { epoch: pos.epoch, seq: pos.seq } }
       : { history: HISTORY_ON_JOIN };
-    leaving = null; // a join after a leave: the server has that leave (refused or not) first
-    const sent = wire.join(target, replay);
-    if (sent) joinsUnanswered += 1;
-    return sent;
+    return wire.join(target, replay);
   }
 
   // Each documented `reason` of an incomplete `history` answer (docs/protocol.md), as the
@@ -658,12 +657,13 @@
   // The room's messages the server sends just before our welcome: a resume's missed ones, or a
   // join's last ones. A divider says so when some this tab should have shown are not there.
   function onHistory(msg) {
-    if (wanted === null) return; // we left before the answer (its welcome is ignored too)
+    // we left before the answer, or joined elsewhere since (its welcome is ignored too)
+    if (!answersTheLatestJoin(msg)) return;
     if (typeof msg.room !== "string" || typeof msg.epoch !== "string") return;
     if (!Array.isArray(msg.messages)) return;
     const room = msg.room;
     const before = positions.get(room);
-    const resumed = lastJoin !== null && lastJoin.resume && lastJoin.room === room;
+    const resumed = lastJoin !== null && lastJoin.resume && roomKey(lastJoin.room) === room;
     if (missedSomething(before, msg, resumed)) addDivider(missedDetail(before, msg, resumed));
     const epoch = msg.epoch === "" ? null : msg.epoch; // "": the node cannot reach its history
     // A chat not on screen that comes before one that is goes before that one, in the room's
@@ -729,8 +729,9 @@
   function onSystem(msg) {
     const room = typeof msg.room === "string" ? msg.room : null;
     if (msg.event === "join" && Array.isArray(msg.users)) {
-      // Only the joiner's own copy carries `users`: this confirms our join (unless we left since).
-      if (wanted === null) return;
+      // Only the joiner's own copy carries `users`: this confirms our join, unless we left or
+      // joined elsewhere since.
+      if (!answersTheLatestJoin(msg)) return;
       if (current && current.room !== room) {
         typers.clear();
         renderTyping();
@@ -874,8 +875,9 @@
   function leaveRefused() {
     const before = leaving;
     leaving = null;
-    if (before === null) return; // a join went out since: its answer decides
-    wanted = before.wanted;
+    if (before === null) return;
+    // A join sent since still goes where it was asked to; its answer decides from here.
+    if (wanted === null) wanted = before.wanted;
     current = before.current;
     for (const [name, count] of before.members) members.set(name, count);
     memberTotal = before.memberTotal;
