@@ -244,3 +244,29 @@ def test_the_answer_to_a_superseded_join_is_ignored(
     expect(page.locator("#room-name")).to_have_text("#b")
     wait_until(page, lambda: [c["text"] for c in fake.of_type("chat")] == ["for b"])
     expect(chat_texts(page)).to_have_count(0)  # nothing of #a
+
+
+@desktop_only
+def test_a_refused_leave_then_a_refused_join_leave_the_page_in_its_room(
+    server: ServerProcess, new_page: NewPage, device: Device
+) -> None:
+    """Both from one budget, so once limited both are likely refused. Before: the join dropped
+    the refused leave's snapshot, and the join's refusal put the page in no room while the
+    server kept it in #a."""
+    page = new_page(**device)
+    fake = Scripted(page)
+    open_page(page, server)
+    fill_and_join(page, "a")
+    wait_until(page, lambda: len(fake.of_type("join")) == 1)
+    fake.send(history("a", []), welcome("a"))
+    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    page.click("#leave")
+    fill_and_join(page, "b")
+    wait_until(page, lambda: len(fake.of_type("join")) == 2)
+    fake.send(presence_refusal("leave"), presence_refusal("join"))
+    expect(page.locator("#messages .error")).to_have_count(2)
+    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    expect(page.locator("#room-name")).to_have_text("#a")
+    fake.send(json.dumps({"type": "chat", "username": "bob", "text": "still here",
+                          "timestamp": 4, "seq": 1}))
+    expect(chat_texts(page)).to_have_text(["still here"])
