@@ -128,8 +128,13 @@ def _parse_rule(text: str) -> _OriginRule:
         if wildcard or not _is_ip(host):
             raise ValueError(problem)
     else:
+        if rest.count(":") > 1:  # fe80::1:8080 would be read as fe80::1, port 8080
+            raise ValueError(f"an IPv6 address in an origin pattern goes in brackets: {text!r}")
         host, colon, port_text = rest.rpartition(":") if ":" in rest else (rest, "", "")
-        if not _DNS_NAME.fullmatch(host.lower()) and not (not wildcard and _is_ip(host)):
+        if _is_ip(host):
+            if wildcard:  # *.127.0.0.1: no name ends in an address
+                raise ValueError(problem)
+        elif not _DNS_NAME.fullmatch(host.lower()):
             raise ValueError(problem)
     port: int | None = None
     if colon:

@@ -69,6 +69,7 @@ def test_defaults_allow_all_without_auth_and_same_origin_with_it() -> None:
         "https://*", "*.", "https://a.com:port", "a/b", "ht!tp://x", "https://exa mple.com",
         "https://a.com:0", "https://a.com:99999", "https://a..com", "https://-a.com",
         "https://[::1", "*.[::1]", "https://a.com/path", "://a.com", "https://",
+        "http://fe80::1:8080", "*.127.0.0.1",
     ],
 )
 def test_bad_origin_patterns_are_rejected(bad: str) -> None:

@@ -8,8 +8,10 @@ import pathlib
 import shutil
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 
+import jwt
 import pytest
 import websockets
 
@@ -210,3 +212,29 @@ async def test_nginx_never_exposes_metrics_and_drops_cookies(tmp_path: pathlib.P
         nginx.stop()
         upstream.close()
         await upstream.wait_closed()
+
+
+async def test_with_auth_on_the_page_behind_nginx_on_its_own_port_is_same_origin(
+    launch: Launch, tmp_path: pathlib.Path
+) -> None:
+    """Auth on, no --allowed-origins: only same-origin pages may open a WebSocket. Behind the
+    shipped config on a port that is not 443, the page's Origin carries that port; with
+    `Host $host` nginx dropped it, and the server's rule (a Host without a port is 80 or 443)
+    refused the page's own connections with 403."""
+    require_nginx()
+    secret = "proxy-test-secret-that-is-long-enough-for-hs256"
+    server = launch("--jwt-secret", secret, "--rate-limit", "0")
+    nginx = Nginx(tmp_path, server.port)
+    try:
+        tls = ssl.create_default_context(cafile=str(nginx.cert))
+        origin = f"https://127.0.0.1:{nginx.tls_port}"
+        token = jwt.encode({"sub": "alice", "exp": int(time.time()) + 600}, secret, "HS256")
+        url = f"wss://127.0.0.1:{nginx.tls_port}/ws?token={token}"
+        page = await connect_when_up(url, tls, Origin=origin)
+        await page.close()
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url, ssl=tls, open_timeout=5,
+                                     additional_headers={"Origin": "https://127.0.0.1"})
+        assert refused.value.response.status_code == 403  # another port is another origin
+    finally:
+        nginx.stop()

@@ -12,8 +12,9 @@ from server.protocol import ChatMessage, Position, encode
 from server.redis.joins import Joins, replayed
 from server.redis.pipeline import Pipeline
 from server.redis.positions import Positions
-from server.redis.repairs import Repairs
+from server.redis.repairs import Repairs, deliver_judged
 from server.redis.scripts import JoinReply
+from server.redis.wire import CHAT, open_envelope
 from tests.frames import server_messages
 
 
@@ -249,3 +250,77 @@ def test_the_reply_of_an_overtaken_join_never_describes_the_next_one() -> None:
     assert (welcome["room"], welcome["users"], welcome["epoch"]) == (
         "r2", ["bob", "ann"], "epoch-of-r2"
     )
+
+
+def test_a_stranded_join_is_placed_among_the_held_chats_where_its_script_ran() -> None:
+    """The repair's held chats come after what it read: a stranded joiner placed before them
+    all got the ones its own replay had (the review's case: chat 4 held, the join at seq 4)."""
+    world = World()
+    positions = Positions()
+    world.joins = Joins(world.core, 100, 1 << 20, positions.placed)
+    pipeline = Pipeline()
+    room_of = world.core.rooms
+
+    def replay(channel: bytes, data: bytes) -> None:
+        kind, sender, payload = open_envelope(data)
+        assert kind == CHAT
+        deliver_judged(world.core, positions, room_of["r"], sender, payload)
+
+    repairs = Repairs(
+        world.core, positions, pipeline, world.joins, node="n1",
+        publish_command=lambda: "PUBLISH", replay=replay,
+    )
+    world.member("bob")
+    room = room_of["r"]
+    world.joins.replied("bob", reply(1, [b"bob"], last=0))
+    world.joins.positioned("bob", room)
+    for seq in (1, 2):
+        positions.judge("r", "e1", seq)
+    world.member("ann")
+    world.joins.replied("ann", reply(2, [b"bob", b"ann"], last=4))  # notice lost
+    world.core.flush()
+    world.received("bob")
+
+    def held(seq: int) -> tuple[bytes, bytes]:
+        return (b"room:{r}", b"Se1:%d\n" % seq + b'{"type":"chat","text":"c%d"}' % seq)
+
+    repairs.start("r", held(4))  # a gap: 3 is missing
+    positions.keep("r", held(5))
+    marker, read = pipeline.take(held_back=())
+    repairs.marker("r")
+    assert marker.on_reply is not None and read.on_reply is not None
+    marker.on_reply([b"e1", 5])
+    read.on_reply([b"e1", [(b"0-3", {b"p": b'{"type":"chat","text":"c3"}'})]])
+    world.core.flush()
+    ann = world.received("ann")
+    assert ann[0]["users"] == ["bob", "ann"]
+    assert [m["text"] for m in ann[1:]] == ["c5"]  # not c4: her replay ends at 4
+    assert [m["text"] for m in world.received("bob")] == ["c3", "c4", "ann joined #r", "c5"]
+
+
+def test_the_read_of_a_repair_that_started_over_is_not_taken_for_the_new_ones() -> None:
+    """A lost subscription starts the repair over while its first read is still on its way:
+    that read must not finish the new repair (its bound is from before the restart)."""
+    world = World()
+    positions = Positions()
+    pipeline = Pipeline()
+    repairs = Repairs(
+        world.core, positions, pipeline, world.joins, node="n1",
+        publish_command=lambda: "PUBLISH", replay=lambda channel, data: None,
+    )
+    world.member("bob")
+    positions.judge("r", "e1", 1)
+    repairs.start("r")
+    old_marker, old_read = pipeline.take(held_back=())
+    positions.restart("r")  # the subscription is lost: the repair starts over
+    repairs.start("r")
+    new_marker, new_read = pipeline.take(held_back=())
+    repairs.marker("r")  # the new marker is back
+    assert old_marker.on_reply is not None and old_read.on_reply is not None
+    old_marker.on_reply([b"e1", 1])
+    old_read.on_reply([b"e1", []])
+    assert positions.repairing("r")  # still waiting for its own read
+    assert new_marker.on_reply is not None and new_read.on_reply is not None
+    new_marker.on_reply([b"e1", 2])
+    new_read.on_reply([b"e1", [(b"0-2", {b"p": b'{"type":"chat","text":"c2"}'})]])
+    assert not positions.repairing("r") and positions.last("r") == ("e1", 2)

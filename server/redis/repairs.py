@@ -13,14 +13,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ..core import ChatCore, Room
 from ..protocol import StatusMessage, encode
 from . import scripts
-from .joins import Joins
+from .joins import Joining, Joins
 from .pipeline import OTHER, Op, Pipeline
-from .positions import DELIVER, RESET, Held, Outcome, Positions
+from .positions import DELIVER, RESET, Held, Positions
 from .wire import CHAT, UnknownEnvelope, chat_position, open_envelope
 from .wire import JOIN as JOIN_NOTICE
 
@@ -55,6 +54,7 @@ class Repairs:
         positions = self._positions
         if not positions.start(name, held):
             return
+        repair = positions.repairs[name]
         self._joins_before[name] = self._joins.asked
         known = positions.last(name)
         mark: list[tuple[str, int]] = []  # the marker's reply comes just before the read's
@@ -63,6 +63,8 @@ class Repairs:
             mark.append(scripts.parse_mark_reply(reply))
 
         def fetched(reply: object) -> None:
+            if positions.repairs.get(name) is not repair:
+                return  # the repair it was for started over (a lost subscription): stale
             epoch, bound = mark[0]
             read_epoch, entries = scripts.parse_repair_fetch_reply(reply)
             # The read is of the marker's stream unless Redis lost it between the two (then
@@ -123,33 +125,54 @@ class Repairs:
                 )
             elif outcome.reset:  # the new stream from its start: what it holds, then the gap
                 tell_reset(self._core, room, outcome.epoch, 0)
-            stranded = self._joins.stranded(room, asked, arrived)
-            self._deliver_placing_stranded(room, outcome, stranded)
+            stranded = _Stranded(self._core, self._joins, room, outcome.epoch,
+                                 self._joins.stranded(room, asked, arrived))
+            for seq, payload in zip(outcome.seqs, outcome.deliver, strict=True):
+                stranded.place_before(seq)
+                self._core.deliver(room, payload)
             if outcome.missing:
                 tell(self._core, room, "gap", f"{outcome.missing} messages could not be "
                      "recovered: they are no longer in the room's history")
             send_due_acks(self._core, positions, room)
-        for channel, data in outcome.held:
+        else:
+            stranded = None
+        for (channel, data), seq in zip(outcome.held, seqs, strict=True):
+            if stranded is not None and seq is not None:
+                stranded.place_before(seq)
             self._replay(channel, data)
+        if stranded is not None:
+            stranded.place_before(None)
 
 
-    def _deliver_placing_stranded(self, room: Room, outcome: Outcome, stranded: list[Any]) -> None:
-        """The repaired chats, each stranded join placed among them where its script ran:
-        after the chat whose seq it read, so its replay ends where its live delivery begins."""
-        core = self._core
-        missed = list(zip(outcome.seqs, outcome.deliver, strict=True))
-        index = 0
-        for field, joining in stranded:
-            position = joining.notice.seq or 0 if joining.notice.epoch == outcome.epoch else -1
-            while index < len(missed) and missed[index][0] <= position:
-                core.deliver(room, missed[index][1])
-                index += 1
+
+
+class _Stranded:
+    """The joins a repair places itself (``Joins.stranded``), each where its script ran: before
+    the first chat after the seq it read, so its replay ends where its live delivery begins.
+    The repaired chats and then the held ones go through ``place_before`` in the room's order."""
+
+    def __init__(
+        self, core: ChatCore, joins: Joins, room: Room, epoch: str,
+        stranded: list[tuple[str, Joining]],
+    ) -> None:
+        self._core = core
+        self._joins = joins
+        self._room = room
+        # another epoch's position says nothing about this stream: placed before all of it
+        self._waiting = [
+            (joining.notice.seq or 0 if joining.notice.epoch == epoch else -1, field, joining)
+            for field, joining in stranded
+        ]
+        self._waiting.sort(key=lambda waiting: waiting[0])
+
+    def place_before(self, seq: int | None) -> None:
+        """Places the joins that come before chat `seq` (all that are left, for None)."""
+        while self._waiting and (seq is None or self._waiting[0][0] < seq):
+            _, field, joining = self._waiting.pop(0)
             log.warning("placing %s in #%s: its join notice was lost with the subscription",
-                        joining.member.name, room.name)
-            core.deliver(room, joining.announced())
-            self._joins.positioned(field, room)
-        for _, payload in missed[index:]:
-            core.deliver(room, payload)
+                        joining.member.name, self._room.name)
+            self._core.deliver(self._room, joining.announced())
+            self._joins.positioned(field, self._room)
 
 
 def deliver_judged(
