@@ -236,11 +236,15 @@ async def test_an_oversized_frame_and_what_follows_never_reach_the_room(launch: 
     assert seen == ["sender left #general", "mine"]
 
 
-@pytest.mark.parametrize(
+# A frame picows refuses itself (it sends the CLOSE), and the close code it sends.
+protocol_errors = pytest.mark.parametrize(
     ("bad_frame", "code"),
     [(encode_frame(TEXT, b"x" * 5000), 1009), (encode_frame(3, b""), 1002)],
     ids=["oversized", "reserved-opcode"],
 )
+
+
+@protocol_errors
 async def test_a_chat_sent_just_before_a_protocol_error_still_reaches_the_room(
     launch: Launch, bad_frame: bytes, code: int
 ) -> None:
@@ -260,11 +264,7 @@ async def test_a_chat_sent_just_before_a_protocol_error_still_reaches_the_room(
     assert (await watcher.recv_json())["text"] == "mine"  # nothing from after the error
 
 
-@pytest.mark.parametrize(
-    ("bad_frame", "code"),
-    [(encode_frame(TEXT, b"x" * 5000), 1009), (encode_frame(3, b""), 1002)],
-    ids=["oversized", "reserved-opcode"],
-)
+@protocol_errors
 async def test_a_protocol_error_ends_a_connection_whose_writes_queue(
     launch: Launch, bad_frame: bytes, code: int
 ) -> None:

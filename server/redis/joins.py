@@ -119,15 +119,12 @@ class Joins:
     def stranded(self, room: Room, asked: int, arrived: set[str]) -> list[tuple[str, Joining]]:
         """The joins into `room` asked for before a repair (the first `asked`) whose script has
         replied but whose notice did not come back before the repair's marker, nor is held by
-        the repair (`arrived`): published while the subscription was dead, it never will. In
-        the order of their positions."""
-        found = [
+        the repair (`arrived`): published while the subscription was dead, it never will."""
+        return [
             (field, joining) for field, joining in self.pending.items()
             if joining.room is room and joining.order <= asked and not joining.positioned
             and joining.users is not None and field not in arrived
         ]
-        found.sort(key=lambda item: item[1].notice.seq or 0)
-        return found
 
     def cancel(self, field: str) -> None:
         """The member left (or went) before its welcome; the core has already let it go."""

@@ -41,7 +41,7 @@ Held = tuple[bytes, bytes]  # (channel, data) as it arrived
 
 
 class Repair:
-    __slots__ = ("asked", "bound", "fetched", "held", "marked", "stream_epoch")
+    __slots__ = ("asked", "bound", "fetched", "held", "joins_asked", "marked", "stream_epoch")
 
     def __init__(self) -> None:
         self.asked = False  # the marker and the read were asked for
@@ -50,6 +50,7 @@ class Repair:
         self.bound = -1  # the stream's last seq when the marker was published
         self.stream_epoch = ""  # and its epoch ("" when Redis had no stream)
         self.fetched: list[tuple[int, bytes]] | None = None  # (seq, payload) read after ours
+        self.joins_asked = 0  # local joins asked for before it (server/redis/joins.py)
 
 
 class Outcome:

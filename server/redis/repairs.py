@@ -43,7 +43,6 @@ class Repairs:
         self._positions = positions
         self._pipeline = pipeline
         self._joins = joins
-        self._joins_before: dict[str, int] = {}  # room -> joins asked for before its repair
         self._node = node
         self._publish_command = publish_command
         self._replay = replay
@@ -55,7 +54,7 @@ class Repairs:
         if not positions.start(name, held):
             return
         repair = positions.repairs[name]
-        self._joins_before[name] = self._joins.asked
+        repair.joins_asked = self._joins.asked
         known = positions.last(name)
         mark: list[tuple[str, int]] = []  # the marker's reply comes just before the read's
 
@@ -106,7 +105,6 @@ class Repairs:
         outcome = positions.finish(name, seqs)
         if outcome is None:
             return
-        asked = self._joins_before.pop(name, 0)
         room = self._core.rooms.get(name)
         if room is not None:
             if outcome.rolled_back:
@@ -126,7 +124,7 @@ class Repairs:
             elif outcome.reset:  # the new stream from its start: what it holds, then the gap
                 tell_reset(self._core, room, outcome.epoch, 0)
             stranded = _Stranded(self._core, self._joins, room, outcome.epoch,
-                                 self._joins.stranded(room, asked, arrived))
+                                 self._joins.stranded(room, repair.joins_asked, arrived))
             for seq, payload in zip(outcome.seqs, outcome.deliver, strict=True):
                 stranded.place_before(seq)
                 self._core.deliver(room, payload)
@@ -142,8 +140,6 @@ class Repairs:
             self._replay(channel, data)
         if stranded is not None:
             stranded.place_before(None)
-
-
 
 
 class _Stranded:

@@ -76,6 +76,17 @@ def fill_and_join(page: Page, room: str) -> None:
     page.click("#join")
 
 
+def joined_scripted(page: Page, server: ServerProcess) -> Scripted:
+    """The page served by `server`, its WebSocket scripted, joined to #a as alice."""
+    fake = Scripted(page)
+    open_page(page, server)
+    fill_and_join(page, "a")
+    wait_until(page, lambda: len(fake.of_type("join")) == 1)
+    fake.send(history("a", []), welcome("a"))
+    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    return fake
+
+
 @desktop_only
 def test_a_server_that_accepts_then_closes_is_retried_with_a_growing_backoff(
     server: ServerProcess, new_page: NewPage, device: Device
@@ -110,12 +121,7 @@ def test_a_refused_join_never_settles_the_chat_waiting_for_its_ack(
     first and the page took it for the chat's, kept the text, and a second Send posted it
     twice."""
     page = new_page(**device)
-    fake = Scripted(page)
-    open_page(page, server)
-    fill_and_join(page, "a")
-    wait_until(page, lambda: len(fake.of_type("join")) == 1)
-    fake.send(history("a", []), welcome("a"))
-    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    fake = joined_scripted(page, server)
     say(page, "hello")
     wait_until(page, lambda: len(fake.of_type("chat")) == 1)
     chat = fake.of_type("chat")[0]
@@ -183,12 +189,7 @@ def test_what_the_room_sent_before_a_refused_leave_is_shown_once_it_is_refused(
     server: ServerProcess, new_page: NewPage, device: Device
 ) -> None:
     page = new_page(**device)
-    fake = Scripted(page)
-    open_page(page, server)
-    fill_and_join(page, "a")
-    wait_until(page, lambda: len(fake.of_type("join")) == 1)
-    fake.send(history("a", []), welcome("a"))
-    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    fake = joined_scripted(page, server)
     page.click("#leave")
     wait_until(page, lambda: len(fake.of_type("leave")) == 1)
     # sent by the server before it read the leave, which it then refuses
@@ -204,12 +205,7 @@ def test_a_leave_that_went_through_shows_nothing_more_of_the_room(
     server: ServerProcess, new_page: NewPage, device: Device
 ) -> None:
     page = new_page(**device)
-    fake = Scripted(page)
-    open_page(page, server)
-    fill_and_join(page, "a")
-    wait_until(page, lambda: len(fake.of_type("join")) == 1)
-    fake.send(history("a", []), welcome("a"))
-    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    fake = joined_scripted(page, server)
     page.click("#leave")
     wait_until(page, lambda: len(fake.of_type("leave")) == 1)
     fake.send(json.dumps({"type": "chat", "username": "bob", "text": "before the leave",
@@ -254,12 +250,7 @@ def test_a_refused_leave_then_a_refused_join_leave_the_page_in_its_room(
     the refused leave's snapshot, and the join's refusal put the page in no room while the
     server kept it in #a."""
     page = new_page(**device)
-    fake = Scripted(page)
-    open_page(page, server)
-    fill_and_join(page, "a")
-    wait_until(page, lambda: len(fake.of_type("join")) == 1)
-    fake.send(history("a", []), welcome("a"))
-    expect(page.locator("#app")).to_have_attribute("data-joined", "true")
+    fake = joined_scripted(page, server)
     page.click("#leave")
     fill_and_join(page, "b")
     wait_until(page, lambda: len(fake.of_type("join")) == 2)
