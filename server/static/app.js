@@ -301,13 +301,19 @@
     refreshControls();
   }
 
-  function refusePending(msg) {
-    pending = null;
+  // An error's code, and its text as the page shows it (when to try again, if it says).
+  function refusal(msg) {
     const code = typeof msg.code === "string" ? msg.code : "error";
     let text = typeof msg.text === "string" && msg.text ? msg.text : code;
     if (code === "rate_limited" && Number.isFinite(msg.retry_after_ms)) {
       text += ` (try again in ${Math.ceil(msg.retry_after_ms / 1000)} s)`;
     }
+    return { code, text };
+  }
+
+  function refusePending(msg) {
+    pending = null;
+    const { code, text } = refusal(msg);
     setComposerError(code, `Not sent: ${text}`);
     refreshControls();
     ui.input.focus();
@@ -856,17 +862,13 @@
   }
 
   function showError(msg) {
-    const code = typeof msg.code === "string" ? msg.code : "error";
+    const { code, text: reason } = refusal(msg);
     // The page sends only the protocol's types plus the additive `typing`, which a server that
     // predates it answers with unknown_type: nothing the user did, nothing to show.
     if (code === "unknown_type") return;
-    let text = typeof msg.text === "string" && msg.text ? msg.text : code;
-    if (code === "rate_limited" && Number.isFinite(msg.retry_after_ms)) {
-      text += ` (try again in ${Math.ceil(msg.retry_after_ms / 1000)} s)`;
-    }
-    if (msg.refused === "join") text = `Not joined: ${text}`;
-    else if (msg.refused === "leave") text = `Not left: ${text}`;
-    const line = addLine("error", text);
+    const prefix = msg.refused === "join" ? "Not joined: "
+      : msg.refused === "leave" ? "Not left: " : "";
+    const line = addLine("error", prefix + reason);
     line.dataset.code = code;
   }
 
